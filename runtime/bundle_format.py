@@ -1,0 +1,174 @@
+"""The compiled bundle payload, format ``gwc.bundle/v1``: the contract between compiler and runtime.
+
+Everything the runtime needs is pre-resolved by the compiler: audiences are sets of groups, users and
+agents; every tool carries its resolved access class, mode, limits and approval, plus the indexes of
+the allow and deny rules that can apply to it (rules whose server, tool and action cover it). The
+runtime does lookups, never interpretation. The compiler builds these models and dumps them; the
+runtime validates the same models when it loads a bundle.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+FORMAT_V1 = "gwc.bundle/v1"
+KNOWN_FORMATS = (FORMAT_V1,)
+
+Access = Literal["read", "write"]
+Mode = Literal["enforce", "shadow"]
+Scalar = bool | int | float | str
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Audience(_Frozen):
+    """Who a server is visible to, or who may approve: ``team:``/``group:`` entries are IdP groups."""
+
+    everyone: bool = False
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+    _groups: frozenset[str] = PrivateAttr()
+    _users: frozenset[str] = PrivateAttr()
+    _agents: frozenset[str] = PrivateAttr()
+
+    def model_post_init(self, _context: object) -> None:
+        self._groups = frozenset(self.groups)
+        self._users = frozenset(self.users)
+        self._agents = frozenset(self.agents)
+
+    def admits(self, subject: str, groups: frozenset[str], is_agent: bool) -> bool:
+        return (self.everyone or subject in self._users
+                or (is_agent and subject in self._agents)
+                or not self._groups.isdisjoint(groups))
+
+
+class Condition(_Frozen):
+    """A constraint on one argument (``path`` is the dotted path split). All present operators apply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    arg: str
+    path: tuple[str, ...]
+    in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
+    not_in: tuple[Scalar, ...] | None = None
+    pattern: str | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    def model_post_init(self, _context: object) -> None:
+        self._regex = re.compile(self.pattern) if self.pattern is not None else None
+
+
+class Subject(_Frozen):
+    kind: Literal["group", "user", "agent"]
+    value: str
+
+
+class Rule(_Frozen):
+    id: str
+    effect: Literal["allow", "deny"]
+    subject: Subject
+    server: str
+    tools: tuple[str, ...] | None = None
+    actions: tuple[Access, ...]
+    conditions: tuple[Condition, ...] = ()
+    rate_limit_per_minute: int | None = None
+    source: str
+
+
+class Limits(_Frozen):
+    per_user_rpm: int | None = None
+
+
+class ServerLimits(Limits):
+    upstream_rpm: int | None = None
+
+
+class Approval(_Frozen):
+    approvers: Audience
+
+
+class Tool(_Frozen):
+    access: Access
+    mode: Mode
+    approval: Approval | None = None
+    limits: Limits = Limits()
+    timeout_ms: int
+    allow: tuple[int, ...] = ()
+    deny: tuple[int, ...] = ()
+
+
+class UpstreamAuth(_Frozen):
+    """``gateway_jwt``: a short-lived token minted per call. ``static_env``: a secret from the node's env."""
+
+    type: Literal["gateway_jwt", "static_env"]
+    env: str | None = None
+    header: str = "Authorization"
+    scheme: str | None = "Bearer"
+
+
+class Server(_Frozen):
+    owner: str
+    upstream: str
+    description: str = ""
+    source: str
+    visibility: Audience
+    restricted: bool
+    tools: dict[str, Tool]
+    limits: ServerLimits = ServerLimits()
+    timeout_ms: int
+    max_concurrency: int
+    upstream_auth: UpstreamAuth
+
+
+class Identity(_Frozen):
+    issuer: str
+    audience: tuple[str, ...]
+    jwks_uri: str | None = None
+    jwks: dict | None = None
+    groups_claim: str
+    algorithms: tuple[str, ...]
+    leeway_s: int
+
+
+class BreakGlass(_Frozen):
+    group: str | None = None
+    max_ttl_s: int
+
+
+class Audit(_Frozen):
+    sink: Literal["file", "stdout", "both"]
+    path: str | None = None
+    on_failure: Literal["closed", "open"]
+
+
+class GatewaySettings(_Frozen):
+    identity: Identity
+    break_glass: BreakGlass
+    default_mode: Mode
+    audit: Audit
+
+
+class BundlePayload(_Frozen):
+    format: Literal["gwc.bundle/v1"]
+    serial: int = Field(ge=0)
+    revision: str
+    source_digest: str
+    gateway: GatewaySettings
+    servers: dict[str, Server]
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _indexes_resolve(self) -> BundlePayload:
+        n = len(self.rules)
+        for name, server in self.servers.items():
+            for tool_name, tool in server.tools.items():
+                for idx in (*tool.allow, *tool.deny):
+                    if not 0 <= idx < n:
+                        raise ValueError(f"servers.{name}.tools.{tool_name}: rule index {idx} out of range")
+        return self

@@ -1,0 +1,180 @@
+"""Access decisions over a compiled bundle: the semantics of DESIGN.md, evaluated by lookups.
+
+Order: visibility wall (outside it a server does not exist) -> deny rules (override everything) ->
+grants (allow rules when any names the server, else the server's audience) -> argument conditions.
+Every rule a tool can be subject to is pre-indexed on the tool by the compiler, so a decision walks a
+handful of rules, never the whole policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from runtime.bundle_format import Access, BundlePayload, Condition, Mode, Rule, Server
+
+Effect = Literal["allow", "deny", "not_found"]
+Entitlement = Literal["allow", "conditional"]
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token subject, its IdP groups, and whether it is an agent (maybe for a human)."""
+
+    subject: str
+    groups: frozenset[str] = frozenset()
+    kind: Literal["human", "agent"] = "human"
+    acting_for: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.kind == "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Effect
+    reason: str  # visibility | rule | no_grant | deny_rule | unknown_server | unknown_tool
+    rule_ids: tuple[str, ...] = ()
+    access: Access | None = None
+    mode: Mode | None = None
+    rate_limit_per_minute: int | None = None  # from the granting rule(s), if any
+    approval_required: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+
+def visible_server(payload: BundlePayload, principal: Principal, server_name: str) -> Server | None:
+    """The server if the principal is inside its visibility; None means "does not exist" to them."""
+    server = payload.servers.get(server_name)
+    if server is None or not server.visibility.admits(principal.subject, principal.groups,
+                                                       principal.is_agent):
+        return None
+    return server
+
+
+def subject_matches(rule: Rule, principal: Principal) -> bool:
+    kind, value = rule.subject.kind, rule.subject.value
+    if kind == "group":
+        return value in principal.groups
+    if kind == "user":
+        return value == principal.subject
+    return principal.is_agent and value == principal.subject
+
+
+def _lookup(arguments: Any, path: tuple[str, ...]) -> Any:
+    value = arguments
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps booleans apart from numbers (Python says True == 1)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _element_holds(cond: Condition, value: Any) -> bool | None:
+    """True/False when the condition can be judged on ``value``; None when it cannot (wrong type)."""
+    if isinstance(value, (dict, list)):
+        return None
+    if cond.in_ is not None and not any(_same(value, option) for option in cond.in_):
+        return False
+    if cond.not_in is not None and any(_same(value, option) for option in cond.not_in):
+        return False
+    if cond._regex is not None:
+        if not isinstance(value, str):
+            return None
+        if cond._regex.fullmatch(value) is None:
+            return False
+    if cond.min is not None or cond.max is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if (cond.min is not None and value < cond.min) or (cond.max is not None and value > cond.max):
+            return False
+    return True
+
+
+def condition_holds(cond: Condition, arguments: Any) -> bool | None:
+    """Judge one condition; a list argument must satisfy it in every element. None = undecidable."""
+    value = _lookup(arguments, cond.path)
+    if value is _MISSING:
+        return None
+    values = value if isinstance(value, list) else (value,)
+    verdict: bool | None = True
+    for element in values:
+        held = _element_holds(cond, element)
+        if held is False:
+            return False
+        if held is None:
+            verdict = None
+    return verdict
+
+
+def allow_matches(rule: Rule, arguments: Any) -> bool:
+    """An allow rule grants only when every condition demonstrably holds (missing argument: no)."""
+    return all(condition_holds(c, arguments) is True for c in rule.conditions)
+
+
+def deny_matches(rule: Rule, arguments: Any) -> bool:
+    """A deny rule applies unless a condition demonstrably fails: what cannot be judged is denied."""
+    return all(condition_holds(c, arguments) is not False for c in rule.conditions)
+
+
+def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_name: str,
+           arguments: Any) -> Decision:
+    """Decide one ``tools/call``. Mode (shadow) and approvals are reported, not applied, here."""
+    server = visible_server(payload, principal, server_name)
+    if server is None:
+        return Decision("not_found", "unknown_server")
+    tool = server.tools.get(tool_name)
+    if tool is None:
+        return Decision("not_found", "unknown_tool")
+    rules = payload.rules
+    denies = tuple(rules[i].id for i in tool.deny
+                   if subject_matches(rules[i], principal) and deny_matches(rules[i], arguments))
+    if denies:
+        return Decision("deny", "deny_rule", denies, tool.access, tool.mode)
+    approval = tool.approval is not None
+    if not server.restricted:
+        return Decision("allow", "visibility", (), tool.access, tool.mode, None, approval)
+    granting = [rules[i] for i in tool.allow
+                if subject_matches(rules[i], principal) and allow_matches(rules[i], arguments)]
+    if not granting:
+        return Decision("deny", "no_grant", (), tool.access, tool.mode)
+    limits = [r.rate_limit_per_minute for r in granting]
+    # Grants are a union: the most generous matching rule sets the rule-level limit.
+    limit = None if None in limits else max(limits)  # type: ignore[type-var]
+    return Decision("allow", "rule", tuple(r.id for r in granting), tool.access, tool.mode, limit,
+                    approval)
+
+
+def entitlement(payload: BundlePayload, principal: Principal, server_name: str,
+                tool_name: str) -> Entitlement | None:
+    """What a principal may do with a tool regardless of arguments: for reports and access diffs.
+
+    ``allow``: always granted; ``conditional``: granted only for some arguments; None: never.
+    """
+    server = visible_server(payload, principal, server_name)
+    tool = server.tools.get(tool_name) if server is not None else None
+    if tool is None:
+        return None
+    rules = payload.rules
+    conditional = False
+    for i in tool.deny:
+        if subject_matches(rules[i], principal):
+            if not rules[i].conditions:
+                return None
+            conditional = True
+    if server.restricted:
+        granting = [rules[i] for i in tool.allow if subject_matches(rules[i], principal)]
+        if not granting:
+            return None
+        if all(r.conditions for r in granting):
+            conditional = True
+    return "conditional" if conditional else "allow"
