@@ -143,7 +143,7 @@ ConditionValue = Annotated[
     ConditionOps, BeforeValidator(_condition_shorthand),
     WithJsonSchema({"description": "Allowed values (a list, or one value), or operators.",
                     "oneOf": [SCALAR_SCHEMA, {"type": "array", "items": SCALAR_SCHEMA, "minItems": 1},
-                              {"$ref": "#/$defs/ConditionOps"}]}),
+                              ConditionOps.model_json_schema(by_alias=True)]}),
 ]
 
 

@@ -82,9 +82,9 @@ def _read(registry: Registry, path: Path) -> SourceFile | None:
     rel = _rel(path, registry.root)
     source, diags = load_source(path, rel)
     registry.diagnostics.extend(diags)
-    if source is not None:
+    if source is not None:  # None only on a syntax error; duplicate keys still get checked
         registry.files[rel] = source.text.encode("utf-8")
-    return source if not diags else None
+    return source
 
 
 def _load_gateway(registry: Registry) -> None:
@@ -148,7 +148,6 @@ def _load_manifests(registry: Registry) -> None:
         registry.diagnostics.extend(diags)
         if manifest is None:
             continue
-        entry = ServerEntry(manifest, source)
         registry.diagnostics.extend(checks.check_manifest(manifest, source, path.stem))
         previous = first_seen.get(manifest.name)
         if previous is not None:
@@ -157,7 +156,7 @@ def _load_manifests(registry: Registry) -> None:
                 ("name",), "duplicate-server",
                 f"server '{manifest.name}' is already defined in {previous.source.rel}:{line}"))
             continue
-        first_seen[manifest.name] = entry
+        first_seen[manifest.name] = ServerEntry(manifest, source)
     registry.servers = first_seen
 
 

@@ -1,0 +1,176 @@
+"""The ``gwc`` command line: validate, build, verify, inspect and diff registry bundles.
+
+Exit codes: 0 success, 1 the input is invalid or a check failed, 2 usage error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from compiler import jsonschemas
+from compiler.build import BuildError, build, default_revision
+from compiler.codeowners import codeowners as render_codeowners
+from compiler.compile import compile_registry
+from compiler.diagnostics import render, summary
+from compiler.diff import diff_payloads, render_markdown
+from compiler.keys import KeyError_, generate_keypair, load_private_key
+from compiler.registry import Registry, load_registry
+from compiler.report import one_line, summary_json, summary_text
+from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
+from runtime.bundle_format import BundlePayload
+from runtime.dsse import key_id
+
+ROOT = click.argument("root", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Trusted public key (PEM); repeat for rotation.")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"gwc: {message}", err=True)
+    sys.exit(1)
+
+
+def _load_valid(root: Path) -> Registry:
+    registry = load_registry(root)
+    if not registry.ok:
+        click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)
+        sys.exit(1)
+    return registry
+
+
+def _open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
+    try:
+        data = read_file(path)
+        return load_bundle(data, trusted_keys(trust)) if trust else read_unverified(data)
+    except BundleError as exc:
+        _fail(f"{path}: {exc}")
+        raise AssertionError("unreachable")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gwc")
+def main() -> None:
+    """gwc: compile an MCP server registry into one signed bundle, and inspect bundles."""
+
+
+@main.command()
+@ROOT
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True, help="github prints workflow annotations.")
+def validate(root: Path, fmt: str) -> None:
+    """Check manifests, policies and gateway.yaml; report every problem with file:line:column."""
+    registry = load_registry(root)
+    click.echo(render(registry.diagnostics, len(registry.files), fmt))
+    sys.exit(0 if registry.ok else 1)
+
+
+@main.command("build")
+@ROOT
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Ed25519 private key (PEM) that signs the bundle.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: bundle.json and bundles/<sha256>.json.")
+@click.option("--serial", type=click.IntRange(min=0), default=None,
+              help="Monotonic serial [default: commit time of HEAD, else SOURCE_DATE_EPOCH].")
+@click.option("--revision", default=None, help="Source revision [default: HEAD commit].")
+def build_cmd(root: Path, key_path: str, out: Path, serial: int | None, revision: str | None) -> None:
+    """Validate, compile and sign the registry into one bundle."""
+    try:
+        key = load_private_key(key_path)
+    except KeyError_ as exc:
+        _fail(str(exc))
+    registry = _load_valid(root)
+    try:
+        built = build(registry, key, out, serial, revision)
+    except (BuildError, OSError) as exc:
+        _fail(str(exc))
+    warnings = len(registry.diagnostics)
+    click.echo(f"{built.digest}\nserial {built.payload.serial}  revision {built.payload.revision}\n"
+               f"{one_line(built.payload)}"
+               + (f"; {warnings} warning(s) (gwc validate lists them)" if warnings else "")
+               + f"\nwrote {built.path} and {built.addressed_path}")
+
+
+@main.command()
+@click.option("--out", "prefix", required=True, help="Writes PREFIX.key (0600) and PREFIX.pub.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def keygen(prefix: str, force: bool) -> None:
+    """Generate an Ed25519 bundle-signing key pair."""
+    try:
+        key_path, pub_path, key = generate_keypair(prefix, force)
+    except (KeyError_, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {key_path} (private, keep secret) and {pub_path}\n"
+               f"key id {key_id(key.public_key())}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--trust", "trust", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Trusted public key (PEM); repeat for rotation.")
+def verify(bundle: str, trust: tuple[str, ...]) -> None:
+    """Check a bundle's signature against trusted keys, and that its payload is a known format."""
+    try:
+        loaded = load_bundle(read_file(bundle), trusted_keys(trust))
+    except BundleError as exc:
+        _fail(f"refused {bundle}: {exc}")
+    click.echo(f"ok: {loaded.digest} serial {loaded.serial} revision {loaded.payload.revision}, "
+               f"signed by key {loaded.keyid}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@TRUST
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def inspect(bundle: str, trust: tuple[str, ...], fmt: str) -> None:
+    """Summarize a bundle: servers, tools, and who can call what."""
+    loaded = _open_bundle(bundle, trust)
+    if fmt == "json":
+        click.echo(json.dumps(summary_json(loaded, bool(trust)), indent=2))
+    else:
+        click.echo(summary_text(loaded, bool(trust)))
+
+
+def _payload_of(path: str, trust: tuple[str, ...]) -> BundlePayload:
+    """A side of a diff: a bundle file, or a registry folder compiled in memory (unsigned)."""
+    if Path(path).is_dir():
+        registry = _load_valid(Path(path))
+        return compile_registry(registry, 0, default_revision(Path(path)))
+    return _open_bundle(path, trust).payload
+
+
+@main.command()
+@click.argument("old", type=click.Path(exists=True))
+@click.argument("new", type=click.Path(exists=True))
+@TRUST
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown",
+              show_default=True)
+def diff(old: str, new: str, trust: tuple[str, ...], fmt: str) -> None:
+    """Access changes between two bundles or registry folders (servers, tools, who gains what)."""
+    result = diff_payloads(_payload_of(old, trust), _payload_of(new, trust))
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else render_markdown(result), nl=False)
+
+
+@main.command()
+@ROOT
+@click.option("--org", default=None, help="GitHub organization, for @org/team handles.")
+def codeowners(root: Path, org: str | None) -> None:
+    """Print CODEOWNERS lines: each owner team owns its manifests and policies/<team>/."""
+    click.echo(render_codeowners(_load_valid(root), org), nl=False)
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              default=jsonschemas.SCHEMA_DIR, show_default=True)
+def schema(out: Path) -> None:
+    """Write the JSON Schemas (draft 2020-12) of manifests, policy files and gateway.yaml."""
+    for path in jsonschemas.write(out):
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
