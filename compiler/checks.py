@@ -66,7 +66,7 @@ def check_audience(entries: list[str], source: SourceFile, loc: Loc) -> list[Dia
         if entry == "everyone" or (sep and kind in AUDIENCE_KINDS and value
                                    and not _BAD_AUDIENCE_VALUE.search(value)):
             continue
-        hint = _suggest(kind, AUDIENCE_KINDS) if sep else ""
+        hint = _suggest(kind, AUDIENCE_KINDS) if sep and kind not in AUDIENCE_KINDS else ""
         diags.append(source.diag(
             loc if as_string else loc + (i,), "audience",
             f"audience entry {entry!r} is not valid{hint} (expected team:<name>, group:<name>, "
@@ -213,7 +213,8 @@ def _check_overlaps(rules: list[RuleEntry]) -> list[Diagnostic]:
     for entry in rules:
         subject = entry.rule.subject.kind_value
         if entry.rule.resource.server == "*":
-            global_denies[subject].append(entry)
+            if entry.rule.effect == "deny":  # an allow on '*' is refused elsewhere; never a blocker
+                global_denies[subject].append(entry)
         else:
             by_key[(*subject, entry.rule.resource.server)].append(entry)
     diags = []
