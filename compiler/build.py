@@ -6,10 +6,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from compiler.compile import compile_registry, payload_bytes
+from compiler.compile import checked_payload, compile_data, payload_bytes
 from compiler.registry import Registry
 from runtime.bundle import digest_of
 from runtime.bundle_format import BundlePayload
@@ -53,12 +54,16 @@ def default_serial(root: Path) -> int:
                      "SOURCE_DATE_EPOCH is unset; pass --serial N")
 
 
-def default_revision(root: Path) -> str:
-    """The commit hash of HEAD, with "-dirty" when the registry has uncommitted changes."""
+def default_revision(root: Path, inputs: Sequence[str] = (".",)) -> str:
+    """The commit hash of HEAD, with "-dirty" when any input (tracked or not) differs from it.
+
+    Only ``inputs`` count, so a key file or a scratch folder in the checkout does not mark the
+    bundle dirty, while a new, uncommitted policy file does.
+    """
     sha = _git(root, "rev-parse", "HEAD")
     if not sha:
         return "unversioned"
-    return sha + ("-dirty" if _git(root, "status", "--porcelain", "--", ".") else "")
+    return sha + ("-dirty" if _git(root, "status", "--porcelain", "--", *inputs) else "")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -78,9 +83,11 @@ def write_atomically(path: Path, data: bytes) -> None:
 def build(registry: Registry, key: Ed25519PrivateKey, out: Path, serial: int | None,
           revision: str | None) -> Built:
     serial = default_serial(registry.root) if serial is None else serial
-    revision = default_revision(registry.root) if revision is None else revision
-    payload = compile_registry(registry, serial, revision)
-    envelope = sign_envelope(payload_bytes(payload), key)
+    if revision is None:
+        revision = default_revision(registry.root, registry.input_paths())
+    data = compile_data(registry, serial, revision)
+    payload = checked_payload(data)
+    envelope = sign_envelope(payload_bytes(data), key)
     digest = digest_of(envelope)
     addressed = out / "bundles" / f"{digest.removeprefix('sha256:')}.json"
     write_atomically(addressed, envelope)  # immutable copy first: the pointer never dangles

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from compiler.registry import RuleEntry, ServerEntry
 
 AUDIENCE_KINDS = ("team", "group", "user", "agent")
+GLOBAL_FOLDER = "global"  # policies/global/ may name any server
 _TOOL_NAME = re.compile(TOOL_NAME)
 _BAD_AUDIENCE_VALUE = re.compile(r"[\s,]")
 
@@ -90,6 +91,10 @@ def check_gateway(gateway: GatewayConfig, source: SourceFile) -> list[Diagnostic
 
 def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> list[Diagnostic]:
     diags = check_url(manifest.upstream, source, ("upstream",), "upstream")
+    if manifest.owner == GLOBAL_FOLDER:
+        diags.append(source.diag(("owner",), "reserved-name",
+                                 f"owner '{GLOBAL_FOLDER}' is reserved: policies/{GLOBAL_FOLDER}/ "
+                                 "belongs to the gateway's owners (platform and security)"))
     diags += check_audience(manifest.visibility, source, ("visibility",))
     if not manifest.visibility:
         diags.append(source.diag(("visibility",), "audience",
@@ -113,6 +118,10 @@ def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> l
                                                     "characters)", key=True))
         if tool.approvers is not None:
             diags += check_audience(tool.approvers, source, loc + ("approvers",))
+            if tool.approval != "required":
+                diags.append(source.diag(loc + ("approvers",), "approvers-unused",
+                                         f"tool '{name}' names approvers but does not require "
+                                         "approval (add approval: required)", "warning", key=True))
         if tool.access == "write" and "approval" not in tool.model_fields_set:
             diags.append(source.diag(loc, "write-without-approval",
                                      f"write tool '{name}' runs without approval (add "
@@ -151,7 +160,7 @@ def _check_rule_target(entry: RuleEntry, servers: dict[str, ServerEntry]) -> lis
     rule, src, i = entry.rule, entry.source, entry.index
     server_name = rule.resource.server
     if server_name == "*":
-        if entry.folder != "global" or rule.effect != "deny":
+        if entry.folder != GLOBAL_FOLDER or rule.effect != "deny":
             return [src.diag((i, "resource", "server"), "owner-boundary",
                              "server '*' is allowed only in deny rules under policies/global/")]
         if rule.resource.tool is not None:
@@ -164,7 +173,7 @@ def _check_rule_target(entry: RuleEntry, servers: dict[str, ServerEntry]) -> lis
                          f"unknown server '{server_name}'{_suggest(server_name, set(servers))}")]
     manifest = target.manifest
     diags = []
-    if entry.folder != "global" and manifest.owner != entry.folder:
+    if entry.folder != GLOBAL_FOLDER and manifest.owner != entry.folder:
         diags.append(src.diag((i, "resource", "server"), "owner-boundary",
                               f"policies/{entry.folder}/ may only name servers owned by "
                               f"{entry.folder}; '{server_name}' is owned by {manifest.owner} (move "

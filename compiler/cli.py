@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 the input is invalid or a check failed, 2 usage error.
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -54,6 +55,10 @@ def _open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
 @click.version_option(package_name="gwc")
 def main() -> None:
     """gwc: compile an MCP server registry into one signed bundle, and inspect bundles."""
+    # A gwc command is a short batch job that builds large acyclic trees (a big registry is
+    # millions of objects, all alive until exit). The cyclic collector would rescan them over and
+    # over: 8 s instead of 2 s to parse 4,000 files. Reference counting still frees memory.
+    gc.disable()
 
 
 @main.command()
@@ -139,7 +144,7 @@ def _payload_of(path: str, trust: tuple[str, ...]) -> BundlePayload:
     """A side of a diff: a bundle file, or a registry folder compiled in memory (unsigned)."""
     if Path(path).is_dir():
         registry = _load_valid(Path(path))
-        return compile_registry(registry, 0, default_revision(Path(path)))
+        return compile_registry(registry, 0, default_revision(Path(path), registry.input_paths()))
     return _open_bundle(path, trust).payload
 
 

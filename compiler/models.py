@@ -187,12 +187,14 @@ def _one_or_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-StrList = Annotated[list[str], BeforeValidator(_one_or_list),
-                    WithJsonSchema({"oneOf": [{"type": "string"},
-                                              {"type": "array", "items": {"type": "string"}}]})]
+StrList = Annotated[list[str], BeforeValidator(_one_or_list), Field(min_length=1),
+                    WithJsonSchema({"oneOf": [{"type": "string"}, {
+                        "type": "array", "items": {"type": "string"}, "minItems": 1}]})]
 ActionList = Annotated[list[Literal["read", "write", "*"]], BeforeValidator(_one_or_list),
+                       Field(min_length=1),
                        WithJsonSchema({"oneOf": [{"enum": ["read", "write", "*"]}, {
-                           "type": "array", "items": {"enum": ["read", "write", "*"]}}]})]
+                           "type": "array", "items": {"enum": ["read", "write", "*"]},
+                           "minItems": 1}]})]
 
 
 class RuleResource(Strict):
@@ -242,8 +244,14 @@ class BreakGlassSettings(Strict):
 
 class AuditSettings(Strict):
     sink: Literal["file", "stdout", "both"] = "stdout"
-    path: str | None = None
+    path: str | None = Field(default=None, description="The JSONL file; required with sink file/both.")
     on_failure: Literal["closed", "open"] = "closed"
+
+    @model_validator(mode="after")
+    def _path_for_file_sink(self) -> AuditSettings:
+        if self.sink != "stdout" and not self.path:
+            raise ValueError(f"audit sink '{self.sink}' writes a file: set audit.path")
+        return self
 
 
 class GatewayConfig(Strict):

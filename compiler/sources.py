@@ -16,8 +16,32 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from compiler.diagnostics import Diagnostic
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
+_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader with implicit tag resolution memoized: registries repeat the same scalars
+    (access, read, write, ...) thousands of times, and PyYAML resolves each with regexes."""
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is not ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            if len(_RESOLVED) > 200_000:
+                _RESOLVED.clear()
+            tag = _RESOLVED[key] = super().resolve(kind, value, implicit)
+        return tag
+
+    # Path resolvers are not used, so the per-node bookkeeping for them is skipped.
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
 Loc = tuple[str | int, ...]
 
 
@@ -37,8 +61,10 @@ class SourceFile:
     @property
     def node(self) -> Node | None:
         if self._node is None:
-            try:  # JSON allows tabs as white space where YAML does not; columns stay the same.
-                self._node = _compose(self.text.replace("\t", " "))[0]
+            # JSON allows tabs as white space where YAML does not; columns stay the same.
+            text = self.text.replace("\t", " ") if self.rel.endswith(".json") else self.text
+            try:
+                self._node = _compose(text)[0]
             except yaml.YAMLError:
                 return None
         return self._node
@@ -84,11 +110,17 @@ def _compose(text: str) -> tuple[Node | None, Any]:
 
 def _construct(node: Node, loader: Any, dups: list[tuple[Node, str, int]]) -> Any:
     if isinstance(node, ScalarNode):
-        return node.value if node.tag == _STR_TAG else loader.construct_object(node)
+        if node.tag == _STR_TAG:
+            return node.value
+        try:
+            return loader.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:  # e.g. a date that does not exist, a << key
+            dups.append((node, f"cannot read value {node.value!r}: "
+                               f"{getattr(exc, 'problem', None) or exc}", 0))
+            return node.value
     if isinstance(node, SequenceNode):
         return [_construct(n, loader, dups) for n in node.value]
-    if isinstance(node, MappingNode):
-        loader.flatten_mapping(node)
+    if isinstance(node, MappingNode):  # YAML merge keys (<<) are not supported
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
         for knode, vnode in node.value:

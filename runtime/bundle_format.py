@@ -9,9 +9,10 @@ runtime validates the same models when it loads a bundle.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FORMAT_V1 = "gwc.bundle/v1"
 KNOWN_FORMATS = (FORMAT_V1,)
@@ -32,19 +33,24 @@ class Audience(_Frozen):
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
-    _groups: frozenset[str] = PrivateAttr()
-    _users: frozenset[str] = PrivateAttr()
-    _agents: frozenset[str] = PrivateAttr()
 
-    def model_post_init(self, _context: object) -> None:
-        self._groups = frozenset(self.groups)
-        self._users = frozenset(self.users)
-        self._agents = frozenset(self.agents)
+    # Sets are derived lazily: a 2,000-server bundle loads without building sets it never uses.
+    @cached_property
+    def group_set(self) -> frozenset[str]:
+        return frozenset(self.groups)
+
+    @cached_property
+    def user_set(self) -> frozenset[str]:
+        return frozenset(self.users)
+
+    @cached_property
+    def agent_set(self) -> frozenset[str]:
+        return frozenset(self.agents)
 
     def admits(self, subject: str, groups: frozenset[str], is_agent: bool) -> bool:
-        return (self.everyone or subject in self._users
-                or (is_agent and subject in self._agents)
-                or not self._groups.isdisjoint(groups))
+        return (self.everyone or subject in self.user_set
+                or (is_agent and subject in self.agent_set)
+                or not self.group_set.isdisjoint(groups))
 
 
 class Condition(_Frozen):
@@ -58,10 +64,10 @@ class Condition(_Frozen):
     pattern: str | None = None
     min: int | float | None = None
     max: int | float | None = None
-    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
 
-    def model_post_init(self, _context: object) -> None:
-        self._regex = re.compile(self.pattern) if self.pattern is not None else None
+    @cached_property
+    def regex(self) -> re.Pattern[str] | None:
+        return re.compile(self.pattern) if self.pattern is not None else None
 
 
 class Subject(_Frozen):
@@ -117,9 +123,9 @@ class Server(_Frozen):
     upstream: str
     description: str = ""
     source: str
-    visibility: Audience
-    restricted: bool
-    tools: dict[str, Tool]
+    visibility: Audience = Audience()  # empty: visible to nobody
+    restricted: bool = False
+    tools: dict[str, Tool] = {}
     limits: ServerLimits = ServerLimits()
     timeout_ms: int
     max_concurrency: int

@@ -87,10 +87,10 @@ def _element_holds(cond: Condition, value: Any) -> bool | None:
         return False
     if cond.not_in is not None and any(_same(value, option) for option in cond.not_in):
         return False
-    if cond._regex is not None:
+    if cond.regex is not None:
         if not isinstance(value, str):
             return None
-        if cond._regex.fullmatch(value) is None:
+        if cond.regex.fullmatch(value) is None:
             return False
     if cond.min is not None or cond.max is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -100,20 +100,25 @@ def _element_holds(cond: Condition, value: Any) -> bool | None:
     return True
 
 
-def condition_holds(cond: Condition, arguments: Any) -> bool | None:
-    """Judge one condition; a list argument must satisfy it in every element. None = undecidable."""
+def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool | None:
+    """Judge one condition; None means it cannot be judged (missing argument, wrong type).
+
+    A list argument is judged element by element: with ``every`` (allow rules) every element must
+    satisfy the condition; without it (deny rules) one element suffices, so ``env: [dev, prod]``
+    cannot slip past a deny on ``prod``. An empty list cannot be judged, like a missing argument.
+    """
     value = _lookup(arguments, cond.path)
     if value is _MISSING:
         return None
-    values = value if isinstance(value, list) else (value,)
-    verdict: bool | None = True
-    for element in values:
-        held = _element_holds(cond, element)
-        if held is False:
-            return False
-        if held is None:
-            verdict = None
-    return verdict
+    if not isinstance(value, list):
+        return _element_holds(cond, value)
+    if not value:
+        return None
+    verdicts = [_element_holds(cond, element) for element in value]
+    decisive, other = (False, True) if every else (True, False)
+    if decisive in verdicts:
+        return decisive
+    return None if None in verdicts else other
 
 
 def allow_matches(rule: Rule, arguments: Any) -> bool:
@@ -123,7 +128,7 @@ def allow_matches(rule: Rule, arguments: Any) -> bool:
 
 def deny_matches(rule: Rule, arguments: Any) -> bool:
     """A deny rule applies unless a condition demonstrably fails: what cannot be judged is denied."""
-    return all(condition_holds(c, arguments) is not False for c in rule.conditions)
+    return all(condition_holds(c, arguments, every=False) is not False for c in rule.conditions)
 
 
 def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_name: str,

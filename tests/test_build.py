@@ -12,6 +12,7 @@ import pytest
 
 from compiler.build import BuildError, build, default_revision, default_serial
 from compiler.keys import KeyError_, generate_keypair, load_private_key
+from compiler.registry import load_registry
 from helpers import gwc, load_ok, manifest, write_registry
 from runtime.bundle import load_bundle, read_unverified, trusted_keys
 
@@ -133,6 +134,19 @@ def test_revision_is_dirty_with_uncommitted_changes(tmp_path: Path, change: str)
         (root / "policies" / "team-a").mkdir(parents=True)
         (root / "policies" / "team-a" / "new.yaml").write_text("[]\n")
     assert default_revision(root) == sha + "-dirty"
+
+
+def test_untracked_files_outside_the_inputs_do_not_make_the_revision_dirty(
+        tmp_path: Path, signing_key) -> None:
+    root = write_registry(tmp_path / "repo")
+    sha = git_repo(root)
+    (root / "ci.key").write_text("not an input\n")
+    (root / "scratch").mkdir()
+    (root / "scratch" / "notes.yaml").write_text("x: 1\n")
+    registry = load_registry(root)
+    assert default_revision(root, registry.input_paths()) == sha
+    (root / "registry" / "extra.yaml").write_text("name: extra\n")
+    assert default_revision(root, registry.input_paths()) == sha + "-dirty"
 
 
 def test_outside_git_without_serial_is_a_clear_error(tmp_path: Path, signing_key) -> None:

@@ -78,7 +78,7 @@ def test_rule_ids_and_sources(example_root: Path) -> None:
     assert by_id["deploy-sre-all"].source == "policies/platform/deploy.yaml:18"
     assert by_id["deploy-sre-all"].actions == ("read", "write")
     assert by_id["deploy-sre-all"].rate_limit_per_minute == 30
-    assert by_id["pg-analytics-public"].tools == ("list_schemas", "query")
+    assert by_id["pg-analytics-public"].tools == ("query",)
     cond = by_id[default_id].conditions
     assert [(c.arg, c.path, c.in_) for c in cond] == [("schemas", ("schemas",), ("public", "analytics"))]
 

@@ -213,11 +213,6 @@ def test_codeowners_refuses_an_invalid_registry(example_root: Path) -> None:
     assert gwc("codeowners", example_root).exit_code == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design question: nothing reserves the team name 'global'. A manifest with owner: global makes "
-    "`gwc codeowners` emit '/policies/global/ @global' after the platform owners' line, and later "
-    "lines win on GitHub, so that team takes over review of policies/global/ (rules for any "
-    "server). Expected: validate refuses owner 'global'."))
 def test_owner_global_is_reserved(example_root: Path) -> None:
     (example_root / "registry" / "sneaky.yaml").write_text(dump({
         "name": "sneaky", "owner": "global", "upstream": "https://sneaky.internal/mcp",

@@ -317,12 +317,6 @@ def test_deny_with_argument_condition(tmp_path: Path, args: dict, expected: str)
     assert entitlement(p, G, "svc", "drop") == "conditional"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "likely security hole, left as a design question: a list argument must satisfy a condition "
-    "in every element, and a deny rule applies only when its conditions hold, so a deny on "
-    "env: [prod] is bypassed by env: [dev, prod] (and a deny with not_in: [dev] by [dev, prod]). "
-    "Expected: a deny applies when any element would trigger it (the dual of allow's 'every "
-    "element'), as 'deny overrides everything' implies."))
 @pytest.mark.parametrize("conditions, args", [
     ({"env": ["prod"]}, {"env": ["dev", "prod"]}),
     ({"env": {"not_in": ["dev"]}}, {"env": ["dev", "prod"]}),
@@ -342,11 +336,6 @@ def test_deny_with_operator_condition_on_missing_argument(tmp_path: Path) -> Non
     assert effect(p, G, "query", {"rows": "many"}) == "deny"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design question: an empty list argument satisfies every allow condition vacuously "
-    "('every element' of nothing), so `schema: []` is granted by a rule limited to "
-    "[public]; many tools read an empty filter as 'no filter = everything'. Expected: an empty "
-    "list cannot be judged, like a missing argument."))
 def test_empty_list_argument_does_not_satisfy_an_allow_condition(tmp_path: Path) -> None:
     p = cond_payload(tmp_path, {"schema": ["public"]})
     assert effect(p, G, "query", {"schema": []}) == "deny"
