@@ -51,17 +51,20 @@ def trusted_keys(paths: list[str] | tuple[str, ...]) -> dict[str, Ed25519PublicK
 
 
 def parse_payload(payload: bytes) -> BundlePayload:
-    """Validate a payload; the format version is checked first so old runtimes say what they lack."""
+    """Validate a payload straight from its bytes (pydantic's JSON parser: several times faster
+    than json.loads + model_validate on a large bundle). On failure the format version is checked
+    first, so an old runtime says it does not know a newer format rather than list field errors."""
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise BundleError("malformed payload: not JSON") from None
-    fmt = doc.get("format") if isinstance(doc, dict) else None
-    if fmt not in KNOWN_FORMATS:
-        raise BundleError(f"unknown bundle format {fmt!r} (this gwc reads {', '.join(KNOWN_FORMATS)})")
-    try:
-        return BundlePayload.model_validate(doc)
+        return BundlePayload.model_validate_json(payload)
     except ValidationError as exc:
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            raise BundleError("malformed payload: not JSON") from None
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        if fmt not in KNOWN_FORMATS:
+            raise BundleError(f"unknown bundle format {fmt!r} "
+                              f"(this gwc reads {', '.join(KNOWN_FORMATS)})") from None
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BundleError(f"malformed payload: {where}: {first['msg']} "
