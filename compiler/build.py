@@ -58,12 +58,13 @@ def default_revision(root: Path, inputs: Sequence[str] = (".",)) -> str:
     """The commit hash of HEAD, with "-dirty" when any input (tracked or not) differs from it.
 
     Only ``inputs`` count, so a key file or a scratch folder in the checkout does not mark the
-    bundle dirty, while a new, uncommitted policy file does.
+    bundle dirty, while a new policy file does, even one that .gitignore hides.
     """
     sha = _git(root, "rev-parse", "HEAD")
     if not sha:
         return "unversioned"
-    return sha + ("-dirty" if _git(root, "status", "--porcelain", "--", *inputs) else "")
+    status = _git(root, "status", "--porcelain", "--ignored=matching", "--", *inputs)
+    return sha + ("-dirty" if status or status is None else "")  # unknown state counts as dirty
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -94,7 +94,7 @@ def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> l
     if manifest.owner == GLOBAL_FOLDER:
         diags.append(source.diag(("owner",), "reserved-name",
                                  f"owner '{GLOBAL_FOLDER}' is reserved: policies/{GLOBAL_FOLDER}/ "
-                                 "belongs to the gateway's owners (platform and security)"))
+                                 "belongs to the gateway's owners (gateway.yaml owners)"))
     diags += check_audience(manifest.visibility, source, ("visibility",))
     if not manifest.visibility:
         diags.append(source.diag(("visibility",), "audience",

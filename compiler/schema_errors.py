@@ -50,6 +50,8 @@ def describe(error: dict[str, Any]) -> str:
                  "less_than": "<"}[kind]
         limit = next(iter(ctx.values()), "?")
         return f"{field} {value!r} is out of bounds (expected {bound} {limit})"
+    if kind == "too_short":
+        return f"{field} needs at least {ctx.get('min_length', 1)} item(s)"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     message = error["msg"]

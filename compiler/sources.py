@@ -108,30 +108,32 @@ def _compose(text: str) -> tuple[Node | None, Any]:
         loader.dispose()
 
 
-def _construct(node: Node, loader: Any, dups: list[tuple[Node, str, int]]) -> Any:
+def _construct(node: Node, loader: Any, problems: list[tuple[Node, str, str]]) -> Any:
+    """Build plain data from a node tree, noting (node, code, message) for what cannot be used."""
     if isinstance(node, ScalarNode):
         if node.tag == _STR_TAG:
             return node.value
         try:
             return loader.construct_object(node)
         except (yaml.YAMLError, ValueError) as exc:  # e.g. a date that does not exist, a << key
-            dups.append((node, f"cannot read value {node.value!r}: "
-                               f"{getattr(exc, 'problem', None) or exc}", 0))
+            problems.append((node, "unreadable-value", f"cannot read value {node.value!r}: "
+                                                       f"{getattr(exc, 'problem', None) or exc}"))
             return node.value
     if isinstance(node, SequenceNode):
-        return [_construct(n, loader, dups) for n in node.value]
+        return [_construct(n, loader, problems) for n in node.value]
     if isinstance(node, MappingNode):  # YAML merge keys (<<) are not supported
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
         for knode, vnode in node.value:
-            key = _construct(knode, loader, dups)
+            key = _construct(knode, loader, problems)
             if isinstance(key, (list, dict)):
-                dups.append((knode, "mapping keys must be plain scalars", 0))
+                problems.append((knode, "duplicate-key", "mapping keys must be plain scalars"))
                 continue
             if key in out:
-                dups.append((knode, str(key), first_line[key]))
+                problems.append((knode, "duplicate-key",
+                                 f"duplicate key '{key}' (first at line {first_line[key]})"))
             first_line[key] = knode.start_mark.line + 1
-            out[key] = _construct(vnode, loader, dups)
+            out[key] = _construct(vnode, loader, problems)
         return out
     return None
 
@@ -168,9 +170,8 @@ def load_source(path: Path, rel: str) -> tuple[SourceFile | None, list[Diagnosti
         return None, [Diagnostic(rel, line, col, "error", "syntax", f"invalid YAML: {problem}")]
     except yaml.YAMLError as exc:
         return None, [Diagnostic(rel, 1, 1, "error", "syntax", f"invalid YAML: {exc}")]
-    dups: list[tuple[Node, str, int]] = []
-    data = _construct(node, loader, dups) if node is not None else None
-    diags = [Diagnostic(rel, n.start_mark.line + 1, n.start_mark.column + 1, "error", "duplicate-key",
-                        f"duplicate key '{k}' (first at line {first})" if first else k)
-             for n, k, first in dups]
+    problems: list[tuple[Node, str, str]] = []
+    data = _construct(node, loader, problems) if node is not None else None
+    diags = [Diagnostic(rel, n.start_mark.line + 1, n.start_mark.column + 1, "error", code, message)
+             for n, code, message in problems]
     return SourceFile(rel, text, data, node), diags

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import subprocess
+
 import pytest
+
+from compiler.build import default_revision
+from compiler.registry import load_registry
 
 from runtime.policy import Principal, decide
 from tests.helpers import (GATEWAY, compile_root, diagnostics, errors, gwc, manifest, rule,
@@ -54,7 +59,21 @@ def test_empty_action_or_tool_list_is_an_error(tmp_path: Path, field: str, value
     bad = rule(team="team-a", **{field: value})
     root = write_registry(tmp_path / "r", policies={"team-a/p.yaml": [bad]})
     [err] = errors(diagnostics(root))
-    assert err.code == "schema" and "at least 1 item" in err.message
+    assert err.code == "schema" and err.message == f"{field} needs at least 1 item(s)"
+
+
+def test_ignored_input_files_make_the_revision_dirty(tmp_path: Path) -> None:
+    root = write_registry(tmp_path / "r")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text("policies/secret/\n")
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@e",
+                    "commit", "-qm", "init"], check=True)
+    registry = load_registry(root)
+    assert not default_revision(root, registry.input_paths()).endswith("-dirty")
+    (root / "policies" / "secret").mkdir(parents=True)
+    (root / "policies" / "secret" / "p.yaml").write_text("[]\n")
+    assert default_revision(root, registry.input_paths()).endswith("-dirty")
 
 
 def test_owner_global_is_refused(tmp_path: Path) -> None:
@@ -70,7 +89,7 @@ def test_owner_global_is_refused(tmp_path: Path) -> None:
 def test_unconstructible_yaml_values_are_diagnostics_not_crashes(tmp_path: Path, text: str,
                                                                  fragment: str) -> None:
     root = write_registry(tmp_path / "r", manifests={"svc.yaml": text})
-    messages = [d.message for d in errors(diagnostics(root)) if d.file == "registry/svc.yaml"]
-    assert any(fragment in m for m in messages), messages
+    found = [d for d in errors(diagnostics(root)) if d.code == "unreadable-value"]
+    assert [d.file for d in found] == ["registry/svc.yaml"] and fragment in found[0].message
     result = gwc("validate", root)
     assert result.exit_code == 1 and "Traceback" not in result.output
