@@ -1,0 +1,39 @@
+"""Prometheus metrics of one runtime node (its own registry, so several nodes can share a process
+in tests)."""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.bundle_serial = Gauge("gwc_bundle_serial", "Serial of the active bundle.", registry=r)
+        self._activated_at = 0.0
+        self.bundle_age = Gauge("gwc_bundle_age_seconds", "Seconds since the active bundle was "
+                                "activated.", registry=r)
+        self.bundle_age.set_function(
+            lambda: time.time() - self._activated_at if self._activated_at else float("nan"))
+        self.bundle_loads = Counter("gwc_bundle_loads_total", "Bundle polls by result "
+                                    "(activated, unchanged, refused, fetch_error).", ["result"],
+                                    registry=r)
+        self.requests = Counter("gwc_requests_total", "MCP requests by server, tool and decision.",
+                                ["server", "method", "tool", "decision"], registry=r)
+        self.latency = Histogram("gwc_request_seconds", "Time in the gateway per MCP request, "
+                                 "upstream included.", ["server"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
+        self.upstream_latency = Histogram("gwc_upstream_seconds", "Upstream response time.",
+                                          ["server"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_errors = Counter("gwc_upstream_errors_total", "Upstream failures by reason.",
+                                       ["server", "reason"], registry=r)
+
+    def bundle_activated(self, serial: int) -> None:
+        self.bundle_serial.set(serial)
+        self._activated_at = time.time()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
