@@ -1,0 +1,41 @@
+"""JSON-RPC errors the gateway itself answers with: stable codes and ``data.reason`` values.
+
+Standard codes for standard failures (parse error, invalid request, unknown method); gateway
+decisions use the -32000..-32099 range. Clients can rely on ``data.reason``; the message is for
+humans. Never a stack trace.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+UPSTREAM_TIMEOUT = -32001
+NOT_FOUND = -32002  # the MCP code for an unknown resource; used for every "does not exist"
+DENIED = -32003
+UPSTREAM_UNAVAILABLE = -32004
+UNAUTHENTICATED = -32005
+HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
+
+REASONS = {
+    PARSE_ERROR: "parse_error", INVALID_REQUEST: "invalid_request",
+    METHOD_NOT_FOUND: "method_not_found", UPSTREAM_TIMEOUT: "upstream_timeout",
+    NOT_FOUND: "not_found", DENIED: "denied", UPSTREAM_UNAVAILABLE: "upstream_unavailable",
+    UNAUTHENTICATED: "unauthenticated", HEADER_MISMATCH: "header_mismatch",
+}
+
+
+class RpcError(Exception):
+    """An error answered to the client as a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, http_status: int = 200, **data: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.http_status = code, message, http_status
+        self.data = {"reason": REASONS[code], **data}
+
+    def body(self, request_id: Any) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "id": request_id,
+                           "error": {"code": self.code, "message": self.message,
+                                     "data": self.data}}).encode()
