@@ -17,7 +17,7 @@ from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
 from compiler.diagnostics import render, summary
 from compiler.diff import diff_payloads, render_markdown
-from compiler.keys import KeyError_, generate_keypair, load_private_key
+from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import Registry, load_registry
 from compiler.report import one_line, summary_json, summary_text
 from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
@@ -85,7 +85,7 @@ def build_cmd(root: Path, key_path: str, out: Path, serial: int | None, revision
     """Validate, compile and sign the registry into one bundle."""
     try:
         key = load_private_key(key_path)
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         _fail(str(exc))
     registry = _load_valid(root)
     try:
@@ -106,7 +106,7 @@ def keygen(prefix: str, force: bool) -> None:
     """Generate an Ed25519 bundle-signing key pair."""
     try:
         key_path, pub_path, key = generate_keypair(prefix, force)
-    except (KeyError_, OSError) as exc:
+    except (KeyFileError, OSError) as exc:
         _fail(str(exc))
     click.echo(f"wrote {key_path} (private, keep secret) and {pub_path}\n"
                f"key id {key_id(key.public_key())}")

@@ -7,16 +7,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from runtime.keys import KeyFileError, load_private_key
 
-class KeyError_(Exception):
-    """A key file is missing, unreadable or not an Ed25519 private key."""
+__all__ = ["KeyFileError", "generate_keypair", "load_private_key"]
 
 
 def generate_keypair(prefix: str | Path, force: bool = False) -> tuple[Path, Path, Ed25519PrivateKey]:
     """Write ``PREFIX.key`` (PKCS#8 PEM, mode 0600) and ``PREFIX.pub`` (SPKI PEM)."""
     key_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     if not force and (key_path.exists() or pub_path.exists()):
-        raise KeyError_(f"{key_path} or {pub_path} exists; pass --force to overwrite")
+        raise KeyFileError(f"{key_path} or {pub_path} exists; pass --force to overwrite")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -28,17 +28,3 @@ def generate_keypair(prefix: str | Path, force: bool = False) -> tuple[Path, Pat
     pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
     return key_path, pub_path, key
-
-
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyError_(f"cannot read signing key {path}: {exc.strerror or exc}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise KeyError_(f"{path} is not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path} is not an Ed25519 key (gwc signs bundles with Ed25519)")
-    return key

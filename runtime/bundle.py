@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from runtime.bundle_format import KNOWN_FORMATS, BundlePayload
-from runtime.dsse import VerificationError, key_id, load_public_key, open_envelope, verify_envelope
+from runtime.dsse import VerificationError, key_id, open_envelope, verify_envelope
+from runtime.keys import KeyFileError, load_public_key
 
 
 class BundleError(Exception):
@@ -44,7 +45,7 @@ def trusted_keys(paths: list[str] | tuple[str, ...]) -> dict[str, Ed25519PublicK
     for path in paths:
         try:
             key = load_public_key(path)
-        except VerificationError as exc:
+        except KeyFileError as exc:
             raise BundleError(str(exc)) from None
         keys[key_id(key)] = key
     return keys

@@ -24,6 +24,10 @@ class BundleStore:
         self._state_dir = state_dir
         self.active: Bundle | None = None
 
+    @property
+    def trusted_ids(self) -> frozenset[str]:
+        return frozenset(self._trusted)
+
     def check(self, data: bytes) -> Bundle | None:
         """Verify and vet a candidate (CPU work: call it off the event loop).
 

@@ -10,7 +10,6 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -35,19 +34,6 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """Stable key id: hex SHA-256 of the raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
-
-
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """Read a PEM Ed25519 public key (as written by ``gwc keygen``)."""
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except OSError as exc:
-        raise VerificationError(f"cannot read public key {path}: {exc.strerror or exc}") from None
-    except ValueError:
-        raise VerificationError(f"{path} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise VerificationError(f"{path} is not an Ed25519 public key")
-    return key
 
 
 def sign_envelope(payload: bytes, private_key: Ed25519PrivateKey,

@@ -18,12 +18,14 @@ DENIED = -32003
 UPSTREAM_UNAVAILABLE = -32004
 UNAUTHENTICATED = -32005
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
+APPROVAL_REQUIRED = -32030
 
 REASONS = {
     PARSE_ERROR: "parse_error", INVALID_REQUEST: "invalid_request",
     METHOD_NOT_FOUND: "method_not_found", UPSTREAM_TIMEOUT: "upstream_timeout",
     NOT_FOUND: "not_found", DENIED: "denied", UPSTREAM_UNAVAILABLE: "upstream_unavailable",
     UNAUTHENTICATED: "unauthenticated", HEADER_MISMATCH: "header_mismatch",
+    APPROVAL_REQUIRED: "approval_required",
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from compiler.build import BuildError, build, default_revision, default_serial
-from compiler.keys import KeyError_, generate_keypair, load_private_key
+from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import load_registry
 from helpers import gwc, load_ok, manifest, write_registry
 from runtime.bundle import load_bundle, read_unverified, trusted_keys
@@ -222,7 +222,7 @@ def test_non_ed25519_key_is_refused(tmp_path: Path) -> None:
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     (tmp_path / "ec.key").write_bytes(pem)
-    with pytest.raises(KeyError_, match="is not an Ed25519 key"):
+    with pytest.raises(KeyFileError, match="is not an Ed25519 key"):
         load_private_key(tmp_path / "ec.key")
 
 

@@ -1,0 +1,133 @@
+"""The runtime node: wires bundle loading, identity, upstream credentials and the MCP proxy into
+one aiohttp application, plus the operational endpoints (health, readiness, metrics, JWKS, RFC 9728
+protected-resource metadata)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from runtime.bundle import Bundle, trusted_keys
+from runtime.bundle_poller import BundlePoller
+from runtime.bundle_source import source_for
+from runtime.bundle_store import BundleStore
+from runtime.config import Config
+from runtime.identity import Authenticator
+from runtime.mcp_proxy import McpProxy
+from runtime.metrics import Metrics
+from runtime.upstream_auth import UpstreamCredentials
+
+log = logging.getLogger("gwc.runtime")
+REQUEST_ID_HEADER = "X-Request-Id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """One node's state. Everything request-scoped reads ``store.active`` once, at the start."""
+
+    def __init__(self, config: Config, signing_key: Ed25519PrivateKey) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = BundleStore(trusted_keys(config.trust), config.state_dir)
+        self.poller = BundlePoller(source_for(config.bundle), self.store, self.metrics,
+                                   config.poll_interval_s)
+        self.credentials = UpstreamCredentials(signing_key, config.public_url)
+        self._authenticator: Authenticator | None = None
+        self._auth_bundle: Bundle | None = None
+        self.proxy = McpProxy(self)
+        self._poll_task: asyncio.Task | None = None
+
+    def authenticator(self, bundle: Bundle) -> Authenticator:
+        """The authenticator for the bundle's identity settings (rebuilt only when they change)."""
+        if bundle is not self._auth_bundle:
+            identity = bundle.payload.gateway.identity
+            if self._authenticator is None or self._authenticator.identity != identity:
+                old, self._authenticator = self._authenticator, Authenticator(identity)
+                if old is not None:
+                    asyncio.get_running_loop().create_task(old.close())
+            self._auth_bundle = bundle
+        assert self._authenticator is not None
+        return self._authenticator
+
+    def resource_metadata_url(self, path: str) -> str:
+        return f"{self.config.public_url}/.well-known/oauth-protected-resource{path}"
+
+    async def _startup(self, app: web.Application) -> None:
+        await self.poller.start()
+        self._poll_task = asyncio.create_task(self.poller.run(), name="gwc-bundle-poller")
+
+    async def _cleanup(self, app: web.Application) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        await self.proxy.close()
+        if self._authenticator is not None:
+            await self._authenticator.close()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        bundle = self.store.active
+        if bundle is None:
+            return web.json_response({"status": "no valid bundle"}, status=503)
+        return web.json_response({"status": "ready", "serial": bundle.serial,
+                                  "digest": bundle.digest})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return web.json_response(self.credentials.jwks())
+
+    async def protected_resource(self, request: web.Request) -> web.Response:
+        """RFC 9728 metadata: which authorization server issues tokens for this resource."""
+        bundle = self.store.active
+        if bundle is None:
+            return web.json_response({"error": "not ready"}, status=503)
+        path = request.match_info.get("path", "")
+        return web.json_response({
+            "resource": f"{self.config.public_url}/{path}".rstrip("/"),
+            "authorization_servers": [bundle.payload.gateway.identity.issuer],
+            "bearer_methods_supported": ["header"]})
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[request_ids], client_max_size=self.config.max_body_bytes)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/.well-known/jwks.json", self.jwks)
+        app.router.add_get("/.well-known/oauth-protected-resource", self.protected_resource)
+        app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
+                           self.protected_resource)
+        app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Accept or assign a request id, return it, and never let an exception become a trace."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    request["request_id"] = request_id
+    request["started"] = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        response = web.json_response({"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32603, "message": "internal gateway error",
+            "data": {"reason": "internal_error", "request_id": request_id}}}, status=500)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response

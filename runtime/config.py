@@ -1,0 +1,88 @@
+"""Runtime settings: every flag also comes from a ``GWC_*`` environment variable (12-factor)."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "GWC_"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is the one line printed at startup."""
+
+
+@dataclass(frozen=True)
+class Config:
+    bundle: str
+    trust: tuple[str, ...]
+    listen_host: str
+    listen_port: int
+    signing_key: Path
+    public_url: str
+    poll_interval_s: float = 30.0
+    state_dir: Path | None = None
+    log_level: str = "info"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    return value if value else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gwc-runtime", description="Serve MCP through gwc: verify and hot-load the signed "
+        "bundle, enforce identity and policy. Every flag can also be set as GWC_<FLAG>, e.g. "
+        "GWC_PUBLIC_URL; GWC_TRUST takes a comma-separated list.")
+    p.add_argument("--bundle", help="Bundle file path or http(s) URL (GWC_BUNDLE).")
+    p.add_argument("--trust", action="append", help="Trusted bundle public key (PEM); repeat for "
+                   "rotation (GWC_TRUST, comma-separated).")
+    p.add_argument("--listen", help="HOST:PORT to listen on (GWC_LISTEN, default 127.0.0.1:8080).")
+    p.add_argument("--signing-key", help="The gateway's own Ed25519 key (PEM) for minting upstream "
+                   "tokens; never the bundle key (GWC_SIGNING_KEY).")
+    p.add_argument("--public-url", help="The URL clients use to reach the gateway (GWC_PUBLIC_URL).")
+    p.add_argument("--poll-interval", type=float, help="Seconds between bundle polls "
+                   "(GWC_POLL_INTERVAL, default 30).")
+    p.add_argument("--state-dir", help="Where the last good bundle is kept (GWC_STATE_DIR).")
+    p.add_argument("--log-level", help="debug, info, warning or error (GWC_LOG_LEVEL).")
+    p.add_argument("--max-body-bytes", type=int, help="Largest accepted request body "
+                   "(GWC_MAX_BODY_BYTES, default 4 MiB).")
+    return p
+
+
+def load(argv: list[str] | None = None) -> Config:
+    args = parser().parse_args(argv)
+
+    def pick(name: str, default: str | None = None) -> str | None:
+        value = getattr(args, name.replace("-", "_"))
+        return str(value) if value is not None else (_env(name) or default)
+
+    missing = [f"--{n}" for n in ("bundle", "signing-key", "public-url") if pick(n) is None]
+    trust = tuple(args.trust or [t for t in (_env("trust") or "").split(",") if t.strip()])
+    if not trust:
+        missing.append("--trust")
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or the GWC_* environment variables)")
+    host, _, port = (pick("listen", "127.0.0.1:8080") or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--listen must be HOST:PORT")
+    public_url = (pick("public-url") or "").rstrip("/")
+    if not public_url.startswith(("https://", "http://")):
+        raise ConfigError("--public-url must be an http(s) URL")
+    try:
+        interval = float(pick("poll-interval", "30") or 30)
+        max_body = int(pick("max-body-bytes", str(DEFAULT_MAX_BODY_BYTES)) or 0)
+    except ValueError as exc:
+        raise ConfigError(f"bad number: {exc}") from None
+    if interval <= 0 or max_body <= 0:
+        raise ConfigError("--poll-interval and --max-body-bytes must be positive")
+    state_dir = pick("state-dir")
+    return Config(bundle=pick("bundle") or "", trust=tuple(t.strip() for t in trust),
+                  listen_host=host.strip("[]"), listen_port=int(port),
+                  signing_key=Path(pick("signing-key") or ""), public_url=public_url,
+                  poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
+                  log_level=pick("log-level", "info") or "info", max_body_bytes=max_body)

@@ -1,0 +1,297 @@
+"""MCP over Streamable HTTP, one endpoint per server: ``/servers/{name}/mcp``.
+
+Per request: authenticate, apply the visibility wall (an invisible server answers exactly like one
+that does not exist), check the 2026-07-28 routing headers against the body, decide policy before
+anything reaches the upstream, then forward the client's original bytes with the gateway's own
+credential and the upstream's own Host. ``tools/list`` answers are filtered to the entitled,
+declared tools with annotations from the manifest; every other answer, SSE streams included, is
+relayed as it comes. Sessions and protocol versions are negotiated end to end with the upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from runtime.bundle import Bundle
+from runtime.bundle_format import Server
+from runtime.identity import AuthError
+from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_REQUEST,
+                             METHOD_NOT_FOUND, NOT_FOUND, PARSE_ERROR, UNAUTHENTICATED,
+                             UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError)
+from runtime.policy import Principal, decide, entitlement, visible_server
+from runtime.sse import rewrite_events
+from runtime.upstream_auth import CredentialError
+
+if TYPE_CHECKING:
+    from runtime.app import Gateway
+
+log = logging.getLogger("gwc.mcp")
+
+# Headers a client may send that the upstream needs; everything else (cookies, the client's
+# Authorization, its Host) stays at the gateway.
+FORWARDED_REQUEST_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Session-Id",
+                             "Mcp-Method", "Mcp-Name", "Last-Event-ID", "X-Request-Id")
+RELAYED_RESPONSE_HEADERS = ("Content-Type", "Mcp-Session-Id", "MCP-Protocol-Version",
+                            "Cache-Control")
+VISIBLE_METHODS = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "resources/list",
+    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "subscriptions/listen", "prompts/list", "prompts/get", "completion/complete",
+    "logging/setLevel"})
+NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+STATELESS_ERA = "2026-07-28"
+
+
+def _decode_header_value(value: str) -> str:
+    """Mcp-Name values that are not plain ASCII travel as ``=?base64?<b64>?=``."""
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise RpcError(HEADER_MISMATCH, "Mcp-Name is not valid base64", 400) from None
+    return value
+
+
+def _check_routing_headers(request: web.Request, method: str, params: dict[str, Any]) -> None:
+    """2026-07-28: Mcp-Method (always) and Mcp-Name (named methods) must match the body."""
+    meta = params.get("_meta")
+    stateless = (request.headers.get("MCP-Protocol-Version") == STATELESS_ERA or
+                 (isinstance(meta, dict) and meta.get(META_VERSION) == STATELESS_ERA))
+    header_method = request.headers.get("Mcp-Method")
+    if header_method is None:
+        if stateless:
+            raise RpcError(HEADER_MISMATCH, "Mcp-Method header is required", 400)
+        return
+    if header_method != method:
+        raise RpcError(HEADER_MISMATCH, f"Mcp-Method {header_method!r} does not match the body's "
+                                        f"method {method!r}", 400)
+    field = NAMED_PARAM.get(method)
+    if field is None:
+        return
+    header_name = request.headers.get("Mcp-Name")
+    if header_name is None:
+        if stateless:
+            raise RpcError(HEADER_MISMATCH, "Mcp-Name header is required", 400)
+        return
+    if _decode_header_value(header_name) != params.get(field):
+        raise RpcError(HEADER_MISMATCH, f"Mcp-Name does not match the body's {field}", 400)
+
+
+def _json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None
+                   ) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json",
+                        headers=headers)
+
+
+class McpProxy:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, server: Server) -> aiohttp.ClientSession:
+        """One connection pool per upstream, capped at its max_concurrency."""
+        session = self._sessions.get(server.upstream)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                            skip_auto_headers=("User-Agent",))
+            self._sessions[server.upstream] = session
+        return session
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._sessions.values()))
+
+    def _unauthorized(self, request: web.Request, reason: str) -> web.Response:
+        metadata = self._gateway.resource_metadata_url(request.path)
+        challenge = (f'Bearer resource_metadata="{metadata}", error="invalid_token", '
+                     f'error_description="{reason}"')
+        return _json_response(RpcError(UNAUTHENTICATED, reason).body(None), 401,
+                              {"WWW-Authenticate": challenge})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        bundle = self._gateway.store.active
+        if bundle is None:
+            return _json_response(RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid bundle "
+                                           "yet").body(None), 503)
+        try:
+            principal = await self._gateway.authenticator(bundle).authenticate(
+                request.headers.get("Authorization"))
+        except AuthError as exc:
+            return self._unauthorized(request, str(exc))
+        name = request.match_info["server"]
+        server = visible_server(bundle.payload, principal, name)
+        if server is None:
+            return _json_response(RpcError(NOT_FOUND, f"unknown server '{name}'").body(None), 404)
+        if request.method == "POST":
+            return await self._post(request, bundle, principal, name, server)
+        if request.method in ("GET", "DELETE"):
+            return await self._forward(request, principal, name, server, None, None, None)
+        return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
+
+    async def _post(self, request: web.Request, bundle: Bundle, principal: Principal, name: str,
+                    server: Server) -> web.StreamResponse:
+        request_id: Any = None
+        try:
+            body = await request.read()
+            try:
+                message = json.loads(body)
+            except (UnicodeDecodeError, ValueError):
+                raise RpcError(PARSE_ERROR, "request body is not valid JSON", 400) from None
+            if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+                raise RpcError(INVALID_REQUEST, "expected one JSON-RPC 2.0 message object", 400)
+            request_id = message.get("id")
+            if isinstance(request_id, (dict, list, bool)):
+                request_id = None
+                raise RpcError(INVALID_REQUEST, "id must be a string or a number", 400)
+            method = message.get("method")
+            if method is None:  # a client's response to a server request: relay it
+                return await self._forward(request, principal, name, server, body, None, None)
+            params = message.get("params", {})
+            if not isinstance(method, str) or not isinstance(params, dict):
+                raise RpcError(INVALID_REQUEST, "method must be a string and params an object", 400)
+            _check_routing_headers(request, method, params)
+            if method.startswith("notifications/"):
+                return await self._forward(request, principal, name, server, body, None, None)
+            tool = self._authorize(request, bundle, principal, name, method, params)
+            return await self._forward(request, principal, name, server, body, method, tool,
+                                       request_id, bundle)
+        except RpcError as exc:
+            return _json_response(exc.body(request_id), exc.http_status)
+
+    def _authorize(self, request: web.Request, bundle: Bundle, principal: Principal, name: str,
+                   method: str, params: dict[str, Any]) -> str | None:
+        """Decide before forwarding. Returns the tool name for tools/call."""
+        if method in VISIBLE_METHODS:
+            self._count(name, method, None, "allow")
+            return None
+        if method != "tools/call":
+            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported by the gateway")
+        tool = params.get("name")
+        if not isinstance(tool, str):
+            raise RpcError(INVALID_REQUEST, "tools/call needs params.name", 400)
+        decision = decide(bundle.payload, principal, name, tool, params.get("arguments") or {})
+        shadowed = decision.effect == "deny" and decision.mode == "shadow"
+        outcome = "would_deny" if shadowed else decision.effect
+        log.info("decision", extra={
+            "request_id": request["request_id"], "subject": principal.subject,
+            "kind": principal.kind, "acting_for": principal.acting_for,
+            "groups": sorted(principal.groups), "server": name, "tool": tool,
+            "access": decision.access, "decision": outcome, "reason": decision.reason,
+            "rules": list(decision.rule_ids), "bundle_serial": bundle.serial})
+        self._count(name, method, tool if decision.effect != "not_found" else "", outcome)
+        if decision.effect == "not_found":
+            raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
+        if decision.effect == "deny" and not shadowed:
+            raise RpcError(DENIED, f"{principal.subject} may not call {tool} on {name}",
+                           rules=list(decision.rule_ids))
+        if decision.approval_required:
+            raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
+                           "gateway does not run approvals yet")
+        return tool
+
+    def _count(self, server: str, method: str, tool: str | None, decision: str) -> None:
+        self._gateway.metrics.requests.labels(server, method, tool or "", decision).inc()
+
+    def _upstream_headers(self, request: web.Request, principal: Principal, server: Server,
+                          tool: str | None) -> dict[str, str]:
+        headers = {h: v for h in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(h))}
+        headers.update((k, v) for k, v in request.headers.items() if k.lower().startswith("mcp-param-"))
+        headers["X-Request-Id"] = request["request_id"]
+        try:
+            key, value = self._gateway.credentials.header(server, principal, tool)
+        except CredentialError as exc:
+            log.error("upstream credential missing", extra={"reason": str(exc),
+                                                            "upstream": server.upstream})
+            raise RpcError(UPSTREAM_UNAVAILABLE, "the gateway cannot authenticate to this "
+                           "upstream") from None
+        headers[key] = value
+        return headers
+
+    async def _forward(self, request: web.Request, principal: Principal, name: str, server: Server,
+                       body: bytes | None, method: str | None, tool: str | None,
+                       request_id: Any = None, bundle: Bundle | None = None) -> web.StreamResponse:
+        timeout_ms = server.tools[tool].timeout_ms if tool else server.timeout_ms
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
+                                        sock_read=timeout_ms / 1000)
+        started = time.perf_counter()
+        try:
+            headers = self._upstream_headers(request, principal, server, tool)
+            upstream = await self._session(server).request(
+                request.method, server.upstream, data=body, headers=headers, timeout=timeout,
+                allow_redirects=False)
+        except RpcError as exc:
+            return _json_response(exc.body(request_id), exc.http_status)
+        except asyncio.TimeoutError:
+            return self._upstream_failed(name, request_id, UPSTREAM_TIMEOUT, "timeout",
+                                         f"upstream did not answer within {timeout_ms} ms")
+        except aiohttp.ClientError as exc:
+            return self._upstream_failed(name, request_id, UPSTREAM_UNAVAILABLE, "connect",
+                                         f"upstream unreachable ({exc.__class__.__name__})")
+        try:
+            self._gateway.metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
+            relay_headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
+            if method == "tools/list" and upstream.status == 200 and bundle is not None:
+                content = await upstream.read()
+                content = self._filter_tools(content, upstream.headers.get("Content-Type", ""),
+                                             bundle, principal, name, server)
+                return web.Response(body=content, status=upstream.status, headers=relay_headers)
+            response = web.StreamResponse(status=upstream.status, headers=relay_headers)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        except asyncio.TimeoutError:
+            return self._upstream_failed(name, request_id, UPSTREAM_TIMEOUT, "timeout",
+                                         f"upstream went silent for {timeout_ms} ms")
+        except aiohttp.ClientError as exc:
+            return self._upstream_failed(name, request_id, UPSTREAM_UNAVAILABLE, "read",
+                                         f"upstream connection failed ({exc.__class__.__name__})")
+        finally:
+            upstream.release()
+            self._gateway.metrics.latency.labels(name).observe(
+                time.perf_counter() - request["started"])
+
+    def _upstream_failed(self, name: str, request_id: Any, code: int, kind: str,
+                         message: str) -> web.Response:
+        self._gateway.metrics.upstream_errors.labels(name, kind).inc()
+        log.warning("upstream failed", extra={"server": name, "reason": message})
+        return _json_response(RpcError(code, message).body(request_id), 502 if kind != "timeout"
+                              else 504)
+
+    def _filter_tools(self, content: bytes, content_type: str, bundle: Bundle,
+                      principal: Principal, name: str, server: Server) -> bytes:
+        """Keep declared, entitled tools; annotations come from the manifest, not the upstream."""
+        def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+            result = message.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                return message
+            kept = []
+            for tool in result["tools"]:
+                spec = server.tools.get(tool.get("name")) if isinstance(tool, dict) else None
+                if spec is None or (spec.mode != "shadow" and entitlement(
+                        bundle.payload, principal, name, tool["name"]) is None):
+                    continue
+                upstream_annotations = tool.get("annotations") or {}
+                annotations = {k: v for k, v in upstream_annotations.items() if k == "title"}
+                annotations.update(readOnlyHint=spec.access == "read",
+                                   destructiveHint=spec.access == "write")
+                kept.append({**tool, "annotations": annotations})
+            return {**message, "result": {**result, "tools": kept}}
+
+        if content_type.startswith("text/event-stream"):
+            return rewrite_events(content, rewrite)
+        try:
+            message = json.loads(content)
+        except ValueError:
+            raise RpcError(UPSTREAM_UNAVAILABLE, "upstream answered tools/list with invalid JSON")
+        return json.dumps(rewrite(message) if isinstance(message, dict) else message).encode()
