@@ -19,6 +19,7 @@ from runtime.bundle_store import BundleStore
 from runtime.config import Config
 from runtime.identity import Authenticator
 from runtime.mcp_proxy import McpProxy
+from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.metrics import Metrics
 from runtime.upstream_auth import UpstreamCredentials
 
@@ -106,6 +107,7 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
         app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
+        app.on_response_prepare.append(_stamp_request_id)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -116,18 +118,21 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
     """Accept or assign a request id, return it, and never let an exception become a trace."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-    request["request_id"] = request_id
-    request["started"] = time.perf_counter()
+    request[REQUEST_ID] = request_id
+    request[STARTED] = time.perf_counter()
     try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers[REQUEST_ID_HEADER] = request_id
+        return await handler(request)
+    except web.HTTPException:
         raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-        response = web.json_response({"jsonrpc": "2.0", "id": None, "error": {
+        return web.json_response({"jsonrpc": "2.0", "id": None, "error": {
             "code": -32603, "message": "internal gateway error",
             "data": {"reason": "internal_error", "request_id": request_id}}}, status=500)
-    if not response.prepared:
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed or not, error or not, carries the request id."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
-    return response

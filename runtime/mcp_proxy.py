@@ -27,6 +27,7 @@ from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID
                              METHOD_NOT_FOUND, NOT_FOUND, PARSE_ERROR, UNAUTHENTICATED,
                              UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.policy import Principal, decide, entitlement, visible_server
+from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sse import rewrite_events
 from runtime.upstream_auth import CredentialError
 
@@ -182,7 +183,7 @@ class McpProxy:
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
         outcome = "would_deny" if shadowed else decision.effect
         log.info("decision", extra={
-            "request_id": request["request_id"], "subject": principal.subject,
+            "request_id": request[REQUEST_ID], "subject": principal.subject,
             "kind": principal.kind, "acting_for": principal.acting_for,
             "groups": sorted(principal.groups), "server": name, "tool": tool,
             "access": decision.access, "decision": outcome, "reason": decision.reason,
@@ -205,7 +206,7 @@ class McpProxy:
                           tool: str | None) -> dict[str, str]:
         headers = {h: v for h in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(h))}
         headers.update((k, v) for k, v in request.headers.items() if k.lower().startswith("mcp-param-"))
-        headers["X-Request-Id"] = request["request_id"]
+        headers["X-Request-Id"] = request[REQUEST_ID]
         try:
             key, value = self._gateway.credentials.header(server, principal, tool)
         except CredentialError as exc:
@@ -259,7 +260,7 @@ class McpProxy:
         finally:
             upstream.release()
             self._gateway.metrics.latency.labels(name).observe(
-                time.perf_counter() - request["started"])
+                time.perf_counter() - request[STARTED])
 
     def _upstream_failed(self, name: str, request_id: Any, code: int, kind: str,
                          message: str) -> web.Response:

@@ -1,0 +1,322 @@
+"""End to end: real mcp.Client (both protocol eras) -> gwc runtime -> real MCPServer upstream.
+
+The IdP serves its JWKS over HTTP on 127.0.0.1; the upstream runs in a subprocess; the gateway runs
+on a real socket. Nothing is mocked.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import jwt
+import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from compiler.build import build
+from compiler.registry import load_registry
+from runtime.app import Gateway
+from runtime.config import Config
+from tests.helpers import dump
+from tests.idp import AUDIENCE, ISSUER, TestIdP
+
+MODES = ["auto", "legacy"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def upstream_url():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("upstream MCP server did not start")
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.terminate()
+    proc.wait(10)
+
+
+def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text(dump({"identity": {
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
+    tools = {"echo": {"access": "read"}, "whoami": {"access": "read"},
+             "slow_count": {"access": "read"}, "write_thing": {"access": "write", "approval": "none"}}
+    registry = root / "registry"
+    registry.mkdir(exist_ok=True)
+    (registry / "tools.yaml").write_text(dump({
+        "name": "tools", "owner": "eng", "upstream": upstream,
+        "visibility": ["team:eng", "team:ops"], "tools": tools}))
+    (registry / "hidden.yaml").write_text(dump({
+        "name": "hidden", "owner": "secret", "upstream": upstream, "visibility": "team:secret",
+        "tools": {"echo": {"access": "read"}}}))
+    (root / "policies" / "eng").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "eng" / "tools.yaml").write_text(dump([
+        {"id": "eng-read", "subject": {"team": "eng"}, "resource": {"server": "tools"},
+         "action": "read"},
+        {"id": "eng-write-staging", "subject": {"team": "eng"},
+         "resource": {"server": "tools", "tool": "write_thing"}, "action": "write",
+         "conditions": {"env": ["staging"]}},
+        {"id": "ops-all", "subject": {"team": "ops"}, "resource": {"server": "tools"}, "action": "*"},
+        {"id": "no-mallory", "subject": {"user": "mallory"}, "resource": {"server": "tools"},
+         "action": "*", "effect": "deny"},
+    ]))
+    return root
+
+
+class Node:
+    """A running gateway plus what the tests need to drive it."""
+
+    def __init__(self, gateway: Gateway, url: str, idp: TestIdP, store_dir: Path, registry_root: Path,
+                 bundle_key) -> None:
+        self.gateway, self.url, self.idp = gateway, url, idp
+        self.store_dir, self.registry_root, self.bundle_key = store_dir, registry_root, bundle_key
+
+    def endpoint(self, server: str = "tools") -> str:
+        return f"{self.url}/servers/{server}/mcp"
+
+    def publish(self, serial: int) -> None:
+        build(load_registry(self.registry_root), self.bundle_key, self.store_dir, serial, f"r{serial}")
+
+
+@pytest.fixture
+async def node(tmp_path, aiohttp_server, upstream_url, signing_key):
+    idp = TestIdP()
+    idp_server = await aiohttp_server(idp.app(), host="127.0.0.1")
+    root = write_test_registry(tmp_path / "repo", str(idp_server.make_url("/jwks.json")), upstream_url)
+    store = tmp_path / "store"
+    build(load_registry(root), signing_key[2], store, 1, "r1")
+    from compiler.keys import generate_keypair
+    gw_key_path, _, gw_key = generate_keypair(tmp_path / "gateway-key")
+    port = free_port()
+    config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
+                    listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
+                    public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
+                    state_dir=tmp_path / "state", max_body_bytes=64 * 1024)
+    gateway = Gateway(config, gw_key)
+    await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
+    return Node(gateway, config.public_url, idp, store, root, signing_key[2])
+
+
+@asynccontextmanager
+async def connect(url: str, token: str, mode: str):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                  timeout=httpx2.Timeout(10.0, read=30.0)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                          read_timeout_seconds=20) as client:
+            yield client
+
+
+def text_of(result) -> str:
+    return result.content[0].text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_users_see_exactly_their_tools_with_manifest_annotations(node, mode) -> None:
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        # write_thing is listed: eng may call it for staging. secret_tool is undeclared.
+        assert set(tools) == {"echo", "whoami", "slow_count", "write_thing"}
+        assert tools["echo"].annotations.read_only_hint is True
+        assert tools["echo"].annotations.destructive_hint is False  # the upstream claimed True
+        assert tools["write_thing"].annotations.destructive_hint is True
+        assert text_of(await client.call_tool("echo", {"text": "hi"})) == "echo: hi"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_upstream_sees_a_gateway_token_never_the_clients(node, mode, upstream_url) -> None:
+    client_token = node.idp.token("alice", ["eng"])
+    async with connect(node.endpoint(), client_token, mode) as client:
+        seen = json.loads(text_of(await client.call_tool("whoami", {})))
+    token = seen["authorization"].removeprefix("Bearer ")
+    assert token != client_token
+    key = jwt.PyJWK(node.gateway.credentials.jwks()["keys"][0])
+    claims = jwt.decode(token, key.key, algorithms=["EdDSA"], audience=upstream_url,
+                        issuer=node.url)
+    assert (claims["sub"], claims["scope"]) == ("alice", "whoami")
+    assert claims["exp"] - claims["iat"] <= 300
+    assert seen["host"] == upstream_url.split("/")[2]  # the upstream's own Host
+    assert seen["request_id"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_policy_is_enforced_before_the_upstream(node, mode) -> None:
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
+        assert text_of(await client.call_tool("write_thing", {"target": "x", "env": "staging"})) \
+            == "wrote x in staging"
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("write_thing", {"target": "x", "env": "production"})
+        assert denied.value.code == -32003 and denied.value.data["reason"] == "denied"
+        with pytest.raises(MCPError) as missing:  # a missing argument fails the condition
+            await client.call_tool("write_thing", {"target": "x"})
+        assert missing.value.data["reason"] == "denied"
+    async with connect(node.endpoint(), node.idp.token("bob", ["ops"]), mode) as client:
+        assert "production" in text_of(await client.call_tool(
+            "write_thing", {"target": "x", "env": "production"}))
+    async with connect(node.endpoint(), node.idp.token("mallory", ["ops"]), mode) as client:
+        with pytest.raises(MCPError) as deny_rule:
+            await client.call_tool("echo", {"text": "x"})
+        assert deny_rule.value.data == {"reason": "denied", "rules": ["no-mallory"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_undeclared_tools_do_not_exist(node, mode) -> None:
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
+        with pytest.raises(MCPError) as undeclared:
+            await client.call_tool("secret_tool", {})
+        with pytest.raises(MCPError) as nonexistent:
+            await client.call_tool("no_such_tool", {})
+    assert (undeclared.value.code, undeclared.value.data) == \
+        (nonexistent.value.code, nonexistent.value.data) == (-32002, {"reason": "not_found"})
+    assert undeclared.value.message == "Unknown tool: secret_tool"
+
+
+async def raw(node: Node, path: str, body: bytes | dict, token: str | None = None,
+              headers: dict | None = None) -> httpx2.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json",
+                   "Accept": "application/json, text/event-stream", **(headers or {})}
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(node.url + path, content=data, headers=all_headers)
+
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+
+
+async def test_invisible_server_answers_like_a_missing_one(node) -> None:
+    token = node.idp.token("alice", ["eng"])
+    hidden = await raw(node, "/servers/hidden/mcp", LIST, token)
+    missing = await raw(node, "/servers/nope/mcp", LIST, token)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.text.replace("hidden", "X") == missing.text.replace("nope", "X")
+    async with connect(node.endpoint("hidden"), node.idp.token("sam", ["secret"]), "auto") as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress_notifications_are_relayed(node, mode) -> None:
+    seen = []
+
+    async def progress(done, total, message):
+        seen.append(done)
+
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
+        result = await client.call_tool("slow_count", {"n": 3}, progress_callback=progress)
+    assert text_of(result) == "counted 3" and seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_and_prompts_pass_for_callers_who_see_the_server(node, mode) -> None:
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
+        resource = await client.read_resource("test://greeting")
+        assert resource.contents[0].text == "hello from the upstream"
+        prompt = await client.get_prompt("review", {"code": "x = 1"})
+        assert "x = 1" in prompt.messages[0].content.text
+
+
+@pytest.mark.parametrize("token", [None, "garbage", "expired"])
+async def test_unauthenticated_requests_get_401_with_resource_metadata(node, token) -> None:
+    if token == "expired":
+        token = node.idp.token("alice", ["eng"], ttl_s=-100)
+    response = await raw(node, "/servers/tools/mcp", LIST, token)
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    metadata_url = f"{node.url}/.well-known/oauth-protected-resource/servers/tools/mcp"
+    assert challenge.startswith(f'Bearer resource_metadata="{metadata_url}"')
+    assert response.json()["error"]["data"]["reason"] == "unauthenticated"
+    async with httpx2.AsyncClient() as http:
+        metadata = (await http.get(metadata_url)).json()
+    assert metadata["authorization_servers"] == [ISSUER]
+    assert metadata["resource"] == f"{node.url}/servers/tools/mcp"
+
+
+@pytest.mark.parametrize("body, headers, status, code", [
+    (b"\x00\xff garbage", {}, 400, -32700),
+    (b"[1, 2, 3]", {}, 400, -32600),
+    ({"jsonrpc": "2.0", "id": {"x": 1}, "method": "tools/list"}, {}, 400, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": 42}, {}, 400, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": "x"}, {}, 400, -32600),
+    ({"jsonrpc": "2.0", "id": 1, "method": "no/such"}, {}, 200, -32601),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"Mcp-Method": "tools/call"}, 400, -32020),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}},
+     {"Mcp-Method": "tools/call", "Mcp-Name": "whoami"}, 400, -32020),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}},
+     {"MCP-Protocol-Version": "2026-07-28"}, 400, -32020),
+])
+async def test_malformed_requests_get_clean_errors(node, body, headers, status, code) -> None:
+    response = await raw(node, "/servers/tools/mcp", body, node.idp.token("alice", ["eng"]), headers)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert "Traceback" not in response.text
+
+
+async def test_huge_bodies_are_refused_and_the_node_keeps_serving(node) -> None:
+    response = await raw(node, "/servers/tools/mcp", b"x" * (128 * 1024), node.idp.token("a", ["eng"]))
+    assert response.status_code == 413
+    async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), "auto") as client:
+        assert text_of(await client.call_tool("echo", {"text": "still here"})) == "echo: still here"
+
+
+async def test_hot_swap_under_continuous_calls_fails_nothing(node) -> None:
+    failures, calls = [], 0
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        nonlocal calls
+        async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), "auto") as client:
+            while not stop.is_set() and calls < 2000:
+                try:
+                    await client.call_tool("echo", {"text": "x"})
+                    calls += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                    failures.append(repr(exc))
+
+    tasks = [asyncio.create_task(caller()) for _ in range(4)]
+    for serial in range(2, 6):
+        await asyncio.sleep(0.2)
+        node.publish(serial)
+        assert await node.gateway.poller.poll_once() == "activated"
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert node.gateway.store.active.serial == 5
+    assert failures == [] and calls > 20
+
+
+async def test_operational_endpoints(node) -> None:
+    async with httpx2.AsyncClient() as http:
+        ready = await http.get(node.url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["serial"] == 1
+        assert (await http.get(node.url + "/healthz")).status_code == 200
+        await raw(node, "/servers/tools/mcp", LIST, node.idp.token("alice", ["eng"]),
+                  {"X-Request-Id": "req-123"})
+        echoed = await raw(node, "/servers/tools/mcp", LIST, node.idp.token("alice", ["eng"]),
+                           {"X-Request-Id": "req-123"})
+        assert echoed.headers["X-Request-Id"] == "req-123"
+        metrics = (await http.get(node.url + "/metrics")).text
+        assert 'gwc_bundle_serial 1.0' in metrics
+        assert 'gwc_requests_total{decision="allow",method="tools/list",server="tools",tool=""}' in metrics
+        jwks = (await http.get(node.url + "/.well-known/jwks.json")).json()
+        assert jwks["keys"][0]["alg"] == "EdDSA"
