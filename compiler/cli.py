@@ -15,6 +15,7 @@ from compiler import jsonschemas
 from compiler.build import BuildError, build, default_revision
 from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
+from compiler.devidp import DevIdP
 from compiler.diagnostics import render, summary
 from compiler.diff import diff_payloads, render_markdown
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
@@ -158,6 +159,41 @@ def diff(old: str, new: str, trust: tuple[str, ...], fmt: str) -> None:
     """Access changes between two bundles or registry folders (servers, tools, who gains what)."""
     result = diff_payloads(_payload_of(old, trust), _payload_of(new, trust))
     click.echo(json.dumps(result, indent=2) if fmt == "json" else render_markdown(result), nl=False)
+
+
+@main.command("dev-idp")
+@click.option("--out", "prefix", required=True, help="Writes PREFIX.key (0600) and PREFIX.jwks.json.")
+def dev_idp(prefix: str) -> None:
+    """Create a development identity provider key (for demos; production trusts the company IdP)."""
+    key_path, jwks_path = DevIdP.generate().save(prefix)
+    click.echo(f"wrote {key_path} (private) and {jwks_path}: name it as identity.jwks_file in "
+               "gateway.yaml, or serve it as identity.jwks_uri")
+
+
+@main.command("dev-token")
+@click.option("--idp", "idp_key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The dev IdP key written by gwc dev-idp.")
+@click.option("--sub", "subject", required=True, help="Token subject (the user).")
+@click.option("--group", "groups", multiple=True, help="IdP group or team; repeat.")
+@click.option("--agent", default=None, help="Make it an agent's token acting for --sub.")
+@click.option("--ttl", type=click.IntRange(1, 86_400), default=3600, show_default=True)
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".",
+              show_default=True, help="Registry whose gateway.yaml names issuer and audience.")
+def dev_token(idp_key: str, subject: str, groups: tuple[str, ...], agent: str | None, ttl: int,
+              root: Path) -> None:
+    """Mint a bearer token from the dev IdP, for the issuer and audience in gateway.yaml."""
+    registry = load_registry(root)
+    if registry.gateway is None:
+        click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)
+        sys.exit(1)
+    identity = registry.gateway.identity
+    try:
+        idp = DevIdP.load(idp_key)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"cannot load dev IdP {idp_key}: {exc}")
+    click.echo(idp.token(issuer=identity.issuer, audience=identity.audience[0], subject=subject,
+                         groups=list(groups), ttl_s=ttl, actor=agent,
+                         groups_claim=identity.groups_claim))
 
 
 @main.command()

@@ -12,12 +12,14 @@ from typing import Any
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
 UPSTREAM_TIMEOUT = -32001
 NOT_FOUND = -32002  # the MCP code for an unknown resource; used for every "does not exist"
 DENIED = -32003
 UPSTREAM_UNAVAILABLE = -32004
 UNAUTHENTICATED = -32005
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
+UNSUPPORTED_VERSION = -32022
 APPROVAL_REQUIRED = -32030
 
 REASONS = {
@@ -25,7 +27,8 @@ REASONS = {
     METHOD_NOT_FOUND: "method_not_found", UPSTREAM_TIMEOUT: "upstream_timeout",
     NOT_FOUND: "not_found", DENIED: "denied", UPSTREAM_UNAVAILABLE: "upstream_unavailable",
     UNAUTHENTICATED: "unauthenticated", HEADER_MISMATCH: "header_mismatch",
-    APPROVAL_REQUIRED: "approval_required",
+    APPROVAL_REQUIRED: "approval_required", INVALID_PARAMS: "invalid_params",
+    UNSUPPORTED_VERSION: "unsupported_protocol_version",
 }
 
 

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from mcp_types import methods as mcp_methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic import ValidationError
 
 from runtime.bundle import Bundle
 from runtime.bundle_format import Server
 from runtime.identity import AuthError
-from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_REQUEST,
-                             METHOD_NOT_FOUND, NOT_FOUND, PARSE_ERROR, UNAUTHENTICATED,
-                             UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError)
+from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
+                             INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, PARSE_ERROR,
+                             UNAUTHENTICATED, UNSUPPORTED_VERSION, UPSTREAM_TIMEOUT,
+                             UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.policy import Principal, decide, entitlement, visible_server
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sse import rewrite_events
@@ -50,6 +54,41 @@ VISIBLE_METHODS = frozenset({
 NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 STATELESS_ERA = "2026-07-28"
+DEFAULT_LEGACY_VERSION = "2025-03-26"  # what a legacy request without a version header means
+
+
+def _protocol_version(request: web.Request, method: str, params: dict[str, Any]) -> str:
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and isinstance(meta.get(META_VERSION), str):
+        return meta[META_VERSION]
+    header = request.headers.get("MCP-Protocol-Version")
+    if header:
+        return header
+    if method == "initialize":  # negotiation: an unknown requested version is not an error
+        requested = params.get("protocolVersion")
+        return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+    return DEFAULT_LEGACY_VERSION
+
+
+def _validate(request: web.Request, method: str, params: dict[str, Any], notification: bool) -> None:
+    """Check the message against the SDK's types for its protocol version. Only checked: the
+    original bytes are what gets forwarded, so fields this version does not know survive."""
+    version = _protocol_version(request, method, params)
+    check = (mcp_methods.validate_client_notification if notification
+             else mcp_methods.validate_client_request)
+    try:
+        check(method, version, params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RpcError(INVALID_PARAMS, f"invalid params for {method}: {where}: {first['msg']}",
+                       400) from None
+    except KeyError:
+        raise RpcError(METHOD_NOT_FOUND, f"method '{method}' does not exist in protocol version "
+                                         f"{version}", 404) from None
+    except ValueError:
+        raise RpcError(UNSUPPORTED_VERSION, f"unsupported protocol version {version!r}", 400,
+                       requested=version) from None
 
 
 def _decode_header_value(value: str) -> str:
@@ -160,7 +199,8 @@ class McpProxy:
             if not isinstance(method, str) or not isinstance(params, dict):
                 raise RpcError(INVALID_REQUEST, "method must be a string and params an object", 400)
             _check_routing_headers(request, method, params)
-            if method.startswith("notifications/"):
+            _validate(request, method, params, notification="id" not in message)
+            if "id" not in message:
                 return await self._forward(request, principal, name, server, body, None, None)
             tool = self._authorize(request, bundle, principal, name, method, params)
             return await self._forward(request, principal, name, server, body, method, tool,
@@ -175,7 +215,7 @@ class McpProxy:
             self._count(name, method, None, "allow")
             return None
         if method != "tools/call":
-            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported by the gateway")
+            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported by the gateway", 404)
         tool = params.get("name")
         if not isinstance(tool, str):
             raise RpcError(INVALID_REQUEST, "tools/call needs params.name", 400)
@@ -251,6 +291,8 @@ class McpProxy:
                 await response.write(chunk)
             await response.write_eof()
             return response
+        except RpcError as exc:  # the upstream's answer could not be filtered
+            return self._upstream_failed(name, request_id, exc.code, "bad_answer", exc.message)
         except asyncio.TimeoutError:
             return self._upstream_failed(name, request_id, UPSTREAM_TIMEOUT, "timeout",
                                          f"upstream went silent for {timeout_ms} ms")
