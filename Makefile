@@ -10,15 +10,15 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[demo]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	bash demo/demo.sh
+	$(PY) demo/run.py
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest

@@ -1,0 +1,198 @@
+"""`make demo`: the whole product on one machine, on embedded defaults.
+
+CI's job (keys, validate, build, verify), then a runtime node serving that bundle in front of real
+example MCP servers, with a dev identity provider; two users connect with the real mcp.Client and
+see different tools, one call is allowed and others are refused. Everything runs on 127.0.0.1 and
+stops by itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import yaml
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / ".demo"
+BIN = Path(sys.executable).parent
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+def say(text: str) -> None:
+    print(f"\n{BOLD}{text}{RESET}", flush=True)
+
+
+def run(*args: str | Path) -> str:
+    """Run a gwc command the way CI would, and show it."""
+    print(f"{DIM}$ {' '.join(str(a) for a in args)}{RESET}", flush=True)
+    out = subprocess.run([str(BIN / str(args[0])), *map(str, args[1:])], cwd=WORK,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"demo: {args[0]} {args[1]} failed:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port: int, what: str, path: str | None = None, timeout_s: float = 30) -> None:
+    """Until the port accepts connections (and ``path`` answers 200, when given)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if path is None:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            else:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"demo: {what} did not come up on port {port}")
+
+
+def demo_registry(ports: dict[str, int]) -> Path:
+    """The example registry with its upstreams on this machine and the dev IdP as identity."""
+    repo = WORK / "registry-repo"
+    shutil.copytree(REPO / "registry", repo / "registry")
+    shutil.copytree(REPO / "policies", repo / "policies")
+    shutil.copy(WORK / "idp" / "dev.jwks.json", repo / "dev-idp.jwks.json")
+    gateway = yaml.safe_load((REPO / "gateway.yaml").read_text())
+    gateway["identity"].pop("jwks_uri")
+    gateway["identity"].update(jwks_file="dev-idp.jwks.json", algorithms=["ES256"])
+    gateway["audit"] = {"sink": "stdout"}
+    (repo / "gateway.yaml").write_text(yaml.safe_dump(gateway, sort_keys=False))
+    for manifest in (repo / "registry").iterdir():
+        text = manifest.read_text()
+        name = manifest.stem
+        upstream = f"http://127.0.0.1:{ports[name]}/mcp"
+        if manifest.suffix == ".json":
+            doc = json.loads(text)
+            doc["upstream"] = upstream
+            manifest.write_text(json.dumps(doc, indent=2))
+        else:
+            doc = yaml.safe_load(text)
+            doc["upstream"] = upstream
+            manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return repo
+
+
+@asynccontextmanager
+async def connect(url: str, token: str, mode: str):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                  timeout=httpx2.Timeout(10.0, read=30.0)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                          read_timeout_seconds=20) as client:
+            yield client
+
+
+async def show_tools(gateway: str, token: str, who: str, server: str, mode: str) -> None:
+    try:
+        async with connect(f"{gateway}/servers/{server}/mcp", token, mode) as client:
+            tools = (await client.list_tools()).tools
+            names = ", ".join(f"{t.name}{' (write)' if t.annotations.destructive_hint else ''}"
+                              for t in tools)
+            print(f"  {who} on {server} [{client.protocol_version}]: {names}")
+    except* MCPError as group:  # errors while connecting arrive as (nested) exception groups
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        assert isinstance(error, MCPError)
+        print(f"  {who} on {server}: {error.message} (reason: {error.data['reason']})")
+
+
+async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict) -> None:
+    async with connect(f"{gateway}/servers/{server}/mcp", token, "auto") as client:
+        try:
+            result = await client.call_tool(tool, args)
+            print(f"  {who} calls {server}/{tool}({json.dumps(args)}): allowed -> "
+                  f"{result.content[0].text}")
+        except MCPError as error:
+            print(f"  {who} calls {server}/{tool}({json.dumps(args)}): refused -> {error.message} "
+                  f"(reason: {error.data['reason']})")
+
+
+async def drive(gateway: str, alice: str, bob: str) -> None:
+    say("Two users, one gateway: each sees only what they are entitled to")
+    for who, token in (("alice (data-platform)", alice), ("bob (engineering)", bob)):
+        for server, mode in (("postgres-prod", "auto"), ("deploy", "legacy")):
+            await show_tools(gateway, token, who, server, mode)
+    say("Calls are decided before anything reaches an upstream")
+    await call(gateway, alice, "alice", "postgres-prod", "query",
+               {"sql": "select 1", "schemas": ["public"]})
+    await call(gateway, alice, "alice", "postgres-prod", "query",
+               {"sql": "select * from salaries", "schemas": ["finance"]})
+    await call(gateway, bob, "bob", "deploy", "get_status", {"service": "api"})
+    await call(gateway, bob, "bob", "deploy", "drop_cluster", {"env": "production"})
+    await call(gateway, bob, "bob", "deploy", "deploy", {"service": "api", "env": "production"})
+
+
+def main() -> None:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    processes: list[subprocess.Popen] = []
+    try:
+        say("1. Keys: the CI key that signs bundles, the gateway's own key, a dev identity provider")
+        run("gwc", "keygen", "--out", "keys/ci")
+        run("gwc", "keygen", "--out", "keys/gateway")
+        run("gwc", "dev-idp", "--out", "idp/dev")
+
+        ports = {name: free_port() for name in
+                 ("data-catalog", "deploy", "incidents", "postgres-prod", "zendesk")}
+        repo = demo_registry(ports)
+        say("2. CI: validate, build and verify the registry (upstreams point at this machine)")
+        print(run("gwc", "validate", repo).strip())
+        print(run("gwc", "build", repo, "--key", "keys/ci.key", "--out", "store",
+                  "--serial", str(int(time.time())), "--revision", "demo").strip())
+        print(run("gwc", "verify", "store/bundle.json", "--trust", "keys/ci.pub").strip())
+
+        say("3. Start the example upstream MCP servers and a gwc runtime node")
+        for name, port in ports.items():
+            processes.append(subprocess.Popen(
+                [sys.executable, str(REPO / "demo" / "upstreams.py"), name, str(port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        gateway_port = free_port()
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        log = (WORK / "runtime.log").open("w")
+        processes.append(subprocess.Popen(
+            [str(BIN / "gwc-runtime"), "--bundle", "store/bundle.json", "--trust", "keys/ci.pub",
+             "--listen", f"127.0.0.1:{gateway_port}", "--signing-key", "keys/gateway.key",
+             "--public-url", gateway, "--state-dir", "state"],
+            cwd=WORK, stdout=log, stderr=log, env={**os.environ, "PG_MCP_TOKEN": "demo-secret"}))
+        for name, port in ports.items():
+            wait_for(port, f"upstream {name}")
+        wait_for(gateway_port, "the gwc runtime", "/readyz")
+        print(f"  runtime ready at {gateway} (logs: .demo/runtime.log)")
+
+        alice = run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", "alice", "--group",
+                    "data-platform", "--root", repo).strip()
+        bob = run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", "bob", "--group",
+                  "engineering", "--root", repo).strip()
+        asyncio.run(drive(gateway, alice, bob))
+        say(f"Done. Decisions are in .demo/runtime.log; metrics at {gateway}/metrics while running.")
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()
