@@ -1,0 +1,214 @@
+"""What gwc adds to a tools/call: latency at concurrency 1 and throughput at concurrency 32.
+
+Three paths to the same fast upstream (a minimal aiohttp MCP responder, so the gateway is the
+bottleneck): direct, through a bare aiohttp forwarding hop, and through gwc (JWT check, policy
+decision, minted upstream token, metrics, JSON logs). Each server runs in its own process; the
+load comes from this process as raw 2026-07-28 JSON-RPC POSTs. Prints medians of several runs.
+
+    python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+RESULT = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "echo", "arguments": {"text": "hello"},
+    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+              "io.modelcontextprotocol/clientCapabilities": {},
+              "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"}}}}
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+           "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+
+
+async def serve_upstream(port: int) -> None:
+    async def mcp(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        return web.json_response({"jsonrpc": "2.0", "id": message.get("id"), "result": RESULT})
+    app = web.Application()
+    app.router.add_post("/mcp", mcp)
+    await _serve(app, port)
+
+
+async def serve_hop(port: int, upstream: str) -> None:
+    """The floor for any HTTP proxy written with aiohttp: forward the bytes, relay the answer."""
+    session: aiohttp.ClientSession | None = None
+
+    async def forward(request: web.Request) -> web.Response:
+        nonlocal session
+        session = session or aiohttp.ClientSession()
+        async with session.post(upstream, data=await request.read(),
+                                headers={"Content-Type": "application/json"}) as resp:
+            return web.Response(body=await resp.read(), status=resp.status,
+                                content_type=resp.content_type)
+    app = web.Application()
+    app.router.add_post("/mcp", forward)
+    await _serve(app, port)
+
+
+async def _serve(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: nothing listening on {port}")
+
+
+def start_gwc(work: Path, upstream: str, port: int) -> tuple[subprocess.Popen, str]:
+    """A one-server registry in front of the fast upstream, built, signed and served by gwc."""
+    from compiler.build import build
+    from compiler.devidp import DevIdP
+    from compiler.keys import generate_keypair
+    from compiler.registry import load_registry
+
+    idp = DevIdP.generate()
+    repo = work / "repo"
+    (repo / "registry").mkdir(parents=True)
+    (repo / "idp.jwks.json").write_text(json.dumps(idp.jwks()))
+    (repo / "gateway.yaml").write_text(json.dumps({"identity": {
+        "issuer": "https://idp.bench", "audience": "gwc", "jwks_file": "idp.jwks.json",
+        "algorithms": ["ES256"]}}))
+    (repo / "registry" / "bench.json").write_text(json.dumps({
+        "name": "bench", "owner": "perf", "upstream": upstream, "visibility": "team:perf",
+        "tools": {"echo": {"access": "read"}}}))
+    (repo / "policies" / "perf").mkdir(parents=True)
+    (repo / "policies" / "perf" / "bench.yaml").write_text(json.dumps([{
+        "id": "perf-read", "subject": {"team": "perf"}, "resource": {"server": "bench"},
+        "action": "read", "conditions": {"text": {"pattern": "[a-z]+"}}}]))
+    _, ci_pub, ci_key = generate_keypair(work / "ci")
+    gateway_key, _, _ = generate_keypair(work / "gateway")
+    build(load_registry(repo), ci_key, work / "store", 1, "bench")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(work / "store/bundle.json"),
+         "--trust", str(ci_pub), "--listen", f"127.0.0.1:{port}", "--signing-key", str(gateway_key),
+         "--public-url", f"http://127.0.0.1:{port}", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = idp.token(issuer="https://idp.bench", audience="gwc", subject="bench-user",
+                      groups=["perf"], ttl_s=3600)
+    return proc, token
+
+
+async def latency(url: str, headers: dict, calls: int) -> list[float]:
+    body = json.dumps(CALL).encode()
+    samples = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(calls + 50):
+            start = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+            if i >= 50:  # warm-up excluded
+                samples.append(time.perf_counter() - start)
+            if resp.status != 200 or b'"result"' not in data:
+                sys.exit(f"bench: {url} answered {resp.status}: {data[:200]!r}")
+    return samples
+
+
+async def throughput(url: str, headers: dict, concurrency: int, seconds: float) -> float:
+    body = json.dumps(CALL).encode()
+    done = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        sys.exit(f"bench: {url} answered {resp.status}")
+                done += 1
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+def pct(samples: list[float], q: float) -> float:
+    return sorted(samples)[min(len(samples) - 1, int(q * len(samples)))] * 1000
+
+
+async def measure(args: argparse.Namespace, paths: dict[str, tuple[str, dict]]) -> None:
+    results: dict[str, dict[str, list[float]]] = {p: {"p50": [], "p99": [], "rps": []} for p in paths}
+    for run in range(args.runs):
+        for name, (url, headers) in paths.items():
+            samples = await latency(url, headers, args.calls)
+            results[name]["p50"].append(pct(samples, 0.50))
+            results[name]["p99"].append(pct(samples, 0.99))
+            results[name]["rps"].append(await throughput(url, headers, args.concurrency, args.seconds))
+    med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
+    print(f"tools/call, {args.calls} sequential calls and {args.seconds:g} s at concurrency "
+          f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this machine)")
+    print(f"{'path':10s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}")
+    for name, m in med.items():
+        print(f"{name:10s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f}")
+    gwc, direct, hop = med["gwc"], med["direct"], med["bare-hop"]
+    print(f"gwc adds over direct: p50 +{gwc['p50'] - direct['p50']:.2f} ms, p99 "
+          f"+{gwc['p99'] - direct['p99']:.2f} ms (targets <= 1 ms, <= 5 ms)")
+    print(f"gwc throughput: {gwc['rps'] / hop['rps']:.0%} of the bare hop (target >= 70%), "
+          f"{gwc['rps'] / direct['rps']:.0%} of direct")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:  # child process mode
+        kind, port, *rest = args.serve
+        asyncio.run(serve_upstream(int(port)) if kind == "upstream" else serve_hop(int(port), rest[0]))
+        return
+    up_port, hop_port, gwc_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/mcp"
+    me = [sys.executable, __file__, "--serve"]
+    procs = [subprocess.Popen([*me, "upstream", str(up_port)]),
+             subprocess.Popen([*me, "hop", str(hop_port), upstream])]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            gwc_proc, token = start_gwc(Path(tmp), upstream, gwc_port)
+            procs.append(gwc_proc)
+            for port in (up_port, hop_port, gwc_port):
+                wait_port(port)
+            paths = {"direct": (upstream, HEADERS),
+                     "bare-hop": (f"http://127.0.0.1:{hop_port}/mcp", HEADERS),
+                     "gwc": (f"http://127.0.0.1:{gwc_port}/servers/bench/mcp",
+                             {**HEADERS, "Authorization": f"Bearer {token}"})}
+            asyncio.run(measure(args, paths))
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
