@@ -287,9 +287,13 @@ class McpProxy:
                 return web.Response(body=content, status=upstream.status, headers=relay_headers)
             response = web.StreamResponse(status=upstream.status, headers=relay_headers)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:  # the client went away: closing our side cancels upstream
+                log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
+                                                       "server": name})
             return response
         except RpcError as exc:  # the upstream's answer could not be filtered
             return self._upstream_failed(name, request_id, exc.code, "bad_answer", exc.message)

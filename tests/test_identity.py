@@ -1,19 +1,15 @@
 """Identity: bearer JWTs checked against a JWKS served over real HTTP by a test IdP."""
 from __future__ import annotations
 
-import base64
-import hmac
-import json
 import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from compiler.devidp import DevIdP
 from runtime.bundle_format import Identity
 from runtime.identity import AuthError, Authenticator
-from tests.idp import AUDIENCE, ISSUER, TestIdP
+from tests.idp import AUDIENCE, ISSUER, TestIdP, claims, hs256_with_public_key, unsigned_token
 
 
 @pytest.fixture
@@ -46,37 +42,14 @@ async def test_agent_token_acts_for_a_human(auth) -> None:
     assert (principal.subject, principal.kind, principal.acting_for) == ("triage-bot", "agent", "alice")
 
 
-def _unsigned(claims: dict) -> str:
-    def part(obj: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-    return f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k1'})}.{part(claims)}."
-
-
-def _hs256_with_public_key(idp: TestIdP) -> str:
-    """The classic confusion attack: HMAC-sign with the IdP's public key as the shared secret."""
-    secret = idp.current.key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    def part(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-    signing_input = (part(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "."
-                     + part(json.dumps(_claims()).encode()))
-    return signing_input + "." + part(hmac.new(secret, signing_input.encode(), "sha256").digest())
-
-
-def _claims(**overrides) -> dict:
-    now = int(time.time())
-    return {"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "exp": now + 300, "iat": now,
-            **overrides}
-
-
 @pytest.mark.parametrize("make, reason", [
     (lambda idp: idp.token(ttl_s=-60), "token expired"),
     (lambda idp: idp.token(issuer="https://evil.example"), "issuer is not trusted"),
     (lambda idp: idp.token(audience="another-service"), "audience is not this gateway"),
     (lambda idp: DevIdP.generate("k-other").token(issuer=ISSUER, audience=AUDIENCE, subject="x"),
      "unknown key"),
-    (lambda idp: _unsigned(_claims()), "algorithm 'none' is not accepted"),
-    (lambda idp: _hs256_with_public_key(idp), "algorithm 'HS256' is not accepted"),
+    (lambda idp: unsigned_token(claims()), "algorithm 'none' is not accepted"),
+    (lambda idp: hs256_with_public_key(idp), "algorithm 'HS256' is not accepted"),
     (lambda idp: "not-a-jwt", "malformed token"),
     (lambda idp: idp.token(now=time.time() + 600), "invalid token"),  # not yet valid
 ])

@@ -25,7 +25,8 @@ from compiler.registry import load_registry
 from runtime.app import Gateway
 from runtime.config import Config
 from tests.helpers import dump
-from tests.idp import AUDIENCE, ISSUER, TestIdP
+from compiler.devidp import DevIdP
+from tests.idp import AUDIENCE, ISSUER, TestIdP, claims, hs256_with_public_key, unsigned_token
 
 MODES = ["auto", "legacy"]
 
@@ -236,10 +237,22 @@ async def test_resources_and_prompts_pass_for_callers_who_see_the_server(node, m
         assert "x = 1" in prompt.messages[0].content.text
 
 
-@pytest.mark.parametrize("token", [None, "garbage", "expired"])
-async def test_unauthenticated_requests_get_401_with_resource_metadata(node, token) -> None:
-    if token == "expired":
-        token = node.idp.token("alice", ["eng"], ttl_s=-100)
+BAD_TOKENS = {
+    "missing": lambda idp: None,
+    "garbage": lambda idp: "garbage",
+    "expired": lambda idp: idp.token("alice", ["eng"], ttl_s=-100),
+    "wrong-issuer": lambda idp: idp.token("alice", ["eng"], issuer="https://evil.example"),
+    "wrong-audience": lambda idp: idp.token("alice", ["eng"], audience="someone-else"),
+    "unknown-kid": lambda idp: DevIdP.generate("k-unknown").token(
+        issuer=ISSUER, audience=AUDIENCE, subject="alice", groups=["eng"]),
+    "alg-none": lambda idp: unsigned_token(claims(groups=["eng"])),
+    "hs256-with-public-key": hs256_with_public_key,
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+async def test_unauthenticated_requests_get_401_with_resource_metadata(node, kind) -> None:
+    token = BAD_TOKENS[kind](node.idp)
     response = await raw(node, "/servers/tools/mcp", LIST, token)
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
