@@ -5,7 +5,7 @@ bottleneck): direct, through a bare aiohttp forwarding hop, and through gwc (JWT
 decision, minted upstream token, metrics, JSON logs). Each server runs in its own process; the
 load comes from this process as raw 2026-07-28 JSON-RPC POSTs. Prints medians of several runs.
 
-    python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
+    python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5] [--log-level info]
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def wait_port(port: int, timeout_s: float = 30) -> None:
     sys.exit(f"bench: nothing listening on {port}")
 
 
-def start_gwc(work: Path, upstream: str, port: int) -> tuple[subprocess.Popen, str]:
+def start_gwc(work: Path, upstream: str, port: int, log_level: str) -> tuple[subprocess.Popen, str]:
     """A one-server registry in front of the fast upstream, built, signed and served by gwc."""
     from compiler.build import build
     from compiler.devidp import DevIdP
@@ -110,7 +110,7 @@ def start_gwc(work: Path, upstream: str, port: int) -> tuple[subprocess.Popen, s
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(work / "store/bundle.json"),
          "--trust", str(ci_pub), "--listen", f"127.0.0.1:{port}", "--signing-key", str(gateway_key),
-         "--public-url", f"http://127.0.0.1:{port}", "--log-level", "warning"],
+         "--public-url", f"http://127.0.0.1:{port}", "--log-level", log_level],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = idp.token(issuer="https://idp.bench", audience="gwc", subject="bench-user",
                       groups=["perf"], ttl_s=3600)
@@ -165,7 +165,8 @@ async def measure(args: argparse.Namespace, paths: dict[str, tuple[str, dict]]) 
             results[name]["rps"].append(await throughput(url, headers, args.concurrency, args.seconds))
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     print(f"tools/call, {args.calls} sequential calls and {args.seconds:g} s at concurrency "
-          f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this machine)")
+          f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this "
+          f"machine; gwc log level {args.log_level})")
     print(f"{'path':10s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}")
     for name, m in med.items():
         print(f"{name:10s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f}")
@@ -182,6 +183,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--log-level", default="info", help="gwc's log level: info writes one "
+                        "JSON decision line per call (to /dev/null here), warning writes none")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # child process mode
@@ -195,7 +198,7 @@ def main() -> None:
              subprocess.Popen([*me, "hop", str(hop_port), upstream])]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            gwc_proc, token = start_gwc(Path(tmp), upstream, gwc_port)
+            gwc_proc, token = start_gwc(Path(tmp), upstream, gwc_port, args.log_level)
             procs.append(gwc_proc)
             for port in (up_port, hop_port, gwc_port):
                 wait_port(port)

@@ -1,31 +1,65 @@
-"""Structured logs: one JSON object per line on stderr, ready for a log collector."""
+"""Structured logs: one JSON object per line on stderr, ready for a log collector.
+
+Every call writes a decision line, so formatting is kept cheap (orjson, a timestamp cached per
+second) and writing happens on a background thread: a slow stderr never stalls the event loop.
+"""
 from __future__ import annotations
 
-import json
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({})))
+import orjson
+
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        entry: dict[str, Any] = {"ts": self._timestamp(record.created),
+                                 "level": record.levelname.lower(), "logger": record.name,
+                                 "msg": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD:
+                entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def configure(level: str = "info") -> None:
+    """JSON lines on stderr, written by a background thread (flushed at exit)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger("gwc")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_ExtraPreservingQueueHandler(records)]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class _ExtraPreservingQueueHandler(logging.handlers.QueueHandler):
+    """The stock QueueHandler formats the message early and drops exc_info; here the record
+    travels as it is and the listener's JSON formatter does all the work, off the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record

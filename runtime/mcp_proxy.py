@@ -240,7 +240,7 @@ class McpProxy:
         return tool
 
     def _count(self, server: str, method: str, tool: str | None, decision: str) -> None:
-        self._gateway.metrics.requests.labels(server, method, tool or "", decision).inc()
+        self._gateway.metrics.count_request(server, method, tool or "", decision)
 
     def _upstream_headers(self, request: web.Request, principal: Principal, server: Server,
                           tool: str | None) -> dict[str, str]:
@@ -278,13 +278,17 @@ class McpProxy:
             return self._upstream_failed(name, request_id, UPSTREAM_UNAVAILABLE, "connect",
                                          f"upstream unreachable ({exc.__class__.__name__})")
         try:
-            self._gateway.metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
+            self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
             relay_headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
+            content_type = upstream.headers.get("Content-Type", "")
             if method == "tools/list" and upstream.status == 200 and bundle is not None:
-                content = await upstream.read()
-                content = self._filter_tools(content, upstream.headers.get("Content-Type", ""),
-                                             bundle, principal, name, server)
+                content = self._filter_tools(await upstream.read(), content_type, bundle, principal,
+                                             name, server)
                 return web.Response(body=content, status=upstream.status, headers=relay_headers)
+            if not content_type.startswith("text/event-stream"):
+                # A plain answer goes back in one write; only streams are relayed chunk by chunk.
+                return web.Response(body=await upstream.read(), status=upstream.status,
+                                    headers=relay_headers)
             response = web.StreamResponse(status=upstream.status, headers=relay_headers)
             await response.prepare(request)
             try:
@@ -305,8 +309,7 @@ class McpProxy:
                                          f"upstream connection failed ({exc.__class__.__name__})")
         finally:
             upstream.release()
-            self._gateway.metrics.latency.labels(name).observe(
-                time.perf_counter() - request[STARTED])
+            self._gateway.metrics.observe_latency(name, time.perf_counter() - request[STARTED])
 
     def _upstream_failed(self, name: str, request_id: Any, code: int, kind: str,
                          message: str) -> web.Response:

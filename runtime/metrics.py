@@ -3,6 +3,7 @@ in tests)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -30,6 +31,25 @@ class Metrics:
                                           ["server"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("gwc_upstream_errors_total", "Upstream failures by reason.",
                                        ["server", "reason"], registry=r)
+
+        # Label lookups take a lock and build a tuple each time; the hot path reuses the children.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_request(self, server: str, method: str, tool: str, decision: str) -> None:
+        self._child(self.requests, server, method, tool, decision).inc()
+
+    def observe_latency(self, server: str, seconds: float) -> None:
+        self._child(self.latency, server).observe(seconds)
+
+    def observe_upstream(self, server: str, seconds: float) -> None:
+        self._child(self.upstream_latency, server).observe(seconds)
 
     def bundle_activated(self, serial: int) -> None:
         self.bundle_serial.set(serial)
