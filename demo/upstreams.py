@@ -1,7 +1,7 @@
 """Example upstream MCP servers behind the demo gateway: `python demo/upstreams.py NAME PORT`.
 
-Each is a real mcp.server.MCPServer standing in for one server of the example registry. They expose
-a tool or two more than their manifests declare, to show that undeclared tools stay hidden.
+Each is a real mcp.server.MCPServer standing in for one server of the example registry. deploy
+exposes one tool its manifest does not declare (drop_cluster), to show that it stays hidden.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from runtime.upstream_auth import UpstreamCredentials
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"
+STARTUP_WAIT_S = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -58,9 +59,23 @@ class Gateway:
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.config.public_url}/.well-known/oauth-protected-resource{path}"
 
+    async def _load_and_poll(self, first_load: asyncio.Event) -> None:
+        try:
+            await self.poller.start()
+        finally:
+            first_load.set()
+        await self.poller.run()
+
     async def _startup(self, app: web.Application) -> None:
-        await self.poller.start()
-        self._poll_task = asyncio.create_task(self.poller.run(), name="gwc-bundle-poller")
+        """Wait briefly for the first bundle, so a healthy node is ready when it listens; a slow
+        or hanging store must not keep /healthz from answering, so after that it loads on."""
+        first_load = asyncio.Event()
+        self._poll_task = asyncio.create_task(self._load_and_poll(first_load),
+                                              name="gwc-bundle-poller")
+        try:
+            await asyncio.wait_for(first_load.wait(), STARTUP_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("bundle source is slow; listening, not ready until a bundle loads")
 
     async def _cleanup(self, app: web.Application) -> None:
         if self._poll_task is not None:

@@ -51,7 +51,10 @@ class BundlePoller:
             return "refused"
         if bundle is None:
             return "unchanged"
-        await asyncio.to_thread(self._store.persist, fetched.data)
+        try:
+            await asyncio.to_thread(self._store.persist, fetched.data)
+        except OSError as exc:  # serving the newer bundle matters more than keeping a copy
+            log.error("could not persist the bundle", extra={"reason": str(exc)})
         self._activate(bundle, "source")
         return "activated"
 
@@ -62,21 +65,23 @@ class BundlePoller:
                                             "revision": bundle.payload.revision, "from": origin})
 
     async def start(self) -> None:
-        """First load: the source, else the persisted last good bundle (verified again)."""
-        await self.poll_once()
-        if self._store.active is not None:
-            return
+        """First load: the persisted last good bundle (verified again), then the source.
+
+        Starting from the persisted bundle keeps rollback protection across restarts: a source
+        that now serves an older serial is refused, as it would have been before the restart.
+        """
         data = self._store.persisted()
-        if data is None:
-            log.error("no bundle: the source failed and nothing is persisted; not ready")
-            return
-        try:
-            bundle = await asyncio.to_thread(self._store.check, data)
-        except BundleError as exc:
-            log.error("persisted bundle refused", extra={"reason": str(exc)})
-            return
-        if bundle is not None:
-            self._activate(bundle, "persisted")
+        if data is not None:
+            try:
+                bundle = await asyncio.to_thread(self._store.check, data)
+            except BundleError as exc:
+                log.error("persisted bundle refused", extra={"reason": str(exc)})
+            else:
+                if bundle is not None:
+                    self._activate(bundle, "persisted")
+        await self.poll_once()
+        if self._store.active is None:
+            log.error("no bundle: the source failed and nothing usable is persisted; not ready")
 
     def next_delay(self) -> float:
         """The interval with +-20% jitter, or exponential backoff (with jitter) after failures."""

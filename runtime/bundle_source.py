@@ -87,9 +87,9 @@ class HttpSource:
                 data = await resp.content.read(MAX_BUNDLE_BYTES + 1)
                 if len(data) > MAX_BUNDLE_BYTES:
                     raise SourceError(f"GET {self.location}: larger than {MAX_BUNDLE_BYTES} bytes")
-                # Without a server ETag, a content hash still lets the store skip re-verifying.
-                return Fetched(data, resp.headers.get("ETag") or
-                               f'"{hashlib.sha256(data).hexdigest()}"')
+                # Without a server ETag, a content hash still spares re-verifying the same bytes.
+                tag = resp.headers.get("ETag") or f'"{hashlib.sha256(data).hexdigest()}"'
+                return None if tag == etag else Fetched(data, tag)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise SourceError(f"GET {self.location}: {exc.__class__.__name__}: {exc}") from None
 

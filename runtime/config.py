@@ -8,6 +8,7 @@ from pathlib import Path
 
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
@@ -81,8 +82,16 @@ def load(argv: list[str] | None = None) -> Config:
     if interval <= 0 or max_body <= 0:
         raise ConfigError("--poll-interval and --max-body-bytes must be positive")
     state_dir = pick("state-dir")
+    log_level = (pick("log-level", "info") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    if state_dir:
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use --state-dir {state_dir}: {exc.strerror or exc}") from None
     return Config(bundle=pick("bundle") or "", trust=tuple(t.strip() for t in trust),
                   listen_host=host.strip("[]"), listen_port=int(port),
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
-                  log_level=pick("log-level", "info") or "info", max_body_bytes=max_body)
+                  log_level=log_level, max_body_bytes=max_body)

@@ -142,8 +142,7 @@ class McpProxy:
         session = self._sessions.get(server.upstream)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                            skip_auto_headers=("User-Agent",))
+            session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
             self._sessions[server.upstream] = session
         return session
 
@@ -222,6 +221,9 @@ class McpProxy:
         decision = decide(bundle.payload, principal, name, tool, params.get("arguments") or {})
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
         outcome = "would_deny" if shadowed else decision.effect
+        if decision.effect != "not_found" and (decision.effect == "allow" or shadowed) and \
+                bundle.payload.servers[name].tools[tool].approval is not None:
+            outcome = "approval_required"
         log.info("decision", extra={
             "request_id": request[REQUEST_ID], "subject": principal.subject,
             "kind": principal.kind, "acting_for": principal.acting_for,
@@ -234,7 +236,8 @@ class McpProxy:
         if decision.effect == "deny" and not shadowed:
             raise RpcError(DENIED, f"{principal.subject} may not call {tool} on {name}",
                            rules=list(decision.rule_ids))
-        if decision.approval_required:
+        # Whatever lets a call through (a grant, or shadow mode), an approval tool still waits.
+        if bundle.payload.servers[name].tools[tool].approval is not None:
             raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
                            "gateway does not run approvals yet")
         return tool
@@ -247,13 +250,7 @@ class McpProxy:
         headers = {h: v for h in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(h))}
         headers.update((k, v) for k, v in request.headers.items() if k.lower().startswith("mcp-param-"))
         headers["X-Request-Id"] = request[REQUEST_ID]
-        try:
-            key, value = self._gateway.credentials.header(server, principal, tool)
-        except CredentialError as exc:
-            log.error("upstream credential missing", extra={"reason": str(exc),
-                                                            "upstream": server.upstream})
-            raise RpcError(UPSTREAM_UNAVAILABLE, "the gateway cannot authenticate to this "
-                           "upstream") from None
+        key, value = self._gateway.credentials.header(server, principal, tool)
         headers[key] = value
         return headers
 
@@ -269,13 +266,15 @@ class McpProxy:
             upstream = await self._session(server).request(
                 request.method, server.upstream, data=body, headers=headers, timeout=timeout,
                 allow_redirects=False)
-        except RpcError as exc:
-            return _json_response(exc.body(request_id), exc.http_status)
+        except CredentialError as exc:
+            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE,
+                                         "credential", "the gateway cannot authenticate to this "
+                                         f"upstream ({exc})")
         except asyncio.TimeoutError:
-            return self._upstream_failed(name, request_id, UPSTREAM_TIMEOUT, "timeout",
+            return self._upstream_failed(request, name, request_id, UPSTREAM_TIMEOUT, "timeout",
                                          f"upstream did not answer within {timeout_ms} ms")
         except aiohttp.ClientError as exc:
-            return self._upstream_failed(name, request_id, UPSTREAM_UNAVAILABLE, "connect",
+            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, "connect",
                                          f"upstream unreachable ({exc.__class__.__name__})")
         try:
             self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
@@ -289,34 +288,48 @@ class McpProxy:
                 # A plain answer goes back in one write; only streams are relayed chunk by chunk.
                 return web.Response(body=await upstream.read(), status=upstream.status,
                                     headers=relay_headers)
-            response = web.StreamResponse(status=upstream.status, headers=relay_headers)
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-            except ConnectionResetError:  # the client went away: closing our side cancels upstream
-                log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
-                                                       "server": name})
-            return response
+            return await self._relay_stream(request, upstream, relay_headers, name, timeout_ms)
         except RpcError as exc:  # the upstream's answer could not be filtered
-            return self._upstream_failed(name, request_id, exc.code, "bad_answer", exc.message)
+            return self._upstream_failed(request, name, request_id, exc.code, "bad_answer",
+                                         exc.message)
         except asyncio.TimeoutError:
-            return self._upstream_failed(name, request_id, UPSTREAM_TIMEOUT, "timeout",
+            return self._upstream_failed(request, name, request_id, UPSTREAM_TIMEOUT, "timeout",
                                          f"upstream went silent for {timeout_ms} ms")
         except aiohttp.ClientError as exc:
-            return self._upstream_failed(name, request_id, UPSTREAM_UNAVAILABLE, "read",
+            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, "read",
                                          f"upstream connection failed ({exc.__class__.__name__})")
         finally:
             upstream.release()
             self._gateway.metrics.observe_latency(name, time.perf_counter() - request[STARTED])
 
-    def _upstream_failed(self, name: str, request_id: Any, code: int, kind: str,
-                         message: str) -> web.Response:
+    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                            headers: dict[str, str], name: str, timeout_ms: int
+                            ) -> web.StreamResponse:
+        """Relay an SSE answer as it comes. Once started, a failure can only end the stream."""
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away: closing our side cancels upstream
+            log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
+                                                   "server": name})
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
+            self._gateway.metrics.upstream_errors.labels(name, kind).inc()
+            log.warning("upstream stream ended early", extra={
+                "request_id": request[REQUEST_ID], "server": name, "reason": kind,
+                "timeout_ms": timeout_ms})
+        return response
+
+    def _upstream_failed(self, request: web.Request, name: str, request_id: Any, code: int,
+                         kind: str, message: str) -> web.Response:
         self._gateway.metrics.upstream_errors.labels(name, kind).inc()
-        log.warning("upstream failed", extra={"server": name, "reason": message})
-        return _json_response(RpcError(code, message).body(request_id), 502 if kind != "timeout"
-                              else 504)
+        log.warning("upstream failed", extra={"request_id": request[REQUEST_ID], "server": name,
+                                              "reason": message})
+        return _json_response(RpcError(code, message).body(request_id),
+                              504 if kind == "timeout" else 502)
 
     def _filter_tools(self, content: bytes, content_type: str, bundle: Bundle,
                       principal: Principal, name: str, server: Server) -> bytes:
@@ -339,7 +352,11 @@ class McpProxy:
             return {**message, "result": {**result, "tools": kept}}
 
         if content_type.startswith("text/event-stream"):
-            return rewrite_events(content, rewrite)
+            try:
+                return rewrite_events(content, rewrite)
+            except UnicodeDecodeError:
+                raise RpcError(UPSTREAM_UNAVAILABLE, "upstream answered tools/list with "
+                               "undecodable events") from None
         try:
             message = json.loads(content)
         except ValueError:

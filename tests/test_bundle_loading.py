@@ -168,3 +168,16 @@ async def test_no_source_and_nothing_persisted_means_no_bundle(signing_key, tmp_
     store, _, poller = node(signing_key, tmp_path / "state", FileSource(tmp_path / "missing.json"))
     await poller.start()
     assert store.active is None
+
+
+async def test_restart_keeps_rollback_protection(make_bundle, signing_key, tmp_path):
+    state_dir = tmp_path / "state"
+    path = tmp_path / "bundle.json"
+    path.write_bytes(make_bundle(102))
+    first, _, poller = node(signing_key, state_dir, FileSource(path))
+    await poller.start()
+    path.write_bytes(make_bundle(100))  # the store now serves an older bundle
+    second, metrics, poller = node(signing_key, state_dir, FileSource(path))
+    await poller.start()
+    assert second.active.serial == 102 and loads(metrics, "refused") == 1
+    assert (state_dir / "last-good-bundle.json").read_bytes() == make_bundle(102)

@@ -71,7 +71,14 @@ def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
     (registry / "hidden.yaml").write_text(dump({
         "name": "hidden", "owner": "secret", "upstream": upstream, "visibility": "team:secret",
         "tools": {"echo": {"access": "read"}}}))
+    (registry / "guarded.yaml").write_text(dump({
+        "name": "guarded", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
+        "mode": "shadow", "tools": {"write_thing": {"access": "write", "approval": "required"},
+                                    "echo": {"access": "read"}}}))
     (root / "policies" / "eng").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "eng" / "guarded.yaml").write_text(dump([
+        {"id": "guarded-no-mallory", "subject": {"user": "mallory"},
+         "resource": {"server": "guarded"}, "action": "*", "effect": "deny"}]))
     (root / "policies" / "eng" / "tools.yaml").write_text(dump([
         {"id": "eng-read", "subject": {"team": "eng"}, "resource": {"server": "tools"},
          "action": "read"},
@@ -178,6 +185,20 @@ async def test_policy_is_enforced_before_the_upstream(node, mode) -> None:
         with pytest.raises(MCPError) as deny_rule:
             await client.call_tool("echo", {"text": "x"})
         assert deny_rule.value.data == {"reason": "denied", "rules": ["no-mallory"]}
+
+
+async def test_shadow_mode_lets_denied_calls_through_but_never_skips_approvals(node) -> None:
+    async with connect(node.endpoint("guarded"), node.idp.token("mallory", ["eng"]), "auto") as client:
+        assert text_of(await client.call_tool("echo", {"text": "x"})) == "echo: x"  # would_deny
+        with pytest.raises(MCPError) as shadowed:
+            await client.call_tool("write_thing", {"target": "x"})
+    async with connect(node.endpoint("guarded"), node.idp.token("alice", ["eng"]), "auto") as client:
+        with pytest.raises(MCPError) as granted:
+            await client.call_tool("write_thing", {"target": "x"})
+    assert shadowed.value.data["reason"] == granted.value.data["reason"] == "approval_required"
+    metrics = node.gateway.metrics.registry
+    assert metrics.get_sample_value("gwc_requests_total", {
+        "server": "guarded", "method": "tools/call", "tool": "echo", "decision": "would_deny"}) == 1
 
 
 @pytest.mark.parametrize("mode", MODES)
