@@ -261,46 +261,48 @@ class McpProxy:
         timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
                                         sock_read=timeout_ms / 1000)
         started = time.perf_counter()
+        upstream: aiohttp.ClientResponse | None = None
         try:
             headers = self._upstream_headers(request, principal, server, tool)
             upstream = await self._session(server).request(
                 request.method, server.upstream, data=body, headers=headers, timeout=timeout,
                 allow_redirects=False)
+            self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
+            return await self._relay(request, upstream, method, bundle, principal, name, server,
+                                     timeout_ms)
         except CredentialError as exc:
             return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE,
                                          "credential", "the gateway cannot authenticate to this "
                                          f"upstream ({exc})")
-        except asyncio.TimeoutError:
-            return self._upstream_failed(request, name, request_id, UPSTREAM_TIMEOUT, "timeout",
-                                         f"upstream did not answer within {timeout_ms} ms")
-        except aiohttp.ClientError as exc:
-            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, "connect",
-                                         f"upstream unreachable ({exc.__class__.__name__})")
-        try:
-            self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
-            relay_headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
-            content_type = upstream.headers.get("Content-Type", "")
-            if method == "tools/list" and upstream.status == 200 and bundle is not None:
-                content = self._filter_tools(await upstream.read(), content_type, bundle, principal,
-                                             name, server)
-                return web.Response(body=content, status=upstream.status, headers=relay_headers)
-            if not content_type.startswith("text/event-stream"):
-                # A plain answer goes back in one write; only streams are relayed chunk by chunk.
-                return web.Response(body=await upstream.read(), status=upstream.status,
-                                    headers=relay_headers)
-            return await self._relay_stream(request, upstream, relay_headers, name, timeout_ms)
         except RpcError as exc:  # the upstream's answer could not be filtered
             return self._upstream_failed(request, name, request_id, exc.code, "bad_answer",
                                          exc.message)
         except asyncio.TimeoutError:
             return self._upstream_failed(request, name, request_id, UPSTREAM_TIMEOUT, "timeout",
-                                         f"upstream went silent for {timeout_ms} ms")
+                                         f"upstream did not answer within {timeout_ms} ms")
         except aiohttp.ClientError as exc:
-            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, "read",
-                                         f"upstream connection failed ({exc.__class__.__name__})")
+            kind, what = ("connect", "unreachable") if upstream is None else ("read", "failed")
+            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, kind,
+                                         f"upstream {what} ({exc.__class__.__name__})")
         finally:
-            upstream.release()
+            if upstream is not None:
+                upstream.release()
             self._gateway.metrics.observe_latency(name, time.perf_counter() - request[STARTED])
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                     method: str | None, bundle: Bundle | None, principal: Principal, name: str,
+                     server: Server, timeout_ms: int) -> web.StreamResponse:
+        """The upstream's answer to the client: tools/list filtered, plain answers in one write,
+        SSE streams as they come."""
+        headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
+        content_type = upstream.headers.get("Content-Type", "")
+        if method == "tools/list" and upstream.status == 200 and bundle is not None:
+            content = self._filter_tools(await upstream.read(), content_type, bundle, principal,
+                                         name, server)
+            return web.Response(body=content, status=upstream.status, headers=headers)
+        if not content_type.startswith("text/event-stream"):
+            return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
+        return await self._relay_stream(request, upstream, headers, name, timeout_ms)
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             headers: dict[str, str], name: str, timeout_ms: int
