@@ -75,7 +75,9 @@ class Gateway:
         try:
             await asyncio.wait_for(first_load.wait(), STARTUP_WAIT_S)
         except asyncio.TimeoutError:
-            log.warning("bundle source is slow; listening, not ready until a bundle loads")
+            log.warning("bundle source is slow; listening " + (
+                "and serving the persisted bundle" if self.store.active is not None
+                else "but not ready until a bundle loads"))
 
     async def _cleanup(self, app: web.Application) -> None:
         if self._poll_task is not None:

@@ -270,10 +270,12 @@ class McpProxy:
             self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
             return await self._relay(request, upstream, method, bundle, principal, name, server,
                                      timeout_ms)
-        except CredentialError as exc:
+        except CredentialError as exc:  # the caller learns nothing of the node's configuration
+            log.error("upstream credential missing", extra={
+                "request_id": request[REQUEST_ID], "server": name, "reason": str(exc)})
             return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE,
                                          "credential", "the gateway cannot authenticate to this "
-                                         f"upstream ({exc})")
+                                         "upstream")
         except RpcError as exc:  # the upstream's answer could not be filtered
             return self._upstream_failed(request, name, request_id, exc.code, "bad_answer",
                                          exc.message)
