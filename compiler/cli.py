@@ -8,6 +8,7 @@ import gc
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -19,7 +20,7 @@ from compiler.devidp import DevIdP
 from compiler.diagnostics import render, summary
 from compiler.diff import diff_payloads, render_markdown
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
-from compiler.registry import Registry, load_registry
+from compiler.registry import Registry, load_gateway, load_registry
 from compiler.report import one_line, summary_json, summary_text
 from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
 from runtime.bundle_format import BundlePayload
@@ -30,7 +31,7 @@ TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(exists=T
                      help="Trusted public key (PEM); repeat for rotation.")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"gwc: {message}", err=True)
     sys.exit(1)
 
@@ -49,7 +50,6 @@ def _open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
         return load_bundle(data, trusted_keys(trust)) if trust else read_unverified(data)
     except BundleError as exc:
         _fail(f"{path}: {exc}")
-        raise AssertionError("unreachable")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,7 +182,7 @@ def dev_idp(prefix: str) -> None:
 def dev_token(idp_key: str, subject: str, groups: tuple[str, ...], agent: str | None, ttl: int,
               root: Path) -> None:
     """Mint a bearer token from the dev IdP, for the issuer and audience in gateway.yaml."""
-    registry = load_registry(root)
+    registry = load_gateway(root)
     if registry.gateway is None:
         click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)
         sys.exit(1)

@@ -83,6 +83,13 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def load_gateway(root: Path) -> Registry:
+    """A registry with only gateway.yaml read: for commands that need just the identity settings."""
+    registry = Registry(root=root)
+    _load_gateway(registry)
+    return registry
+
+
 def _load_gateway(registry: Registry) -> None:
     path = registry.root / "gateway.yaml"
     if not path.is_file():
@@ -221,8 +228,7 @@ def _collect(registry: Registry, results: list[_Parsed]) -> None:
 
 def load_registry(root: Path) -> Registry:
     """Load and check everything under ``root``; inspect ``.diagnostics`` / ``.ok`` for the verdict."""
-    registry = Registry(root=root)
-    _load_gateway(registry)
+    registry = load_gateway(root)
     _collect(registry, [_parse(*job) for job in _discover(registry)])
     registry.diagnostics.extend(checks.check_rules(registry.rules, registry.servers))
     return registry

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 
-from runtime.bundle import BundleError
+from runtime.bundle import Bundle, BundleError
 from runtime.bundle_source import BundleSource, SourceError
 from runtime.bundle_store import BundleStore
 from runtime.metrics import Metrics
@@ -58,7 +58,7 @@ class BundlePoller:
         self._activate(bundle, "source")
         return "activated"
 
-    def _activate(self, bundle, origin: str) -> None:  # type: ignore[no-untyped-def]
+    def _activate(self, bundle: Bundle, origin: str) -> None:
         self._store.activate(bundle)
         self._metrics.bundle_activated(bundle.serial)
         log.info("bundle activated", extra={"digest": bundle.digest, "serial": bundle.serial,

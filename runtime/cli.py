@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from runtime.dsse import key_id
 from runtime.keys import KeyFileError, load_private_key
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"gwc-runtime: {message}", file=sys.stderr)
     sys.exit(code)
 

@@ -58,10 +58,15 @@ DEFAULT_LEGACY_VERSION = "2025-03-26"  # what a legacy request without a version
 
 
 def _protocol_version(request: web.Request, method: str, params: dict[str, Any]) -> str:
+    """The protocol version a request speaks: ``_meta`` (2026-07-28), else the header, else the
+    version an ``initialize`` asks for, else the legacy default. Header and body must agree."""
     meta = params.get("_meta")
-    if isinstance(meta, dict) and isinstance(meta.get(META_VERSION), str):
-        return meta[META_VERSION]
     header = request.headers.get("MCP-Protocol-Version")
+    if isinstance(meta, dict) and isinstance(meta.get(META_VERSION), str):
+        if header is not None and header != meta[META_VERSION]:
+            raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} does not match the "
+                                            f"body's {meta[META_VERSION]!r}", 400)
+        return meta[META_VERSION]
     if header:
         return header
     if method == "initialize":  # negotiation: an unknown requested version is not an error
@@ -70,10 +75,9 @@ def _protocol_version(request: web.Request, method: str, params: dict[str, Any])
     return DEFAULT_LEGACY_VERSION
 
 
-def _validate(request: web.Request, method: str, params: dict[str, Any], notification: bool) -> None:
+def _validate(method: str, params: dict[str, Any], version: str, notification: bool) -> None:
     """Check the message against the SDK's types for its protocol version. Only checked: the
     original bytes are what gets forwarded, so fields this version does not know survive."""
-    version = _protocol_version(request, method, params)
     check = (mcp_methods.validate_client_notification if notification
              else mcp_methods.validate_client_request)
     try:
@@ -101,11 +105,11 @@ def _decode_header_value(value: str) -> str:
     return value
 
 
-def _check_routing_headers(request: web.Request, method: str, params: dict[str, Any]) -> None:
-    """2026-07-28: Mcp-Method (always) and Mcp-Name (named methods) must match the body."""
-    meta = params.get("_meta")
-    stateless = (request.headers.get("MCP-Protocol-Version") == STATELESS_ERA or
-                 (isinstance(meta, dict) and meta.get(META_VERSION) == STATELESS_ERA))
+def _check_routing_headers(request: web.Request, method: str, params: dict[str, Any],
+                           version: str) -> None:
+    """Mcp-Method (always) and Mcp-Name (named methods) must match the body; 2026-07-28 requires
+    them, older versions are checked only when they send them."""
+    stateless = version == STATELESS_ERA
     header_method = request.headers.get("Mcp-Method")
     if header_method is None:
         if stateless:
@@ -132,6 +136,11 @@ def _json_response(body: bytes, status: int = 200, headers: dict[str, str] | Non
                         headers=headers)
 
 
+def _error_response(error: RpcError, request_id: Any = None,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    return _json_response(error.body(request_id), error.http_status, headers)
+
+
 class McpProxy:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -153,14 +162,14 @@ class McpProxy:
         metadata = self._gateway.resource_metadata_url(request.path)
         challenge = (f'Bearer resource_metadata="{metadata}", error="invalid_token", '
                      f'error_description="{reason}"')
-        return _json_response(RpcError(UNAUTHENTICATED, reason).body(None), 401,
-                              {"WWW-Authenticate": challenge})
+        return _error_response(RpcError(UNAUTHENTICATED, reason, 401), None,
+                               {"WWW-Authenticate": challenge})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         bundle = self._gateway.store.active
         if bundle is None:
-            return _json_response(RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid bundle "
-                                           "yet").body(None), 503)
+            return _error_response(RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid "
+                                            "bundle yet", 503))
         try:
             principal = await self._gateway.authenticator(bundle).authenticate(
                 request.headers.get("Authorization"))
@@ -169,7 +178,7 @@ class McpProxy:
         name = request.match_info["server"]
         server = visible_server(bundle.payload, principal, name)
         if server is None:
-            return _json_response(RpcError(NOT_FOUND, f"unknown server '{name}'").body(None), 404)
+            return _error_response(RpcError(NOT_FOUND, f"unknown server '{name}'", 404))
         if request.method == "POST":
             return await self._post(request, bundle, principal, name, server)
         if request.method in ("GET", "DELETE"):
@@ -197,21 +206,23 @@ class McpProxy:
             params = message.get("params", {})
             if not isinstance(method, str) or not isinstance(params, dict):
                 raise RpcError(INVALID_REQUEST, "method must be a string and params an object", 400)
-            _check_routing_headers(request, method, params)
-            _validate(request, method, params, notification="id" not in message)
+            version = _protocol_version(request, method, params)
+            _check_routing_headers(request, method, params, version)
+            _validate(method, params, version, notification="id" not in message)
             if "id" not in message:
                 return await self._forward(request, principal, name, server, body, None, None)
             tool = self._authorize(request, bundle, principal, name, method, params)
             return await self._forward(request, principal, name, server, body, method, tool,
                                        request_id, bundle)
         except RpcError as exc:
-            return _json_response(exc.body(request_id), exc.http_status)
+            return _error_response(exc, request_id)
 
     def _authorize(self, request: web.Request, bundle: Bundle, principal: Principal, name: str,
                    method: str, params: dict[str, Any]) -> str | None:
         """Decide before forwarding. Returns the tool name for tools/call."""
+        metrics = self._gateway.metrics
         if method in VISIBLE_METHODS:
-            self._count(name, method, None, "allow")
+            metrics.count_request(name, method, "", "allow")
             return None
         if method != "tools/call":
             raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported by the gateway", 404)
@@ -220,30 +231,28 @@ class McpProxy:
             raise RpcError(INVALID_REQUEST, "tools/call needs params.name", 400)
         decision = decide(bundle.payload, principal, name, tool, params.get("arguments") or {})
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
-        outcome = "would_deny" if shadowed else decision.effect
-        if decision.effect != "not_found" and (decision.effect == "allow" or shadowed) and \
-                bundle.payload.servers[name].tools[tool].approval is not None:
-            outcome = "approval_required"
-        log.info("decision", extra={
-            "request_id": request[REQUEST_ID], "subject": principal.subject,
-            "kind": principal.kind, "acting_for": principal.acting_for,
-            "groups": sorted(principal.groups), "server": name, "tool": tool,
-            "access": decision.access, "decision": outcome, "reason": decision.reason,
-            "rules": list(decision.rule_ids), "bundle_serial": bundle.serial})
-        self._count(name, method, tool if decision.effect != "not_found" else "", outcome)
+        passes = decision.effect == "allow" or shadowed
+        # Whatever lets a call through (a grant, or shadow mode), an approval tool still waits.
+        waits = passes and decision.approval_required
+        outcome = ("approval_required" if waits else "would_deny" if shadowed
+                   else decision.effect)
+        if log.isEnabledFor(logging.INFO):  # the hot path builds no log payload it will not write
+            log.info("decision", extra={
+                "request_id": request[REQUEST_ID], "subject": principal.subject,
+                "kind": principal.kind, "acting_for": principal.acting_for,
+                "groups": sorted(principal.groups), "server": name, "tool": tool,
+                "access": decision.access, "decision": outcome, "reason": decision.reason,
+                "rules": list(decision.rule_ids), "bundle_serial": bundle.serial})
+        metrics.count_request(name, method, tool if decision.effect != "not_found" else "", outcome)
         if decision.effect == "not_found":
             raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
-        if decision.effect == "deny" and not shadowed:
+        if not passes:
             raise RpcError(DENIED, f"{principal.subject} may not call {tool} on {name}",
                            rules=list(decision.rule_ids))
-        # Whatever lets a call through (a grant, or shadow mode), an approval tool still waits.
-        if bundle.payload.servers[name].tools[tool].approval is not None:
+        if waits:
             raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
                            "gateway does not run approvals yet")
         return tool
-
-    def _count(self, server: str, method: str, tool: str | None, decision: str) -> None:
-        self._gateway.metrics.count_request(server, method, tool or "", decision)
 
     def _upstream_headers(self, request: web.Request, principal: Principal, server: Server,
                           tool: str | None) -> dict[str, str]:
@@ -321,7 +330,7 @@ class McpProxy:
                                                    "server": name})
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
-            self._gateway.metrics.upstream_errors.labels(name, kind).inc()
+            self._gateway.metrics.count_upstream_error(name, kind)
             log.warning("upstream stream ended early", extra={
                 "request_id": request[REQUEST_ID], "server": name, "reason": kind,
                 "timeout_ms": timeout_ms})
@@ -329,11 +338,11 @@ class McpProxy:
 
     def _upstream_failed(self, request: web.Request, name: str, request_id: Any, code: int,
                          kind: str, message: str) -> web.Response:
-        self._gateway.metrics.upstream_errors.labels(name, kind).inc()
+        self._gateway.metrics.count_upstream_error(name, kind)
         log.warning("upstream failed", extra={"request_id": request[REQUEST_ID], "server": name,
                                               "reason": message})
-        return _json_response(RpcError(code, message).body(request_id),
-                              504 if kind == "timeout" else 502)
+        return _error_response(RpcError(code, message, 504 if kind == "timeout" else 502),
+                               request_id)
 
     def _filter_tools(self, content: bytes, content_type: str, bundle: Bundle,
                       principal: Principal, name: str, server: Server) -> bytes:

@@ -45,6 +45,9 @@ class Metrics:
     def count_request(self, server: str, method: str, tool: str, decision: str) -> None:
         self._child(self.requests, server, method, tool, decision).inc()
 
+    def count_upstream_error(self, server: str, reason: str) -> None:
+        self._child(self.upstream_errors, server, reason).inc()
+
     def observe_latency(self, server: str, seconds: float) -> None:
         self._child(self.latency, server).observe(seconds)
 

@@ -133,7 +133,8 @@ def deny_matches(rule: Rule, arguments: Any) -> bool:
 
 def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_name: str,
            arguments: Any) -> Decision:
-    """Decide one ``tools/call``. Mode (shadow) and approvals are reported, not applied, here."""
+    """Decide one ``tools/call``. Mode (shadow) and approvals are reported, not applied, here:
+    ``approval_required`` says whether the tool waits for an approval whenever a call goes through."""
     server = visible_server(payload, principal, server_name)
     if server is None:
         return Decision("not_found", "unknown_server")
@@ -141,17 +142,18 @@ def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_
     if tool is None:
         return Decision("not_found", "unknown_tool")
     rules = payload.rules
+    # Reported on denials too: a shadow-mode denial still goes through, and must still wait.
+    approval = tool.approval is not None
     denies = tuple(rules[i].id for i in tool.deny
                    if subject_matches(rules[i], principal) and deny_matches(rules[i], arguments))
     if denies:
-        return Decision("deny", "deny_rule", denies, tool.access, tool.mode)
-    approval = tool.approval is not None
+        return Decision("deny", "deny_rule", denies, tool.access, tool.mode, None, approval)
     if not server.restricted:
         return Decision("allow", "visibility", (), tool.access, tool.mode, None, approval)
     granting = [rules[i] for i in tool.allow
                 if subject_matches(rules[i], principal) and allow_matches(rules[i], arguments)]
     if not granting:
-        return Decision("deny", "no_grant", (), tool.access, tool.mode)
+        return Decision("deny", "no_grant", (), tool.access, tool.mode, None, approval)
     limits = [r.rate_limit_per_minute for r in granting]
     # Grants are a union: the most generous matching rule sets the rule-level limit.
     limit = None if None in limits else max(limits)  # type: ignore[type-var]

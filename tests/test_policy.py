@@ -198,6 +198,10 @@ def test_approval_required_is_reported_for_approval_tools(tmp_path: Path) -> Non
     assert decide(p, G, "svc", "drop", {}).approval_required is False
     open_p = compiled(tmp_path / "open")
     assert decide(open_p, G, "svc", "migrate", {}).approval_required is True  # visibility grant too
+    # Denials report it too: in shadow mode a denied call still goes through, and must wait.
+    denied = compiled(tmp_path / "denied", [rule(action="read")])
+    d = decide(denied, G, "svc", "migrate", {})
+    assert (d.effect, d.approval_required) == ("deny", True)
 
 
 def test_approvers_default_to_the_owner_team(tmp_path: Path) -> None:

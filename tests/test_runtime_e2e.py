@@ -306,6 +306,9 @@ async def test_unauthenticated_requests_get_401_with_resource_metadata(node, kin
     ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}},
      {"MCP-Protocol-Version": "2026-07-28"}, 400, -32020),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}},
+     {"MCP-Protocol-Version": "2025-11-25", "Mcp-Method": "tools/list"}, 400, -32020),
 ])
 async def test_malformed_requests_get_clean_errors(node, body, headers, status, code) -> None:
     response = await raw(node, "/servers/tools/mcp", body, node.idp.token("alice", ["eng"]), headers)
