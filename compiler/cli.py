@@ -1,4 +1,4 @@
-"""The ``gwc`` command line: validate, build, verify, inspect and diff registry bundles.
+"""The ``gwc`` command line: validate, build, verify, inspect and diff bundles; client configs.
 
 Exit codes: 0 success, 1 the input is invalid or a check failed, 2 usage error.
 """
@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import click
 
-from compiler import jsonschemas
+from compiler import client_config, jsonschemas
 from compiler.build import BuildError, build, default_revision
 from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
@@ -211,6 +211,41 @@ def schema(out: Path) -> None:
     """Write the JSON Schemas (draft 2020-12) of manifests, policy files and gateway.yaml."""
     for path in jsonschemas.write(out):
         click.echo(f"wrote {path}")
+
+
+@main.command("client-config")
+@click.option("--gateway", "gateway", required=True, metavar="URL",
+              help="The gateway's base URL (its --public-url), e.g. https://mcp.acme.example.")
+@click.option("--client", type=click.Choice(sorted(client_config.CLIENTS)), default="generic",
+              show_default=True, help="Which client's config shape to print.")
+@click.option("--name", default=client_config.DEFAULT_NAME, show_default=True,
+              help="The entry's name in the client (a prefix of the tool names it shows).")
+@click.option("--allow-http", is_flag=True,
+              help="Allow http:// to a host that is not loopback (tokens travel in clear text).")
+def client_config_cmd(gateway: str, client: str, name: str, allow_http: bool) -> None:
+    """Print the config entry that connects an MCP client.
+
+    The entry names the gateway's aggregate endpoint, <URL>/mcp. stdout is only the JSON; a hint on stderr says which file it goes into. No token goes in it:
+    clients that implement MCP authorization log in through the company IdP on first use.
+    """
+    try:
+        endpoint = client_config.endpoint(gateway, name, allow_http)
+    except client_config.ClientConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    shape = client_config.CLIENTS[client]
+    click.echo(json.dumps(client_config.render(client, endpoint), indent=2))
+    click.echo(f"{shape.title}: {shape.where}", err=True)
+    if endpoint.cleartext:
+        click.echo("warning: plain http to another host: tokens travel unencrypted", err=True)
+
+
+@main.command("session-key")
+def session_key() -> None:
+    """Print a new random fleet session key.
+
+    For gwc-runtime --session-keys (GWC_SESSION_KEYS): 32 bytes, URL-safe base64.
+    """
+    click.echo(client_config.new_session_key())
 
 
 if __name__ == "__main__":
