@@ -16,11 +16,17 @@ from runtime.bundle import Bundle, trusted_keys
 from runtime.bundle_poller import BundlePoller
 from runtime.bundle_source import source_for
 from runtime.bundle_store import BundleStore
+from runtime.catalog_api import catalog
 from runtime.config import Config
-from runtime.identity import Authenticator
+from runtime.identity import AuthError, Authenticator
+from runtime.jsonrpc import UNAUTHENTICATED, UPSTREAM_UNAVAILABLE, RpcError
+from runtime.list_changed import ListChangedStreams
 from runtime.mcp_proxy import McpProxy
+from runtime.mcp_wire import error_response
+from runtime.policy import Principal
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.metrics import Metrics
+from runtime.sessions import SessionSealer
 from runtime.upstream_auth import UpstreamCredentials
 
 log = logging.getLogger("gwc.runtime")
@@ -39,9 +45,12 @@ class Gateway:
         self.poller = BundlePoller(source_for(config.bundle), self.store, self.metrics,
                                    config.poll_interval_s)
         self.credentials = UpstreamCredentials(signing_key, config.public_url)
+        self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.proxy = McpProxy(self)
+        self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
+        self.store.on_activate(self.list_changed.bundle_changed)
         self._poll_task: asyncio.Task | None = None
 
     def authenticator(self, bundle: Bundle) -> Authenticator:
@@ -58,6 +67,21 @@ class Gateway:
 
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.config.public_url}/.well-known/oauth-protected-resource{path}"
+
+    async def caller(self, request: web.Request) -> tuple[Bundle, Principal]:
+        """The active bundle and the authenticated caller, or the RpcError to answer with."""
+        bundle = self.store.active
+        if bundle is None:
+            raise RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid bundle yet", 503)
+        try:
+            return bundle, await self.authenticator(bundle).authenticate(
+                request.headers.get("Authorization"))
+        except AuthError as exc:
+            metadata = self.resource_metadata_url(request.path)
+            challenge = (f'Bearer resource_metadata="{metadata}", error="invalid_token", '
+                         f'error_description="{exc}"')
+            raise RpcError(UNAUTHENTICATED, str(exc), 401,
+                           headers={"WWW-Authenticate": challenge}) from None
 
     async def _load_and_poll(self, first_load: asyncio.Event) -> None:
         try:
@@ -82,6 +106,7 @@ class Gateway:
     async def _cleanup(self, app: web.Application) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+        await self.list_changed.close()
         await self.proxy.close()
         if self._authenticator is not None:
             await self._authenticator.close()
@@ -99,6 +124,13 @@ class Gateway:
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        try:
+            bundle, principal = await self.caller(request)
+        except RpcError as exc:
+            return error_response(exc)
+        return web.json_response(catalog(bundle, principal, self.config.public_url))
 
     async def jwks(self, request: web.Request) -> web.Response:
         return web.json_response(self.credentials.jwks())
@@ -123,6 +155,8 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource", self.protected_resource)
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
+        app.router.add_get("/v1/catalog", self.catalog)
+        app.router.add_route("*", "/mcp", self.proxy.handle)
         app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
         app.on_response_prepare.append(_stamp_request_id)
         app.on_startup.append(self._startup)

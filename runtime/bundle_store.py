@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -23,6 +24,11 @@ class BundleStore:
         self._trusted = trusted
         self._state_dir = state_dir
         self.active: Bundle | None = None
+        self._on_activate: list[Callable[[Bundle | None, Bundle], None]] = []
+
+    def on_activate(self, listener: Callable[[Bundle | None, Bundle], None]) -> None:
+        """Call ``listener(old, new)`` after each swap (on the event loop; it must not block)."""
+        self._on_activate.append(listener)
 
     @property
     def trusted_ids(self) -> frozenset[str]:
@@ -49,7 +55,9 @@ class BundleStore:
 
     def activate(self, bundle: Bundle) -> None:
         """Make ``bundle`` active: one assignment, so in-flight requests keep theirs."""
-        self.active = bundle
+        old, self.active = self.active, bundle
+        for listener in self._on_activate:
+            listener(old, bundle)
 
     def persist(self, data: bytes) -> None:
         """Keep the bytes of an accepted bundle for the next start (blocking file I/O)."""

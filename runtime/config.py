@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
+
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -27,6 +29,8 @@ class Config:
     state_dir: Path | None = None
     log_level: str = "info"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    session_keys: tuple[bytes, ...] = ()
+    session_max_age_s: int = DEFAULT_MAX_AGE_S
 
 
 def _env(name: str) -> str | None:
@@ -52,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning or error (GWC_LOG_LEVEL).")
     p.add_argument("--max-body-bytes", type=int, help="Largest accepted request body "
                    "(GWC_MAX_BODY_BYTES, default 4 MiB).")
+    p.add_argument("--session-keys", help="Fleet keys sealing legacy MCP session ids, from `gwc "
+                   "session-key`; comma-separated: the first seals, all open (GWC_SESSION_KEYS). "
+                   "Without one a node makes its own, and its sessions work only on it.")
+    p.add_argument("--session-max-age", type=int, help="Seconds a legacy session id stays valid "
+                   f"(GWC_SESSION_MAX_AGE, default {DEFAULT_MAX_AGE_S}).")
     return p
 
 
@@ -77,10 +86,17 @@ def load(argv: list[str] | None = None) -> Config:
     try:
         interval = float(pick("poll-interval", "30") or 30)
         max_body = int(pick("max-body-bytes", str(DEFAULT_MAX_BODY_BYTES)) or 0)
+        max_age = int(pick("session-max-age", str(DEFAULT_MAX_AGE_S)) or 0)
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
-    if interval <= 0 or max_body <= 0:
-        raise ConfigError("--poll-interval and --max-body-bytes must be positive")
+    if interval <= 0 or max_body <= 0 or max_age <= 0:
+        raise ConfigError("--poll-interval, --max-body-bytes and --session-max-age must be "
+                          "positive")
+    try:
+        session_keys = tuple(parse_key(k) for k in (pick("session-keys") or "").split(",")
+                             if k.strip())
+    except SessionKeyError as exc:
+        raise ConfigError(f"--session-keys: {exc}") from None
     state_dir = pick("state-dir")
     log_level = (pick("log-level", "info") or "info").lower()
     if log_level not in LOG_LEVELS:
@@ -94,4 +110,5 @@ def load(argv: list[str] | None = None) -> Config:
                   listen_host=host.strip("[]"), listen_port=int(port),
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
-                  log_level=log_level, max_body_bytes=max_body)
+                  log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
+                  session_max_age_s=max_age)

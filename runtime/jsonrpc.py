@@ -18,6 +18,7 @@ NOT_FOUND = -32002  # the MCP code for an unknown resource; used for every "does
 DENIED = -32003
 UPSTREAM_UNAVAILABLE = -32004
 UNAUTHENTICATED = -32005
+SESSION_INVALID = -32006  # unknown, forged, expired or someone else's session id
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
 UNSUPPORTED_VERSION = -32022
 APPROVAL_REQUIRED = -32030
@@ -28,16 +29,18 @@ REASONS = {
     NOT_FOUND: "not_found", DENIED: "denied", UPSTREAM_UNAVAILABLE: "upstream_unavailable",
     UNAUTHENTICATED: "unauthenticated", HEADER_MISMATCH: "header_mismatch",
     APPROVAL_REQUIRED: "approval_required", INVALID_PARAMS: "invalid_params",
-    UNSUPPORTED_VERSION: "unsupported_protocol_version",
+    UNSUPPORTED_VERSION: "unsupported_protocol_version", SESSION_INVALID: "session_invalid",
 }
 
 
 class RpcError(Exception):
     """An error answered to the client as a JSON-RPC error object."""
 
-    def __init__(self, code: int, message: str, http_status: int = 200, **data: Any) -> None:
+    def __init__(self, code: int, message: str, http_status: int = 200, *,
+                 headers: dict[str, str] | None = None, **data: Any) -> None:
         super().__init__(message)
         self.code, self.message, self.http_status = code, message, http_status
+        self.headers = headers  # HTTP headers the answer needs (WWW-Authenticate on a 401)
         self.data = {"reason": REASONS[code], **data}
 
     def body(self, request_id: Any) -> bytes:

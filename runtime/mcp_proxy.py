@@ -1,235 +1,306 @@
-"""MCP over Streamable HTTP, one endpoint per server: ``/servers/{name}/mcp``.
+"""MCP over Streamable HTTP on the two kinds of endpoint: one per server, ``/servers/{name}/mcp``,
+and the aggregate ``/mcp`` with every entitled tool as ``{server}__{tool}``.
 
-Per request: authenticate, apply the visibility wall (an invisible server answers exactly like one
-that does not exist), check the 2026-07-28 routing headers against the body, decide policy before
-anything reaches the upstream, then forward the client's original bytes with the gateway's own
-credential and the upstream's own Host. ``tools/list`` answers are filtered to the entitled,
-declared tools with annotations from the manifest; every other answer, SSE streams included, is
-relayed as it comes. Sessions and protocol versions are negotiated end to end with the upstream.
+Per request: authenticate; on a per-server endpoint apply the visibility wall (an invisible server
+answers exactly like one that does not exist); settle the protocol era and the session; check the
+2026-07-28 routing headers against the body; decide policy before anything reaches an upstream; then
+send the request upstream with the gateway's own credential (``upstream_client.py``) and relay the
+answer, rewritten only where it must be (filtered lists, restored ids, namespaced URIs).
+
+The gateway is the MCP server its clients talk to: it answers ``initialize``, ``ping`` and
+``server/discover`` itself and issues sealed session ids (``sessions.py``), so any node serves any
+request. Client notifications end here (202); nothing of a client's session reaches an upstream.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 from aiohttp import web
-from mcp_types import methods as mcp_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from pydantic import ValidationError
+from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
 
+from runtime.aggregate import Aggregate, with_manifest_annotations
 from runtime.bundle import Bundle
 from runtime.bundle_format import Server
-from runtime.identity import AuthError
-from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
-                             INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, PARSE_ERROR,
-                             UNAUTHENTICATED, UNSUPPORTED_VERSION, UPSTREAM_TIMEOUT,
+from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_REQUEST,
+                             METHOD_NOT_FOUND, NOT_FOUND, SESSION_INVALID, UNSUPPORTED_VERSION,
                              UPSTREAM_UNAVAILABLE, RpcError)
-from runtime.policy import Principal, decide, entitlement, visible_server
+from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_response,
+                              negotiate, parse_message, result_response, stateless_version,
+                              validate)
+from runtime.naming import resource_uri
+from runtime.policy import Principal, decide, listed_tools, visible_server
 from runtime.request_keys import REQUEST_ID, STARTED
-from runtime.sse import rewrite_events
-from runtime.upstream_auth import CredentialError
+from runtime.sessions import Session
+from runtime.sse import EventRewriter, Rewrite
+from runtime.upstream_catalog import UpstreamCatalog
+from runtime.upstream_client import Answer, Outgoing, UpstreamClient, UpstreamFailure
+from runtime.upstreams import Upstreams
 
 if TYPE_CHECKING:
     from runtime.app import Gateway
 
 log = logging.getLogger("gwc.mcp")
 
-# Headers a client may send that the upstream needs; everything else (cookies, the client's
-# Authorization, its Host) stays at the gateway.
-FORWARDED_REQUEST_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Session-Id",
-                             "Mcp-Method", "Mcp-Name", "Last-Event-ID", "X-Request-Id")
-RELAYED_RESPONSE_HEADERS = ("Content-Type", "Mcp-Session-Id", "MCP-Protocol-Version",
-                            "Cache-Control")
-VISIBLE_METHODS = frozenset({
-    "initialize", "ping", "server/discover", "tools/list", "resources/list",
-    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-    "subscriptions/listen", "prompts/list", "prompts/get", "completion/complete",
-    "logging/setLevel"})
-NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-META_VERSION = "io.modelcontextprotocol/protocolVersion"
-STATELESS_ERA = "2026-07-28"
-DEFAULT_LEGACY_VERSION = "2025-03-26"  # what a legacy request without a version header means
+# Client headers a stateless (2026-07-28) request keeps on its way upstream, besides Mcp-Param-*;
+# everything else (cookies, the client's Authorization, its Host) stays at the gateway.
+STATELESS_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name")
+RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
+# Methods a caller who sees a server may use on its per-server endpoint without a tool decision.
+PASSED_METHODS = frozenset({
+    "tools/list", "resources/list", "resources/templates/list", "resources/read",
+    "resources/subscribe", "resources/unsubscribe", "subscriptions/listen", "prompts/list",
+    "prompts/get", "completion/complete", "logging/setLevel"})
+SERVER_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
+                       "completions": {}, "logging": {}}
+AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {}}
+SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
+SESSION_HEADER = "Mcp-Session-Id"
+AGGREGATE = ""  # the endpoint name of /mcp
 
 
-def _protocol_version(request: web.Request, method: str, params: dict[str, Any]) -> str:
-    """The protocol version a request speaks: ``_meta`` (2026-07-28), else the header, else the
-    version an ``initialize`` asks for, else the legacy default. Header and body must agree."""
-    meta = params.get("_meta")
-    header = request.headers.get("MCP-Protocol-Version")
-    if isinstance(meta, dict) and isinstance(meta.get(META_VERSION), str):
-        if header is not None and header != meta[META_VERSION]:
-            raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} does not match the "
-                                            f"body's {meta[META_VERSION]!r}", 400)
-        return meta[META_VERSION]
-    if header:
-        return header
-    if method == "initialize":  # negotiation: an unknown requested version is not an error
-        requested = params.get("protocolVersion")
-        return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-    return DEFAULT_LEGACY_VERSION
+@dataclass(slots=True)
+class Call:
+    """One JSON-RPC request on its way through the gateway."""
 
+    request: web.Request
+    bundle: Bundle
+    principal: Principal
+    endpoint: str  # a server name, or AGGREGATE
+    message: dict[str, Any]
+    method: str
+    params: dict[str, Any]
+    session: Session | None  # None: the stateless 2026-07-28 era
+    body: bytes
 
-def _validate(method: str, params: dict[str, Any], version: str, notification: bool) -> None:
-    """Check the message against the SDK's types for its protocol version. Only checked: the
-    original bytes are what gets forwarded, so fields this version does not know survive."""
-    check = (mcp_methods.validate_client_notification if notification
-             else mcp_methods.validate_client_request)
-    try:
-        check(method, version, params)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RpcError(INVALID_PARAMS, f"invalid params for {method}: {where}: {first['msg']}",
-                       400) from None
-    except KeyError:
-        raise RpcError(METHOD_NOT_FOUND, f"method '{method}' does not exist in protocol version "
-                                         f"{version}", 404) from None
-    except ValueError:
-        raise RpcError(UNSUPPORTED_VERSION, f"unsupported protocol version {version!r}", 400,
-                       requested=version) from None
-
-
-def _decode_header_value(value: str) -> str:
-    """Mcp-Name values that are not plain ASCII travel as ``=?base64?<b64>?=``."""
-    if value.startswith("=?base64?") and value.endswith("?="):
-        try:
-            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise RpcError(HEADER_MISMATCH, "Mcp-Name is not valid base64", 400) from None
-    return value
-
-
-def _check_routing_headers(request: web.Request, method: str, params: dict[str, Any],
-                           version: str) -> None:
-    """Mcp-Method (always) and Mcp-Name (named methods) must match the body; 2026-07-28 requires
-    them, older versions are checked only when they send them."""
-    stateless = version == STATELESS_ERA
-    header_method = request.headers.get("Mcp-Method")
-    if header_method is None:
-        if stateless:
-            raise RpcError(HEADER_MISMATCH, "Mcp-Method header is required", 400)
-        return
-    if header_method != method:
-        raise RpcError(HEADER_MISMATCH, f"Mcp-Method {header_method!r} does not match the body's "
-                                        f"method {method!r}", 400)
-    field = NAMED_PARAM.get(method)
-    if field is None:
-        return
-    header_name = request.headers.get("Mcp-Name")
-    if header_name is None:
-        if stateless:
-            raise RpcError(HEADER_MISMATCH, "Mcp-Name header is required", 400)
-        return
-    if _decode_header_value(header_name) != params.get(field):
-        raise RpcError(HEADER_MISMATCH, f"Mcp-Name does not match the body's {field}", 400)
-
-
-def _json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None
-                   ) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json",
-                        headers=headers)
-
-
-def _error_response(error: RpcError, request_id: Any = None,
-                    headers: dict[str, str] | None = None) -> web.Response:
-    return _json_response(error.body(request_id), error.http_status, headers)
+    @property
+    def id(self) -> Any:
+        return self.message.get("id")
 
 
 class McpProxy:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def _session(self, server: Server) -> aiohttp.ClientSession:
-        """One connection pool per upstream, capped at its max_concurrency."""
-        session = self._sessions.get(server.upstream)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-            self._sessions[server.upstream] = session
-        return session
+        self.client = UpstreamClient(Upstreams(gateway.metrics), gateway.credentials,
+                                     gateway.metrics)
+        self.catalog = UpstreamCatalog(self.client, gateway.metrics)
+        self.aggregate = Aggregate(self.catalog)
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self._sessions.values()))
+        await self.client.close()
 
-    def _unauthorized(self, request: web.Request, reason: str) -> web.Response:
-        metadata = self._gateway.resource_metadata_url(request.path)
-        challenge = (f'Bearer resource_metadata="{metadata}", error="invalid_token", '
-                     f'error_description="{reason}"')
-        return _error_response(RpcError(UNAUTHENTICATED, reason, 401), None,
-                               {"WWW-Authenticate": challenge})
+    # -- the front door: identity, visibility, era, session ------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        bundle = self._gateway.store.active
-        if bundle is None:
-            return _error_response(RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid "
-                                            "bundle yet", 503))
         try:
-            principal = await self._gateway.authenticator(bundle).authenticate(
-                request.headers.get("Authorization"))
-        except AuthError as exc:
-            return self._unauthorized(request, str(exc))
-        name = request.match_info["server"]
-        server = visible_server(bundle.payload, principal, name)
-        if server is None:
-            return _error_response(RpcError(NOT_FOUND, f"unknown server '{name}'", 404))
-        if request.method == "POST":
-            return await self._post(request, bundle, principal, name, server)
-        if request.method in ("GET", "DELETE"):
-            return await self._forward(request, principal, name, server, None, None, None)
+            bundle, principal = await self._gateway.caller(request)
+        except RpcError as exc:
+            return error_response(exc)
+        endpoint = request.match_info.get("server", AGGREGATE)
+        if endpoint and visible_server(bundle.payload, principal, endpoint) is None:
+            return error_response(RpcError(NOT_FOUND, f"unknown server '{endpoint}'", 404))
+        try:
+            if request.method == "POST":
+                return await self._post(request, bundle, principal, endpoint)
+            if request.method == "GET":
+                self._session(request, principal, endpoint)
+                return await self._gateway.list_changed.stream(request, principal, endpoint)
+            if request.method == "DELETE":  # nothing is stored: a sealed session just ends
+                self._session(request, principal, endpoint)
+                return web.Response(status=204)
+        except RpcError as exc:
+            return error_response(exc)
         return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
 
-    async def _post(self, request: web.Request, bundle: Bundle, principal: Principal, name: str,
-                    server: Server) -> web.StreamResponse:
-        request_id: Any = None
+    def _session(self, request: web.Request, principal: Principal, endpoint: str) -> Session:
+        """The caller's own session on this endpoint, from its sealed id."""
+        sealed = request.headers.get(SESSION_HEADER)
+        if not sealed:
+            raise RpcError(INVALID_REQUEST, "Mcp-Session-Id is required after initialize (or "
+                           "send 2026-07-28 requests, which need no session)", 400)
+        session = self._gateway.sealer.open(sealed)
+        if session is None or not session.belongs_to(principal, endpoint):
+            raise RpcError(SESSION_INVALID, "unknown or expired session; initialize again", 404)
+        return session
+
+    async def _post(self, request: web.Request, bundle: Bundle, principal: Principal,
+                    endpoint: str) -> web.StreamResponse:
+        message: dict[str, Any] = {}
         try:
             body = await request.read()
-            try:
-                message = json.loads(body)
-            except (UnicodeDecodeError, ValueError):
-                raise RpcError(PARSE_ERROR, "request body is not valid JSON", 400) from None
-            if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-                raise RpcError(INVALID_REQUEST, "expected one JSON-RPC 2.0 message object", 400)
-            request_id = message.get("id")
-            if isinstance(request_id, (dict, list, bool)):
-                request_id = None
-                raise RpcError(INVALID_REQUEST, "id must be a string or a number", 400)
+            message = parse_message(body)
             method = message.get("method")
-            if method is None:  # a client's response to a server request: relay it
-                return await self._forward(request, principal, name, server, body, None, None)
+            if method is None:  # a client's answer to an upstream's request
+                session = self._session(request, principal, endpoint)
+                call = Call(request, bundle, principal, endpoint, message, "", {}, session, body)
+                return await self._answer_upstream_request(call)
             params = message.get("params", {})
             if not isinstance(method, str) or not isinstance(params, dict):
                 raise RpcError(INVALID_REQUEST, "method must be a string and params an object", 400)
-            version = _protocol_version(request, method, params)
-            _check_routing_headers(request, method, params, version)
-            _validate(method, params, version, notification="id" not in message)
+            version = stateless_version(request, params)
+            session = None
+            if version is None and method == "initialize":
+                version = negotiate(params)
+            elif version is None:
+                session = self._session(request, principal, endpoint)
+                version = session.protocol_version
+                header = request.headers.get("MCP-Protocol-Version")
+                if header is not None and header not in SUPPORTED_PROTOCOL_VERSIONS:
+                    raise RpcError(UNSUPPORTED_VERSION, f"unsupported protocol version "
+                                   f"{header!r}", 400, requested=header)
+                if header is not None and header != version:
+                    raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} is not "
+                                   f"the session's {version!r}", 400)
+            check_routing_headers(request, method, params, version)
+            validate(method, params, version, notification="id" not in message)
             if "id" not in message:
-                return await self._forward(request, principal, name, server, body, None, None)
-            tool = self._authorize(request, bundle, principal, name, method, params)
-            return await self._forward(request, principal, name, server, body, method, tool,
-                                       request_id, bundle)
+                return web.Response(status=202)
+            call = Call(request, bundle, principal, endpoint, message, method, params, session,
+                        body)
+            if method == "initialize":
+                return self._initialize(call, version)
+            if method == "ping":
+                return result_response(call.id, {})
+            if method == "server/discover":
+                return result_response(call.id, self._discover(call))
+            if endpoint:
+                return await self._server_call(call, endpoint)
+            return await self._aggregate_call(call)
         except RpcError as exc:
-            return _error_response(exc, request_id)
+            request_id = message.get("id") if isinstance(message, dict) else None
+            return error_response(exc, request_id if isinstance(request_id, (str, int)) else None)
 
-    def _authorize(self, request: web.Request, bundle: Bundle, principal: Principal, name: str,
-                   method: str, params: dict[str, Any]) -> str | None:
-        """Decide before forwarding. Returns the tool name for tools/call."""
-        metrics = self._gateway.metrics
-        if method in VISIBLE_METHODS:
-            metrics.count_request(name, method, "", "allow")
-            return None
-        if method != "tools/call":
-            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported by the gateway", 404)
-        tool = params.get("name")
+    # -- what the gateway answers itself --------------------------------------------------------
+
+    def _server_info(self, call: Call) -> dict[str, Any]:
+        return {"name": call.endpoint or "gwc", "version": call.bundle.payload.revision}
+
+    def _instructions(self, call: Call) -> str | None:
+        if call.endpoint:
+            return call.bundle.payload.servers[call.endpoint].description or None
+        return "One gateway for every MCP server you are entitled to: tools are named " \
+               "{server}__{tool}."
+
+    def _capabilities(self, call: Call) -> dict[str, Any]:
+        return SERVER_CAPABILITIES if call.endpoint else AGGREGATE_CAPABILITIES
+
+    def _initialize(self, call: Call, version: str) -> web.Response:
+        principal, params = call.principal, call.params
+        capabilities = params.get("capabilities")
+        client_info = params.get("clientInfo")
+        session = Session(principal.subject, principal.kind, principal.acting_for, call.endpoint,
+                          version, capabilities if isinstance(capabilities, dict) else {},
+                          client_info if isinstance(client_info, dict) else {}, int(time.time()))
+        result = {"protocolVersion": version, "capabilities": self._capabilities(call),
+                  "serverInfo": self._server_info(call)}
+        instructions = self._instructions(call)
+        if instructions:
+            result["instructions"] = instructions
+        self._gateway.metrics.count_request(call.endpoint, "initialize", "", "allow")
+        return result_response(call.id, result,
+                               {SESSION_HEADER: self._gateway.sealer.seal(session)})
+
+    def _discover(self, call: Call) -> dict[str, Any]:
+        result = {"supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
+                  "capabilities": self._capabilities(call),
+                  "_meta": {SERVER_INFO_META: self._server_info(call)}}
+        instructions = self._instructions(call)
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    # -- per-server endpoint --------------------------------------------------------------------
+
+    async def _server_call(self, call: Call, name: str) -> web.StreamResponse:
+        server = call.bundle.payload.servers[name]
+        if call.method == "tools/call":
+            tool = self._authorize(call, name, call.params.get("name"))
+            return await self._forward(call, name, server, call.message, tool,
+                                       server.tools[tool].timeout_ms)
+        if call.method not in PASSED_METHODS:
+            raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported by the "
+                           "gateway", 404)
+        self._gateway.metrics.count_request(name, call.method, "", "allow")
+        transform = self._tools_filter(call, name, server) if call.method == "tools/list" else None
+        return await self._forward(call, name, server, call.message, None, server.timeout_ms,
+                                   transform)
+
+    def _tools_filter(self, call: Call, name: str, server: Server) -> Rewrite:
+        """Keep declared tools the caller sees; hints from the manifest, not the upstream."""
+        listed = set(listed_tools(call.bundle.payload, call.principal, name))
+
+        def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+            result = message.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                return message
+            kept = [with_manifest_annotations(t, server.tools[t["name"]], t["name"])
+                    for t in result["tools"] if isinstance(t, dict) and t.get("name") in listed]
+            return {**message, "result": {**result, "tools": kept}}
+        return rewrite
+
+    # -- aggregate endpoint ---------------------------------------------------------------------
+
+    async def _aggregate_call(self, call: Call) -> web.StreamResponse:
+        bundle, principal, method, params = call.bundle, call.principal, call.method, call.params
+        if method == "tools/call":
+            target = self.aggregate.resolve_tool(bundle, str(params.get("name")))
+            if target is None or visible_server(bundle.payload, principal, target[0]) is None:
+                raise RpcError(NOT_FOUND, f"Unknown tool: {params.get('name')}")
+            name, tool = target
+            self._authorize(call, name, tool)
+            server = bundle.payload.servers[name]
+            return await self._forward(call, name, server, self._renamed(call, "name", tool), tool,
+                                       server.tools[tool].timeout_ms)
+        if method == "resources/read":
+            target = self.aggregate.resolve_resource(bundle, principal, str(params.get("uri")))
+            if target is None:
+                raise RpcError(NOT_FOUND, f"Resource not found: {params.get('uri')}")
+            name, uri = target
+            server = bundle.payload.servers[name]
+            self._gateway.metrics.count_request(name, method, "", "allow")
+            return await self._forward(call, name, server, self._renamed(call, "uri", uri), None,
+                                       server.timeout_ms, _namespace_contents(name))
+        if method == "prompts/get":
+            target = self.aggregate.resolve_prompt(bundle, principal, str(params.get("name")))
+            if target is None:
+                raise RpcError(NOT_FOUND, f"Unknown prompt: {params.get('name')}")
+            name, prompt = target
+            server = bundle.payload.servers[name]
+            self._gateway.metrics.count_request(name, method, "", "allow")
+            return await self._forward(call, name, server, self._renamed(call, "name", prompt),
+                                       None, server.timeout_ms)
+        self._gateway.metrics.count_request(AGGREGATE, method, "", "allow")
+        if method == "tools/list":
+            return result_response(call.id, {"tools": await self.aggregate.tools(bundle, principal)})
+        if method == "prompts/list":
+            return result_response(call.id, {"prompts": await self.aggregate.prompts(bundle,
+                                                                                      principal)})
+        if method == "resources/list":
+            return result_response(call.id, {"resources": await self.aggregate.resources(
+                bundle, principal, "resources")})
+        if method == "resources/templates/list":
+            return result_response(call.id, {"resourceTemplates": await self.aggregate.resources(
+                bundle, principal, "resourceTemplates")})
+        raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported on the aggregate "
+                       "endpoint", 404)
+
+    @staticmethod
+    def _renamed(call: Call, field: str, value: str) -> dict[str, Any]:
+        return {**call.message, "params": {**call.params, field: value}}
+
+    # -- policy ---------------------------------------------------------------------------------
+
+    def _authorize(self, call: Call, name: str, tool: Any) -> str:
+        """Decide a tools/call before anything is sent; returns the tool name."""
         if not isinstance(tool, str):
             raise RpcError(INVALID_REQUEST, "tools/call needs params.name", 400)
-        decision = decide(bundle.payload, principal, name, tool, params.get("arguments") or {})
+        bundle, principal = call.bundle, call.principal
+        decision = decide(bundle.payload, principal, name, tool, call.params.get("arguments") or {})
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
         passes = decision.effect == "allow" or shadowed
         # Whatever lets a call through (a grant, or shadow mode), an approval tool still waits.
@@ -238,12 +309,13 @@ class McpProxy:
                    else decision.effect)
         if log.isEnabledFor(logging.INFO):  # the hot path builds no log payload it will not write
             log.info("decision", extra={
-                "request_id": request[REQUEST_ID], "subject": principal.subject,
+                "request_id": call.request[REQUEST_ID], "subject": principal.subject,
                 "kind": principal.kind, "acting_for": principal.acting_for,
                 "groups": sorted(principal.groups), "server": name, "tool": tool,
                 "access": decision.access, "decision": outcome, "reason": decision.reason,
                 "rules": list(decision.rule_ids), "bundle_serial": bundle.serial})
-        metrics.count_request(name, method, tool if decision.effect != "not_found" else "", outcome)
+        self._gateway.metrics.count_request(name, "tools/call",
+                                            tool if decision.effect != "not_found" else "", outcome)
         if decision.effect == "not_found":
             raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
         if not passes:
@@ -254,124 +326,111 @@ class McpProxy:
                            "gateway does not run approvals yet")
         return tool
 
-    def _upstream_headers(self, request: web.Request, principal: Principal, server: Server,
-                          tool: str | None) -> dict[str, str]:
-        headers = {h: v for h in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(h))}
-        headers.update((k, v) for k, v in request.headers.items() if k.lower().startswith("mcp-param-"))
-        headers["X-Request-Id"] = request[REQUEST_ID]
-        key, value = self._gateway.credentials.header(server, principal, tool)
-        headers[key] = value
-        return headers
+    # -- upstream -------------------------------------------------------------------------------
 
-    async def _forward(self, request: web.Request, principal: Principal, name: str, server: Server,
-                       body: bytes | None, method: str | None, tool: str | None,
-                       request_id: Any = None, bundle: Bundle | None = None) -> web.StreamResponse:
-        timeout_ms = server.tools[tool].timeout_ms if tool else server.timeout_ms
-        timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
-                                        sock_read=timeout_ms / 1000)
-        started = time.perf_counter()
-        upstream: aiohttp.ClientResponse | None = None
+    def _outgoing(self, call: Call, message: dict[str, Any], tool: str | None) -> Outgoing:
+        request = call.request
+        if call.session is not None:
+            headers = {"Accept": request.headers.get("Accept", "application/json, "
+                                                     "text/event-stream"),
+                       "Content-Type": "application/json"}
+            return Outgoing(call.method, message, call.session, request[REQUEST_ID], tool,
+                            headers=headers)
+        headers = {h: v for h in STATELESS_HEADERS if (v := request.headers.get(h))}
+        headers.update((k, v) for k, v in request.headers.items()
+                       if k.lower().startswith("mcp-param-"))
+        unchanged = message is call.message
+        if not unchanged and "Mcp-Name" in headers:
+            field = "uri" if call.method == "resources/read" else "name"
+            headers["Mcp-Name"] = encode_header_value(message["params"][field])
+        return Outgoing(call.method, message, None, request[REQUEST_ID], tool,
+                        body=call.body if unchanged else None, headers=headers)
+
+    async def _answer_upstream_request(self, call: Call) -> web.StreamResponse:
+        """Relay a client's answer (to an elicitation, sampling...) to the upstream that asked,
+        on the per-server endpoint; the aggregate endpoint does not relay upstream requests."""
+        if not call.endpoint:
+            return web.Response(status=202)
+        server = call.bundle.payload.servers[call.endpoint]
+        return await self._forward(call, call.endpoint, server, call.message, None,
+                                   server.timeout_ms)
+
+    async def _forward(self, call: Call, name: str, server: Server, message: dict[str, Any],
+                       tool: str | None, timeout_ms: int, transform: Rewrite | None = None
+                       ) -> web.StreamResponse:
+        request = call.request
         try:
-            headers = self._upstream_headers(request, principal, server, tool)
-            upstream = await self._session(server).request(
-                request.method, server.upstream, data=body, headers=headers, timeout=timeout,
-                allow_redirects=False)
-            self._gateway.metrics.observe_upstream(name, time.perf_counter() - started)
-            return await self._relay(request, upstream, method, bundle, principal, name, server,
-                                     timeout_ms)
-        except CredentialError as exc:  # the caller learns nothing of the node's configuration
-            log.error("upstream credential missing", extra={
-                "request_id": request[REQUEST_ID], "server": name, "reason": str(exc)})
-            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE,
-                                         "credential", "the gateway cannot authenticate to this "
-                                         "upstream")
-        except RpcError as exc:  # the upstream's answer could not be filtered
-            return self._upstream_failed(request, name, request_id, exc.code, "bad_answer",
-                                         exc.message)
-        except asyncio.TimeoutError:
-            return self._upstream_failed(request, name, request_id, UPSTREAM_TIMEOUT, "timeout",
-                                         f"upstream did not answer within {timeout_ms} ms")
-        except aiohttp.ClientError as exc:
-            kind, what = ("connect", "unreachable") if upstream is None else ("read", "failed")
-            return self._upstream_failed(request, name, request_id, UPSTREAM_UNAVAILABLE, kind,
-                                         f"upstream {what} ({exc.__class__.__name__})")
+            async with self.client.exchange(name, server, call.principal,
+                                            self._outgoing(call, message, tool),
+                                            timeout_ms) as answer:
+                return await self._relay(request, answer, transform, name, timeout_ms)
+        except UpstreamFailure as exc:
+            self._gateway.metrics.count_upstream_error(name, exc.kind)
+            log.warning("upstream failed", extra={"request_id": request[REQUEST_ID],
+                                                  "server": name, "reason": exc.message})
+            return error_response(exc, call.id)
         finally:
-            if upstream is not None:
-                upstream.release()
             self._gateway.metrics.observe_latency(name, time.perf_counter() - request[STARTED])
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                     method: str | None, bundle: Bundle | None, principal: Principal, name: str,
-                     server: Server, timeout_ms: int) -> web.StreamResponse:
-        """The upstream's answer to the client: tools/list filtered, plain answers in one write,
-        SSE streams as they come."""
+    async def _relay(self, request: web.Request, answer: Answer, transform: Rewrite | None,
+                     name: str, timeout_ms: int) -> web.StreamResponse:
+        """The upstream's answer to the client: plain answers in one write, SSE streams as they
+        come; rewritten only when the id was replaced or the answer must be filtered."""
+        upstream = answer.response
         headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
-        content_type = upstream.headers.get("Content-Type", "")
-        if method == "tools/list" and upstream.status == 200 and bundle is not None:
-            content = self._filter_tools(await upstream.read(), content_type, bundle, principal,
-                                         name, server)
-            return web.Response(body=content, status=upstream.status, headers=headers)
-        if not content_type.startswith("text/event-stream"):
-            return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
-        return await self._relay_stream(request, upstream, headers, name, timeout_ms)
+        rewrite = _chain(answer.restore if answer.rewrites_id else None, transform)
+        if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            body = await upstream.read()
+            if rewrite is not None and body:
+                try:
+                    message = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "bad_answer", "the upstream "
+                                          "answered with invalid JSON") from None
+                if isinstance(message, dict):
+                    body = orjson.dumps(rewrite(message))
+            return web.Response(body=body, status=upstream.status, headers=headers)
+        return await self._relay_stream(request, answer, headers, rewrite, name, timeout_ms)
 
-    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                            headers: dict[str, str], name: str, timeout_ms: int
+    async def _relay_stream(self, request: web.Request, answer: Answer, headers: dict[str, str],
+                            rewrite: Rewrite | None, name: str, timeout_ms: int
                             ) -> web.StreamResponse:
         """Relay an SSE answer as it comes. Once started, a failure can only end the stream."""
+        upstream = answer.response
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
+        rewriter = EventRewriter(rewrite) if rewrite is not None else None
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                await response.write(rewriter.feed(chunk) if rewriter else chunk)
+            if rewriter is not None:
+                await response.write(rewriter.flush())
             await response.write_eof()
         except ConnectionResetError:  # the client went away: closing our side cancels upstream
             log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
                                                    "server": name})
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (asyncio.TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
+            answer.broken = True
             self._gateway.metrics.count_upstream_error(name, kind)
             log.warning("upstream stream ended early", extra={
                 "request_id": request[REQUEST_ID], "server": name, "reason": kind,
                 "timeout_ms": timeout_ms})
         return response
 
-    def _upstream_failed(self, request: web.Request, name: str, request_id: Any, code: int,
-                         kind: str, message: str) -> web.Response:
-        self._gateway.metrics.count_upstream_error(name, kind)
-        log.warning("upstream failed", extra={"request_id": request[REQUEST_ID], "server": name,
-                                              "reason": message})
-        return _error_response(RpcError(code, message, 504 if kind == "timeout" else 502),
-                               request_id)
 
-    def _filter_tools(self, content: bytes, content_type: str, bundle: Bundle,
-                      principal: Principal, name: str, server: Server) -> bytes:
-        """Keep declared, entitled tools; annotations come from the manifest, not the upstream."""
-        def rewrite(message: dict[str, Any]) -> dict[str, Any]:
-            result = message.get("result")
-            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-                return message
-            kept = []
-            for tool in result["tools"]:
-                spec = server.tools.get(tool.get("name")) if isinstance(tool, dict) else None
-                if spec is None or (spec.mode != "shadow" and entitlement(
-                        bundle.payload, principal, name, tool["name"]) is None):
-                    continue
-                upstream_annotations = tool.get("annotations") or {}
-                annotations = {k: v for k, v in upstream_annotations.items() if k == "title"}
-                annotations.update(readOnlyHint=spec.access == "read",
-                                   destructiveHint=spec.access == "write")
-                kept.append({**tool, "annotations": annotations})
-            return {**message, "result": {**result, "tools": kept}}
+def _chain(first: Rewrite | None, second: Rewrite | None) -> Rewrite | None:
+    if first is None or second is None:
+        return first or second
+    return lambda message: second(first(message))
 
-        if content_type.startswith("text/event-stream"):
-            try:
-                return rewrite_events(content, rewrite)
-            except UnicodeDecodeError:
-                raise RpcError(UPSTREAM_UNAVAILABLE, "upstream answered tools/list with "
-                               "undecodable events") from None
-        try:
-            message = json.loads(content)
-        except ValueError:
-            raise RpcError(UPSTREAM_UNAVAILABLE, "upstream answered tools/list with invalid JSON")
-        return json.dumps(rewrite(message) if isinstance(message, dict) else message).encode()
+
+def _namespace_contents(server: str) -> Rewrite:
+    """resources/read answers name their contents by URI: the aggregate's URIs, not upstream's."""
+    def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+        result = message.get("result")
+        if isinstance(result, dict) and isinstance(result.get("contents"), list):
+            result["contents"] = [{**c, "uri": resource_uri(server, str(c.get("uri", "")))}
+                                  if isinstance(c, dict) else c for c in result["contents"]]
+        return message
+    return rewrite

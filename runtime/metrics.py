@@ -31,6 +31,21 @@ class Metrics:
                                           ["server"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("gwc_upstream_errors_total", "Upstream failures by reason.",
                                        ["server", "reason"], registry=r)
+        self.upstream_rejected = Counter("gwc_upstream_rejected_total", "Calls failed fast without "
+                                         "reaching the upstream (breaker_open, busy).",
+                                         ["server", "reason"], registry=r)
+        self.upstream_inflight = Gauge("gwc_upstream_inflight", "Calls in flight per upstream.",
+                                       ["server"], registry=r)
+        self.upstream_breaker = Gauge("gwc_upstream_breaker_state", "Circuit breaker per upstream: "
+                                      "0 closed, 1 half-open, 2 open.", ["server"], registry=r)
+        self.upstream_sessions = Counter("gwc_upstream_sessions_total", "Upstream MCP sessions "
+                                         "opened by this node, by reason (new, expired).",
+                                         ["server", "reason"], registry=r)
+        self.catalog_fetches = Counter("gwc_catalog_fetches_total", "Upstream list fetches for the "
+                                       "aggregate endpoint, by result.", ["server", "result"],
+                                       registry=r)
+        self.open_streams = Gauge("gwc_list_changed_streams", "Open GET streams waiting for "
+                                  "notifications/tools/list_changed.", registry=r)
 
         # Label lookups take a lock and build a tuple each time; the hot path reuses the children.
         self._children: dict[tuple, Any] = {}
@@ -47,6 +62,9 @@ class Metrics:
 
     def count_upstream_error(self, server: str, reason: str) -> None:
         self._child(self.upstream_errors, server, reason).inc()
+
+    def count_upstream_rejected(self, server: str, reason: str) -> None:
+        self._child(self.upstream_rejected, server, reason).inc()
 
     def observe_latency(self, server: str, seconds: float) -> None:
         self._child(self.latency, server).observe(seconds)

@@ -185,3 +185,13 @@ def entitlement(payload: BundlePayload, principal: Principal, server_name: str,
         if all(r.conditions for r in granting):
             conditional = True
     return "conditional" if conditional else "allow"
+
+
+def listed_tools(payload: BundlePayload, principal: Principal, server_name: str) -> list[str]:
+    """The declared tools a principal sees in ``tools/list``: the ones it may call with some
+    arguments, plus, in shadow mode, every tool (the call goes through, its denial is recorded)."""
+    server = visible_server(payload, principal, server_name)
+    if server is None:
+        return []
+    return [name for name, tool in server.tools.items()
+            if tool.mode == "shadow" or entitlement(payload, principal, server_name, name)]

@@ -225,6 +225,15 @@ async def raw(node: Node, path: str, body: bytes | dict, token: str | None = Non
 
 
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+INITIALIZE = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+
+
+async def open_session(node: Node, path: str, token: str) -> str:
+    """A legacy session id from the gateway, as a raw client gets it."""
+    response = await raw(node, path, INITIALIZE, token)
+    assert response.status_code == 200, response.text
+    return response.headers["Mcp-Session-Id"]
 
 
 async def test_invisible_server_answers_like_a_missing_one(node) -> None:
@@ -311,8 +320,11 @@ async def test_unauthenticated_requests_get_401_with_resource_metadata(node, kin
      {"MCP-Protocol-Version": "2025-11-25", "Mcp-Method": "tools/list"}, 400, -32020),
 ])
 async def test_malformed_requests_get_clean_errors(node, body, headers, status, code) -> None:
-    response = await raw(node, "/servers/tools/mcp", body, node.idp.token("alice", ["eng"]), headers)
-    assert response.status_code == status
+    token = node.idp.token("alice", ["eng"])
+    session = await open_session(node, "/servers/tools/mcp", token)
+    response = await raw(node, "/servers/tools/mcp", body, token,
+                         {"Mcp-Session-Id": session, **headers})
+    assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert "Traceback" not in response.text
 
@@ -354,10 +366,11 @@ async def test_operational_endpoints(node) -> None:
         ready = await http.get(node.url + "/readyz")
         assert ready.status_code == 200 and ready.json()["serial"] == 1
         assert (await http.get(node.url + "/healthz")).status_code == 200
-        await raw(node, "/servers/tools/mcp", LIST, node.idp.token("alice", ["eng"]),
-                  {"X-Request-Id": "req-123"})
-        echoed = await raw(node, "/servers/tools/mcp", LIST, node.idp.token("alice", ["eng"]),
-                           {"X-Request-Id": "req-123"})
+        token = node.idp.token("alice", ["eng"])
+        session = await open_session(node, "/servers/tools/mcp", token)
+        echoed = await raw(node, "/servers/tools/mcp", LIST, token,
+                           {"X-Request-Id": "req-123", "Mcp-Session-Id": session})
+        assert echoed.status_code == 200, echoed.text
         assert echoed.headers["X-Request-Id"] == "req-123"
         metrics = (await http.get(node.url + "/metrics")).text
         assert 'gwc_bundle_serial 1.0' in metrics

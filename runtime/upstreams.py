@@ -1,0 +1,158 @@
+"""Isolation per upstream: one bad MCP server never takes the others down with it.
+
+Each upstream (one per server in the bundle) has its own connection pool, a concurrency cap with a
+bounded wait for a free slot, and a circuit breaker. A call to an upstream whose breaker is open, or
+whose slots stay full past the wait, fails at once instead of queueing behind a sick server; the
+timeouts come from the manifest. Everything is visible in ``/metrics``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Literal
+
+import aiohttp
+
+from runtime.bundle_format import Server
+from runtime.metrics import Metrics
+
+log = logging.getLogger("gwc.upstreams")
+
+SLOT_WAIT_S = 0.25  # the longest a call waits for a free slot before failing fast
+BREAKER_FAILURES = 5  # consecutive failures that open the breaker
+BREAKER_COOLDOWN_S = 10.0  # how long it stays open before one probe call is let through
+RETIRE_AFTER_S = 60.0  # a replaced pool is closed after in-flight calls had time to finish
+BreakerState = Literal["closed", "open", "half_open"]
+BREAKER_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class UpstreamUnavailable(Exception):
+    """The call was not sent: the breaker is open or every slot stayed busy."""
+
+
+class Breaker:
+    """Closed until ``threshold`` consecutive failures; open for ``cooldown_s``; then half-open,
+    letting exactly one probe through: its success closes the breaker, its failure reopens it."""
+
+    def __init__(self, threshold: int = BREAKER_FAILURES,
+                 cooldown_s: float = BREAKER_COOLDOWN_S) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.state: BreakerState = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def admit(self) -> bool:
+        """May a call go through now? In half-open state only the single probe may."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if time.monotonic() - self._opened_at < self.cooldown_s:
+                return False
+            self.state = "half_open"
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def abandoned(self) -> None:
+        """An admitted call was never sent: a probe slot it held is free again."""
+        self._probing = False
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._probing = False
+        self.state = "closed"
+
+    def failed(self) -> None:
+        self._probing = False
+        self._failures += 1
+        if self.state == "half_open" or self._failures >= self.threshold:
+            self.state = "open"
+            self._opened_at = time.monotonic()
+
+
+class Upstream:
+    """One upstream's pool, slots and breaker."""
+
+    def __init__(self, name: str, server: Server, metrics: Metrics) -> None:
+        self.name, self.server, self._metrics = name, server, metrics
+        connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
+        self.http = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        self.breaker = Breaker()
+        self._slots = asyncio.Semaphore(server.max_concurrency)
+        self._inflight = metrics.upstream_inflight.labels(name)
+        self._breaker_gauge = metrics.upstream_breaker.labels(name)
+        self._breaker_gauge.set(0)
+
+    def same_wiring(self, server: Server) -> bool:
+        """Can this pool serve the server as a new bundle describes it?"""
+        return (server.upstream == self.server.upstream
+                and server.max_concurrency == self.server.max_concurrency)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the upstream's slots for a call; raise UpstreamUnavailable instead of
+        queueing behind a sick upstream."""
+        if not self.breaker.admit():
+            self._metrics.count_upstream_rejected(self.name, "breaker_open")
+            raise UpstreamUnavailable("the upstream is failing; its circuit breaker is open")
+        try:
+            await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
+        except asyncio.TimeoutError:
+            self.breaker.abandoned()
+            self._metrics.count_upstream_rejected(self.name, "busy")
+            raise UpstreamUnavailable(f"the upstream is at its concurrency cap "
+                                      f"({self.server.max_concurrency})") from None
+        self._inflight.inc()
+        try:
+            yield
+        finally:
+            self._inflight.dec()
+            self._slots.release()
+
+    def record(self, healthy: bool) -> None:
+        """The outcome of a call that reached (or tried to reach) the upstream."""
+        before = self.breaker.state
+        self.breaker.succeeded() if healthy else self.breaker.failed()
+        if self.breaker.state != before:
+            self._breaker_gauge.set(BREAKER_GAUGE[self.breaker.state])
+            log.warning("circuit breaker %s", self.breaker.state.replace("_", "-"),
+                        extra={"server": self.name, "from": before})
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+class Upstreams:
+    """The node's upstreams by server name; rewired when a bundle changes a server's URL or cap."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._by_name: dict[str, Upstream] = {}
+        self._retiring: set[asyncio.Task] = set()
+
+    def get(self, name: str, server: Server) -> Upstream:
+        upstream = self._by_name.get(name)
+        if upstream is not None and (upstream.server is server or upstream.same_wiring(server)):
+            upstream.server = server
+            return upstream
+        if upstream is not None:
+            self._retire(upstream)
+        upstream = self._by_name[name] = Upstream(name, server, self._metrics)
+        return upstream
+
+    def _retire(self, upstream: Upstream) -> None:
+        async def later() -> None:
+            await asyncio.sleep(RETIRE_AFTER_S)
+            await upstream.close()
+        task = asyncio.get_running_loop().create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*(u.close() for u in self._by_name.values()))
