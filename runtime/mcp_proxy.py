@@ -61,6 +61,7 @@ SERVER_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts
 AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {}}
 SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"
+CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
 AGGREGATE = ""  # the endpoint name of /mcp
 
 
@@ -167,7 +168,7 @@ class McpProxy:
             if method == "ping":
                 return result_response(call.id, {})
             if method == "server/discover":
-                return result_response(call.id, self._discover(call))
+                return self._answer(call, self._discover(call))
             if endpoint:
                 return await self._server_call(call, endpoint)
             return await self._aggregate_call(call)
@@ -188,6 +189,14 @@ class McpProxy:
 
     def _capabilities(self, call: Call) -> dict[str, Any]:
         return SERVER_CAPABILITIES if call.endpoint else AGGREGATE_CAPABILITIES
+
+    @staticmethod
+    def _answer(call: Call, result: dict[str, Any]) -> web.Response:
+        """A list or discovery result the gateway builds. 2026-07-28 results say they are
+        complete and how long a client may cache them: privately, as they differ per caller."""
+        if call.session is None:
+            result.update(resultType="complete", cacheScope="private", ttlMs=CACHE_TTL_MS)
+        return result_response(call.id, result)
 
     def _initialize(self, call: Call, version: str) -> web.Response:
         principal, params = call.principal, call.params
@@ -240,7 +249,10 @@ class McpProxy:
                 return message
             kept = [with_manifest_annotations(t, server.tools[t["name"]], t["name"])
                     for t in result["tools"] if isinstance(t, dict) and t.get("name") in listed]
-            return {**message, "result": {**result, "tools": kept}}
+            filtered = {**result, "tools": kept}
+            if "cacheScope" in result:  # the list is this caller's now, whatever upstream said
+                filtered["cacheScope"] = "private"
+            return {**message, "result": filtered}
         return rewrite
 
     # -- aggregate endpoint ---------------------------------------------------------------------
@@ -276,15 +288,14 @@ class McpProxy:
                                        None, server.timeout_ms)
         self._gateway.metrics.count_request(AGGREGATE, method, "", "allow")
         if method == "tools/list":
-            return result_response(call.id, {"tools": await self.aggregate.tools(bundle, principal)})
+            return self._answer(call, {"tools": await self.aggregate.tools(bundle, principal)})
         if method == "prompts/list":
-            return result_response(call.id, {"prompts": await self.aggregate.prompts(bundle,
-                                                                                      principal)})
+            return self._answer(call, {"prompts": await self.aggregate.prompts(bundle, principal)})
         if method == "resources/list":
-            return result_response(call.id, {"resources": await self.aggregate.resources(
+            return self._answer(call, {"resources": await self.aggregate.resources(
                 bundle, principal, "resources")})
         if method == "resources/templates/list":
-            return result_response(call.id, {"resourceTemplates": await self.aggregate.resources(
+            return self._answer(call, {"resourceTemplates": await self.aggregate.resources(
                 bundle, principal, "resourceTemplates")})
         raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported on the aggregate "
                        "endpoint", 404)
@@ -377,6 +388,9 @@ class McpProxy:
         """The upstream's answer to the client: plain answers in one write, SSE streams as they
         come; rewritten only when the id was replaced or the answer must be filtered."""
         upstream = answer.response
+        if upstream.status >= 500:  # the caller gets the gateway's error, not the upstream's page
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "status", f"upstream answered HTTP "
+                                  f"{upstream.status}")
         headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
         rewrite = _chain(answer.restore if answer.rewrites_id else None, transform)
         if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from compiler.keys import generate_keypair
+from tests.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,159 @@
+"""What the end-to-end tests share: a real upstream MCP server process, a throw-away registry, a
+gateway node on a real socket, and clients (the SDK's, and raw HTTP for what the SDK never sends)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from compiler.build import build
+from compiler.registry import load_registry
+from runtime.app import Gateway
+from runtime.config import Config
+from tests.helpers import dump
+from tests.idp import AUDIENCE, ISSUER, TestIdP
+
+MODES = ["auto", "legacy"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def upstream_url():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("upstream MCP server did not start")
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.terminate()
+    proc.wait(10)
+
+
+def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text(dump({"identity": {
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
+    tools = {"echo": {"access": "read"}, "whoami": {"access": "read"},
+             "slow_count": {"access": "read"}, "write_thing": {"access": "write", "approval": "none"}}
+    registry = root / "registry"
+    registry.mkdir(exist_ok=True)
+    (registry / "tools.yaml").write_text(dump({
+        "name": "tools", "owner": "eng", "upstream": upstream,
+        "visibility": ["team:eng", "team:ops"], "tools": tools}))
+    (registry / "hidden.yaml").write_text(dump({
+        "name": "hidden", "owner": "secret", "upstream": upstream, "visibility": "team:secret",
+        "tools": {"echo": {"access": "read"}}}))
+    (registry / "guarded.yaml").write_text(dump({
+        "name": "guarded", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
+        "mode": "shadow", "tools": {"write_thing": {"access": "write", "approval": "required"},
+                                    "echo": {"access": "read"}}}))
+    (root / "policies" / "eng").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "eng" / "guarded.yaml").write_text(dump([
+        {"id": "guarded-no-mallory", "subject": {"user": "mallory"},
+         "resource": {"server": "guarded"}, "action": "*", "effect": "deny"}]))
+    (root / "policies" / "eng" / "tools.yaml").write_text(dump([
+        {"id": "eng-read", "subject": {"team": "eng"}, "resource": {"server": "tools"},
+         "action": "read"},
+        {"id": "eng-write-staging", "subject": {"team": "eng"},
+         "resource": {"server": "tools", "tool": "write_thing"}, "action": "write",
+         "conditions": {"env": ["staging"]}},
+        {"id": "ops-all", "subject": {"team": "ops"}, "resource": {"server": "tools"}, "action": "*"},
+        {"id": "no-mallory", "subject": {"user": "mallory"}, "resource": {"server": "tools"},
+         "action": "*", "effect": "deny"},
+    ]))
+    return root
+
+
+class Node:
+    """A running gateway plus what the tests need to drive it."""
+
+    def __init__(self, gateway: Gateway, url: str, idp: TestIdP, store_dir: Path, registry_root: Path,
+                 bundle_key) -> None:
+        self.gateway, self.url, self.idp = gateway, url, idp
+        self.store_dir, self.registry_root, self.bundle_key = store_dir, registry_root, bundle_key
+
+    def endpoint(self, server: str = "tools") -> str:
+        return f"{self.url}/servers/{server}/mcp"
+
+    def publish(self, serial: int) -> None:
+        build(load_registry(self.registry_root), self.bundle_key, self.store_dir, serial, f"r{serial}")
+
+
+@pytest.fixture
+async def node(tmp_path, aiohttp_server, upstream_url, signing_key):
+    idp = TestIdP()
+    idp_server = await aiohttp_server(idp.app(), host="127.0.0.1")
+    root = write_test_registry(tmp_path / "repo", str(idp_server.make_url("/jwks.json")), upstream_url)
+    store = tmp_path / "store"
+    build(load_registry(root), signing_key[2], store, 1, "r1")
+    from compiler.keys import generate_keypair
+    gw_key_path, _, gw_key = generate_keypair(tmp_path / "gateway-key")
+    port = free_port()
+    config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
+                    listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
+                    public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
+                    state_dir=tmp_path / "state", max_body_bytes=64 * 1024)
+    gateway = Gateway(config, gw_key)
+    await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
+    return Node(gateway, config.public_url, idp, store, root, signing_key[2])
+
+
+@asynccontextmanager
+async def connect(url: str, token: str, mode: str, **client_options):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                  timeout=httpx2.Timeout(10.0, read=30.0)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                          read_timeout_seconds=20, **client_options) as client:
+            # no silent fallback: auto must really speak the stateless era through the gateway
+            assert client.protocol_version == ("2026-07-28" if mode == "auto" else "2025-11-25")
+            yield client
+
+
+def text_of(result) -> str:
+    return result.content[0].text
+
+
+async def raw(node: Node, path: str, body: bytes | dict, token: str | None = None,
+              headers: dict | None = None) -> httpx2.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json",
+                   "Accept": "application/json, text/event-stream", **(headers or {})}
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(node.url + path, content=data, headers=all_headers)
+
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+INITIALIZE = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+
+
+async def open_session(node: Node, path: str, token: str) -> str:
+    """A legacy session id from the gateway, as a raw client gets it."""
+    response = await raw(node, path, INITIALIZE, token)
+    assert response.status_code == 200, response.text
+    return response.headers["Mcp-Session-Id"]
+
