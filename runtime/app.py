@@ -103,10 +103,12 @@ class Gateway:
                 "and serving the persisted bundle" if self.store.active is not None
                 else "but not ready until a bundle loads"))
 
+    async def _shutdown(self, app: web.Application) -> None:
+        await self.list_changed.close()
+
     async def _cleanup(self, app: web.Application) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
-        await self.list_changed.close()
         await self.proxy.close()
         if self._authenticator is not None:
             await self._authenticator.close()
@@ -160,6 +162,7 @@ class Gateway:
         app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
         app.on_response_prepare.append(_stamp_request_id)
         app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
         return app
 

@@ -46,6 +46,7 @@ class ListChangedStreams:
         self._listeners: set[Listener] = set()
         self._tasks: set[asyncio.Task] = set()
         self._gauge = metrics.open_streams
+        self._closing = False
 
     async def stream(self, request: web.Request, principal: Principal, endpoint: str
                      ) -> web.StreamResponse:
@@ -58,11 +59,12 @@ class ListChangedStreams:
         self._listeners.add(listener)
         self._gauge.inc()
         try:
-            while True:
+            while not self._closing:
                 try:
                     await asyncio.wait_for(listener.wake.wait(), KEEPALIVE_S)
                     listener.wake.clear()
-                    await response.write(NOTIFICATION)
+                    if not self._closing:
+                        await response.write(NOTIFICATION)
                 except asyncio.TimeoutError:
                     await response.write(b": keepalive\n\n")
         except (ConnectionResetError, ConnectionError):
@@ -93,5 +95,9 @@ class ListChangedStreams:
                                                   "serial": bundle.serial})
 
     async def close(self) -> None:
+        """End every stream (at shutdown, so the node does not wait on idle clients)."""
+        self._closing = True
+        for listener in self._listeners:
+            listener.wake.set()
         for task in list(self._tasks):
             task.cancel()

@@ -9,6 +9,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Callable
 
 import httpx2
 import pytest
@@ -16,6 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from compiler.build import build
+from compiler.keys import generate_keypair
 from compiler.registry import load_registry
 from runtime.app import Gateway
 from runtime.config import Config
@@ -31,21 +33,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def upstream_url():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
+def wait_port(port: int, what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return
         except OSError:
-            time.sleep(0.1)
-    else:
+            time.sleep(0.05)
+    pytest.fail(f"{what} did not start listening on port {port}")
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    """The test upstream MCP server (tests/upstream_server.py) in its own process."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, "the upstream MCP server")
+    except BaseException:
         proc.kill()
-        pytest.fail("upstream MCP server did not start")
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module")
+def upstream_url():
+    port = free_port()
+    proc = start_upstream(port)
     yield f"http://127.0.0.1:{port}/mcp"
     proc.terminate()
     proc.wait(10)
@@ -101,23 +115,33 @@ class Node:
         build(load_registry(self.registry_root), self.bundle_key, self.store_dir, serial, f"r{serial}")
 
 
-@pytest.fixture
-async def node(tmp_path, aiohttp_server, upstream_url, signing_key):
+RegistryWriter = Callable[[Path, str], Path]  # (root, jwks_uri) -> root
+
+
+async def start_node(tmp_path: Path, aiohttp_server, signing_key, write: RegistryWriter,
+                     **settings) -> Node:
+    """A gateway in this process, on a real socket, serving bundle 1 of the registry ``write``
+    makes; an IdP serving its JWKS over HTTP beside it."""
     idp = TestIdP()
     idp_server = await aiohttp_server(idp.app(), host="127.0.0.1")
-    root = write_test_registry(tmp_path / "repo", str(idp_server.make_url("/jwks.json")), upstream_url)
+    root = write(tmp_path / "repo", str(idp_server.make_url("/jwks.json")))
     store = tmp_path / "store"
     build(load_registry(root), signing_key[2], store, 1, "r1")
-    from compiler.keys import generate_keypair
     gw_key_path, _, gw_key = generate_keypair(tmp_path / "gateway-key")
     port = free_port()
     config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
                     listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
                     public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
-                    state_dir=tmp_path / "state", max_body_bytes=64 * 1024)
+                    state_dir=tmp_path / "state", max_body_bytes=64 * 1024, **settings)
     gateway = Gateway(config, gw_key)
     await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
     return Node(gateway, config.public_url, idp, store, root, signing_key[2])
+
+
+@pytest.fixture
+async def node(tmp_path, aiohttp_server, upstream_url, signing_key) -> Node:
+    return await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: write_test_registry(root, jwks, upstream_url))
 
 
 @asynccontextmanager
