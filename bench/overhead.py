@@ -1,11 +1,15 @@
 """What gwc adds to a tools/call: latency at concurrency 1 and throughput at concurrency 32.
 
-Three paths to the same fast upstream (a minimal aiohttp MCP responder, so the gateway is the
+Paths to the same fast upstream (a minimal aiohttp MCP responder, so the gateway is the
 bottleneck): direct, through a bare aiohttp forwarding hop, and through gwc (JWT check, policy
-decision, minted upstream token, metrics, JSON logs). Each server runs in its own process; the
-load comes from this process as raw 2026-07-28 JSON-RPC POSTs. Prints medians of several runs.
+decision, minted upstream token, metrics, JSON logs) on its per-server endpoint and on the
+aggregate ``/mcp``, each in both protocol eras: 2026-07-28 (stateless, the client's bytes go
+upstream as they are) and 2025-11-25 (a sealed gateway session; gwc's own pooled upstream session,
+ids rewritten). Each server runs in its own process; the load comes from this process as raw
+JSON-RPC POSTs. Prints medians of several runs.
 
-    python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5] [--log-level info]
+    python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
+                             [--log-level info] [--paths direct,bare-hop,gwc,...]
 """
 from __future__ import annotations
 
@@ -32,11 +36,24 @@ CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
               "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"}}}}
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
            "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+LEGACY = "2025-11-25"
+LEGACY_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "echo", "arguments": {"text": "hello"}}}
+LEGACY_HEADERS = {"Content-Type": "application/json",
+                  "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": LEGACY}
 
 
 async def serve_upstream(port: int) -> None:
+    """Answers tools/call in either era, plus the 2025-era handshake (with a session id)."""
     async def mcp(request: web.Request) -> web.Response:
         message = json.loads(await request.read())
+        if "id" not in message:
+            return web.Response(status=202)
+        if message.get("method") == "initialize":
+            return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {
+                "protocolVersion": LEGACY, "capabilities": {"tools": {}},
+                "serverInfo": {"name": "bench-upstream", "version": "1"}}},
+                headers={"Mcp-Session-Id": "bench-session"})
         return web.json_response({"jsonrpc": "2.0", "id": message.get("id"), "result": RESULT})
     app = web.Application()
     app.router.add_post("/mcp", mcp)
@@ -117,8 +134,8 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str) -> tuple[sub
     return proc, token
 
 
-async def latency(url: str, headers: dict, calls: int) -> list[float]:
-    body = json.dumps(CALL).encode()
+async def latency(url: str, headers: dict, calls: int, call: dict = CALL) -> list[float]:
+    body = json.dumps(call).encode()
     samples = []
     async with aiohttp.ClientSession() as session:
         for i in range(calls + 50):
@@ -132,8 +149,9 @@ async def latency(url: str, headers: dict, calls: int) -> list[float]:
     return samples
 
 
-async def throughput(url: str, headers: dict, concurrency: int, seconds: float) -> float:
-    body = json.dumps(CALL).encode()
+async def throughput(url: str, headers: dict, concurrency: int, seconds: float,
+                     call: dict = CALL) -> float:
+    body = json.dumps(call).encode()
     done = 0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -155,26 +173,70 @@ def pct(samples: list[float], q: float) -> float:
     return sorted(samples)[min(len(samples) - 1, int(q * len(samples)))] * 1000
 
 
-async def measure(args: argparse.Namespace, paths: dict[str, tuple[str, dict]]) -> None:
+Route = tuple[str, dict, dict]  # url, headers, JSON-RPC call
+
+
+async def legacy_session(url: str, token: str) -> dict:
+    """Headers of a 2025-era session opened with the gateway (initialize, then initialized)."""
+    headers = {**LEGACY_HEADERS, "Authorization": f"Bearer {token}"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=init, headers=headers) as resp:
+            if resp.status != 200:
+                sys.exit(f"bench: initialize at {url} answered {resp.status}")
+            headers["Mcp-Session-Id"] = resp.headers["Mcp-Session-Id"]
+        async with session.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                headers=headers) as resp:
+            await resp.read()
+    return headers
+
+
+def renamed(call: dict, name: str) -> dict:
+    return {**call, "params": {**call["params"], "name": name}}
+
+
+async def gwc_routes(port: int, token: str) -> dict[str, Route]:
+    """gwc's four ways in: per-server and aggregate endpoints, each in both eras."""
+    server, aggregate = f"http://127.0.0.1:{port}/servers/bench/mcp", f"http://127.0.0.1:{port}/mcp"
+    auth = {**HEADERS, "Authorization": f"Bearer {token}"}
+    return {
+        "gwc": (server, auth, CALL),
+        "gwc-agg": (aggregate, {**auth, "Mcp-Name": "bench__echo"}, renamed(CALL, "bench__echo")),
+        "gwc-legacy": (server, await legacy_session(server, token), LEGACY_CALL),
+        "gwc-agg-legacy": (aggregate, await legacy_session(aggregate, token),
+                           renamed(LEGACY_CALL, "bench__echo")),
+    }
+
+
+async def measure(args: argparse.Namespace, fixed: dict[str, Route], gwc_port: int,
+                  token: str) -> None:
+    paths = {**fixed, **await gwc_routes(gwc_port, token)}
+    paths = {name: route for name, route in paths.items() if name in args.paths}
     results: dict[str, dict[str, list[float]]] = {p: {"p50": [], "p99": [], "rps": []} for p in paths}
     for run in range(args.runs):
-        for name, (url, headers) in paths.items():
-            samples = await latency(url, headers, args.calls)
+        for name, (url, headers, call) in paths.items():
+            samples = await latency(url, headers, args.calls, call)
             results[name]["p50"].append(pct(samples, 0.50))
             results[name]["p99"].append(pct(samples, 0.99))
-            results[name]["rps"].append(await throughput(url, headers, args.concurrency, args.seconds))
+            results[name]["rps"].append(await throughput(url, headers, args.concurrency,
+                                                         args.seconds, call))
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     print(f"tools/call, {args.calls} sequential calls and {args.seconds:g} s at concurrency "
           f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this "
           f"machine; gwc log level {args.log_level})")
-    print(f"{'path':10s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}")
+    direct, hop = med.get("direct"), med.get("bare-hop")
+    print(f"{'path':15s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}"
+          f" {'+p50 ms':>8s} {'+p99 ms':>8s} {'% of hop':>9s}")
     for name, m in med.items():
-        print(f"{name:10s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f}")
-    gwc, direct, hop = med["gwc"], med["direct"], med["bare-hop"]
-    print(f"gwc adds over direct: p50 +{gwc['p50'] - direct['p50']:.2f} ms, p99 "
-          f"+{gwc['p99'] - direct['p99']:.2f} ms (targets <= 1 ms, <= 5 ms)")
-    print(f"gwc throughput: {gwc['rps'] / hop['rps']:.0%} of the bare hop (target >= 70%), "
-          f"{gwc['rps'] / direct['rps']:.0%} of direct")
+        added = (f"{m['p50'] - direct['p50']:+8.2f} {m['p99'] - direct['p99']:+8.2f}"
+                 if direct else f"{'':8s} {'':8s}")
+        share = f"{m['rps'] / hop['rps']:9.0%}" if hop else ""
+        print(f"{name:15s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f} {added} {share}")
+    print("targets for gwc rows: +p50 <= 1 ms, +p99 <= 5 ms over direct; >= 70% of the bare hop")
+
+
+PATHS = ("direct", "bare-hop", "gwc", "gwc-agg", "gwc-legacy", "gwc-agg-legacy")
 
 
 def main() -> None:
@@ -185,6 +247,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--log-level", default="info", help="gwc's log level: info writes one "
                         "JSON decision line per call (to /dev/null here), warning writes none")
+    parser.add_argument("--paths", default=",".join(PATHS), type=lambda v: v.split(","),
+                        help=f"comma-separated subset of {', '.join(PATHS)}")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # child process mode
@@ -202,11 +266,9 @@ def main() -> None:
             procs.append(gwc_proc)
             for port in (up_port, hop_port, gwc_port):
                 wait_port(port)
-            paths = {"direct": (upstream, HEADERS),
-                     "bare-hop": (f"http://127.0.0.1:{hop_port}/mcp", HEADERS),
-                     "gwc": (f"http://127.0.0.1:{gwc_port}/servers/bench/mcp",
-                             {**HEADERS, "Authorization": f"Bearer {token}"})}
-            asyncio.run(measure(args, paths))
+            fixed = {"direct": (upstream, HEADERS, CALL),
+                     "bare-hop": (f"http://127.0.0.1:{hop_port}/mcp", HEADERS, CALL)}
+            asyncio.run(measure(args, fixed, gwc_port, token))
         finally:
             for proc in procs:
                 proc.terminate()
