@@ -11,6 +11,7 @@ from runtime.sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 class ConfigError(Exception):
@@ -31,6 +32,7 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     session_keys: tuple[bytes, ...] = ()
     session_max_age_s: int = DEFAULT_MAX_AGE_S
+    event_loop: str = "auto"
 
 
 def _env(name: str) -> str | None:
@@ -61,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
                    "Without one a node makes its own, and its sessions work only on it.")
     p.add_argument("--session-max-age", type=int, help="Seconds a legacy session id stays valid "
                    f"(GWC_SESSION_MAX_AGE, default {DEFAULT_MAX_AGE_S}).")
+    p.add_argument("--event-loop", help="auto (uvloop when installed), asyncio or uvloop "
+                   "(GWC_EVENT_LOOP).")
     return p
 
 
@@ -101,6 +105,9 @@ def load(argv: list[str] | None = None) -> Config:
     log_level = (pick("log-level", "info") or "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    event_loop = (pick("event-loop", "auto") or "auto").lower()
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
     if state_dir:
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -111,4 +118,4 @@ def load(argv: list[str] | None = None) -> Config:
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
                   log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
-                  session_max_age_s=max_age)
+                  session_max_age_s=max_age, event_loop=event_loop)
