@@ -101,29 +101,44 @@ async def connect(url: str, token: str, mode: str):
 
 
 async def show_tools(gateway: str, token: str, who: str, server: str, mode: str) -> None:
+    """The tools a user sees on one server's endpoint, or on the aggregate one (server '')."""
+    url = f"{gateway}/servers/{server}/mcp" if server else f"{gateway}/mcp"
+    where = server or "/mcp"
     try:
-        async with connect(f"{gateway}/servers/{server}/mcp", token, mode) as client:
+        async with connect(url, token, mode) as client:
             tools = (await client.list_tools()).tools
             names = ", ".join(f"{t.name}{' (write)' if t.annotations.destructive_hint else ''}"
                               for t in tools)
-            print(f"  {who} on {server} [{client.protocol_version}]: {names}")
+            print(f"  {who} on {where} [{client.protocol_version}]: {names}")
     except* MCPError as group:  # errors while connecting arrive as (nested) exception groups
         error: BaseException = group
         while isinstance(error, BaseExceptionGroup):
             error = error.exceptions[0]
         assert isinstance(error, MCPError)
-        print(f"  {who} on {server}: {error.message} (reason: {error.data['reason']})")
+        print(f"  {who} on {where}: {error.message} (reason: {error.data['reason']})")
 
 
 async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict) -> None:
-    async with connect(f"{gateway}/servers/{server}/mcp", token, "auto") as client:
+    """One tools/call on a server's endpoint, or on the aggregate one (server '')."""
+    url = f"{gateway}/servers/{server}/mcp" if server else f"{gateway}/mcp"
+    name = f"{server}/{tool}" if server else tool
+    async with connect(url, token, "auto") as client:
         try:
             result = await client.call_tool(tool, args)
-            print(f"  {who} calls {server}/{tool}({json.dumps(args)}): allowed -> "
+            print(f"  {who} calls {name}({json.dumps(args)}): allowed -> "
                   f"{result.content[0].text}")
         except MCPError as error:
-            print(f"  {who} calls {server}/{tool}({json.dumps(args)}): refused -> {error.message} "
+            print(f"  {who} calls {name}({json.dumps(args)}): refused -> {error.message} "
                   f"(reason: {error.data['reason']})")
+
+
+async def show_catalog(gateway: str, token: str, who: str) -> None:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        catalog = (await http.get(f"{gateway}/v1/catalog")).json()
+    for server in catalog["servers"]:
+        tools = ", ".join(f"{t['name']} ({t['access']}, {t['entitlement']})"
+                          for t in server["tools"]) or "no tools"
+        print(f"  {who} may use {server['name']}: {tools}")
 
 
 async def drive(gateway: str, alice: str, bob: str) -> None:
@@ -139,6 +154,15 @@ async def drive(gateway: str, alice: str, bob: str) -> None:
     await call(gateway, bob, "bob", "deploy", "get_status", {"service": "api"})
     await call(gateway, bob, "bob", "deploy", "drop_cluster", {"env": "production"})
     await call(gateway, bob, "bob", "deploy", "deploy", {"service": "api", "env": "production"})
+    say("One URL for everything: the aggregate endpoint /mcp (what goes in a client's config)")
+    for who, token in (("alice", alice), ("bob", bob)):
+        for mode in ("auto", "legacy"):
+            await show_tools(gateway, token, who, "", mode)
+    await call(gateway, alice, "alice", "", "postgres-prod__query",
+               {"sql": "select 1", "schemas": ["public"]})
+    await call(gateway, bob, "bob", "", "postgres-prod__query", {"sql": "select 1"})
+    say("The catalog API (GET /v1/catalog) for portals and CLIs")
+    await show_catalog(gateway, bob, "bob")
 
 
 def main() -> None:
@@ -168,11 +192,13 @@ def main() -> None:
         gateway_port = free_port()
         gateway = f"http://127.0.0.1:{gateway_port}"
         log = (WORK / "runtime.log").open("w")
+        session_key = run("gwc", "session-key").strip()  # a fleet shares it: any node, any request
         processes.append(subprocess.Popen(
             [str(BIN / "gwc-runtime"), "--bundle", "store/bundle.json", "--trust", "keys/ci.pub",
              "--listen", f"127.0.0.1:{gateway_port}", "--signing-key", "keys/gateway.key",
              "--public-url", gateway, "--state-dir", "state"],
-            cwd=WORK, stdout=log, stderr=log, env={**os.environ, "PG_MCP_TOKEN": "demo-secret"}))
+            cwd=WORK, stdout=log, stderr=log, env={**os.environ, "PG_MCP_TOKEN": "demo-secret",
+                                                   "GWC_SESSION_KEYS": session_key}))
         for name, port in ports.items():
             wait_for(port, f"upstream {name}")
         wait_for(gateway_port, "the gwc runtime", "/readyz")
@@ -182,6 +208,8 @@ def main() -> None:
                     "data-platform", "--root", repo).strip()
         bob = run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", "bob", "--group",
                   "engineering", "--root", repo).strip()
+        say("What a user pastes into Claude Desktop (gwc client-config)")
+        print(run("gwc", "client-config", "--gateway", gateway, "--client", "claude-desktop"))
         asyncio.run(drive(gateway, alice, bob))
         say(f"Done. Decisions are in .demo/runtime.log; metrics at {gateway}/metrics while running.")
     finally:
