@@ -100,8 +100,10 @@ def wait_port(port: int, timeout_s: float = 30) -> None:
     sys.exit(f"bench: nothing listening on {port}")
 
 
-def start_gwc(work: Path, upstream: str, port: int, log_level: str) -> tuple[subprocess.Popen, str]:
-    """A one-server registry in front of the fast upstream, built, signed and served by gwc."""
+def start_gwc(work: Path, upstream: str, port: int, log_level: str,
+              neighbours: dict[str, dict] | None = None) -> tuple[subprocess.Popen, str]:
+    """A one-server registry in front of the fast upstream, built, signed and served by gwc;
+    ``neighbours`` adds more servers (name -> manifest fields), visible to the same user."""
     from compiler.build import build
     from compiler.devidp import DevIdP
     from compiler.keys import generate_keypair
@@ -117,6 +119,9 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str) -> tuple[sub
     (repo / "registry" / "bench.json").write_text(json.dumps({
         "name": "bench", "owner": "perf", "upstream": upstream, "visibility": "team:perf",
         "tools": {"echo": {"access": "read"}}}))
+    for name, fields in (neighbours or {}).items():
+        (repo / "registry" / f"{name}.json").write_text(json.dumps({
+            "name": name, "owner": "perf", "visibility": "team:perf", **fields}))
     (repo / "policies" / "perf").mkdir(parents=True)
     (repo / "policies" / "perf" / "bench.yaml").write_text(json.dumps([{
         "id": "perf-read", "subject": {"team": "perf"}, "resource": {"server": "bench"},
