@@ -43,36 +43,34 @@ def initialize_params(version: str, capabilities: dict[str, Any]) -> dict[str, A
 
 
 class UpstreamSessions:
-    """Open sessions by key, with single-flight opening (concurrent first calls share one
-    ``initialize``)."""
+    """Open sessions by key, with single-flight opening: concurrent first calls share one
+    ``initialize``, which runs as its own task so that a caller going away does not abort it for
+    the others."""
 
     def __init__(self) -> None:
         self._open: TTLCache[SessionKey, UpstreamSession] = TTLCache(MAX_SESSIONS, IDLE_TTL_S)
-        self._opening: dict[SessionKey, asyncio.Future[UpstreamSession]] = {}
+        self._opening: dict[SessionKey, asyncio.Task[UpstreamSession]] = {}
 
     async def get(self, key: SessionKey, opener: Callable[[], Awaitable[UpstreamSession]]
                   ) -> tuple[UpstreamSession, bool]:
-        """The session for ``key`` and whether it was opened just now."""
+        """The session for ``key`` and whether this call opened it."""
         session = self._open.get(key)
         if session is not None:
             self._open[key] = session  # touch: idle expiry counts from the last use
             return session, False
-        pending = self._opening.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), False
-        future: asyncio.Future[UpstreamSession] = asyncio.get_running_loop().create_future()
-        self._opening[key] = future
-        try:
-            session = await opener()
-            self._open[key] = session
-            future.set_result(session)
-            return session, True
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
-            raise
-        finally:
+        task = self._opening.get(key)
+        opened_here = task is None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(opener())
+            self._opening[key] = task
+            task.add_done_callback(lambda done: self._opened(key, done))
+        return await asyncio.shield(task), opened_here
+
+    def _opened(self, key: SessionKey, task: asyncio.Task[UpstreamSession]) -> None:
+        if self._opening.get(key) is task:
             del self._opening[key]
+        if not task.cancelled() and task.exception() is None:
+            self._open[key] = task.result()
 
     def forget(self, key: SessionKey, session: UpstreamSession) -> None:
         """Drop a session the upstream no longer knows (unless another call already replaced it)."""
