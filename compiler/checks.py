@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from compiler.diagnostics import Diagnostic
 from compiler.models import TOOL_NAME, GatewayConfig, PolicyRule, ServerManifest
 from compiler.sources import Loc, SourceFile
+from runtime.naming import aggregate_name
 
 if TYPE_CHECKING:
     from compiler.registry import RuleEntry, ServerEntry
@@ -112,7 +113,7 @@ def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> l
                                  "warning"))
     for name, tool in manifest.tools.items():
         loc = ("tools", name)
-        if not _TOOL_NAME.match(name):
+        if not _TOOL_NAME.fullmatch(name):  # match() would let a trailing newline through
             diags.append(source.diag(loc, "schema", f"tool name {name!r} is not valid (expected "
                                                     "letters, digits, '_', '-' and '.', 1 to 128 "
                                                     "characters)", key=True))
@@ -250,8 +251,30 @@ def _check_overlaps(rules: list[RuleEntry]) -> list[Diagnostic]:
     return diags
 
 
-def check_rules(rules: list[RuleEntry], servers: dict[str, ServerEntry]) -> list[Diagnostic]:
+def check_aggregate_names(servers: dict[str, ServerEntry]) -> list[Diagnostic]:
+    """Every tool needs its own name on the aggregate endpoint /mcp (``runtime.naming``): refuse a
+    tool whose name is already taken there, at the later declaration (in file order)."""
     diags: list[Diagnostic] = []
+    first: dict[str, tuple[str, str, ServerEntry]] = {}
+    for server, entry in servers.items():
+        for tool in entry.manifest.tools:
+            shared = aggregate_name(server, tool)
+            owner = first.setdefault(shared, (server, tool, entry))
+            if owner[:2] == (server, tool):
+                continue
+            other_server, other_tool, other = owner
+            line = other.source.position(("tools", other_tool), key=True)[0]
+            diags.append(entry.source.diag(
+                ("tools", tool), "duplicate-aggregate-name",
+                f"tool '{tool}' of server '{server}' and tool '{other_tool}' of server "
+                f"'{other_server}' ({other.source.rel}:{line}) would both be named '{shared}' on "
+                "the aggregate endpoint /mcp: rename one of them", key=True))
+    return diags
+
+
+def check_rules(rules: list[RuleEntry], servers: dict[str, ServerEntry]) -> list[Diagnostic]:
+    """The checks across files, run once every manifest is loaded: aggregate tool names, then rules."""
+    diags = check_aggregate_names(servers)
     seen_ids: dict[str, RuleEntry] = {}
     for entry in rules:
         diags += _check_rule_target(entry, servers)
