@@ -29,7 +29,7 @@ RESOURCE_PREFIX = "gwc://"
 @lru_cache(maxsize=65536)
 def aggregate_name(server: str, name: str) -> str:
     plain = f"{server}{SEPARATOR}{name}"
-    if AGGREGATE_NAME.match(plain):
+    if AGGREGATE_NAME.fullmatch(plain):
         return plain
     digest = hashlib.sha256(f"{server}/{name}".encode()).hexdigest()[:HASH_HEX]
     return f"{_OUTSIDE.sub('-', plain)[:64 - HASH_HEX - 1]}_{digest}"

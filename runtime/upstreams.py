@@ -58,7 +58,8 @@ class Breaker:
         return True
 
     def abandoned(self) -> None:
-        """An admitted call was never sent: a probe slot it held is free again."""
+        """The probe ended without a verdict (never sent, or cancelled): another may go.
+        After ``succeeded`` or ``failed`` it changes nothing."""
         self._probing = False
 
     def succeeded(self) -> None:
@@ -99,19 +100,25 @@ class Upstream:
         if not self.breaker.admit():
             self._metrics.count_upstream_rejected(self.name, "breaker_open")
             raise UpstreamUnavailable("the upstream is failing; its circuit breaker is open")
+        probe = self.breaker.state == "half_open"  # this call is the one probe let through
+        if probe:
+            self._breaker_gauge.set(BREAKER_GAUGE["half_open"])
         try:
-            await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
-        except asyncio.TimeoutError:
-            self.breaker.abandoned()
-            self._metrics.count_upstream_rejected(self.name, "busy")
-            raise UpstreamUnavailable(f"the upstream is at its concurrency cap "
-                                      f"({self.server.max_concurrency})") from None
-        self._inflight.inc()
-        try:
-            yield
+            try:
+                await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
+            except asyncio.TimeoutError:
+                self._metrics.count_upstream_rejected(self.name, "busy")
+                raise UpstreamUnavailable(f"the upstream is at its concurrency cap "
+                                          f"({self.server.max_concurrency})") from None
+            self._inflight.inc()
+            try:
+                yield
+            finally:
+                self._inflight.dec()
+                self._slots.release()
         finally:
-            self._inflight.dec()
-            self._slots.release()
+            if probe:  # a probe that ended without a verdict (busy, cancelled) is given back
+                self.breaker.abandoned()
 
     def record(self, healthy: bool) -> None:
         """The outcome of a call that reached (or tried to reach) the upstream."""
