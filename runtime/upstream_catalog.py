@@ -54,7 +54,7 @@ class UpstreamCatalog:
         self._client = client
         self._metrics = metrics
         self._entries: dict[tuple[str, str], Entry] = {}
-        self._fetching: dict[tuple[str, str], asyncio.Task[Entry]] = {}
+        self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
 
     def cached(self, server: str, kind: Kind) -> tuple[dict[str, Any], ...]:
         entry = self._entries.get((server, kind))
@@ -64,12 +64,18 @@ class UpstreamCatalog:
                     ) -> dict[str, tuple[dict[str, Any], ...]]:
         """The ``kind`` items of each named server, as fresh as the deadline allows."""
         waiting: dict[str, asyncio.Task[Entry]] = {}
+        deadline = time.monotonic()
         for name in names:
             entry = self._entries.get((name, kind))
             if entry is None or not entry.fresh(bundle):
-                waiting[name] = self._fetch(bundle, name, bundle.payload.servers[name], kind)
+                task, started = self._fetch(bundle, name, bundle.payload.servers[name], kind)
+                # each fetch is waited for until LIST_DEADLINE_S after it started: one already
+                # late for an earlier listing delays no later one
+                deadline = max(deadline, started + LIST_DEADLINE_S)
+                waiting[name] = task
         if waiting:
-            _, late = await asyncio.wait(waiting.values(), timeout=LIST_DEADLINE_S)
+            _, late = await asyncio.wait(waiting.values(),
+                                         timeout=max(0.0, deadline - time.monotonic()))
             for name, task in waiting.items():
                 if task in late:
                     log.warning("upstream list late; left out or served stale",
@@ -81,14 +87,17 @@ class UpstreamCatalog:
                 out[name] = entry.items
         return out
 
-    def _fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind) -> asyncio.Task[Entry]:
+    def _fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind
+               ) -> tuple[asyncio.Task[Entry], float]:
+        """The fetch in flight for this upstream and kind (started now if there was none), with
+        the time it started."""
         key = (name, kind)
-        task = self._fetching.get(key)
-        if task is None:
+        fetching = self._fetching.get(key)
+        if fetching is None:
             task = asyncio.get_running_loop().create_task(self._run_fetch(bundle, name, server, kind))
-            self._fetching[key] = task
+            fetching = self._fetching[key] = (task, time.monotonic())
             task.add_done_callback(lambda done: self._fetched(key, done))
-        return task
+        return fetching
 
     def _fetched(self, key: tuple[str, str], task: asyncio.Task[Entry]) -> None:
         self._fetching.pop(key, None)
