@@ -84,16 +84,19 @@ class Aggregate:
             self._index = (bundle, index)
         return index.get(name)
 
-    def resolve_prompt(self, bundle: Bundle, principal: Principal, name: str
-                       ) -> tuple[str, str] | None:
-        """(server, prompt) behind an aggregate prompt name, among the prompts listed so far."""
+    async def resolve_prompt(self, bundle: Bundle, principal: Principal, name: str
+                             ) -> tuple[str, str] | None:
+        """(server, prompt) behind an aggregate prompt name, from the upstreams' prompt lists
+        (fetched now if this node has not listed them yet)."""
         prefix = name.partition(SEPARATOR)[0]
-        candidates = [prefix] if prefix in bundle.payload.servers else self._visible(bundle,
-                                                                                    principal)
-        for server in candidates:
-            if visible_server(bundle.payload, principal, server) is None:
-                continue
-            for prompt in self._catalog.cached(server, "prompts"):
+        if prefix in bundle.payload.servers:  # the plain form names its server
+            visible = visible_server(bundle.payload, principal, prefix) is not None
+            candidates = [prefix] if visible else []
+        else:  # a shortened, hashed name: any visible server's
+            candidates = self._visible(bundle, principal)
+        lists = await self._catalog.lists(bundle, candidates, "prompts")
+        for server, prompts in lists.items():
+            for prompt in prompts:
                 if aggregate_name(server, str(prompt.get("name", ""))) == name:
                     return server, str(prompt["name"])
         return None

@@ -27,7 +27,8 @@ from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
 from runtime.aggregate import Aggregate, with_manifest_annotations
 from runtime.bundle import Bundle
 from runtime.bundle_format import Server
-from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_REQUEST,
+from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
+                             INVALID_REQUEST,
                              METHOD_NOT_FOUND, NOT_FOUND, SESSION_INVALID, UNSUPPORTED_VERSION,
                              UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_response,
@@ -36,9 +37,9 @@ from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_
 from runtime.naming import resource_uri
 from runtime.policy import Principal, decide, listed_tools, visible_server
 from runtime.request_keys import REQUEST_ID, STARTED
-from runtime.sessions import Session
+from runtime.sessions import Session, SessionTooLarge
 from runtime.sse import EventRewriter, Rewrite
-from runtime.upstream_catalog import UpstreamCatalog
+from runtime.upstream_catalog import Kind, UpstreamCatalog
 from runtime.upstream_client import Answer, Outgoing, UpstreamClient, UpstreamFailure
 from runtime.upstreams import Upstreams
 
@@ -63,6 +64,9 @@ SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"
 CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
 AGGREGATE = ""  # the endpoint name of /mcp
+AGGREGATE_LISTS: dict[str, Kind] = {"tools/list": "tools", "prompts/list": "prompts",
+                                   "resources/list": "resources",
+                                   "resources/templates/list": "resourceTemplates"}
 
 
 @dataclass(slots=True)
@@ -200,19 +204,27 @@ class McpProxy:
 
     def _initialize(self, call: Call, version: str) -> web.Response:
         principal, params = call.principal, call.params
-        capabilities = params.get("capabilities")
-        client_info = params.get("clientInfo")
+        # What upstream sessions are opened with. The aggregate endpoint does not relay an
+        # upstream's requests (elicitation, sampling) back, so upstreams must not think they
+        # can ask: no client capabilities there.
+        capabilities = params.get("capabilities") if call.endpoint else {}
+        info = params.get("clientInfo")
+        client_info = ({k: info[k] for k in ("name", "version") if isinstance(info.get(k), str)}
+                       if isinstance(info, dict) else {})
         session = Session(principal.subject, principal.kind, principal.acting_for, call.endpoint,
                           version, capabilities if isinstance(capabilities, dict) else {},
-                          client_info if isinstance(client_info, dict) else {}, int(time.time()))
+                          client_info, int(time.time()))
+        try:
+            sealed = self._gateway.sealer.seal(session)
+        except SessionTooLarge as exc:
+            raise RpcError(INVALID_PARAMS, str(exc), 400) from None
         result = {"protocolVersion": version, "capabilities": self._capabilities(call),
                   "serverInfo": self._server_info(call)}
         instructions = self._instructions(call)
         if instructions:
             result["instructions"] = instructions
         self._gateway.metrics.count_request(call.endpoint, "initialize", "", "allow")
-        return result_response(call.id, result,
-                               {SESSION_HEADER: self._gateway.sealer.seal(session)})
+        return result_response(call.id, result, {SESSION_HEADER: sealed})
 
     def _discover(self, call: Call) -> dict[str, Any]:
         result = {"supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
@@ -278,7 +290,8 @@ class McpProxy:
             return await self._forward(call, name, server, self._renamed(call, "uri", uri), None,
                                        server.timeout_ms, _namespace_contents(name))
         if method == "prompts/get":
-            target = self.aggregate.resolve_prompt(bundle, principal, str(params.get("name")))
+            target = await self.aggregate.resolve_prompt(bundle, principal,
+                                                         str(params.get("name")))
             if target is None:
                 raise RpcError(NOT_FOUND, f"Unknown prompt: {params.get('name')}")
             name, prompt = target
@@ -286,19 +299,17 @@ class McpProxy:
             self._gateway.metrics.count_request(name, method, "", "allow")
             return await self._forward(call, name, server, self._renamed(call, "name", prompt),
                                        None, server.timeout_ms)
+        if method not in AGGREGATE_LISTS:
+            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported on the "
+                           "aggregate endpoint", 404)
         self._gateway.metrics.count_request(AGGREGATE, method, "", "allow")
         if method == "tools/list":
-            return self._answer(call, {"tools": await self.aggregate.tools(bundle, principal)})
-        if method == "prompts/list":
-            return self._answer(call, {"prompts": await self.aggregate.prompts(bundle, principal)})
-        if method == "resources/list":
-            return self._answer(call, {"resources": await self.aggregate.resources(
-                bundle, principal, "resources")})
-        if method == "resources/templates/list":
-            return self._answer(call, {"resourceTemplates": await self.aggregate.resources(
-                bundle, principal, "resourceTemplates")})
-        raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported on the aggregate "
-                       "endpoint", 404)
+            items = await self.aggregate.tools(bundle, principal)
+        elif method == "prompts/list":
+            items = await self.aggregate.prompts(bundle, principal)
+        else:
+            items = await self.aggregate.resources(bundle, principal, AGGREGATE_LISTS[method])
+        return self._answer(call, {AGGREGATE_LISTS[method]: items})
 
     @staticmethod
     def _renamed(call: Call, field: str, value: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from runtime.jsonrpc import (HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, M
 NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 STATELESS_ERA = "2026-07-28"
-DEFAULT_LEGACY_VERSION = "2025-03-26"  # what a legacy request without a version header means
 
 
 def parse_message(body: bytes) -> dict[str, Any]:
@@ -36,10 +35,12 @@ def parse_message(body: bytes) -> dict[str, Any]:
 
 
 def stateless_version(request: web.Request, params: dict[str, Any]) -> str | None:
-    """The version a 2026-07-28-style request names in ``_meta`` (None for 2025-era requests);
-    a MCP-Protocol-Version header must agree with it."""
+    """The version a 2026-07-28-style request names in ``_meta``; None for 2025-era requests,
+    including ones that name a 2025-era version there (they still need their session). A
+    MCP-Protocol-Version header must agree with it."""
     meta = params.get("_meta")
-    if not isinstance(meta, dict) or not isinstance(meta.get(META_VERSION), str):
+    if (not isinstance(meta, dict) or not isinstance(meta.get(META_VERSION), str)
+            or meta[META_VERSION] in HANDSHAKE_PROTOCOL_VERSIONS):
         return None
     header = request.headers.get("MCP-Protocol-Version")
     if header is not None and header != meta[META_VERSION]:

@@ -24,7 +24,7 @@ class Principal:
 
     subject: str
     groups: frozenset[str] = frozenset()
-    kind: Literal["human", "agent"] = "human"
+    kind: Literal["human", "agent", "service"] = "human"  # service: the gateway itself
     acting_for: str | None = None
 
     @property

@@ -30,6 +30,13 @@ KEY_BYTES = 32
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
 
 
+MAX_SEALED_CHARS = 8192  # what open() accepts; seal() never makes more
+
+
+class SessionTooLarge(ValueError):
+    """The client declared so much that its session would not fit in a header."""
+
+
 class SessionKeyError(ValueError):
     """A configured session key is not 32 bytes of URL-safe base64."""
 
@@ -80,11 +87,15 @@ class SessionSealer:
                               session.client_info, session.created])
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + self._sealer.encrypt(nonce, plain, AAD)
-        return PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+        token = PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+        if len(token) > MAX_SEALED_CHARS:
+            raise SessionTooLarge(f"the client's capabilities are too large to carry in a session "
+                                  f"id ({len(token)} > {MAX_SEALED_CHARS} characters)")
+        return token
 
     def open(self, token: str) -> Session | None:
         """The session inside a sealed id, or None when it is forged, damaged, foreign or expired."""
-        if not token.startswith(PREFIX) or len(token) > 8192:
+        if not token.startswith(PREFIX) or len(token) > MAX_SEALED_CHARS:
             return None
         body = token[len(PREFIX):]
         try:

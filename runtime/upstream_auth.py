@@ -61,7 +61,8 @@ class UpstreamCredentials:
             return cached[0]
         issued = int(now)
         claims: dict = {"iss": self._issuer, "aud": audience, "iat": issued, "nbf": issued,
-                        "exp": issued + TOKEN_TTL_S, "jti": uuid.uuid4().hex}
+                        "exp": issued + TOKEN_TTL_S, "jti": uuid.uuid4().hex,
+                        "kind": principal.kind}
         if principal.is_agent:
             claims["sub"] = principal.acting_for or principal.subject
             claims["act"] = {"sub": principal.subject}

@@ -29,8 +29,10 @@ LIST_TTL_S = 300.0
 LIST_DEADLINE_S = 2.0
 MAX_PAGES = 20
 GATEWAY_SUBJECT = "gwc"  # who upstreams see asking for their lists
-GATEWAY = Principal(subject=GATEWAY_SUBJECT)
-GATEWAY_SESSION = Session(GATEWAY_SUBJECT, "human", None, "", LATEST_HANDSHAKE_VERSION, {}, {}, 0)
+# kind "service" keeps it apart from an IdP user who happens to be called "gwc": in upstream
+# tokens (the "kind" claim) and in the pool of upstream sessions
+GATEWAY = Principal(subject=GATEWAY_SUBJECT, kind="service")
+GATEWAY_SESSION = Session(GATEWAY_SUBJECT, "service", None, "", LATEST_HANDSHAKE_VERSION, {}, {}, 0)
 
 Kind = Literal["tools", "resources", "resourceTemplates", "prompts"]
 METHODS: dict[str, str] = {"tools": "tools/list", "resources": "resources/list",
@@ -55,10 +57,6 @@ class UpstreamCatalog:
         self._metrics = metrics
         self._entries: dict[tuple[str, str], Entry] = {}
         self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
-
-    def cached(self, server: str, kind: Kind) -> tuple[dict[str, Any], ...]:
-        entry = self._entries.get((server, kind))
-        return entry.items if entry is not None else ()
 
     async def lists(self, bundle: Bundle, names: list[str], kind: Kind
                     ) -> dict[str, tuple[dict[str, Any], ...]]:

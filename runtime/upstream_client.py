@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from runtime.upstream_sessions import (UpstreamSession, UpstreamSessions, initia
                                        session_key)
 from runtime.upstreams import Upstream, Upstreams, UpstreamUnavailable
 
+log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
 
 
@@ -124,7 +126,9 @@ class UpstreamClient:
                         upstream.record(healthy)
         except UpstreamUnavailable as exc:
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "rejected", str(exc)) from None
-        except CredentialError:
+        except CredentialError as exc:  # the operator learns which; the caller learns nothing
+            log.error("upstream credential missing", extra={"server": name, "reason": str(exc),
+                                                             "request_id": out.request_id})
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "credential", "the gateway cannot "
                                   "authenticate to this upstream") from None
         except asyncio.TimeoutError:

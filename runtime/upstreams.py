@@ -103,6 +103,8 @@ class Upstream:
         probe = self.breaker.state == "half_open"  # this call is the one probe let through
         if probe:
             self._breaker_gauge.set(BREAKER_GAUGE["half_open"])
+            log.warning("circuit breaker half-open: one probe call goes through",
+                        extra={"server": self.name})
         try:
             try:
                 await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from mcp import MCPError
 
-from tests.e2e import MODES, Node, connect, text_of
+from tests.e2e import INITIALIZE, LIST, MODES, Node, connect, raw, text_of
 from tests.helpers import dump
 
 ALICE_TOOLS = {"tools__echo", "tools__whoami", "tools__slow_count", "tools__write_thing",
@@ -72,6 +72,30 @@ async def test_resources_and_prompts_are_namespaced(node, mode) -> None:
         with pytest.raises(MCPError) as hidden:
             await client.read_resource("gwc://hidden/test://greeting")
         assert hidden.value.data["reason"] == "not_found"
+
+
+async def test_a_prompt_resolves_on_a_node_that_never_listed_prompts(node) -> None:
+    async with connect(aggregate(node), node.idp.token("alice", ["eng"]), "legacy") as client:
+        prompt = await client.get_prompt("tools__review", {"code": "y = 2"})
+        assert "y = 2" in prompt.messages[0].content.text
+        with pytest.raises(MCPError) as hidden:
+            await client.get_prompt("hidden__review", {"code": "y"})
+        assert hidden.value.data["reason"] == "not_found"
+
+
+async def test_a_2025_version_in_meta_still_needs_its_session(node) -> None:
+    body = {**LIST, "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2025-06-18"}}}
+    response = await raw(node, "/mcp", body, node.idp.token("alice", ["eng"]))
+    assert response.status_code == 400
+    assert response.json()["error"]["data"]["reason"] == "invalid_request"
+
+
+async def test_a_client_declaring_too_much_gets_a_clear_error(node) -> None:
+    body = {**INITIALIZE, "params": {**INITIALIZE["params"], "capabilities": {
+        "experimental": {"blob": "x" * 10_000}}}}
+    response = await raw(node, "/servers/tools/mcp", body, node.idp.token("alice", ["eng"]))
+    assert response.status_code == 400
+    assert response.json()["error"]["data"]["reason"] == "invalid_params"
 
 
 async def test_the_catalog_lists_what_the_caller_may_use(node) -> None:

@@ -42,6 +42,13 @@ def test_round_trip_keeps_every_field() -> None:
     assert sealer.open(token) == original
 
 
+def test_a_session_too_large_for_a_header_is_refused_when_sealed() -> None:
+    sealer = SessionSealer([OLD])
+    huge = session(capabilities={"experimental": {"blob": "x" * sessions.MAX_SEALED_CHARS}})
+    with pytest.raises(sessions.SessionTooLarge):
+        sealer.seal(huge)
+
+
 def test_the_id_reveals_nothing_in_clear() -> None:
     token = SessionSealer([OLD]).seal(session())
     assert b"bot-1" not in raw(token) and b"alice" not in raw(token)
@@ -88,10 +95,12 @@ def test_garbage_is_refused_without_an_exception(token: str) -> None:
     assert SessionSealer([OLD]).open(token) is None
 
 
-def test_an_oversized_id_is_refused_even_when_genuine() -> None:
+def test_an_oversized_id_is_refused_even_when_genuine(monkeypatch) -> None:
     sealer = SessionSealer([OLD])
-    token = sealer.seal(session(client_info={"name": "x" * 8000}))
-    assert len(token) > 8192
+    with monkeypatch.context() as patch:  # a node with a laxer limit sealed it
+        patch.setattr(sessions, "MAX_SEALED_CHARS", 100_000)
+        token = sealer.seal(session(client_info={"name": "x" * 8000}))
+    assert len(token) > sessions.MAX_SEALED_CHARS
     assert sealer.open(token) is None
 
 

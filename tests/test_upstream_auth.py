@@ -30,6 +30,15 @@ def test_minted_token_names_caller_tool_and_audience() -> None:
     claims = verify(creds, value.removeprefix("Bearer "))
     assert name == "Authorization" and claims["sub"] == "alice" and claims["scope"] == "deploy"
     assert claims["exp"] - claims["iat"] <= TOKEN_TTL_S and "act" not in claims
+    assert claims["kind"] == "human"
+
+
+def test_the_gateway_itself_is_told_apart_from_a_user_of_the_same_name() -> None:
+    creds = UpstreamCredentials(Ed25519PrivateKey.generate(), GATEWAY)
+    user = verify(creds, creds.token("https://up.internal/mcp", Principal("gwc"), None))
+    service = verify(creds, creds.token("https://up.internal/mcp",
+                                        Principal("gwc", kind="service"), None))
+    assert (user["kind"], service["kind"]) == ("human", "service")
 
 
 def test_agent_calls_carry_the_actor() -> None:
