@@ -113,6 +113,8 @@ class McpProxy:
             if request.method == "POST":
                 return await self._post(request, bundle, principal, endpoint)
             if request.method == "GET":
+                if SESSION_HEADER not in request.headers:  # the stateless era has no GET stream
+                    return web.Response(status=405, headers={"Allow": "POST, DELETE"})
                 self._session(request, principal, endpoint)
                 return await self._gateway.list_changed.stream(request, principal, endpoint)
             if request.method == "DELETE":  # nothing is stored: a sealed session just ends
