@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +80,22 @@ def parse_payload(payload: bytes) -> BundlePayload:
 @dataclass(frozen=True, slots=True)
 class _Pieces:
     """The servers and rules of the payload validated last, keyed by the exact bytes of their
-    JSON (orjson's, so equal bytes mean equal JSON values, key order included)."""
+    JSON (orjson's, so equal bytes mean equal JSON values, key order included). Forgotten when
+    that payload is freed (a refused bundle, say), so they never outlive it."""
 
     servers: dict[bytes, Server]
     rules: dict[bytes, Rule]
+    owner: weakref.ref[BundlePayload] | None = None
 
 
-_last_pieces = _Pieces({}, {})
+_NO_PIECES = _Pieces({}, {})
+_last_pieces = _NO_PIECES
+
+
+def _forget_pieces(owner: weakref.ref[BundlePayload]) -> None:
+    global _last_pieces
+    if _last_pieces.owner is owner:
+        _last_pieces = _NO_PIECES
 
 
 def validate_in_steps(payload: bytes) -> BundlePayload | None:
@@ -113,7 +123,7 @@ def validate_in_steps(payload: bytes) -> BundlePayload | None:
             or not isinstance(doc.get("rules", []), list):
         return None
     servers, rules = doc["servers"], doc.get("rules", [])
-    last, pieces = _last_pieces, _Pieces({}, {})
+    last, servers_by_json, rules_by_json = _last_pieces, {}, {}
     try:
         # In place, so each raw JSON value is freed as soon as it is validated, not all at once.
         for name in servers:
@@ -121,18 +131,19 @@ def validate_in_steps(payload: bytes) -> BundlePayload | None:
             server = last.servers.get(key)
             if server is None:
                 server = Server.model_validate(servers[name])
-            servers[name] = pieces.servers[key] = server
+            servers[name] = servers_by_json[key] = server
         for i, raw in enumerate(rules):
             key = orjson.dumps(raw)
             rule = last.rules.get(key)
             if rule is None:
                 rule = Rule.model_validate(raw)
-            rules[i] = pieces.rules[key] = rule
+            rules[i] = rules_by_json[key] = rule
         # Validated instances are taken as they are: this step checks the rest and the indexes.
         payload_model = BundlePayload.model_validate(doc)
     except ValidationError:
         return None
-    _last_pieces = pieces
+    _last_pieces = _Pieces(servers_by_json, rules_by_json,
+                           weakref.ref(payload_model, _forget_pieces))
     return payload_model
 
 

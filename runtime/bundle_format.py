@@ -131,6 +131,13 @@ class Server(_Frozen):
     max_concurrency: int
     upstream_auth: UpstreamAuth
 
+    @cached_property
+    def rule_index_range(self) -> tuple[int, int]:
+        """(lowest, highest) rule index its tools name, (0, -1) for none: checking a bundle's
+        indexes is one comparison per server, none for a server reused from the bundle before."""
+        indexes = [idx for tool in self.tools.values() for idx in (*tool.allow, *tool.deny)]
+        return (min(indexes), max(indexes)) if indexes else (0, -1)
+
 
 class Identity(_Frozen):
     issuer: str
@@ -173,6 +180,9 @@ class BundlePayload(_Frozen):
     def _indexes_resolve(self) -> BundlePayload:
         n = len(self.rules)
         for name, server in self.servers.items():
+            low, high = server.rule_index_range
+            if 0 <= low and high < n:
+                continue
             for tool_name, tool in server.tools.items():
                 for idx in (*tool.allow, *tool.deny):
                     if not 0 <= idx < n:
