@@ -133,11 +133,12 @@ class BundlePoller:
         if self._store.active is not None:
             self._retired.append(self._store.active)
         self._store.activate(bundle)
-        self._metrics.bundle_activated(bundle.serial)
+        activation_s = time.perf_counter() - started
+        self._metrics.bundle_activated(bundle.serial, activation_s)
         log.info("bundle activated", extra={"digest": bundle.digest, "serial": bundle.serial,
                                             "revision": bundle.payload.revision, "from": origin,
                                             "check_s": round(check_s, 4),
-                                            "activation_s": round(time.perf_counter() - started, 4)})
+                                            "activation_s": round(activation_s, 4)})
 
     async def start(self) -> None:
         """First load: the persisted last good bundle (verified again), then the source.

@@ -26,10 +26,18 @@ NOTIFICATION = b"event: message\ndata: " + orjson.dumps(
 Fingerprint = frozenset[tuple[str, str]]
 
 
-def visible_tools(bundle: Bundle, principal: Principal, endpoint: str) -> Fingerprint:
-    """(server, tool) of every tool the caller sees on an endpoint ("" is the aggregate)."""
-    servers = [endpoint] if endpoint else list(bundle.payload.servers)
-    return frozenset((s, t) for s in servers for t in listed_tools(bundle.payload, principal, s))
+YIELD_EVERY = 100  # servers evaluated between two yields to the event loop
+
+
+async def visible_tools(bundle: Bundle, principal: Principal, endpoint: str) -> Fingerprint:
+    """(server, tool) of every tool the caller sees on an endpoint ("" is the aggregate); on a
+    big bundle it yields now and then, so requests are not held up meanwhile."""
+    seen: set[tuple[str, str]] = set()
+    for i, server in enumerate([endpoint] if endpoint else bundle.payload.servers):
+        seen.update((server, t) for t in listed_tools(bundle.payload, principal, server))
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+    return frozenset(seen)
 
 
 @dataclass(eq=False)
@@ -52,7 +60,7 @@ class ListChangedStreams:
                      ) -> web.StreamResponse:
         bundle = self._active()
         assert bundle is not None  # the proxy answers 503 before this without a bundle
-        listener = Listener(principal, endpoint, visible_tools(bundle, principal, endpoint))
+        listener = Listener(principal, endpoint, await visible_tools(bundle, principal, endpoint))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -86,8 +94,7 @@ class ListChangedStreams:
         for listener in list(self._listeners):
             key = (listener.principal, listener.endpoint)
             if key not in cache:
-                cache[key] = visible_tools(bundle, listener.principal, listener.endpoint)
-                await asyncio.sleep(0)  # many callers on a big bundle: let requests through
+                cache[key] = await visible_tools(bundle, listener.principal, listener.endpoint)
             if cache[key] != listener.seen:
                 listener.seen = cache[key]
                 listener.wake.set()

@@ -22,6 +22,10 @@ class Metrics:
         self.bundle_loads = Counter("gwc_bundle_loads_total", "Bundle polls by result "
                                     "(activated, unchanged, refused, fetch_error).", ["result"],
                                     registry=r)
+        self.bundle_activation = Histogram("gwc_bundle_activation_seconds", "From fetched bytes "
+                                           "to the swap: verify, parse, vet, persist.",
+                                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                           registry=r)
         self.requests = Counter("gwc_requests_total", "MCP requests by server, tool and decision.",
                                 ["server", "method", "tool", "decision"], registry=r)
         self.latency = Histogram("gwc_request_seconds", "Time in the gateway per MCP request, "
@@ -72,8 +76,9 @@ class Metrics:
     def observe_upstream(self, server: str, seconds: float) -> None:
         self._child(self.upstream_latency, server).observe(seconds)
 
-    def bundle_activated(self, serial: int) -> None:
+    def bundle_activated(self, serial: int, activation_s: float) -> None:
         self.bundle_serial.set(serial)
+        self.bundle_activation.observe(activation_s)
         self._activated_at = time.time()
 
     def render(self) -> bytes:
