@@ -107,7 +107,10 @@ class Upstream:
                         extra={"server": self.name})
         try:
             try:
-                await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
+                if self._slots.locked():  # only a full upstream pays for the timed wait
+                    await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
+                else:
+                    await self._slots.acquire()
             except asyncio.TimeoutError:
                 self._metrics.count_upstream_rejected(self.name, "busy")
                 raise UpstreamUnavailable(f"the upstream is at its concurrency cap "
