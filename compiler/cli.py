@@ -17,11 +17,13 @@ from compiler.build import BuildError, build, default_revision
 from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
 from compiler.devidp import DevIdP
-from compiler.diagnostics import render, summary
+from compiler.diagnostics import render
 from compiler.diff import diff_payloads, render_markdown
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import Registry, load_gateway, load_registry
 from compiler.report import one_line, summary_json, summary_text
+from runtime.audit import verify as verify_trail
+from runtime.audit_sink import in_trail_order
 from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
 from runtime.bundle_format import BundlePayload
 from runtime.dsse import key_id
@@ -159,6 +161,26 @@ def diff(old: str, new: str, trust: tuple[str, ...], fmt: str) -> None:
     """Access changes between two bundles or registry folders (servers, tools, who gains what)."""
     result = diff_payloads(_payload_of(old, trust), _payload_of(new, trust))
     click.echo(json.dumps(result, indent=2) if fmt == "json" else render_markdown(result), nl=False)
+
+
+@main.group()
+def audit() -> None:
+    """Check and read the audit trails gwc-runtime writes."""
+
+
+@audit.command("verify")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def audit_verify(files: tuple[Path, ...]) -> None:
+    """Check a trail's hash chain (rotated files and the current one, in any order given); name
+    the first record that breaks it."""
+    verdict = verify_trail(in_trail_order(list(files)))
+    if verdict.broken is not None:
+        _fail(f"{verdict.broken.file}:{verdict.broken.line}: {verdict.broken.reason} "
+              f"({verdict.records} record(s) before it hold)")
+    where = ("from the start of the trail" if verdict.from_genesis
+             else "a later segment: its first record links to one not given")
+    click.echo(f"ok: {verdict.records} records in {verdict.files} file(s), chain intact, {where}")
 
 
 @main.command("dev-idp")

@@ -1,0 +1,166 @@
+"""Writing the audit trail without blocking the event loop, and without losing a returned call.
+
+Records go on a queue to one writer thread, which chains them (``audit.seal``), writes them in
+small batches, flushes and fsyncs the file, and only then resolves each record's future: a caller
+that awaits it before answering its client has a record on disk for every answer it gave. The
+file rotates by size into ``PATH.000001``, ``PATH.000002``...; each new file begins with a start
+record chained to the last record of the file before, and a restarted node continues the chain
+of the file it finds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from runtime.audit import GENESIS, seal
+
+log = logging.getLogger("gwc.audit")
+BATCH = 256
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+_STOP = object()
+
+
+def rotated(path: Path) -> list[Path]:
+    """The rotated files of a trail, oldest first."""
+    found = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    return sorted(found, key=lambda p: int(p.suffix[1:]))
+
+
+def trail(path: Path) -> list[Path]:
+    """All files of a trail in order: the rotated ones, then the current one."""
+    return [*rotated(path), *([path] if path.exists() else [])]
+
+
+def in_trail_order(paths: list[Path]) -> list[Path]:
+    """Files as given on a command line, in trail order: per trail, rotated ones by number, then
+    the current one."""
+    def key(path: Path) -> tuple[str, float]:
+        if path.suffix[1:].isdigit():
+            return str(path.with_suffix("")), int(path.suffix[1:])
+        return str(path), float("inf")
+    return sorted(paths, key=key)
+
+
+def last_hash(paths: list[Path]) -> str:
+    for path in reversed(paths):
+        with path.open("rb") as fh:
+            lines = [line for line in fh.read().splitlines() if line.strip()]
+        if lines:
+            return str(orjson.loads(lines[-1])["hash"])
+    return GENESIS
+
+
+class AuditWriter:
+    def __init__(self, node: str, path: Path | None, stdout: bool = False,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._node, self._path, self._stdout, self._max_bytes = node, path, stdout, max_bytes
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._file: BinaryIO | None = None
+        self._prev = GENESIS
+        self._thread: threading.Thread | None = None
+        self.healthy = True  # false after a failed write, until one succeeds again
+
+    def start(self) -> None:
+        """Open the trail (continuing the chain found there) and start the writer thread."""
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._prev = last_hash(trail(self._path))
+            self._open()
+        self._thread = threading.Thread(target=self._run, name="gwc-audit", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> asyncio.Future[str]:
+        """Queue a record; the future gives its hash once it is durable (or the write error)."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put((record, future))
+        return future
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(10)
+        if self._file is not None:
+            self._file.close()
+
+    def _open(self) -> None:
+        assert self._path is not None
+        self._file = self._path.open("ab")
+        self._write_lines([self._chain({"type": "start", "node": self._node,
+                                        "ts": time.time()})])
+
+    def _chain(self, record: dict[str, Any]) -> bytes:
+        seal(record, self._prev)
+        self._prev = record["hash"]
+        return orjson.dumps(record) + b"\n"
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        if self._file is not None:
+            self._file.write(data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        if self._stdout:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+    def _rotate_if_full(self) -> None:
+        if self._file is None or self._path is None or self._file.tell() < self._max_bytes:
+            return
+        self._file.close()
+        existing = rotated(self._path)
+        number = int(existing[-1].suffix[1:]) + 1 if existing else 1
+        os.replace(self._path, self._path.with_name(f"{self._path.name}.{number:06d}"))
+        self._open()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(entry is _STOP for entry in batch)
+            entries = [entry for entry in batch if entry is not _STOP]
+            if entries:
+                self._write_batch(entries)
+            if stop:
+                return
+
+    def _write_batch(self, entries: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
+        prev = self._prev
+        try:
+            lines = [self._chain(record) for record, _ in entries]
+            self._write_lines(lines)
+            self._rotate_if_full()
+        except (OSError, TypeError, ValueError) as exc:
+            self._prev = prev  # nothing of the batch counts: the chain goes on from before it
+            self.healthy = False
+            log.error("audit write failed", extra={"reason": str(exc), "records": len(entries)})
+            for _, future in entries:
+                _resolve(future, exc)
+            return
+        self.healthy = True
+        for record, future in entries:
+            _resolve(future, record["hash"])
+
+
+def _resolve(future: asyncio.Future[str], outcome: str | BaseException) -> None:
+    def settle() -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    future.get_loop().call_soon_threadsafe(settle)
