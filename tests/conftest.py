@@ -8,6 +8,7 @@ import pytest
 
 from compiler.keys import generate_keypair
 from tests.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
+from tests.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
 
 REPO = Path(__file__).resolve().parent.parent
 
