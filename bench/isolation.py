@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from overhead import (CALL, HEADERS, _serve, free_port, latency, pct, start_gwc,
+from overhead import (CALL, HEADERS, _serve, free_port, latency, pct, start_gwc, stop,
                       throughput, wait_port)
 
 BAD = {"timeout_ms": 300, "max_concurrency": 4, "tools": {"echo": {"access": "read"}}}
@@ -144,9 +144,7 @@ def main() -> None:
                 wait_port(port)
             asyncio.run(measure(args, gwc_port, token))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(10)
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,13 @@ async def _serve(app: web.Application, port: int) -> None:
     await asyncio.Event().wait()
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Stop the benchmark's child processes, whatever happened."""
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,9 +282,7 @@ def main() -> None:
                      "bare-hop": (f"http://127.0.0.1:{hop_port}/mcp", HEADERS, CALL)}
             asyncio.run(measure(args, fixed, gwc_port, token))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(10)
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from runtime.bundle import Bundle
 from runtime.bundle_format import Tool
 from runtime.naming import (SEPARATOR, aggregate_name, resource_uri, split_resource_uri,
                             tool_index)
-from runtime.policy import Principal, listed_tools, visible_server
+from runtime.policy import Principal, listed_everywhere, visible_server
 from runtime.upstream_catalog import Kind, UpstreamCatalog
 
 URI_FIELDS = {"resources": "uri", "resourceTemplates": "uriTemplate"}
@@ -36,13 +36,7 @@ class Aggregate:
 
     def entitled(self, bundle: Bundle, principal: Principal) -> dict[str, list[str]]:
         """Server -> the tools the caller sees there, for every server where it sees any."""
-        payload = bundle.payload
-        out = {}
-        for name in payload.servers:
-            tools = listed_tools(payload, principal, name)
-            if tools:
-                out[name] = tools
-        return out
+        return dict(listed_everywhere(bundle.payload, principal))
 
     async def tools(self, bundle: Bundle, principal: Principal) -> list[dict[str, Any]]:
         entitled = self.entitled(bundle, principal)

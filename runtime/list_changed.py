@@ -17,7 +17,7 @@ from aiohttp import web
 
 from runtime.bundle import Bundle
 from runtime.metrics import Metrics
-from runtime.policy import Principal, listed_tools
+from runtime.policy import Principal, listed_everywhere, listed_tools
 
 log = logging.getLogger("gwc.list_changed")
 KEEPALIVE_S = 15.0
@@ -32,9 +32,11 @@ YIELD_EVERY = 100  # servers evaluated between two yields to the event loop
 async def visible_tools(bundle: Bundle, principal: Principal, endpoint: str) -> Fingerprint:
     """(server, tool) of every tool the caller sees on an endpoint ("" is the aggregate); on a
     big bundle it yields now and then, so requests are not held up meanwhile."""
+    if endpoint:
+        return frozenset((endpoint, t) for t in listed_tools(bundle.payload, principal, endpoint))
     seen: set[tuple[str, str]] = set()
-    for i, server in enumerate([endpoint] if endpoint else bundle.payload.servers):
-        seen.update((server, t) for t in listed_tools(bundle.payload, principal, server))
+    for i, (server, tools) in enumerate(listed_everywhere(bundle.payload, principal)):
+        seen.update((server, t) for t in tools)
         if i % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)
     return frozenset(seen)

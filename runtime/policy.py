@@ -8,7 +8,7 @@ handful of rules, never the whole policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from runtime.bundle_format import Access, BundlePayload, Condition, Mode, Rule, Server
 
@@ -185,6 +185,15 @@ def entitlement(payload: BundlePayload, principal: Principal, server_name: str,
         if all(r.conditions for r in granting):
             conditional = True
     return "conditional" if conditional else "allow"
+
+
+def listed_everywhere(payload: BundlePayload, principal: Principal
+                      ) -> Iterator[tuple[str, list[str]]]:
+    """(server, listed tools) for every server where the principal sees any tool."""
+    for name in payload.servers:
+        tools = listed_tools(payload, principal, name)
+        if tools:
+            yield name, tools
 
 
 def listed_tools(payload: BundlePayload, principal: Principal, server_name: str) -> list[str]:

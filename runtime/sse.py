@@ -68,8 +68,3 @@ class EventRewriter:
         rest, self._pending = self._pending + self._decoder.decode(b"", final=True), ""
         return self._event(rest).encode() if rest.strip() else b""
 
-
-def rewrite_events(body: bytes, rewrite: Rewrite) -> bytes:
-    """Apply ``rewrite`` to every JSON ``data`` payload of a complete SSE body; keep all else."""
-    rewriter = EventRewriter(rewrite)
-    return rewriter.feed(body) + rewriter.flush()

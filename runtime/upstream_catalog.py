@@ -106,13 +106,10 @@ class UpstreamCatalog:
         try:
             items = await self._fetch_all_pages(name, server, kind)
             result = "ok"
-        except UpstreamFailure as exc:
-            log.warning("upstream list failed", extra={"server": name, "kind": kind,
-                                                       "reason": exc.message})
-            self._metrics.catalog_fetches.labels(name, "failed").inc()
-            raise
-        except Exception:  # never let one upstream's oddity break the listing of the others
-            log.exception("upstream list failed", extra={"server": name, "kind": kind})
+        except Exception as exc:  # never let one upstream's oddity break the others' listing
+            expected = isinstance(exc, UpstreamFailure)
+            log.warning("upstream list failed", exc_info=not expected, extra={
+                "server": name, "kind": kind, "reason": exc.message if expected else repr(exc)})
             self._metrics.catalog_fetches.labels(name, "failed").inc()
             raise
         if items is None:

@@ -139,7 +139,8 @@ class UpstreamClient:
                                   f"failed ({exc.__class__.__name__})") from None
 
     def _headers(self, server: Server, principal: Principal, out: Outgoing) -> dict[str, str]:
-        headers = dict(out.headers)
+        """The request's upstream headers, completed in place (an Outgoing serves one request)."""
+        headers = out.headers
         headers["X-Request-Id"] = out.request_id
         key, value = self._credentials.header(server, principal, out.tool)
         headers[key] = value

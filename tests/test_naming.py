@@ -5,7 +5,6 @@ import hashlib
 import random
 import re
 import string
-from pathlib import Path
 
 import pytest
 

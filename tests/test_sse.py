@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from runtime.sse import EventRewriter, messages, rewrite_events
+from runtime.sse import EventRewriter, Rewrite, messages
 
 # CRLF and LF line ends, a comment, id/event/retry fields, multi-byte UTF-8 (2, 3 and 4 bytes),
 # non-JSON data, JSON that is not an object, data split over two lines, extra blank lines, and a
@@ -26,6 +26,12 @@ EXPECTED = (': keep-alive\nid: 7\nevent: message\n'
 
 def mark(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "seen": 1}
+
+
+def rewrite_events(body: bytes, rewrite: Rewrite) -> bytes:
+    """A complete SSE body through one rewriter."""
+    rewriter = EventRewriter(rewrite)
+    return rewriter.feed(body) + rewriter.flush()
 
 
 def fed(*chunks: bytes) -> bytes:
