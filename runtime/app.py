@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from runtime.auditor import Auditor, AuditTarget
 from runtime.bundle import Bundle, trusted_keys
 from runtime.bundle_poller import BundlePoller
 from runtime.bundle_source import source_for
@@ -26,6 +27,7 @@ from runtime.mcp_wire import error_response
 from runtime.policy import Principal
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.metrics import Metrics
+from runtime.rate_limits import from_state_url
 from runtime.sessions import SessionSealer
 from runtime.upstream_auth import UpstreamCredentials
 
@@ -46,11 +48,15 @@ class Gateway:
                                    config.poll_interval_s)
         self.credentials = UpstreamCredentials(signing_key, config.public_url)
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
+        self.auditor = Auditor(config.node_id or f"{config.listen_host}:{config.listen_port}",
+                               self.metrics, config.audit_failure or "closed")
+        self.limits = from_state_url(config.state, on_fallback=self._state_fallback)
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.proxy = McpProxy(self)
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
         self.store.on_activate(self.list_changed.bundle_changed)
+        self.store.on_activate(self._audit_settings)
         self._poll_task: asyncio.Task | None = None
 
     def authenticator(self, bundle: Bundle) -> Authenticator:
@@ -64,6 +70,21 @@ class Gateway:
             self._auth_bundle = bundle
         assert self._authenticator is not None
         return self._authenticator
+
+    def _state_fallback(self, reason: str) -> None:
+        self.metrics.state_fallbacks.labels("rate_limits").inc()
+
+    def _audit_settings(self, old: Bundle | None, new: Bundle) -> None:
+        """Without --audit, the trail follows gateway.yaml, known once the first bundle is in. A
+        later change of those settings needs a restart: a trail does not move mid-run."""
+        settings = new.payload.gateway.audit
+        if self.auditor.target is None:
+            if self.config.audit_failure is None:
+                self.auditor.failure = settings.on_failure
+            self.auditor.start(AuditTarget.of_bundle(settings), self.config.audit_max_bytes)
+        elif (self.config.audit is None and old is not None
+              and old.payload.gateway.audit != settings):
+            log.warning("gateway.yaml audit settings changed; restart nodes to apply them")
 
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.config.public_url}/.well-known/oauth-protected-resource{path}"
@@ -93,6 +114,8 @@ class Gateway:
     async def _startup(self, app: web.Application) -> None:
         """Wait briefly for the first bundle, so a healthy node is ready when it listens; a slow
         or hanging store must not keep /healthz from answering, so after that it loads on."""
+        if self.config.audit is not None:
+            self.auditor.start(self.config.audit, self.config.audit_max_bytes)
         first_load = asyncio.Event()
         self._poll_task = asyncio.create_task(self._load_and_poll(first_load),
                                               name="gwc-bundle-poller")
@@ -110,6 +133,8 @@ class Gateway:
         if self._poll_task is not None:
             self._poll_task.cancel()
         await self.proxy.close()
+        await self.limits.aclose()
+        self.auditor.close()
         if self._authenticator is not None:
             await self._authenticator.close()
 

@@ -86,6 +86,13 @@ def policy_values(paths: Iterable[tuple[str, ...]], arguments: Any) -> dict[str,
     return out
 
 
+def arguments_record(payload: BundlePayload, server: str, tool: str,
+                     arguments: Any) -> dict[str, Any]:
+    """What a record keeps of a call's arguments: their shape, and the values policy read."""
+    return {"shape": shape(arguments),
+            "values": policy_values(policy_paths(payload, server, tool), arguments)}
+
+
 @dataclass(frozen=True)
 class Break:
     """Where a chain stops holding, and why."""

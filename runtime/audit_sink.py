@@ -93,7 +93,7 @@ class AuditWriter:
 
     def _open(self) -> None:
         assert self._path is not None
-        self._file = self._path.open("ab")
+        self._file = self._path.open("ab", buffering=0)  # no buffer to half-flush on errors
         self._write_lines([self._chain({"type": "start", "node": self._node,
                                         "ts": time.time()})])
 
@@ -103,11 +103,27 @@ class AuditWriter:
         return orjson.dumps(record) + b"\n"
 
     def _write_lines(self, lines: list[bytes]) -> None:
+        """Append and fsync; on failure cut the file back to where the batch began, so a
+        half-written batch (disk full) never leaves a torn record in the chain."""
         data = b"".join(lines)
         if self._file is not None:
-            self._file.write(data)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            start = self._file.tell()
+            try:
+                view = memoryview(data)
+                while view:
+                    written = self._file.write(view)
+                    if not written:
+                        raise OSError("the audit file accepted no bytes")
+                    view = view[written:]
+                os.fsync(self._file.fileno())
+            except OSError:
+                try:
+                    os.ftruncate(self._file.fileno(), start)
+                    self._file.seek(start)
+                except OSError:
+                    log.error("audit file could not be cut back after a failed write; "
+                              "`gwc audit verify` will name the torn record")
+                raise
         if self._stdout:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()

@@ -6,12 +6,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.audit_sink import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
+from runtime.auditor import AuditSpecError, AuditTarget
 from runtime.sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
 
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+AUDIT_FAILURE_MODES = ("closed", "open")
+DEFAULT_APPROVAL_TTL_S = 900
 
 
 class ConfigError(Exception):
@@ -33,6 +37,12 @@ class Config:
     session_keys: tuple[bytes, ...] = ()
     session_max_age_s: int = DEFAULT_MAX_AGE_S
     event_loop: str = "auto"
+    audit: AuditTarget | None = None  # None: gateway.yaml's audit settings, from the bundle
+    audit_failure: str | None = None  # None: gateway.yaml's audit.on_failure
+    audit_max_bytes: int = DEFAULT_AUDIT_MAX_BYTES
+    state: str = "memory"
+    approval_ttl_s: int = DEFAULT_APPROVAL_TTL_S
+    node_id: str = ""  # "" : HOST:PORT of this node
 
 
 def _env(name: str) -> str | None:
@@ -65,6 +75,21 @@ def parser() -> argparse.ArgumentParser:
                    f"(GWC_SESSION_MAX_AGE, default {DEFAULT_MAX_AGE_S}).")
     p.add_argument("--event-loop", help="auto (uvloop when installed), asyncio or uvloop "
                    "(GWC_EVENT_LOOP).")
+    p.add_argument("--audit", help="Where this node writes its audit trail: stdout, file:PATH, "
+                   "both:PATH, or none (benchmarks only) (GWC_AUDIT; default: gateway.yaml's "
+                   "audit settings).")
+    p.add_argument("--audit-failure", help="closed (refuse calls whose record cannot be "
+                   "written) or open (serve them, count the loss) (GWC_AUDIT_FAILURE; default: "
+                   "gateway.yaml's audit.on_failure).")
+    p.add_argument("--audit-max-bytes", type=int, help="Rotate the audit file at this size "
+                   f"(GWC_AUDIT_MAX_BYTES, default {DEFAULT_AUDIT_MAX_BYTES}).")
+    p.add_argument("--state", help="Shared state for rate limits, approvals and bypasses: "
+                   "memory (this node alone) or redis://HOST:PORT/DB (a fleet) (GWC_STATE, "
+                   "default memory).")
+    p.add_argument("--approval-ttl", type=int, help="Seconds a pending or granted approval "
+                   f"stays usable (GWC_APPROVAL_TTL, default {DEFAULT_APPROVAL_TTL_S}).")
+    p.add_argument("--node-id", help="This node's name in audit records (GWC_NODE_ID, default "
+                   "HOST:PORT).")
     return p
 
 
@@ -91,11 +116,23 @@ def load(argv: list[str] | None = None) -> Config:
         interval = float(pick("poll-interval", "30") or 30)
         max_body = int(pick("max-body-bytes", str(DEFAULT_MAX_BODY_BYTES)) or 0)
         max_age = int(pick("session-max-age", str(DEFAULT_MAX_AGE_S)) or 0)
+        audit_max = int(pick("audit-max-bytes", str(DEFAULT_AUDIT_MAX_BYTES)) or 0)
+        approval_ttl = int(pick("approval-ttl", str(DEFAULT_APPROVAL_TTL_S)) or 0)
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
-    if interval <= 0 or max_body <= 0 or max_age <= 0:
-        raise ConfigError("--poll-interval, --max-body-bytes and --session-max-age must be "
-                          "positive")
+    if min(interval, max_body, max_age, audit_max, approval_ttl) <= 0:
+        raise ConfigError("--poll-interval, --max-body-bytes, --session-max-age, "
+                          "--audit-max-bytes and --approval-ttl must be positive")
+    try:
+        audit = AuditTarget.parse(spec) if (spec := pick("audit")) else None
+    except AuditSpecError as exc:
+        raise ConfigError(str(exc)) from None
+    audit_failure = pick("audit-failure")
+    if audit_failure is not None and audit_failure not in AUDIT_FAILURE_MODES:
+        raise ConfigError("--audit-failure must be closed or open")
+    state = pick("state", "memory") or "memory"
+    if state != "memory" and not state.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("--state must be memory or a redis://, rediss:// or unix:// URL")
     try:
         session_keys = tuple(parse_key(k) for k in (pick("session-keys") or "").split(",")
                              if k.strip())
@@ -118,4 +155,6 @@ def load(argv: list[str] | None = None) -> Config:
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
                   log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
-                  session_max_age_s=max_age, event_loop=event_loop)
+                  session_max_age_s=max_age, event_loop=event_loop, audit=audit,
+                  audit_failure=audit_failure, audit_max_bytes=audit_max, state=state,
+                  approval_ttl_s=approval_ttl, node_id=pick("node-id") or f"{host}:{port}")

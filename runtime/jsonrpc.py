@@ -22,6 +22,9 @@ SESSION_INVALID = -32006  # unknown, forged, expired or someone else's session i
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
 UNSUPPORTED_VERSION = -32022
 APPROVAL_REQUIRED = -32030
+RATE_LIMITED = -32029  # data.retry_after_s says when to try again
+AUDIT_UNAVAILABLE = -32031  # the audit record cannot be written (audit failure mode: closed)
+STATE_UNAVAILABLE = -32032  # approvals need the shared state backend, and it is unreachable
 
 REASONS = {
     PARSE_ERROR: "parse_error", INVALID_REQUEST: "invalid_request",
@@ -30,6 +33,8 @@ REASONS = {
     UNAUTHENTICATED: "unauthenticated", HEADER_MISMATCH: "header_mismatch",
     APPROVAL_REQUIRED: "approval_required", INVALID_PARAMS: "invalid_params",
     UNSUPPORTED_VERSION: "unsupported_protocol_version", SESSION_INVALID: "session_invalid",
+    RATE_LIMITED: "rate_limited", AUDIT_UNAVAILABLE: "audit_unavailable",
+    STATE_UNAVAILABLE: "state_unavailable",
 }
 
 

@@ -27,15 +27,17 @@ from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
 from runtime.aggregate import Aggregate, with_manifest_annotations
 from runtime.bundle import Bundle
 from runtime.bundle_format import Server
+from runtime.audit import arguments_record
+from runtime.auditor import policy_fields
 from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
-                             INVALID_REQUEST,
-                             METHOD_NOT_FOUND, NOT_FOUND, SESSION_INVALID, UNSUPPORTED_VERSION,
-                             UPSTREAM_UNAVAILABLE, RpcError)
+                             INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, RATE_LIMITED,
+                             SESSION_INVALID, UNSUPPORTED_VERSION, UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_response,
                               negotiate, parse_message, result_response, stateless_version,
                               validate)
 from runtime.naming import resource_uri
-from runtime.policy import Principal, decide, listed_tools, visible_server
+from runtime.policy import Decision, Principal, decide, listed_tools, visible_server
+from runtime.rate_limits import Limit
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sessions import Session, SessionTooLarge
 from runtime.sse import EventRewriter, Rewrite
@@ -52,6 +54,13 @@ log = logging.getLogger("gwc.mcp")
 # everything else (cookies, the client's Authorization, its Host) stays at the gateway.
 STATELESS_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name")
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
+# What the audit record of a request names as its tool: the tool, prompt or resource it is about.
+NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Requests that use an upstream (as opposed to listing it): they count against rate limits.
+USES = frozenset(NAMED_BY)
+# Answer bytes that mean a stream carries its final JSON-RPC response: from there on the stream is
+# held back until the call's audit record is durable.
+RESPONSE_KEYS = (b'"result"', b'"error"')
 # Methods a caller who sees a server may use on its per-server endpoint without a tool decision.
 PASSED_METHODS = frozenset({
     "tools/list", "resources/list", "resources/templates/list", "resources/read",
@@ -82,6 +91,7 @@ class Call:
     params: dict[str, Any]
     session: Session | None  # None: the stateless 2026-07-28 era
     body: bytes
+    record: dict[str, Any] | None = None  # its audit record, until written
 
     @property
     def id(self) -> Any:
@@ -108,7 +118,7 @@ class McpProxy:
             return error_response(exc)
         endpoint = request.match_info.get("server", AGGREGATE)
         if endpoint and visible_server(bundle.payload, principal, endpoint) is None:
-            return error_response(RpcError(NOT_FOUND, f"unknown server '{endpoint}'", 404))
+            return await self._unseen(request, bundle, principal, endpoint)
         try:
             if request.method == "POST":
                 return await self._post(request, bundle, principal, endpoint)
@@ -124,6 +134,21 @@ class McpProxy:
             return error_response(exc)
         return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
 
+    async def _unseen(self, request: web.Request, bundle: Bundle, principal: Principal,
+                      endpoint: str) -> web.Response:
+        """A server outside the caller's visibility answers as one that does not exist; the
+        attempt is recorded like every other denial."""
+        error = RpcError(NOT_FOUND, f"unknown server '{endpoint}'", 404)
+        auditor = self._gateway.auditor
+        if auditor.enabled:
+            record = self._record(auditor.record(request, bundle, principal, "call"), endpoint,
+                                  None, endpoint)
+            record.update(policy={"effect": "not_found", "reason": "unknown_server", "rules": [],
+                                  "mode": None, "approval_required": False},
+                          decision="not_found")
+            await self._write(record, "refused", error, None, request[STARTED])
+        return error_response(error)
+
     def _session(self, request: web.Request, principal: Principal, endpoint: str) -> Session:
         """The caller's own session on this endpoint, from its sealed id."""
         sealed = request.headers.get(SESSION_HEADER)
@@ -138,6 +163,7 @@ class McpProxy:
     async def _post(self, request: web.Request, bundle: Bundle, principal: Principal,
                     endpoint: str) -> web.StreamResponse:
         message: dict[str, Any] = {}
+        call: Call | None = None
         try:
             body = await request.read()
             message = parse_message(body)
@@ -175,10 +201,18 @@ class McpProxy:
                 return result_response(call.id, {})
             if method == "server/discover":
                 return self._answer(call, self._discover(call))
+            auditor = self._gateway.auditor
+            if auditor.enabled:
+                call.record = self._record(
+                    auditor.record(request, bundle, principal,
+                                   "call" if method in USES else "list"),
+                    endpoint, method, endpoint or None)
             if endpoint:
                 return await self._server_call(call, endpoint)
             return await self._aggregate_call(call)
         except RpcError as exc:
+            if call is not None and call.record is not None:
+                await self._settle(call, "refused", exc)
             request_id = message.get("id") if isinstance(message, dict) else None
             return error_response(exc, request_id if isinstance(request_id, (str, int)) else None)
 
@@ -242,13 +276,13 @@ class McpProxy:
     async def _server_call(self, call: Call, name: str) -> web.StreamResponse:
         server = call.bundle.payload.servers[name]
         if call.method == "tools/call":
-            tool = self._authorize(call, name, call.params.get("name"))
+            tool = await self._admit(call, name, call.params.get("name"))
             return await self._forward(call, name, server, call.message, tool,
                                        server.tools[tool].timeout_ms)
         if call.method not in PASSED_METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported by the "
                            "gateway", 404)
-        self._gateway.metrics.count_request(name, call.method, "", "allow")
+        await self._pass(call, name, call.params.get(NAMED_BY.get(call.method, "")))
         transform = self._tools_filter(call, name, server) if call.method == "tools/list" else None
         return await self._forward(call, name, server, call.message, None, server.timeout_ms,
                                    transform)
@@ -276,29 +310,32 @@ class McpProxy:
         if method == "tools/call":
             target = self.aggregate.resolve_tool(bundle, str(params.get("name")))
             if target is None or visible_server(bundle.payload, principal, target[0]) is None:
+                self._unresolved(call, params.get("name"))
                 raise RpcError(NOT_FOUND, f"Unknown tool: {params.get('name')}")
             name, tool = target
-            self._authorize(call, name, tool)
+            await self._admit(call, name, tool)
             server = bundle.payload.servers[name]
             return await self._forward(call, name, server, self._renamed(call, "name", tool), tool,
                                        server.tools[tool].timeout_ms)
         if method == "resources/read":
             target = self.aggregate.resolve_resource(bundle, principal, str(params.get("uri")))
             if target is None:
+                self._unresolved(call, params.get("uri"))
                 raise RpcError(NOT_FOUND, f"Resource not found: {params.get('uri')}")
             name, uri = target
             server = bundle.payload.servers[name]
-            self._gateway.metrics.count_request(name, method, "", "allow")
+            await self._pass(call, name, uri)
             return await self._forward(call, name, server, self._renamed(call, "uri", uri), None,
                                        server.timeout_ms, _namespace_contents(name))
         if method == "prompts/get":
             target = await self.aggregate.resolve_prompt(bundle, principal,
                                                          str(params.get("name")))
             if target is None:
+                self._unresolved(call, params.get("name"))
                 raise RpcError(NOT_FOUND, f"Unknown prompt: {params.get('name')}")
             name, prompt = target
             server = bundle.payload.servers[name]
-            self._gateway.metrics.count_request(name, method, "", "allow")
+            await self._pass(call, name, prompt)
             return await self._forward(call, name, server, self._renamed(call, "name", prompt),
                                        None, server.timeout_ms)
         if method not in AGGREGATE_LISTS:
@@ -311,44 +348,144 @@ class McpProxy:
             items = await self.aggregate.prompts(bundle, principal)
         else:
             items = await self.aggregate.resources(bundle, principal, AGGREGATE_LISTS[method])
-        return self._answer(call, {AGGREGATE_LISTS[method]: items})
+        response = self._answer(call, {AGGREGATE_LISTS[method]: items})
+        if call.record is not None:
+            call.record["decision"] = "allow"
+            await self._settle(call, "answered")
+        return response
 
     @staticmethod
     def _renamed(call: Call, field: str, value: str) -> dict[str, Any]:
         return {**call.message, "params": {**call.params, field: value}}
 
-    # -- policy ---------------------------------------------------------------------------------
+    # -- policy, limits, approvals -----------------------------------------------------------------
 
-    def _authorize(self, call: Call, name: str, tool: Any) -> str:
-        """Decide a tools/call before anything is sent; returns the tool name."""
+    async def _admit(self, call: Call, name: str, tool: Any) -> str:
+        """Decide a tools/call before anything is sent (policy, then limits, then approvals);
+        returns the tool name or raises the refusal. The decision goes into the audit record."""
         if not isinstance(tool, str):
             raise RpcError(INVALID_REQUEST, "tools/call needs params.name", 400)
         bundle, principal = call.bundle, call.principal
-        decision = decide(bundle.payload, principal, name, tool, call.params.get("arguments") or {})
+        arguments = call.params.get("arguments") or {}
+        decision = decide(bundle.payload, principal, name, tool, arguments)
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
-        passes = decision.effect == "allow" or shadowed
-        # Whatever lets a call through (a grant, or shadow mode), an approval tool still waits.
-        waits = passes and decision.approval_required
-        outcome = ("approval_required" if waits else "would_deny" if shadowed
-                   else decision.effect)
-        if log.isEnabledFor(logging.INFO):  # the hot path builds no log payload it will not write
-            log.info("decision", extra={
+        outcome = "would_deny" if shadowed else decision.effect
+        record = call.record
+        if record is not None:
+            record.update(server=name, tool=tool, access=decision.access,
+                          arguments=arguments_record(bundle.payload, name, tool, arguments),
+                          policy=policy_fields(decision), decision=outcome)
+        self._log_decision(call, name, tool, decision, outcome)
+        if decision.effect == "not_found":
+            self._count(name, "", "not_found")
+            raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
+        if decision.effect == "deny" and not shadowed:
+            self._count(name, tool, "deny")
+            raise RpcError(DENIED, f"{principal.subject} may not call {tool} on {name}",
+                           rules=list(decision.rule_ids))
+        await self._limit(call, name, tool, decision)
+        # Shadow mode makes only the access decision advisory: approvals still hold.
+        if decision.approval_required:
+            self._count(name, tool, "approval_required")
+            if record is not None:
+                record["decision"] = "approval_required"
+            raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
+                           "gateway does not run approvals yet")
+        self._count(name, tool, outcome)
+        return tool
+
+    async def _pass(self, call: Call, name: str, target: Any) -> None:
+        """A request that needs no tool decision: visible is enough. Reads and prompts still
+        count against the server's limits; lists do not."""
+        if call.record is not None:
+            call.record.update(tool=target if isinstance(target, str) else None, decision="allow")
+        if call.method in USES:
+            await self._limit(call, name, None, None)
+        self._count(name, "", "allow", call.method)
+
+    def _unresolved(self, call: Call, target: Any) -> None:
+        """An aggregate name that resolves to nothing the caller sees: recorded as not found."""
+        if call.record is not None:
+            call.record.update(tool=target if isinstance(target, str) else None,
+                               decision="not_found")
+        self._count(AGGREGATE, "", "not_found", call.method)
+
+    async def _limit(self, call: Call, name: str, tool: str | None,
+                     decision: Decision | None) -> None:
+        """Every limit that applies (DESIGN rule 6), checked together: a refused call uses none."""
+        server = call.bundle.payload.servers[name]
+        subject = call.principal.subject
+        limits = []
+        if server.limits.per_user_rpm:
+            limits.append(Limit(f"user:{subject}:server:{name}", server.limits.per_user_rpm))
+        if server.limits.upstream_rpm:
+            limits.append(Limit(f"server:{name}", server.limits.upstream_rpm))
+        if tool is not None and (rpm := server.tools[tool].limits.per_user_rpm):
+            limits.append(Limit(f"user:{subject}:server:{name}:tool:{tool}", rpm))
+        if decision is not None and decision.rate_limit_per_minute:
+            rule = decision.rule_ids[0] if len(decision.rule_ids) == 1 else ",".join(
+                decision.rule_ids)
+            limits.append(Limit(f"rule:{rule}:user:{subject}", decision.rate_limit_per_minute))
+        if not limits:
+            return
+        verdict = await self._gateway.limits.check_all(limits)
+        if verdict.allowed:
+            return
+        retry = round(verdict.retry_after_s, 3)
+        if call.record is not None:
+            call.record["decision"] = "rate_limited"
+        self._count(name, tool or "", "rate_limited", call.method)
+        raise RpcError(RATE_LIMITED, f"rate limit reached ({verdict.limited_by}); retry in "
+                       f"{retry:g} s", 429, retry_after_s=retry,
+                       headers={"Retry-After": str(max(1, round(verdict.retry_after_s + 0.5)))})
+
+    def _count(self, name: str, tool: str, decision: str, method: str = "tools/call") -> None:
+        self._gateway.metrics.count_request(name, method, tool, decision)
+
+    def _log_decision(self, call: Call, name: str, tool: str, decision: Decision,
+                      outcome: str) -> None:
+        """The decision as a debug log line; the audit trail is the record of it."""
+        if log.isEnabledFor(logging.DEBUG):
+            principal = call.principal
+            log.debug("decision", extra={
                 "request_id": call.request[REQUEST_ID], "subject": principal.subject,
                 "kind": principal.kind, "acting_for": principal.acting_for,
                 "groups": sorted(principal.groups), "server": name, "tool": tool,
                 "access": decision.access, "decision": outcome, "reason": decision.reason,
-                "rules": list(decision.rule_ids), "bundle_serial": bundle.serial})
-        self._gateway.metrics.count_request(name, "tools/call",
-                                            tool if decision.effect != "not_found" else "", outcome)
-        if decision.effect == "not_found":
-            raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
-        if not passes:
-            raise RpcError(DENIED, f"{principal.subject} may not call {tool} on {name}",
-                           rules=list(decision.rule_ids))
-        if waits:
-            raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
-                           "gateway does not run approvals yet")
-        return tool
+                "rules": list(decision.rule_ids), "bundle_serial": call.bundle.serial})
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(base: dict[str, Any], endpoint: str, method: str | None,
+                server: str | None) -> dict[str, Any]:
+        """A request's record with every field present, filled in as the request is decided."""
+        base.update(endpoint=endpoint, method=method, server=server, tool=None, access=None,
+                    arguments=None, policy=None, decision=None, approval=None, bypass=None)
+        return base
+
+    async def _settle(self, call: Call, outcome: str, error: RpcError | None = None,
+                      answer: Answer | None = None) -> None:
+        """Write the call's record (once). For an answer that used an upstream, a record that
+        cannot be written withholds the answer (audit failure mode closed); a refusal stands."""
+        record, call.record = call.record, None
+        if record is not None:
+            await self._write(record, outcome, error, answer, call.request[STARTED])
+
+    async def _write(self, record: dict[str, Any], outcome: str, error: RpcError | None,
+                     answer: Answer | None = None, started: float | None = None) -> None:
+        total = time.perf_counter() - started if started is not None else 0.0
+        upstream_s = answer.upstream_s if answer is not None else None
+        record.update(outcome=outcome, error=error.data["reason"] if error else None,
+                      upstream_status=answer.response.status if answer is not None else None,
+                      latency_ms={"gateway": round((total - (upstream_s or 0.0)) * 1000, 3),
+                                  "upstream": None if upstream_s is None
+                                  else round(upstream_s * 1000, 3)})
+        try:
+            await self._gateway.auditor.write(record)
+        except RpcError:
+            if outcome in ("forwarded", "answered"):
+                raise
 
     # -- upstream -------------------------------------------------------------------------------
 
@@ -383,21 +520,28 @@ class McpProxy:
                        tool: str | None, timeout_ms: int, transform: Rewrite | None = None
                        ) -> web.StreamResponse:
         request = call.request
+        if call.record is not None:
+            self._gateway.auditor.check_ready()
         try:
             async with self.client.exchange(name, server, call.principal,
                                             self._outgoing(call, message, tool),
                                             timeout_ms) as answer:
-                return await self._relay(request, answer, transform, name, timeout_ms)
+                response = await self._relay(call, answer, transform, name, timeout_ms)
         except UpstreamFailure as exc:
             self._gateway.metrics.count_upstream_error(name, exc.kind)
             log.warning("upstream failed", extra={"request_id": request[REQUEST_ID],
                                                   "server": name, "reason": exc.message})
+            await self._settle(call, "failed", exc)
             return error_response(exc, call.id)
         finally:
             self._gateway.metrics.observe_latency(name, time.perf_counter() - request[STARTED])
+        # A plain answer is sent once the handler returns: its record is durable before that.
+        # A streamed one was settled before its last bytes (_relay_stream).
+        await self._settle(call, "forwarded", None, answer)
+        return response
 
-    async def _relay(self, request: web.Request, answer: Answer, transform: Rewrite | None,
-                     name: str, timeout_ms: int) -> web.StreamResponse:
+    async def _relay(self, call: Call, answer: Answer, transform: Rewrite | None, name: str,
+                     timeout_ms: int) -> web.StreamResponse:
         """The upstream's answer to the client: plain answers in one write, SSE streams as they
         come; rewritten only when the id was replaced or the answer must be filtered."""
         upstream = answer.response
@@ -417,25 +561,47 @@ class McpProxy:
                 if isinstance(message, dict):
                     body = orjson.dumps(rewrite(message))
             return web.Response(body=body, status=upstream.status, headers=headers)
-        return await self._relay_stream(request, answer, headers, rewrite, name, timeout_ms)
+        return await self._relay_stream(call, answer, headers, rewrite, name, timeout_ms)
 
-    async def _relay_stream(self, request: web.Request, answer: Answer, headers: dict[str, str],
+    async def _relay_stream(self, call: Call, answer: Answer, headers: dict[str, str],
                             rewrite: Rewrite | None, name: str, timeout_ms: int
                             ) -> web.StreamResponse:
-        """Relay an SSE answer as it comes. Once started, a failure can only end the stream."""
-        upstream = answer.response
+        """Relay an SSE answer as it comes. Once started, a failure can only end the stream.
+
+        Notifications (progress, logs) pass at once; from the bytes that carry the final
+        response on, the rest is held until the call's audit record is durable, so a client
+        never holds a result the trail does not."""
+        request, upstream = call.request, answer.response
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
         rewriter = EventRewriter(rewrite) if rewrite is not None else None
+        holding, held, tail = False, bytearray(), b""
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(rewriter.feed(chunk) if rewriter else chunk)
-            if rewriter is not None:
-                await response.write(rewriter.flush())
+                out = rewriter.feed(chunk) if rewriter else chunk
+                if not out:
+                    continue
+                if (not holding and call.record is not None
+                        and any(key in tail + out for key in RESPONSE_KEYS)):
+                    holding = True
+                if holding:
+                    held += out
+                else:
+                    await response.write(out)
+                    tail = out[-16:]
+            rest = bytes(held) + (rewriter.flush() if rewriter is not None else b"")
+            try:
+                await self._settle(call, "forwarded", None, answer)
+            except RpcError as exc:  # the trail failed: the result is not handed out
+                log.error("audit record not written; streamed answer cut short", extra={
+                    "request_id": request[REQUEST_ID], "server": name, "reason": exc.message})
+                return response
+            await response.write(rest)
             await response.write_eof()
         except ConnectionResetError:  # the client went away: closing our side cancels upstream
             log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
                                                    "server": name})
+            await self._settle(call, "disconnected", None, answer)
         except (asyncio.TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
             answer.broken = True
@@ -443,6 +609,8 @@ class McpProxy:
             log.warning("upstream stream ended early", extra={
                 "request_id": request[REQUEST_ID], "server": name, "reason": kind,
                 "timeout_ms": timeout_ms})
+            await self._settle(call, "failed", UpstreamFailure(
+                UPSTREAM_UNAVAILABLE, kind, "the upstream's stream ended early"), answer)
         return response
 
 

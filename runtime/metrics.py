@@ -51,6 +51,13 @@ class Metrics:
         self.open_streams = Gauge("gwc_list_changed_streams", "Open GET streams waiting for "
                                   "notifications/tools/list_changed.", registry=r)
 
+        self.audit_failures = Counter("gwc_audit_failures_total", "Audit records that could not "
+                                      "be written (the call was refused, or with --audit-failure "
+                                      "open, went on unrecorded).", registry=r)
+        self.state_fallbacks = Counter("gwc_state_fallbacks_total", "Outages of the shared state "
+                                       "backend (Redis) during which rate limits held per node.",
+                                       ["what"], registry=r)
+
         # Label lookups take a lock and build a tuple each time; the hot path reuses the children.
         self._children: dict[tuple, Any] = {}
 
@@ -69,6 +76,9 @@ class Metrics:
 
     def count_upstream_rejected(self, server: str, reason: str) -> None:
         self._child(self.upstream_rejected, server, reason).inc()
+
+    def count_audit_failure(self) -> None:
+        self.audit_failures.inc()
 
     def observe_latency(self, server: str, seconds: float) -> None:
         self._child(self.latency, server).observe(seconds)

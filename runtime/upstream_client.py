@@ -62,6 +62,7 @@ class Answer:
     client_id: Any = None
     upstream_id: Any = None  # set when the id was replaced on the way up
     broken: bool = False  # the upstream failed while its answer was being relayed
+    upstream_s: float = 0.0  # from sending the request to the upstream's response headers
 
     @property
     def rewrites_id(self) -> bool:
@@ -112,7 +113,8 @@ class UpstreamClient:
                 started = time.perf_counter()
                 try:
                     answer = await self._send(upstream, principal, out, headers, timeout)
-                    self._metrics.observe_upstream(name, time.perf_counter() - started)
+                    answer.upstream_s = time.perf_counter() - started
+                    self._metrics.observe_upstream(name, answer.upstream_s)
                     try:
                         yield answer
                         healthy = answer.response.status < 500 and not answer.broken

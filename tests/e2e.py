@@ -20,6 +20,7 @@ from compiler.build import build
 from compiler.keys import generate_keypair
 from compiler.registry import load_registry
 from runtime.app import Gateway
+from runtime.auditor import AuditTarget
 from runtime.config import Config
 from tests.helpers import dump
 from tests.idp import AUDIENCE, ISSUER, TestIdP
@@ -129,6 +130,7 @@ async def start_node(tmp_path: Path, aiohttp_server, signing_key, write: Registr
     build(load_registry(root), signing_key[2], store, 1, "r1")
     gw_key_path, _, gw_key = generate_keypair(tmp_path / "gateway-key")
     port = free_port()
+    settings.setdefault("audit", AuditTarget("file", tmp_path / "audit" / "audit.jsonl"))
     config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
                     listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
                     public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
