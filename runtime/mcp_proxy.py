@@ -593,9 +593,9 @@ class McpProxy:
             try:
                 await self._settle(call, "forwarded", None, answer)
             except RpcError as exc:  # the trail failed: the result is not handed out
-                log.error("audit record not written; streamed answer cut short", extra={
+                log.error("audit record not written; streamed answer withheld", extra={
                     "request_id": request[REQUEST_ID], "server": name, "reason": exc.message})
-                return response
+                rest = b"event: message\ndata: " + exc.body(call.id) + b"\n\n"
             await response.write(rest)
             await response.write_eof()
         except ConnectionResetError:  # the client went away: closing our side cancels upstream

@@ -101,6 +101,38 @@ def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
     return root
 
 
+def write_governed_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
+    """A registry exercising governance: a rate-limited tool, an approval tool approved by sre, a
+    server shadowing writes only, and a server only a break-glass bypass opens."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text(dump({
+        "identity": {"issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri,
+                     "algorithms": ["ES256"]},
+        "break_glass": {"group": "sre-oncall", "max_ttl_s": 600}}))
+    registry = root / "registry"
+    registry.mkdir(exist_ok=True)
+    (registry / "ops.yaml").write_text(dump({
+        "name": "ops", "owner": "eng", "upstream": upstream, "visibility": ["team:eng", "team:sre"],
+        "tools": {"echo": {"access": "read", "limits": {"per_user_rpm": 6}},
+                  "whoami": {"access": "read"},
+                  "write_thing": {"access": "write", "approval": "required",
+                                  "approvers": ["team:sre"]}}}))
+    (registry / "legacy.yaml").write_text(dump({
+        "name": "legacy", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
+        "mode": {"read": "enforce", "write": "shadow"},
+        "tools": {"echo": {"access": "read"}, "write_thing": {"access": "write"}}}))
+    (registry / "vault.yaml").write_text(dump({
+        "name": "vault", "owner": "secret", "upstream": upstream, "visibility": "team:secret",
+        "tools": {"echo": {"access": "read"}}}))
+    (root / "policies" / "eng").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "eng" / "legacy.yaml").write_text(dump([
+        {"id": "legacy-read", "subject": {"team": "eng"}, "resource": {"server": "legacy"},
+         "action": "read"},
+        {"id": "legacy-no-mallory", "subject": {"user": "mallory"},
+         "resource": {"server": "legacy"}, "action": "*", "effect": "deny"}]))
+    return root
+
+
 class Node:
     """A running gateway plus what the tests need to drive it."""
 
@@ -108,6 +140,10 @@ class Node:
                  bundle_key) -> None:
         self.gateway, self.url, self.idp = gateway, url, idp
         self.store_dir, self.registry_root, self.bundle_key = store_dir, registry_root, bundle_key
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.gateway.config.audit.path)
 
     def endpoint(self, server: str = "tools") -> str:
         return f"{self.url}/servers/{server}/mcp"
