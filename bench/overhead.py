@@ -2,7 +2,7 @@
 
 Paths to the same fast upstream (a minimal aiohttp MCP responder, so the gateway is the
 bottleneck): direct, through a bare aiohttp forwarding hop, and through gwc (JWT check, policy
-decision, minted upstream token, metrics, JSON logs) on its per-server endpoint and on the
+decision, minted upstream token, metrics, the audit record fsynced to a file) on its per-server endpoint and on the
 aggregate ``/mcp``, each in both protocol eras: 2026-07-28 (stateless, the client's bytes go
 upstream as they are) and 2025-11-25 (a sealed gateway session; gwc's own pooled upstream session,
 ids rewritten). Each server runs in its own process; the load comes from this process as raw
@@ -108,9 +108,12 @@ def wait_port(port: int, timeout_s: float = 30) -> None:
 
 
 def start_gwc(work: Path, upstream: str, port: int, log_level: str,
-              neighbours: dict[str, dict] | None = None) -> tuple[subprocess.Popen, str]:
+              neighbours: dict[str, dict] | None = None, *, bench_fields: dict | None = None,
+              runtime_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """A one-server registry in front of the fast upstream, built, signed and served by gwc;
-    ``neighbours`` adds more servers (name -> manifest fields), visible to the same user."""
+    ``neighbours`` adds more servers (name -> manifest fields), visible to the same user;
+    ``bench_fields`` adds manifest fields to the benchmarked server (limits); ``runtime_args``
+    are gwc-runtime flags (default: the audit trail to a file, as production runs)."""
     from compiler.build import build
     from compiler.devidp import DevIdP
     from compiler.keys import generate_keypair
@@ -125,7 +128,7 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
         "algorithms": ["ES256"]}}))
     (repo / "registry" / "bench.json").write_text(json.dumps({
         "name": "bench", "owner": "perf", "upstream": upstream, "visibility": "team:perf",
-        "tools": {"echo": {"access": "read"}}}))
+        "tools": {"echo": {"access": "read"}}, **(bench_fields or {})}))
     for name, fields in (neighbours or {}).items():
         (repo / "registry" / f"{name}.json").write_text(json.dumps({
             "name": name, "owner": "perf", "visibility": "team:perf", **fields}))
@@ -139,7 +142,9 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(work / "store/bundle.json"),
          "--trust", str(ci_pub), "--listen", f"127.0.0.1:{port}", "--signing-key", str(gateway_key),
-         "--public-url", f"http://127.0.0.1:{port}", "--log-level", log_level],
+         "--public-url", f"http://127.0.0.1:{port}", "--log-level", log_level,
+         *(runtime_args if runtime_args is not None
+           else ["--audit", f"file:{work / 'audit.jsonl'}"])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = idp.token(issuer="https://idp.bench", audience="gwc", subject="bench-user",
                       groups=["perf"], ttl_s=3600)
@@ -257,8 +262,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--log-level", default="info", help="gwc's log level: info writes one "
-                        "JSON decision line per call (to /dev/null here), warning writes none")
+    parser.add_argument("--log-level", default="warning", help="gwc's log level (info and debug "
+                        "write request lines, to /dev/null here)")
     parser.add_argument("--paths", default=",".join(PATHS), type=lambda v: v.split(","),
                         help=f"comma-separated subset of {', '.join(PATHS)}")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)

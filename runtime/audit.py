@@ -34,9 +34,18 @@ def record_hash(record: dict[str, Any]) -> str:
 
 def seal(record: dict[str, Any], prev: str) -> dict[str, Any]:
     """The record chained after ``prev``: with ``prev`` and its own ``hash`` set."""
-    record["prev"] = prev
-    record["hash"] = record_hash(record)
+    sealed_line(record, prev)
     return record
+
+
+def sealed_line(record: dict[str, Any], prev: str) -> bytes:
+    """Seal the record and give its JSONL line, serialised once: the canonical bytes that are
+    hashed are the line, with ``hash`` appended last."""
+    record.pop("hash", None)
+    record["prev"] = prev
+    body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    record["hash"] = digest = hashlib.sha256(body).hexdigest()
+    return b"%s,\"hash\":\"%s\"}\n" % (body[:-1], digest.encode())
 
 
 def shape(value: Any) -> Any:

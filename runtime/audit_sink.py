@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from runtime.audit import GENESIS, seal
+from runtime.audit import GENESIS, sealed_line
 
 log = logging.getLogger("gwc.audit")
 BATCH = 256
@@ -98,9 +98,9 @@ class AuditWriter:
                                         "ts": time.time()})])
 
     def _chain(self, record: dict[str, Any]) -> bytes:
-        seal(record, self._prev)
+        line = sealed_line(record, self._prev)
         self._prev = record["hash"]
-        return orjson.dumps(record) + b"\n"
+        return line
 
     def _write_lines(self, lines: list[bytes]) -> None:
         """Append and fsync; on failure cut the file back to where the batch began, so a
@@ -163,20 +163,29 @@ class AuditWriter:
             self._prev = prev  # nothing of the batch counts: the chain goes on from before it
             self.healthy = False
             log.error("audit write failed", extra={"reason": str(exc), "records": len(entries)})
-            for _, future in entries:
-                _resolve(future, exc)
+            _resolve([(future, exc) for _, future in entries])
             return
         self.healthy = True
-        for record, future in entries:
-            _resolve(future, record["hash"])
+        _resolve([(future, record["hash"]) for record, future in entries])
 
 
-def _resolve(future: asyncio.Future[str], outcome: str | BaseException) -> None:
-    def settle() -> None:
+def _resolve(outcomes: list[tuple[asyncio.Future[str], str | BaseException]]) -> None:
+    """Settle a batch's futures with one wake-up of each event loop, not one per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[str], Any]]] = {}
+    for future, outcome in outcomes:
+        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, batch)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(batch: list[tuple[asyncio.Future[str], str | BaseException]]) -> None:
+    for future, outcome in batch:
         if future.done():
-            return
+            continue
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
-    future.get_loop().call_soon_threadsafe(settle)
