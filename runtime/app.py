@@ -27,7 +27,7 @@ from runtime.mcp_wire import error_response
 from runtime.policy import Principal
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.metrics import Metrics
-from runtime.rate_limits import from_state_url
+from runtime.state import State
 from runtime.sessions import SessionSealer
 from runtime.upstream_auth import UpstreamCredentials
 
@@ -50,7 +50,8 @@ class Gateway:
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
         self.auditor = Auditor(config.node_id or f"{config.listen_host}:{config.listen_port}",
                                self.metrics, config.audit_failure or "closed")
-        self.limits = from_state_url(config.state, on_fallback=self._state_fallback)
+        self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
+                                    on_fallback=self._state_fallback)
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.proxy = McpProxy(self)
@@ -133,7 +134,7 @@ class Gateway:
         if self._poll_task is not None:
             self._poll_task.cancel()
         await self.proxy.close()
-        await self.limits.aclose()
+        await self.state.aclose()
         self.auditor.close()
         if self._authenticator is not None:
             await self._authenticator.close()

@@ -28,10 +28,13 @@ from runtime.aggregate import Aggregate, with_manifest_annotations
 from runtime.bundle import Bundle
 from runtime.bundle_format import Server
 from runtime.audit import arguments_record
-from runtime.auditor import policy_fields
+from runtime.auditor import policy_fields, utc_time
+from runtime.approvals import approval_path, arguments_digest
+from runtime.bypasses import Bypass, is_break_glass
 from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
                              INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, RATE_LIMITED,
-                             SESSION_INVALID, UNSUPPORTED_VERSION, UPSTREAM_UNAVAILABLE, RpcError)
+                             SESSION_INVALID, STATE_UNAVAILABLE, UNSUPPORTED_VERSION,
+                             UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_response,
                               negotiate, parse_message, result_response, stateless_version,
                               validate)
@@ -41,6 +44,7 @@ from runtime.rate_limits import Limit
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sessions import Session, SessionTooLarge
 from runtime.sse import EventRewriter, Rewrite
+from runtime.state_backend import StateUnavailable
 from runtime.upstream_catalog import Kind, UpstreamCatalog
 from runtime.upstream_client import Answer, Outgoing, UpstreamClient, UpstreamFailure
 from runtime.upstreams import Upstreams
@@ -117,7 +121,8 @@ class McpProxy:
         except RpcError as exc:
             return error_response(exc)
         endpoint = request.match_info.get("server", AGGREGATE)
-        if endpoint and visible_server(bundle.payload, principal, endpoint) is None:
+        if (endpoint and visible_server(bundle.payload, principal, endpoint) is None
+                and await self._bypass(bundle, principal, endpoint) is None):
             return await self._unseen(request, bundle, principal, endpoint)
         try:
             if request.method == "POST":
@@ -283,13 +288,17 @@ class McpProxy:
             raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported by the "
                            "gateway", 404)
         await self._pass(call, name, call.params.get(NAMED_BY.get(call.method, "")))
-        transform = self._tools_filter(call, name, server) if call.method == "tools/list" else None
+        transform = None
+        if call.method == "tools/list":
+            bypass = await self._bypass(call.bundle, call.principal, name)
+            transform = self._tools_filter(call, server, set(server.tools) if bypass else set(
+                listed_tools(call.bundle.payload, call.principal, name)))
         return await self._forward(call, name, server, call.message, None, server.timeout_ms,
                                    transform)
 
-    def _tools_filter(self, call: Call, name: str, server: Server) -> Rewrite:
+    @staticmethod
+    def _tools_filter(call: Call, server: Server, listed: set[str]) -> Rewrite:
         """Keep declared tools the caller sees; hints from the manifest, not the upstream."""
-        listed = set(listed_tools(call.bundle.payload, call.principal, name))
 
         def rewrite(message: dict[str, Any]) -> dict[str, Any]:
             result = message.get("result")
@@ -309,7 +318,8 @@ class McpProxy:
         bundle, principal, method, params = call.bundle, call.principal, call.method, call.params
         if method == "tools/call":
             target = self.aggregate.resolve_tool(bundle, str(params.get("name")))
-            if target is None or visible_server(bundle.payload, principal, target[0]) is None:
+            if target is None or (visible_server(bundle.payload, principal, target[0]) is None
+                                  and await self._bypass(bundle, principal, target[0]) is None):
                 self._unresolved(call, params.get("name"))
                 raise RpcError(NOT_FOUND, f"Unknown tool: {params.get('name')}")
             name, tool = target
@@ -370,12 +380,24 @@ class McpProxy:
         decision = decide(bundle.payload, principal, name, tool, arguments)
         shadowed = decision.effect == "deny" and decision.mode == "shadow"
         outcome = "would_deny" if shadowed else decision.effect
+        # Break-glass: an open bypass skips policy, limits and approvals (never auth or audit);
+        # the policy is still evaluated, so the record says what it would have decided.
+        declared = tool in bundle.payload.servers[name].tools
+        bypass = await self._bypass(bundle, principal, name) if declared else None
+        if bypass is not None:
+            outcome = "bypass"
         record = call.record
         if record is not None:
-            record.update(server=name, tool=tool, access=decision.access,
+            record.update(server=name, tool=tool,
+                          access=bundle.payload.servers[name].tools[tool].access if declared
+                          else None,
                           arguments=arguments_record(bundle.payload, name, tool, arguments),
-                          policy=policy_fields(decision), decision=outcome)
+                          policy=policy_fields(decision), decision=outcome,
+                          bypass=bypass.id if bypass is not None else None)
         self._log_decision(call, name, tool, decision, outcome)
+        if bypass is not None:
+            self._count(name, tool, "bypass")
+            return tool
         if decision.effect == "not_found":
             self._count(name, "", "not_found")
             raise RpcError(NOT_FOUND, f"Unknown tool: {tool}")
@@ -386,13 +408,54 @@ class McpProxy:
         await self._limit(call, name, tool, decision)
         # Shadow mode makes only the access decision advisory: approvals still hold.
         if decision.approval_required:
-            self._count(name, tool, "approval_required")
-            if record is not None:
-                record["decision"] = "approval_required"
-            raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval, and this "
-                           "gateway does not run approvals yet")
+            await self._approval(call, name, tool, arguments)
+            outcome = "approved"
         self._count(name, tool, outcome)
         return tool
+
+    async def _approval(self, call: Call, name: str, tool: str, arguments: Any) -> None:
+        """Go on only with an approval granted for exactly this call (used up by going on);
+        otherwise refuse, with the pending approval the caller's approvers must decide."""
+        spec = call.bundle.payload.servers[name].tools[tool].approval
+        assert spec is not None
+        try:
+            found = await self._gateway.state.approvals.redeem_or_request(
+                call.principal, name, tool, arguments_digest(arguments), spec.approvers)
+        except StateUnavailable:
+            self._count(name, tool, "state_unavailable")
+            raise RpcError(STATE_UNAVAILABLE, "approvals cannot be checked: the gateway's "
+                           "shared state is unreachable", 503) from None
+        approval = found.approval
+        if call.record is not None and approval is not None:
+            call.record["approval"] = approval.id
+        if found.status == "redeemed":
+            if call.record is not None:
+                call.record["decision"] = "approved"
+            return
+        if found.status == "denied" and approval is not None:
+            self._count(name, tool, "approval_denied")
+            if call.record is not None:
+                call.record["decision"] = "deny"
+            raise RpcError(DENIED, f"the approval of this call ({approval.id}) was denied by "
+                           f"{approval.decided_by}", approval_id=approval.id)
+        self._count(name, tool, "approval_required")
+        if call.record is not None:
+            call.record["decision"] = "approval_required"
+        assert approval is not None
+        url = self._gateway.config.public_url + approval_path(approval.id)
+        raise RpcError(APPROVAL_REQUIRED, f"{tool} on {name} needs an approval: ask one of "
+                       f"{', '.join(approval.approvers)} to approve {approval.id} "
+                       f"(POST {url}/approve or `gwc approvals approve {approval.id}`), then "
+                       "call again with the same arguments", approval_id=approval.id,
+                       approve_url=url + "/approve", approvers=list(approval.approvers),
+                       expires_at=utc_time(approval.expires))
+
+    async def _bypass(self, bundle: Bundle, principal: Principal, server: str) -> Bypass | None:
+        """The open break-glass bypass of ``server`` that covers this caller, if any (looked
+        up only for members of the break-glass group)."""
+        if not is_break_glass(bundle.payload, principal):
+            return None
+        return await self._gateway.state.bypasses.active(server)
 
     async def _pass(self, call: Call, name: str, target: Any) -> None:
         """A request that needs no tool decision: visible is enough. Reads and prompts still
@@ -428,7 +491,7 @@ class McpProxy:
             limits.append(Limit(f"rule:{rule}:user:{subject}", decision.rate_limit_per_minute))
         if not limits:
             return
-        verdict = await self._gateway.limits.check_all(limits)
+        verdict = await self._gateway.state.limits.check_all(limits)
         if verdict.allowed:
             return
         retry = round(verdict.retry_after_s, 3)
