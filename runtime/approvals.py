@@ -41,6 +41,7 @@ NTP-synced, which is ample for a TTL of minutes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -260,10 +261,8 @@ class Approvals:
             try:
                 await audit(decided)
             except BaseException:
-                try:
+                with contextlib.suppress(StateUnavailable):  # else the lease lapses on its own
                     await self._settle(approval_id, token, None, "", now)
-                except StateUnavailable:
-                    pass  # the lease lapses on its own
                 raise
         code, settled = await self._settle(approval_id, token, decided.status, approver.subject, now)
         _conflict(code, settled, approval_id)

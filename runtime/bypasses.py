@@ -280,7 +280,7 @@ class RedisBypasses(Bypasses):
     async def _reread(self) -> None:
         try:
             await self.list_open()
-        except StateUnavailable as exc:
+        except Exception as exc:  # StateUnavailable, or anything else: the hot path must not fail
             self._due = time.monotonic() + self.retry_s
             if self.reachable:
                 self.reachable = False

@@ -75,4 +75,4 @@ class Script:
 
 def pairs(flat: Sequence[str]) -> dict[str, str]:
     """A Lua ``HGETALL`` reply (field, value, field, value, ...) as a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -31,13 +31,14 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture
-def clock() -> Clock:
+# Registered under their short names; test modules import the *_fixture functions.
+@pytest.fixture(name="clock")
+def clock_fixture() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def redis_clients(redis_server) -> AsyncIterator[Callable]:
+@pytest.fixture(name="redis_clients")
+async def redis_clients_fixture(redis_server) -> AsyncIterator[Callable]:
     """``make()`` -> a new Redis client (one per simulated node) on the test's redis-server."""
     clients = []
 

@@ -13,7 +13,7 @@ from runtime.approvals import (
 )
 from runtime.bundle_format import Audience
 from runtime.policy import Principal
-from tests.state_fixtures import ALICE, BOB, BOT, CAROL, T0, clock, redis_clients  # noqa: F401
+from tests.state_fixtures import ALICE, BOB, BOT, CAROL, T0, clock_fixture, redis_clients_fixture  # noqa: F401
 
 TTL = 60.0
 OPS = Audience(groups=("ops",))

@@ -14,7 +14,7 @@ from runtime.bypasses import (
 from runtime.bundle_format import BreakGlass
 from runtime.policy import Principal
 from runtime.state_backend import StateUnavailable
-from tests.state_fixtures import BOT, SRE, T0, clock, redis_clients  # noqa: F401
+from tests.state_fixtures import BOT, SRE, T0, clock_fixture, redis_clients_fixture  # noqa: F401
 
 REFRESH_S = 0.3  # the Redis snapshot's refresh in these tests (1 s by default)
 
