@@ -21,12 +21,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from runtime.approvals import Approval, approval_path, may_approve, visible_to
+from runtime.auditor import utc_time
 from runtime.bundle import Bundle
 from runtime.bypasses import Bypass, is_break_glass
 from runtime.jsonrpc import RpcError
@@ -76,20 +76,18 @@ def _answers_errors(handler: Handler) -> Handler:
     return guarded  # type: ignore[return-value]
 
 
-def utc_time(ts: float | None) -> str | None:
-    """The audit trail's fixed-width UTC form."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _time(ts: float | None) -> str | None:
+    """The audit trail's fixed-width UTC form (None stays None)."""
+    return None if ts is None else utc_time(ts)
 
 
 def approval_json(approval: Approval, viewer: Principal | None = None) -> dict[str, Any]:
     out = {"id": approval.id, "status": approval.status, "server": approval.server,
            "tool": approval.tool, "arguments_digest": approval.arguments_digest,
            "requester": approval.requester.as_dict(), "approvers": list(approval.approvers),
-           "created": utc_time(approval.created), "expires": utc_time(approval.expires),
-           "decided_by": approval.decided_by, "decided_at": utc_time(approval.decided_at),
-           "used_at": utc_time(approval.used_at), "path": approval_path(approval.id)}
+           "created": _time(approval.created), "expires": _time(approval.expires),
+           "decided_by": approval.decided_by, "decided_at": _time(approval.decided_at),
+           "used_at": _time(approval.used_at), "path": approval_path(approval.id)}
     if viewer is not None:
         out["can_decide"] = approval.status == "pending" and may_approve(approval, viewer)
     return out
@@ -97,8 +95,8 @@ def approval_json(approval: Approval, viewer: Principal | None = None) -> dict[s
 
 def bypass_json(bypass: Bypass) -> dict[str, Any]:
     return {"id": bypass.id, "server": bypass.server, "opened_by": bypass.opened_by,
-            "reason": bypass.reason, "ttl_s": bypass.ttl_s, "opened_at": utc_time(bypass.opened_at),
-            "expires": utc_time(bypass.expires)}
+            "reason": bypass.reason, "ttl_s": bypass.ttl_s, "opened_at": _time(bypass.opened_at),
+            "expires": _time(bypass.expires)}
 
 
 async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
@@ -196,7 +194,7 @@ class GovernanceApi:
         async def audit(event: str, bypass: Bypass) -> None:
             await self._write({**self._base(request, bundle, principal, "bypass"), "event": event,
                                "bypass": bypass.id, "server": bypass.server, "reason": bypass.reason,
-                               "ttl_s": bypass.ttl_s, "expires": utc_time(bypass.expires)})
+                               "ttl_s": bypass.ttl_s, "expires": _time(bypass.expires)})
         return audit
 
     @_answers_errors
