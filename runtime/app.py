@@ -18,6 +18,7 @@ from runtime.bundle_poller import BundlePoller
 from runtime.bundle_source import source_for
 from runtime.bundle_store import BundleStore
 from runtime.catalog_api import catalog
+from runtime.governance_api import GovernanceApi
 from runtime.config import Config
 from runtime.identity import AuthError, Authenticator
 from runtime.jsonrpc import UNAUTHENTICATED, UPSTREAM_UNAVAILABLE, RpcError
@@ -184,6 +185,8 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
         app.router.add_get("/v1/catalog", self.catalog)
+        GovernanceApi(self.caller, self.state, self.auditor.write,
+                      self.auditor.record).add_routes(app)
         app.router.add_route("*", "/mcp", self.proxy.handle)
         app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
         app.on_response_prepare.append(_stamp_request_id)

@@ -159,21 +159,33 @@ async def start_node(tmp_path: Path, aiohttp_server, signing_key, write: Registr
                      **settings) -> Node:
     """A gateway in this process, on a real socket, serving bundle 1 of the registry ``write``
     makes; an IdP serving its JWKS over HTTP beside it."""
+    return (await start_fleet(tmp_path, aiohttp_server, signing_key, write, 1, **settings))[0]
+
+
+async def start_fleet(tmp_path: Path, aiohttp_server, signing_key, write: RegistryWriter,
+                      size: int, **settings) -> list[Node]:
+    """``size`` gateways in this process serving the same bundle, trusting the same IdP, each
+    with its own port, audit trail and gateway key (as separate machines would)."""
     idp = TestIdP()
     idp_server = await aiohttp_server(idp.app(), host="127.0.0.1")
     root = write(tmp_path / "repo", str(idp_server.make_url("/jwks.json")))
     store = tmp_path / "store"
     build(load_registry(root), signing_key[2], store, 1, "r1")
-    gw_key_path, _, gw_key = generate_keypair(tmp_path / "gateway-key")
-    port = free_port()
-    settings.setdefault("audit", AuditTarget("file", tmp_path / "audit" / "audit.jsonl"))
-    config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
-                    listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
-                    public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
-                    state_dir=tmp_path / "state", max_body_bytes=64 * 1024, **settings)
-    gateway = Gateway(config, gw_key)
-    await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
-    return Node(gateway, config.public_url, idp, store, root, signing_key[2])
+    nodes = []
+    for number in range(size):
+        here = tmp_path / f"node{number}" if size > 1 else tmp_path
+        gw_key_path, _, gw_key = generate_keypair(here / "gateway-key")
+        port = free_port()
+        config = Config(bundle=str(store / "bundle.json"), trust=(str(signing_key[1]),),
+                        listen_host="127.0.0.1", listen_port=port, signing_key=gw_key_path,
+                        public_url=f"http://127.0.0.1:{port}", poll_interval_s=3600,
+                        state_dir=here / "state", max_body_bytes=64 * 1024,
+                        **{"audit": AuditTarget("file", here / "audit" / "audit.jsonl"),
+                           **settings})
+        gateway = Gateway(config, gw_key)
+        await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
+        nodes.append(Node(gateway, config.public_url, idp, store, root, signing_key[2]))
+    return nodes
 
 
 @pytest.fixture

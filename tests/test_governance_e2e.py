@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx2
 import orjson
 import pytest
 from mcp import MCPError
@@ -164,3 +165,96 @@ async def test_a_failing_trail_refuses_calls_until_it_writes_again(node) -> None
     assert served.status_code == 200 and "echo: x" in served.text
     assert verify(trail(node.audit_path)).ok  # nothing torn, nothing lost from the chain
     assert Path(good.name).read_bytes().count(b'"decision":"allow"') >= 2
+
+
+async def api(node: Node, method: str, path: str, token: str, body: dict | None = None
+              ) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.request(method, node.url + path, json=body,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+
+async def call_tool(node: Node, server: str, token: str, tool: str, arguments: dict):
+    """One stateless tools/call; the result text, or the MCPError it raised."""
+    async with connect(node.endpoint(server), token, "auto") as client:
+        try:
+            return text_of(await client.call_tool(tool, arguments))
+        except MCPError as error:
+            return error
+
+
+async def test_an_approval_round_trip_goes_through_once(governed) -> None:
+    alice, sam = governed.idp.token("alice", ["eng"]), governed.idp.token("sam", ["sre"])
+    bob = governed.idp.token("bob", ["eng"])
+    args = {"target": "prod-db", "env": "production"}
+    waiting = await call_tool(governed, "ops", alice, "write_thing", args)
+    assert waiting.code == -32030 and waiting.data["reason"] == "approval_required"
+    approval = waiting.data["approval_id"]
+    assert waiting.data["approve_url"] == f"{governed.url}/v1/approvals/{approval}/approve"
+    assert waiting.data["approvers"] == ["group:sre"]  # teams are IdP groups
+    again = await call_tool(governed, "ops", alice, "write_thing", args)
+    assert again.data["approval_id"] == approval  # retries do not pile up approvals
+
+    own = await api(governed, "POST", f"/v1/approvals/{approval}/approve", alice)
+    assert own.status_code == 403  # never the requester
+    other = await api(governed, "POST", f"/v1/approvals/{approval}/approve", bob)
+    assert other.status_code == 403  # not an approver
+    listed = await api(governed, "GET", "/v1/approvals", sam)
+    assert [a["id"] for a in listed.json()["approvals"]] == [approval]
+    assert (await api(governed, "POST", f"/v1/approvals/{approval}/approve", sam)).status_code \
+        == 200
+
+    changed = await call_tool(governed, "ops", alice, "write_thing", {**args, "env": "staging"})
+    assert changed.data["reason"] == "approval_required"  # other arguments: another approval
+    assert changed.data["approval_id"] != approval
+    assert await call_tool(governed, "ops", alice, "write_thing", args) == \
+        "wrote prod-db in production"
+    used = await call_tool(governed, "ops", alice, "write_thing", args)
+    assert used.data["reason"] == "approval_required" and used.data["approval_id"] != approval
+
+    steps = [(r["decision"], r["approval"]) for r in records(governed, type="call", tool="write_thing")
+             if r["approval"] == approval]
+    assert steps == [("approval_required", approval)] * 2 + [("approved", approval)]
+    [decided] = records(governed, type="approval")
+    assert (decided["event"], decided["principal"]["subject"], decided["approval"]) == (
+        "approved", "sam", approval)
+
+
+async def test_a_denied_approval_refuses_the_retry(governed) -> None:
+    carol, sam = governed.idp.token("carol", ["eng"]), governed.idp.token("sam", ["sre"])
+    waiting = await call_tool(governed, "ops", carol, "write_thing", {"target": "x"})
+    approval = waiting.data["approval_id"]
+    assert (await api(governed, "POST", f"/v1/approvals/{approval}/deny", sam)).status_code == 200
+    refused = await call_tool(governed, "ops", carol, "write_thing", {"target": "x"})
+    assert refused.data == {"reason": "denied", "approval_id": approval}
+    assert "sam" in refused.message
+
+
+async def test_break_glass_opens_a_server_for_its_members_only(governed) -> None:
+    sam = governed.idp.token("sam", ["sre", "sre-oncall"])
+    alice = governed.idp.token("alice", ["eng"])
+    unseen = await raw(governed, "/servers/vault/mcp", LIST, sam)
+    assert unseen.status_code == 404
+    assert (await api(governed, "POST", "/v1/bypass", alice, {
+        "server": "vault", "reason": "x", "ttl_s": 60})).status_code == 403
+    too_long = await api(governed, "POST", "/v1/bypass", sam, {
+        "server": "vault", "reason": "INC-42: vault down", "ttl_s": 601})
+    assert too_long.status_code == 400 and "600" in too_long.text
+    opened = await api(governed, "POST", "/v1/bypass", sam, {
+        "server": "vault", "reason": "INC-42: vault down", "ttl_s": 300})
+    assert opened.status_code == 201
+    bypass = opened.json()["id"]
+
+    assert await call_tool(governed, "vault", sam, "echo", {"text": "in"}) == "echo: in"
+    async with connect(governed.endpoint("vault"), sam, "legacy") as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+    assert (await raw(governed, "/servers/vault/mcp", LIST, alice)).status_code == 404
+    [call] = records(governed, server="vault", decision="bypass")
+    assert (call["bypass"], call["policy"]["effect"], call["outcome"]) == (
+        bypass, "not_found", "forwarded")  # what policy would have said, and that it went on
+
+    closed = await api(governed, "DELETE", f"/v1/bypass/{bypass}", sam)
+    assert closed.status_code == 200
+    assert (await raw(governed, "/servers/vault/mcp", LIST, sam)).status_code == 404
+    events = [(r["event"], r["reason"]) for r in records(governed, type="bypass")]
+    assert events == [("opened", "INC-42: vault down"), ("closed", "INC-42: vault down")]
