@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from typing import Awaitable, Callable
@@ -49,7 +50,7 @@ class Gateway:
                                    config.poll_interval_s)
         self.credentials = UpstreamCredentials(signing_key, config.public_url)
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
-        self.auditor = Auditor(config.node_id or f"{config.listen_host}:{config.listen_port}",
+        self.auditor = Auditor(config.node_id or f"{socket.gethostname()}:{config.listen_port}",
                                self.metrics, config.audit_failure or "closed")
         self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
                                     on_fallback=self._state_fallback)
@@ -80,9 +81,9 @@ class Gateway:
         """Without --audit, the trail follows gateway.yaml, known once the first bundle is in. A
         later change of those settings needs a restart: a trail does not move mid-run."""
         settings = new.payload.gateway.audit
+        if self.config.audit_failure is None:  # a policy choice: it follows gateway.yaml live
+            self.auditor.failure = settings.on_failure
         if self.auditor.target is None:
-            if self.config.audit_failure is None:
-                self.auditor.failure = settings.on_failure
             self.auditor.start(AuditTarget.of_bundle(settings), self.config.audit_max_bytes)
         elif (self.config.audit is None and old is not None
               and old.payload.gateway.audit != settings):

@@ -75,6 +75,8 @@ class AuditWriter:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._prev = last_hash(trail(self._path))
             self._open()
+        else:  # stdout alone: each run is a chain of its own, from its start record
+            self._write_lines([self._start_record()])
         self._thread = threading.Thread(target=self._run, name="gwc-audit", daemon=True)
         self._thread.start()
 
@@ -94,8 +96,10 @@ class AuditWriter:
     def _open(self) -> None:
         assert self._path is not None
         self._file = self._path.open("ab", buffering=0)  # no buffer to half-flush on errors
-        self._write_lines([self._chain({"type": "start", "node": self._node,
-                                        "ts": time.time()})])
+        self._write_lines([self._start_record()])
+
+    def _start_record(self) -> bytes:
+        return self._chain({"type": "start", "node": self._node, "ts": time.time()})
 
     def _chain(self, record: dict[str, Any]) -> bytes:
         line = sealed_line(record, self._prev)
@@ -125,8 +129,15 @@ class AuditWriter:
                               "`gwc audit verify` will name the torn record")
                 raise
         if self._stdout:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except (OSError, ValueError):
+                if self._file is None:  # stdout is the trail: the batch failed
+                    raise
+                # The file holds the batch durably; the stdout copy (a collector's feed) has a
+                # gap, which a verify of what the collector kept will name.
+                log.error("audit copy to stdout failed; the file trail is complete")
 
     def _rotate_if_full(self) -> None:
         if self._file is None or self._path is None or self._file.tell() < self._max_bytes:
@@ -158,7 +169,6 @@ class AuditWriter:
         try:
             lines = [self._chain(record) for record, _ in entries]
             self._write_lines(lines)
-            self._rotate_if_full()
         except (OSError, TypeError, ValueError) as exc:
             self._prev = prev  # nothing of the batch counts: the chain goes on from before it
             self.healthy = False
@@ -167,6 +177,10 @@ class AuditWriter:
             return
         self.healthy = True
         _resolve([(future, record["hash"]) for record, future in entries])
+        try:  # the batch is durable whatever happens here; a failed rotation fails the next one
+            self._rotate_if_full()
+        except OSError as exc:
+            log.error("audit file rotation failed", extra={"reason": str(exc)})
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[str], str | BaseException]]) -> None:

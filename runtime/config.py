@@ -42,7 +42,7 @@ class Config:
     audit_max_bytes: int = DEFAULT_AUDIT_MAX_BYTES
     state: str = "memory"
     approval_ttl_s: int = DEFAULT_APPROVAL_TTL_S
-    node_id: str = ""  # "" : HOST:PORT of this node
+    node_id: str = ""  # "": this machine's hostname and the listen port
 
 
 def _env(name: str) -> str | None:
@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--approval-ttl", type=int, help="Seconds a pending or granted approval "
                    f"stays usable (GWC_APPROVAL_TTL, default {DEFAULT_APPROVAL_TTL_S}).")
     p.add_argument("--node-id", help="This node's name in audit records (GWC_NODE_ID, default "
-                   "HOST:PORT).")
+                   "this machine's hostname:PORT).")
     return p
 
 
@@ -157,4 +157,4 @@ def load(argv: list[str] | None = None) -> Config:
                   log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
                   session_max_age_s=max_age, event_loop=event_loop, audit=audit,
                   audit_failure=audit_failure, audit_max_bytes=audit_max, state=state,
-                  approval_ttl_s=approval_ttl, node_id=pick("node-id") or f"{host}:{port}")
+                  approval_ttl_s=approval_ttl, node_id=pick("node-id") or "")

@@ -40,7 +40,7 @@ from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_
                               validate)
 from runtime.naming import resource_uri
 from runtime.policy import Decision, Principal, decide, listed_tools, visible_server
-from runtime.rate_limits import Limit
+from runtime.rate_limits import Limit, limit_key
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sessions import Session, SessionTooLarge
 from runtime.sse import EventRewriter, Rewrite
@@ -118,7 +118,11 @@ class McpProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             bundle, principal = await self._gateway.caller(request)
-        except RpcError as exc:
+        except RpcError as exc:  # no principal, so no audit record: a log line and a count
+            log.info("refused", extra={"request_id": request[REQUEST_ID], "path": request.path,
+                                       "reason": exc.data["reason"], "detail": exc.message})
+            self._count(request.match_info.get("server", AGGREGATE), "", exc.data["reason"],
+                        request.method)
             return error_response(exc)
         endpoint = request.match_info.get("server", AGGREGATE)
         if (endpoint and visible_server(bundle.payload, principal, endpoint) is None
@@ -144,6 +148,7 @@ class McpProxy:
         """A server outside the caller's visibility answers as one that does not exist; the
         attempt is recorded like every other denial."""
         error = RpcError(NOT_FOUND, f"unknown server '{endpoint}'", 404)
+        self._count(endpoint, "", "not_found", request.method)
         auditor = self._gateway.auditor
         if auditor.enabled:
             record = self._record(auditor.record(request, bundle, principal, "call"), endpoint,
@@ -421,8 +426,10 @@ class McpProxy:
         try:
             found = await self._gateway.state.approvals.redeem_or_request(
                 call.principal, name, tool, arguments_digest(arguments), spec.approvers)
-        except StateUnavailable:
+        except StateUnavailable as exc:
             self._count(name, tool, "state_unavailable")
+            log.warning("approvals unavailable", extra={
+                "request_id": call.request[REQUEST_ID], "server": name, "reason": str(exc)})
             raise RpcError(STATE_UNAVAILABLE, "approvals cannot be checked: the gateway's "
                            "shared state is unreachable", 503) from None
         approval = found.approval
@@ -460,11 +467,14 @@ class McpProxy:
     async def _pass(self, call: Call, name: str, target: Any) -> None:
         """A request that needs no tool decision: visible is enough. Reads and prompts still
         count against the server's limits; lists do not."""
+        bypass = await self._bypass(call.bundle, call.principal, name)
         if call.record is not None:
-            call.record.update(tool=target if isinstance(target, str) else None, decision="allow")
-        if call.method in USES:
+            call.record.update(tool=target if isinstance(target, str) else None,
+                               decision="bypass" if bypass else "allow",
+                               bypass=bypass.id if bypass else None)
+        if call.method in USES and bypass is None:
             await self._limit(call, name, None, None)
-        self._count(name, "", "allow", call.method)
+        self._count(name, "", "bypass" if bypass else "allow", call.method)
 
     def _unresolved(self, call: Call, target: Any) -> None:
         """An aggregate name that resolves to nothing the caller sees: recorded as not found."""
@@ -480,15 +490,15 @@ class McpProxy:
         subject = call.principal.subject
         limits = []
         if server.limits.per_user_rpm:
-            limits.append(Limit(f"user:{subject}:server:{name}", server.limits.per_user_rpm))
+            limits.append(Limit(limit_key("user", subject, "server", name),
+                                server.limits.per_user_rpm))
         if server.limits.upstream_rpm:
-            limits.append(Limit(f"server:{name}", server.limits.upstream_rpm))
+            limits.append(Limit(limit_key("server", name), server.limits.upstream_rpm))
         if tool is not None and (rpm := server.tools[tool].limits.per_user_rpm):
-            limits.append(Limit(f"user:{subject}:server:{name}:tool:{tool}", rpm))
-        if decision is not None and decision.rate_limit_per_minute:
-            rule = decision.rule_ids[0] if len(decision.rule_ids) == 1 else ",".join(
-                decision.rule_ids)
-            limits.append(Limit(f"rule:{rule}:user:{subject}", decision.rate_limit_per_minute))
+            limits.append(Limit(limit_key("user", subject, "server", name, "tool", tool), rpm))
+        if decision is not None and decision.rate_limit_per_minute and decision.rate_limit_rule:
+            limits.append(Limit(limit_key("rule", decision.rate_limit_rule, "user", subject),
+                                decision.rate_limit_per_minute))
         if not limits:
             return
         verdict = await self._gateway.state.limits.check_all(limits)

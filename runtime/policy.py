@@ -41,6 +41,7 @@ class Decision:
     mode: Mode | None = None
     rate_limit_per_minute: int | None = None  # from the granting rule(s), if any
     approval_required: bool = False
+    rate_limit_rule: str | None = None  # the granting rule whose limit applies
 
     @property
     def allowed(self) -> bool:
@@ -154,11 +155,13 @@ def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_
                 if subject_matches(rules[i], principal) and allow_matches(rules[i], arguments)]
     if not granting:
         return Decision("deny", "no_grant", (), tool.access, tool.mode, None, approval)
-    limits = [r.rate_limit_per_minute for r in granting]
-    # Grants are a union: the most generous matching rule sets the rule-level limit.
-    limit = None if None in limits else max(limits)  # type: ignore[type-var]
-    return Decision("allow", "rule", tuple(r.id for r in granting), tool.access, tool.mode, limit,
-                    approval)
+    # Grants are a union: the most generous matching rule sets the rule-level limit (none when
+    # any granting rule has none), and its budget is the one spent.
+    limited = None if any(r.rate_limit_per_minute is None for r in granting) else max(
+        granting, key=lambda r: r.rate_limit_per_minute or 0)
+    return Decision("allow", "rule", tuple(r.id for r in granting), tool.access, tool.mode,
+                    limited.rate_limit_per_minute if limited else None, approval,
+                    limited.id if limited else None)
 
 
 def entitlement(payload: BundlePayload, principal: Principal, server_name: str,

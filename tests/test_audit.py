@@ -107,6 +107,60 @@ async def test_a_failed_write_fails_the_waiting_calls_and_keeps_the_chain(tmp_pa
     assert verify([path]).ok and verify([path]).records == 3
 
 
+async def test_a_torn_batch_is_cut_back_so_the_file_stays_verifiable(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter("node-1", path)
+    writer.start()
+    try:
+        assert await writer.submit({"n": 1})
+        good = writer._file
+
+        class HalfWritten:  # the disk fills up in the middle of the batch
+            def __getattr__(self, name):
+                return getattr(good, name)
+
+            def write(self, data):
+                good.write(bytes(data[:len(data) // 2]))
+                raise OSError(28, "No space left on device")
+        writer._file = HalfWritten()
+        with pytest.raises(OSError):
+            await writer.submit({"n": 2, "padding": "x" * 100})
+        writer._file = good
+        assert await writer.submit({"n": 3})
+    finally:
+        writer.close()
+    assert b'"n":2' not in path.read_bytes()
+    assert verify([path]).ok and verify([path]).records == 3
+
+
+async def test_stdout_trails_start_with_a_start_record_and_a_lost_copy_keeps_the_file(
+        tmp_path, capsysbinary, monkeypatch) -> None:
+    writer = AuditWriter("node-1", None, stdout=True)
+    writer.start()
+    try:
+        assert await writer.submit({"n": 1})
+    finally:
+        writer.close()
+    out = tmp_path / "stdout.jsonl"
+    out.write_bytes(capsysbinary.readouterr().out)
+    assert orjson.loads(lines(out)[0])["type"] == "start"
+    assert verify([out]).ok and verify([out]).from_genesis
+
+    path = tmp_path / "audit.jsonl"
+    both = AuditWriter("node-1", path, stdout=True)
+    both.start()
+    try:
+        class BrokenPipe:
+            def write(self, data):
+                raise BrokenPipeError(32, "Broken pipe")
+        monkeypatch.setattr("sys.stdout", type("S", (), {"buffer": BrokenPipe()})())
+        assert await both.submit({"n": 1})  # durable in the file: the call goes on
+        assert await both.submit({"n": 2})
+    finally:
+        both.close()
+    assert verify([path]).ok and verify([path]).records == 3
+
+
 def test_the_shape_of_arguments_keeps_keys_and_types_never_values() -> None:
     arguments = {"sql": "select * from salaries", "limit": 5, "dry": True, "schemas": ["a", "b"],
                  "opts": {"timeout": 3.5, "tags": [1, "x"], "none": None}}

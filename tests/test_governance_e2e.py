@@ -249,7 +249,8 @@ async def test_break_glass_opens_a_server_for_its_members_only(governed) -> None
     async with connect(governed.endpoint("vault"), sam, "legacy") as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
     assert (await raw(governed, "/servers/vault/mcp", LIST, alice)).status_code == 404
-    [call] = records(governed, server="vault", decision="bypass")
+    [call] = records(governed, type="call", server="vault", decision="bypass")
+    assert records(governed, type="list", server="vault", decision="bypass")
     assert (call["bypass"], call["policy"]["effect"], call["outcome"]) == (
         bypass, "not_found", "forwarded")  # what policy would have said, and that it went on
 

@@ -361,6 +361,7 @@ def test_most_generous_granting_rule_sets_the_rate_limit(tmp_path: Path) -> None
              conditions={"schema": ["public"], "rate_limit_per_minute": 500})])
     d = decide(p, member("g", "h"), "svc", "query", {})
     assert (d.rate_limit_per_minute, set(d.rule_ids)) == (90, {"slow", "fast"})
+    assert d.rate_limit_rule == "fast"  # its budget is the one a call spends
     assert decide(p, member("g", "k"), "svc", "query", {}).rate_limit_per_minute is None
     # a rule that does not grant (its condition fails) does not lend its limit
     assert decide(p, member("g", "c"), "svc", "query", {}).rate_limit_per_minute == 30
