@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 
 from compiler import client_config, jsonschemas
+from compiler.audit_jobs import Setup, default_jobs, replay_trail
+from compiler.audit_query import COLUMNS, DECISIONS, Counts, Query, parse_when, row, select
+from compiler.audit_replay import Totals
+from compiler.audit_report import Report, summary
+from compiler.audit_trail import Table, TrailError
 from compiler.build import BuildError, build, default_revision
 from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
 from compiler.devidp import DevIdP
 from compiler.diagnostics import render
+from compiler.governance_cli import approvals, bypass
 from compiler.diff import diff_payloads, render_markdown
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import Registry, load_gateway, load_registry
@@ -28,6 +35,8 @@ from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unv
 from runtime.bundle_format import BundlePayload
 from runtime.dsse import key_id
 
+TRAIL_FILES = click.argument("files", nargs=-1, required=True,
+                             type=click.Path(exists=True, dir_okay=False, path_type=Path))
 ROOT = click.argument("root", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
 TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, dir_okay=False),
                      help="Trusted public key (PEM); repeat for rotation.")
@@ -169,8 +178,7 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@TRAIL_FILES
 def audit_verify(files: tuple[Path, ...]) -> None:
     """Check a trail's hash chain (rotated files and the current one, in any order given); name
     the first record that breaks it."""
@@ -181,6 +189,152 @@ def audit_verify(files: tuple[Path, ...]) -> None:
     where = ("from the start of the trail" if verdict.from_genesis
              else "a later segment: its first record links to one not given")
     click.echo(f"ok: {verdict.records} records in {verdict.files} file(s), chain intact, {where}")
+
+
+class _When(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_when(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a date (2026-11-19), a date-time (2026-11-19T10:00, "
+                      "UTC unless it says Z or an offset) or an age (7d, 12h, 30m)", param, ctx)
+
+
+def _filters(command: Callable[..., None]) -> Callable[..., None]:
+    """The record filters query and replay share: repeat one to allow several values."""
+    options = [
+        click.option("--user", "users", multiple=True,
+                     help="Principal subject or acting-for (an agent acting for them counts), "
+                          "or an approval's requester."),
+        click.option("--server", "servers", multiple=True),
+        click.option("--tool", "tools", multiple=True),
+        click.option("--decision", "decisions", multiple=True, type=click.Choice(DECISIONS)),
+        click.option("--since", type=_When(), help="From this time, inclusive: 2026-11-19, "
+                     "2026-11-19T10:00[Z|+01:00] (UTC if no offset), or an age: 7d, 12h, 30m."),
+        click.option("--until", type=_When(), help="Up to this time, exclusive (same forms)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _query(users: tuple[str, ...], servers: tuple[str, ...], tools: tuple[str, ...],
+           decisions: tuple[str, ...], since: str | None, until: str | None,
+           tool_calls_only: bool = False) -> Query:
+    return Query(frozenset(users), frozenset(servers), frozenset(tools), frozenset(decisions),
+                 since, until, tool_calls_only)
+
+
+def _stdout_closed() -> NoReturn:
+    """The reader went away (| head): stop quietly, without a BrokenPipeError at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
+
+
+@audit.command("query")
+@TRAIL_FILES
+@_filters
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json: the matching records as they are, one per line.")
+def audit_query(files: tuple[Path, ...], fmt: str, **filters: Any) -> None:
+    """Records of a trail by user, server, tool, decision and time, in trail order.
+
+    For example, what alice touched on 19 November:
+    gwc audit query audit.jsonl* --user alice --since 2026-11-19 --until 2026-11-20
+
+    Start records are left out. The count goes to stderr. A line that is not a record stops the
+    query with its file:line (gwc audit verify checks a whole trail).
+    """
+    paths, counts = in_trail_order(list(files)), Counts()
+    try:
+        matching = select(paths, _query(**filters), counts, numbered=False)
+        if fmt == "json":
+            out = sys.stdout.buffer
+            for _, _, line, _ in matching:
+                out.write(line + b"\n")
+        else:
+            table = Table(COLUMNS, sys.stdout.write)
+            for _, _, _, record in matching:
+                table.add(row(record))
+            table.flush()
+    except TrailError as exc:
+        _fail(str(exc))
+    except BrokenPipeError:
+        _stdout_closed()
+    size = f"{counts.bytes / 1e6:,.1f} MB" if counts.bytes >= 100_000 else f"{counts.bytes:,} bytes"
+    click.echo(f"{counts.matched} record(s) matched, in {counts.files} file(s) ({size})", err=True)
+
+
+@audit.command("replay")
+@TRAIL_FILES
+@click.option("--bundles", "folder", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Where the recorded bundles are: <hex>.json files, or a gwc build --out "
+                   "folder (bundles/ in it).")
+@click.option("--against", type=click.Path(exists=True),
+              help="Preview a proposed bundle (file, or registry folder compiled in memory) on "
+                   "the recorded calls instead.")
+@TRUST
+@click.option("--no-verify", is_flag=True,
+              help="Use bundles without checking their signatures (their digest is still "
+                   "checked against the record).")
+@_filters
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json: one finding per line, then a summary line.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Calls listed per kind in the table (0: all).")
+@click.option("--jobs", type=click.IntRange(min=0), default=0,
+              help="Processes replaying trail files side by side [default: one per core].")
+def audit_replay(files: tuple[Path, ...], folder: Path, against: str | None,
+                 trust: tuple[str, ...], no_verify: bool, fmt: str, limit: int, jobs: int,
+                 **filters: Any) -> None:
+    """Decide every recorded tools/call again with the runtime's policy code.
+
+    \b
+    Replay (no --against): each call under the bundle that decided it, found by its digest in
+    --bundles. Every difference from the record is listed: the trail or the runtime is wrong.
+    Exit 0: every call replayed to its recorded decision; 1: a difference, or a call that could
+    not be replayed (its bundle missing or refused): nothing unchecked passes as checked.
+
+    \b
+    Preview (--against): each call under the proposed bundle; lists the calls it decides
+    otherwise, counted per server, tool and change. The trail holds only the argument values
+    the recording bundle's policy read, so a call whose new decision needs another argument is
+    "undeterminable", not guessed. Exit 0: every call evaluated (changes are the point of a
+    preview); 1: some calls were undeterminable or unreadable, so the preview is incomplete.
+
+    Bundles must be signed by a --trust key, unless --no-verify.
+    """
+    if not trust and not no_verify:
+        raise click.UsageError("give the keys the bundles must be signed by (--trust KEY), "
+                               "or --no-verify")
+    try:
+        trusted_keys(trust)  # a bad key file is an error here, not in every process
+    except BundleError as exc:
+        _fail(str(exc))
+    proposed = _payload_of(against, trust) if against else None
+    paths = in_trail_order(list(files))
+    setup = Setup(folder, trust, proposed, _query(**filters, tool_calls_only=True))
+    totals, report, out = Totals(), Report(limit), sys.stdout
+    try:
+        for finding in replay_trail(paths, setup, jobs or default_jobs(), totals):
+            if fmt == "json":
+                out.write(json.dumps(finding.as_json(), ensure_ascii=False) + "\n")
+            else:
+                report.add(finding)
+    except TrailError as exc:
+        _fail(str(exc))
+    except BrokenPipeError:
+        _stdout_closed()
+    headline, failed = summary(totals, len(paths), against)
+    if fmt == "json":
+        out.write(json.dumps({"kind": "summary", **totals.as_json()}) + "\n")
+        click.echo(headline, err=True)
+    else:
+        report.render(headline, totals, out.write)
+    sys.exit(1 if failed else 0)
 
 
 @main.command("dev-idp")
@@ -269,6 +423,9 @@ def session_key() -> None:
     """
     click.echo(client_config.new_session_key())
 
+
+main.add_command(approvals)
+main.add_command(bypass)
 
 if __name__ == "__main__":
     main()

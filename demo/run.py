@@ -1,9 +1,10 @@
 """`make demo`: the whole product on one machine, on embedded defaults.
 
 CI's job (keys, validate, build, verify), then a runtime node serving that bundle in front of real
-example MCP servers, with a dev identity provider; two users connect with the real mcp.Client and
-see different tools, one call is allowed and others are refused. Everything runs on 127.0.0.1 and
-stops by itself.
+example MCP servers, with a dev identity provider; users connect with the real mcp.Client and see
+different tools, calls are allowed and refused; then governance: a rate-limited call, a shadowed
+denial, an approval round trip with a second user, a break-glass bypass, and the audit trail
+verified and queried. Everything runs on 127.0.0.1 and stops by itself.
 """
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ def say(text: str) -> None:
     print(f"\n{BOLD}{text}{RESET}", flush=True)
 
 
-def run(*args: str | Path) -> str:
-    """Run a gwc command the way CI would, and show it."""
-    print(f"{DIM}$ {' '.join(str(a) for a in args)}{RESET}", flush=True)
+def run(*args: str | Path, as_user: tuple[str, str] | None = None) -> str:
+    """Run a gwc command the way CI (or a user, with ``as_user`` = (name, token)) would, and
+    show it; a user's token goes in GWC_TOKEN, never on the command line."""
+    env = {**os.environ, "GWC_TOKEN": as_user[1]} if as_user else None
+    shown = f"GWC_TOKEN=<{as_user[0]}'s token> " if as_user else ""
+    print(f"{DIM}$ {shown}{' '.join(str(a) for a in args)}{RESET}", flush=True)
     out = subprocess.run([str(BIN / str(args[0])), *map(str, args[1:])], cwd=WORK,
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         sys.exit(f"demo: {args[0]} {args[1]} failed:\n{out.stdout}{out.stderr}")
     return out.stdout
@@ -74,7 +78,6 @@ def demo_registry(ports: dict[str, int]) -> Path:
     gateway = yaml.safe_load((REPO / "gateway.yaml").read_text())
     gateway["identity"].pop("jwks_uri")
     gateway["identity"].update(jwks_file="dev-idp.jwks.json", algorithms=["ES256"])
-    gateway["audit"] = {"sink": "stdout"}
     (repo / "gateway.yaml").write_text(yaml.safe_dump(gateway, sort_keys=False))
     for manifest in (repo / "registry").iterdir():
         text = manifest.read_text()
@@ -118,8 +121,10 @@ async def show_tools(gateway: str, token: str, who: str, server: str, mode: str)
         print(f"  {who} on {where}: {error.message} (reason: {error.data['reason']})")
 
 
-async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict) -> None:
-    """One tools/call on a server's endpoint, or on the aggregate one (server '')."""
+async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict
+               ) -> MCPError | None:
+    """One tools/call on a server's endpoint, or on the aggregate one (server ''); the refusal,
+    if it was refused."""
     url = f"{gateway}/servers/{server}/mcp" if server else f"{gateway}/mcp"
     name = f"{server}/{tool}" if server else tool
     async with connect(url, token, "auto") as client:
@@ -127,9 +132,13 @@ async def call(gateway: str, token: str, who: str, server: str, tool: str, args:
             result = await client.call_tool(tool, args)
             print(f"  {who} calls {name}({json.dumps(args)}): allowed -> "
                   f"{result.content[0].text}")
+            return None
         except MCPError as error:
+            extra = "".join(f", {key}: {error.data[key]}" for key in ("retry_after_s",)
+                            if key in error.data)
             print(f"  {who} calls {name}({json.dumps(args)}): refused -> {error.message} "
-                  f"(reason: {error.data['reason']})")
+                  f"(reason: {error.data['reason']}{extra})")
+            return error
 
 
 async def show_catalog(gateway: str, token: str, who: str) -> None:
@@ -139,6 +148,43 @@ async def show_catalog(gateway: str, token: str, who: str) -> None:
         tools = ", ".join(f"{t['name']} ({t['access']}, {t['entitlement']})"
                           for t in server["tools"]) or "no tools"
         print(f"  {who} may use {server['name']}: {tools}")
+
+
+def governance(gateway: str, users: dict[str, str]) -> None:
+    """Limits, shadow mode, an approval round trip and break-glass, as users and approvers meet
+    them (the gwc CLI talks to the node's API with the caller's own token)."""
+    bob, carol = users["bob"], users["carol"]
+    say("Rate limits: incidents allows 10 create_incident calls a minute per user, evenly spaced")
+    for title in ("db latency", "db latency (again)"):
+        asyncio.run(call(gateway, bob, "bob", "incidents", "create_incident", {"title": title}))
+    say("Shadow mode: zendesk enforces reads but only records write denials while support "
+        "migrates")
+    asyncio.run(call(gateway, carol, "carol (success: read-only)", "zendesk", "update_ticket",
+                     {"ticket_id": "T-1", "status": "solved"}))
+    print("  (the call went through; the audit trail records it as would_deny)")
+    say("Approvals: deploy needs a yes from the owner team (platform) before it reaches the "
+        "upstream")
+    deploy = {"service": "api", "env": "staging"}
+    waiting = asyncio.run(call(gateway, bob, "bob", "deploy", "deploy", deploy))
+    assert waiting is not None, "deploy should wait for an approval"
+    approval = waiting.data["approval_id"]
+    dave = ("dave", users["dave"])
+    print(run("gwc", "approvals", "list", "--gateway", gateway, as_user=dave).rstrip())
+    print(run("gwc", "approvals", "approve", approval, "--gateway", gateway,
+              as_user=dave).rstrip())
+    asyncio.run(call(gateway, bob, "bob", "deploy", "deploy", deploy))
+    print("  the approval is used up: the same call again waits for a new one")
+    asyncio.run(call(gateway, bob, "bob", "deploy", "deploy", deploy))
+    say("Break-glass: the on-call SRE opens a bypass of zendesk, a server hidden from him")
+    sam = ("sam", users["sam"])
+    search = {"query": "outage"}
+    asyncio.run(show_tools(gateway, sam[1], "sam", "zendesk", "auto"))
+    opened = run("gwc", "bypass", "open", "--server", "zendesk", "--reason",
+                 "INC-1234: ticket sync stuck", "--ttl", "300", "--gateway", gateway,
+                 "--format", "json", as_user=sam)
+    asyncio.run(call(gateway, sam[1], "sam", "zendesk", "search_tickets", search))
+    print(run("gwc", "bypass", "close", json.loads(opened)["id"], "--gateway", gateway,
+              as_user=sam).rstrip())
 
 
 async def drive(gateway: str, alice: str, bob: str) -> None:
@@ -196,7 +242,7 @@ def main() -> None:
         processes.append(subprocess.Popen(
             [str(BIN / "gwc-runtime"), "--bundle", "store/bundle.json", "--trust", "keys/ci.pub",
              "--listen", f"127.0.0.1:{gateway_port}", "--signing-key", "keys/gateway.key",
-             "--public-url", gateway, "--state-dir", "state"],
+             "--public-url", gateway, "--state-dir", "state", "--audit", "file:audit/audit.jsonl"],
             cwd=WORK, stdout=log, stderr=log, env={**os.environ, "PG_MCP_TOKEN": "demo-secret",
                                                    "GWC_SESSION_KEYS": session_key}))
         for name, port in ports.items():
@@ -204,14 +250,21 @@ def main() -> None:
         wait_for(gateway_port, "the gwc runtime", "/readyz")
         print(f"  runtime ready at {gateway} (logs: .demo/runtime.log)")
 
-        alice = run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", "alice", "--group",
-                    "data-platform", "--root", repo).strip()
-        bob = run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", "bob", "--group",
-                  "engineering", "--root", repo).strip()
+        users = {user: run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", user,
+                           *[arg for group in groups for arg in ("--group", group)],
+                           "--root", repo).strip()
+                 for user, groups in (("alice", ["data-platform"]), ("bob", ["engineering"]),
+                                      ("carol", ["success"]), ("dave", ["platform"]),
+                                      ("sam", ["sre", "sre-oncall"]))}
         say("What a user pastes into Claude Desktop (gwc client-config)")
         print(run("gwc", "client-config", "--gateway", gateway, "--client", "claude-desktop"))
-        asyncio.run(drive(gateway, alice, bob))
-        say(f"Done. Decisions are in .demo/runtime.log; metrics at {gateway}/metrics while running.")
+        asyncio.run(drive(gateway, users["alice"], users["bob"]))
+        governance(gateway, users)
+        say("The audit trail: every request above, hash-chained; who touched what, in one command")
+        print(run("gwc", "audit", "verify", "audit/audit.jsonl").rstrip())
+        print(run("gwc", "audit", "query", "audit/audit.jsonl", "--user", "bob").rstrip())
+        say(f"Done. Logs in .demo/runtime.log, the trail in .demo/audit/; metrics at "
+            f"{gateway}/metrics while running.")
     finally:
         for process in processes:
             process.terminate()

@@ -3,12 +3,17 @@ limits, shadow mode per access class, and what happens when the trail cannot be 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx2
 import orjson
 import pytest
+import yaml
+from click.testing import CliRunner
 from mcp import MCPError
+
+from compiler.cli import main
 
 from runtime.audit import verify
 from runtime.audit_sink import trail
@@ -259,3 +264,33 @@ async def test_break_glass_opens_a_server_for_its_members_only(governed) -> None
     assert (await raw(governed, "/servers/vault/mcp", LIST, sam)).status_code == 404
     events = [(r["event"], r["reason"]) for r in records(governed, type="bypass")]
     assert events == [("opened", "INC-42: vault down"), ("closed", "INC-42: vault down")]
+
+
+async def test_replaying_a_real_trail_finds_no_difference_and_previews_a_policy_change(
+        node, signing_key) -> None:
+    token = node.idp.token("alice", ["eng"])
+    async with connect(node.endpoint(), token, "auto") as client:
+        for env in ("staging", "production", "staging"):
+            try:
+                await client.call_tool("write_thing", {"target": "t", "env": env})
+            except MCPError:
+                pass
+    trail_files = [str(p) for p in trail(node.audit_path)]
+    trust = ["--trust", str(signing_key[1])]
+    replay = CliRunner().invoke(main, ["audit", "replay", *trail_files, "--bundles",
+                                       str(node.store_dir), *trust])
+    assert replay.exit_code == 0, replay.output
+
+    # The proposed policy lets eng write to production too: exactly that call would change.
+    policy = node.registry_root / "policies" / "eng" / "tools.yaml"
+    rules = yaml.safe_load(policy.read_text())
+    next(r for r in rules if r["id"] == "eng-write-staging")["conditions"]["env"].append(
+        "production")
+    policy.write_text(yaml.safe_dump(rules))
+    preview = CliRunner().invoke(main, ["audit", "replay", *trail_files, "--bundles",
+                                        str(node.store_dir), *trust, "--against",
+                                        str(node.registry_root), "--format", "json"])
+    assert preview.exit_code == 0, preview.output
+    findings = [json.loads(line) for line in preview.output.splitlines() if line.startswith("{")]
+    [change] = [f for f in findings if f["kind"] == "change"]
+    assert (change["label"], change["replayed"]["rules"]) == ("deny→allow", ["eng-write-staging"])
