@@ -24,8 +24,8 @@ from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
 from compiler.devidp import DevIdP
 from compiler.diagnostics import render
-from compiler.governance_cli import approvals, bypass
 from compiler.diff import diff_payloads, render_markdown
+from compiler.governance_cli import approvals, bypass
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import Registry, load_gateway, load_registry
 from compiler.report import one_line, summary_json, summary_text
