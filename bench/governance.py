@@ -19,7 +19,6 @@ several runs and each configuration against the baseline.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -29,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from overhead import (CALL, HEADERS, free_port, latency, pct, start_gwc, stop, throughput,
+from overhead import (CALL, HEADERS, free_port, load_parser, measure_path, start_gwc, stop,
                       wait_port)
 
 LIMITS = {"limits": {"upstream_rpm": 1_000_000}}
@@ -61,18 +60,8 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-async def measure_one(url: str, headers: dict, args: argparse.Namespace) -> dict[str, float]:
-    samples = await latency(url, headers, args.calls, CALL)
-    rps = await throughput(url, headers, args.concurrency, args.seconds, CALL)
-    return {"p50": pct(samples, 0.50), "p99": pct(samples, 0.99), "rps": rps}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser = load_parser(__doc__)
     parser.add_argument("--configs", default=",".join(CONFIGS), type=lambda v: v.split(","),
                         help=f"comma-separated subset of {', '.join(CONFIGS)}")
     args = parser.parse_args()
@@ -97,8 +86,8 @@ def main() -> None:
                     try:
                         wait_port(port)
                         url = f"http://127.0.0.1:{port}/servers/bench/mcp"
-                        got = asyncio.run(measure_one(
-                            url, {**HEADERS, "Authorization": f"Bearer {token}"}, args))
+                        got = asyncio.run(measure_path(
+                            url, {**HEADERS, "Authorization": f"Bearer {token}"}, CALL, args))
                     finally:
                         stop([gwc])
                     for key, value in got.items():

@@ -226,6 +226,24 @@ async def gwc_routes(port: int, token: str) -> dict[str, Route]:
     }
 
 
+def load_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every load benchmark shares: how many runs, calls, and how hard."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    return parser
+
+
+async def measure_path(url: str, headers: dict, call: dict,
+                       args: argparse.Namespace) -> dict[str, float]:
+    """p50 and p99 of sequential calls, and requests/s at the given concurrency."""
+    samples = await latency(url, headers, args.calls, call)
+    return {"p50": pct(samples, 0.50), "p99": pct(samples, 0.99),
+            "rps": await throughput(url, headers, args.concurrency, args.seconds, call)}
+
+
 async def measure(args: argparse.Namespace, fixed: dict[str, Route], gwc_port: int,
                   token: str) -> None:
     paths = {**fixed, **await gwc_routes(gwc_port, token)}
@@ -233,11 +251,8 @@ async def measure(args: argparse.Namespace, fixed: dict[str, Route], gwc_port: i
     results: dict[str, dict[str, list[float]]] = {p: {"p50": [], "p99": [], "rps": []} for p in paths}
     for run in range(args.runs):
         for name, (url, headers, call) in paths.items():
-            samples = await latency(url, headers, args.calls, call)
-            results[name]["p50"].append(pct(samples, 0.50))
-            results[name]["p99"].append(pct(samples, 0.99))
-            results[name]["rps"].append(await throughput(url, headers, args.concurrency,
-                                                         args.seconds, call))
+            for key, value in (await measure_path(url, headers, call, args)).items():
+                results[name][key].append(value)
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     print(f"tools/call, {args.calls} sequential calls and {args.seconds:g} s at concurrency "
           f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this "
@@ -257,11 +272,7 @@ PATHS = ("direct", "bare-hop", "gwc", "gwc-agg", "gwc-legacy", "gwc-agg-legacy")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser = load_parser(__doc__)
     parser.add_argument("--log-level", default="warning", help="gwc's log level (info and debug "
                         "write request lines, to /dev/null here)")
     parser.add_argument("--paths", default=",".join(PATHS), type=lambda v: v.split(","),

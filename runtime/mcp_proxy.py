@@ -77,6 +77,7 @@ SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"
 CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
 AGGREGATE = ""  # the endpoint name of /mcp
+UNKNOWN_SERVER = Decision("not_found", "unknown_server")  # what the wall decides, for the record
 AGGREGATE_LISTS: dict[str, Kind] = {"tools/list": "tools", "prompts/list": "prompts",
                                    "resources/list": "resources",
                                    "resources/templates/list": "resourceTemplates"}
@@ -153,9 +154,7 @@ class McpProxy:
         if auditor.enabled:
             record = self._record(auditor.record(request, bundle, principal, "call"), endpoint,
                                   None, endpoint)
-            record.update(policy={"effect": "not_found", "reason": "unknown_server", "rules": [],
-                                  "mode": None, "approval_required": False},
-                          decision="not_found")
+            record.update(policy=policy_fields(UNKNOWN_SERVER), decision="not_found")
             await self._write(record, "refused", error, None, request[STARTED])
         return error_response(error)
 
@@ -292,10 +291,9 @@ class McpProxy:
         if call.method not in PASSED_METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported by the "
                            "gateway", 404)
-        await self._pass(call, name, call.params.get(NAMED_BY.get(call.method, "")))
+        bypass = await self._pass(call, name, call.params.get(NAMED_BY.get(call.method, "")))
         transform = None
         if call.method == "tools/list":
-            bypass = await self._bypass(call.bundle, call.principal, name)
             transform = self._tools_filter(call, server, set(server.tools) if bypass else set(
                 listed_tools(call.bundle.payload, call.principal, name)))
         return await self._forward(call, name, server, call.message, None, server.timeout_ms,
@@ -464,9 +462,9 @@ class McpProxy:
             return None
         return await self._gateway.state.bypasses.active(server)
 
-    async def _pass(self, call: Call, name: str, target: Any) -> None:
+    async def _pass(self, call: Call, name: str, target: Any) -> Bypass | None:
         """A request that needs no tool decision: visible is enough. Reads and prompts still
-        count against the server's limits; lists do not."""
+        count against the server's limits; lists do not. Returns the bypass it went under."""
         bypass = await self._bypass(call.bundle, call.principal, name)
         if call.record is not None:
             call.record.update(tool=target if isinstance(target, str) else None,
@@ -475,6 +473,7 @@ class McpProxy:
         if call.method in USES and bypass is None:
             await self._limit(call, name, None, None)
         self._count(name, "", "bypass" if bypass else "allow", call.method)
+        return bypass
 
     def _unresolved(self, call: Call, target: Any) -> None:
         """An aggregate name that resolves to nothing the caller sees: recorded as not found."""
@@ -546,8 +545,8 @@ class McpProxy:
             await self._write(record, outcome, error, answer, call.request[STARTED])
 
     async def _write(self, record: dict[str, Any], outcome: str, error: RpcError | None,
-                     answer: Answer | None = None, started: float | None = None) -> None:
-        total = time.perf_counter() - started if started is not None else 0.0
+                     answer: Answer | None, started: float) -> None:
+        total = time.perf_counter() - started
         upstream_s = answer.upstream_s if answer is not None else None
         record.update(outcome=outcome, error=error.data["reason"] if error else None,
                       upstream_status=answer.response.status if answer is not None else None,
@@ -655,7 +654,7 @@ class McpProxy:
                 if not out:
                     continue
                 if (not holding and call.record is not None
-                        and any(key in tail + out for key in RESPONSE_KEYS)):
+                                and _carries_response(tail + out)):
                     holding = True
                 if holding:
                     held += out
@@ -685,6 +684,10 @@ class McpProxy:
             await self._settle(call, "failed", UpstreamFailure(
                 UPSTREAM_UNAVAILABLE, kind, "the upstream's stream ended early"), answer)
         return response
+
+
+def _carries_response(window: bytes) -> bool:
+    return any(key in window for key in RESPONSE_KEYS)
 
 
 def _chain(first: Rewrite | None, second: Rewrite | None) -> Rewrite | None:

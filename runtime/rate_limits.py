@@ -41,7 +41,6 @@ Not thread-safe: one instance belongs to one event loop (which is how the runtim
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -49,6 +48,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from cachetools import TLRUCache
+
+from runtime.state_backend import Script, StateUnavailable, connect
 
 log = logging.getLogger("gwc.rate_limits")
 
@@ -174,7 +175,7 @@ for i = 1, #KEYS do
 end
 return {1}
 """
-GCRA_SHA = hashlib.sha1(GCRA_LUA.encode()).hexdigest()
+GCRA = Script(GCRA_LUA)
 
 
 class RedisLimits(Limits):
@@ -189,18 +190,8 @@ class RedisLimits(Limits):
         on_fallback: Callable[[str], None] | None = None,
         fallback: MemoryLimits | None = None,
     ):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # One immediate retry, so a connection left stale by a Redis restart is replaced transparently;
-        # anything more would only make a real outage slower to detect.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        # The node's one Redis client: approvals and bypasses use it too (runtime.state).
+        self.client = connect(url, socket_timeout=socket_timeout)
         self.fallback = fallback or MemoryLimits()
         self.retry_s = retry_s
         self.on_fallback = on_fallback
@@ -210,8 +201,6 @@ class RedisLimits(Limits):
         self.fallback_checks = 0
 
     async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
-        from redis.exceptions import NoScriptError, RedisError
-
         limits = [Limit(*limit) for limit in limits]
         if not limits:
             return ALLOWED
@@ -222,12 +211,9 @@ class RedisLimits(Limits):
         for limit in limits:
             args.extend(_params(limit.per_minute))
         try:
-            try:
-                reply = await self._redis.evalsha(GCRA_SHA, len(keys), *keys, *args)
-            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: EVAL sends it and caches it again
-                reply = await self._redis.eval(GCRA_LUA, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._outage(exc)
+            reply = await GCRA(self.client, keys, args)
+        except StateUnavailable as exc:
+            self._outage(exc.__cause__ or exc)
             return self._local(limits, now)
         if self.using_fallback:
             self.using_fallback = False
@@ -258,7 +244,7 @@ class RedisLimits(Limits):
         return self.fallback.check_all_sync(limits, now)
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self.client.aclose()
 
 
 def from_state_url(url: str | None, **redis_options) -> Limits:

@@ -9,8 +9,7 @@ does when Redis is unreachable differs on purpose, and is documented in its modu
 - bypasses (``runtime.bypasses``): the last snapshot is honoured until each bypass expires;
   opening and closing fail with ``StateUnavailable``.
 
-Approvals and bypasses share one Redis client; the limiter keeps its own (it is built by
-``rate_limits.from_state_url``).
+Limits, approvals and bypasses share one Redis client: the limiter's (``RedisLimits.client``).
 """
 from __future__ import annotations
 
@@ -20,10 +19,7 @@ from typing import Any, Callable
 
 from runtime.approvals import DEFAULT_TTL_S, Approvals, MemoryApprovals, RedisApprovals
 from runtime.bypasses import Bypasses, MemoryBypasses, RedisBypasses
-from runtime.rate_limits import Limits, from_state_url
-from runtime.state_backend import connect
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+from runtime.rate_limits import Limits, RedisLimits, from_state_url
 
 
 @dataclass
@@ -32,7 +28,6 @@ class State:
     limits: Limits
     approvals: Approvals
     bypasses: Bypasses
-    _client: Any = None
 
     @classmethod
     def from_url(cls, url: str | None, *, approval_ttl_s: float = DEFAULT_TTL_S,
@@ -40,18 +35,14 @@ class State:
                  **limit_options: Any) -> State:
         """Build the state for ``--state URL``; ``limit_options`` go to the rate limiter
         (e.g. ``on_fallback``). Raises ValueError for an unsupported URL."""
-        if not url or url == "memory":
-            return cls("memory", from_state_url(None), MemoryApprovals(approval_ttl_s, clock),
+        limits = from_state_url(url, socket_timeout=socket_timeout, **limit_options)
+        if not isinstance(limits, RedisLimits):
+            return cls("memory", limits, MemoryApprovals(approval_ttl_s, clock),
                        MemoryBypasses(clock))
-        if not url.startswith(REDIS_SCHEMES):
-            raise ValueError(f"unsupported state backend {url!r} (expected memory or redis://...)")
-        client = connect(url, socket_timeout=socket_timeout)
-        return cls("redis", from_state_url(url, socket_timeout=socket_timeout, **limit_options),
-                   RedisApprovals(client, approval_ttl_s, clock), RedisBypasses(client, clock), client)
+        return cls("redis", limits, RedisApprovals(limits.client, approval_ttl_s, clock),
+                   RedisBypasses(limits.client, clock))
 
     async def aclose(self) -> None:
-        await self.limits.aclose()
         await self.approvals.aclose()
         await self.bypasses.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        await self.limits.aclose()  # last: it closes the Redis client the others share
