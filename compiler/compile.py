@@ -88,7 +88,8 @@ def _gateway(gateway: GatewayConfig, registry: Registry) -> Data:
             "leeway_s": identity.leeway_s}),
         "break_glass": gateway.break_glass.model_dump(exclude_none=True),
         "default_mode": gateway.default_mode,
-        "audit": gateway.audit.model_dump(exclude_none=True)}
+        "audit": gateway.audit.model_dump(exclude_none=True),
+        **_compact({"allowed_origins": sorted(set(gateway.allowed_origins))})}
 
 
 def compile_data(registry: Registry, serial: int, revision: str) -> Data:

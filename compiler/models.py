@@ -23,6 +23,8 @@ TEAM_NAME = r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 RULE_ID = r"^[A-Za-z0-9._:/#-]{1,128}$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
+# An origin as browsers send it: scheme, lowercase host, a port only when not the default.
+ORIGIN = r"^https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$"
 
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_MAX_CONCURRENCY = 32
@@ -268,3 +270,7 @@ ALL_FIELD_NAMES = sorted({name for model in (
     ServerManifest, ToolManifest, ServerLimits, ModeByAccess, StaticEnvAuth, ConditionOps, Conditions,
     RuleSubject, RuleResource, PolicyRule, IdentitySettings, BreakGlassSettings, AuditSettings,
     GatewayConfig) for name in model.model_fields} | {"in", "$schema"})
+    allowed_origins: list[Annotated[str, Field(pattern=ORIGIN)]] = Field(
+        default_factory=list, description="Browser origins (e.g. https://inspector.acme.example) "
+        "allowed to call the MCP endpoints and APIs; a request with any other Origin header is "
+        "refused (DNS rebinding). Requests without Origin are not affected.")

@@ -22,12 +22,13 @@ from runtime.catalog_api import catalog
 from runtime.governance_api import GovernanceApi
 from runtime.config import Config
 from runtime.identity import AuthError, Authenticator
-from runtime.jsonrpc import UNAUTHENTICATED, UPSTREAM_UNAVAILABLE, RpcError
+from runtime.jsonrpc import (FORBIDDEN_ORIGIN, INVALID_REQUEST, UNAUTHENTICATED,
+                             UPSTREAM_UNAVAILABLE, RpcError)
 from runtime.list_changed import ListChangedStreams
 from runtime.mcp_proxy import McpProxy
-from runtime.mcp_wire import error_response
+from runtime.mcp_wire import error_response, origin_of
 from runtime.policy import Principal
-from runtime.request_keys import REQUEST_ID, STARTED
+from runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
 from runtime.metrics import Metrics
 from runtime.state import State
 from runtime.sessions import SessionSealer
@@ -35,8 +36,13 @@ from runtime.upstream_auth import UpstreamCredentials
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-Id"
 STARTUP_WAIT_S = 5.0
+# What a browser page may reach only from an allowed origin: the MCP endpoints and the APIs.
+GUARDED_PREFIXES = ("/mcp", "/servers/", "/v1/")
+BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Gateway:
@@ -60,6 +66,8 @@ class Gateway:
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
         self.store.on_activate(self.list_changed.bundle_changed)
         self.store.on_activate(self._audit_settings)
+        self._origins: frozenset[str] = frozenset({origin_of(config.public_url)})
+        self.store.on_activate(self._origin_settings)
         self._poll_task: asyncio.Task | None = None
 
     def authenticator(self, bundle: Bundle) -> Authenticator:
@@ -89,6 +97,15 @@ class Gateway:
               and old.payload.gateway.audit != settings):
             log.warning("gateway.yaml audit settings changed; restart nodes to apply them")
 
+    def allowed_origins(self) -> frozenset[str]:
+        return self._origins
+
+    def _origin_settings(self, old: Bundle | None, new: Bundle) -> None:
+        """Browser origins allowed to call: gateway.yaml's, and the gateway's own (a page it
+        serves itself is no rebinding)."""
+        self._origins = frozenset((*new.payload.gateway.allowed_origins,
+                                   origin_of(self.config.public_url)))
+
     def resource_metadata_url(self, path: str) -> str:
         return f"{self.config.public_url}/.well-known/oauth-protected-resource{path}"
 
@@ -101,11 +118,16 @@ class Gateway:
             return bundle, await self.authenticator(bundle).authenticate(
                 request.headers.get("Authorization"))
         except AuthError as exc:
-            metadata = self.resource_metadata_url(request.path)
-            challenge = (f'Bearer resource_metadata="{metadata}", error="invalid_token", '
-                         f'error_description="{exc}"')
-            raise RpcError(UNAUTHENTICATED, str(exc), 401,
-                           headers={"WWW-Authenticate": challenge}) from None
+            raise RpcError(UNAUTHENTICATED, str(exc), 401, headers={
+                "WWW-Authenticate": self._challenge(request, exc)}) from None
+
+    def _challenge(self, request: web.Request, exc: AuthError) -> str:
+        """RFC 6750 §3: where to get a token, and ``error`` only when a token was sent (§3.1).
+        The description is a fixed text per kind of failure: nothing of the token is echoed."""
+        challenge = f'Bearer resource_metadata="{self.resource_metadata_url(request.path)}"'
+        if exc.token_sent:
+            challenge += f', error="invalid_token", error_description="{exc.challenge}"'
+        return challenge
 
     async def _load_and_poll(self, first_load: asyncio.Event) -> None:
         try:
@@ -177,7 +199,12 @@ class Gateway:
             "bearer_methods_supported": ["header"]})
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[request_ids], client_max_size=self.config.max_body_bytes)
+        # keepalive_timeout is also how long a connection may take to send a request's headers:
+        # aiohttp closes a connection still waiting for them when it runs out.
+        app = web.Application(middlewares=[request_ids, origin_guard(self.allowed_origins)],
+                              client_max_size=self.config.max_body_bytes,
+                              handler_args={"keepalive_timeout": self.config.header_timeout_s})
+        app[BODY_TIMEOUT_S] = self.config.body_timeout_s
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_endpoint)
@@ -199,12 +226,29 @@ class Gateway:
 
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Accept or assign a request id, return it, and never let an exception become a trace."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-    request[REQUEST_ID] = request_id
+    """Give every request the gateway's own id (a client's id is kept beside it, never in its
+    place: records are filed under ids no caller chooses), read its body within the body timeout,
+    and never let an exception become a trace."""
+    request[REQUEST_ID] = request_id = uuid.uuid4().hex
     request[STARTED] = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request[CLIENT_REQUEST_ID] = (incoming if 0 < len(incoming) <= 128 and incoming.isprintable()
+                                  else None)
     try:
+        if request.can_read_body:
+            try:  # read here, once: handlers get the bytes aiohttp keeps
+                async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
+                    await request.read()
+            except TimeoutError:
+                log.info("request body too slow", extra={"request_id": request_id,
+                                                         "path": request.path})
+                response = error_response(RpcError(INVALID_REQUEST, "the request body was not "
+                                                   "received in time", 408))
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()  # no lingering for the rest of a slow body
+                return response
         return await handler(request)
     except web.HTTPException:
         raise
@@ -216,7 +260,29 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response, streamed or not, error or not, carries the request id."""
+    """Every response, streamed or not, error or not, carries the gateway's request id, and the
+    client's own id when it sent one."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
+    client_id = request.get(CLIENT_REQUEST_ID)
+    if client_id is not None:
+        response.headers[CLIENT_REQUEST_ID_HEADER] = client_id
+
+
+def origin_guard(allowed: Callable[[], frozenset[str]]) -> Middleware:
+    """The MCP specification's defence against DNS rebinding: a request whose ``Origin`` is
+    present and not allowed is refused with 403 before anything else looks at it. Requests
+    without ``Origin`` (every non-browser client) are unaffected."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if (origin is not None and request.path.startswith(GUARDED_PREFIXES)
+                and origin not in allowed()):
+            log.info("origin refused", extra={"request_id": request.get(REQUEST_ID),
+                                              "path": request.path, "origin": origin[:200]})
+            return error_response(RpcError(FORBIDDEN_ORIGIN, "requests from this Origin are "
+                                           "not allowed (gateway.yaml allowed_origins)", 403))
+        return await handler(request)
+    return guard

@@ -25,7 +25,7 @@ from runtime.bundle_format import Audit
 from runtime.jsonrpc import AUDIT_UNAVAILABLE, RpcError
 from runtime.metrics import Metrics
 from runtime.policy import Decision, Principal
-from runtime.request_keys import REQUEST_ID
+from runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID
 
 log = logging.getLogger("gwc.audit")
 FailureMode = Literal["closed", "open"]
@@ -120,6 +120,7 @@ class Auditor:
                type_: str) -> dict[str, Any]:
         """The fields every record of a request has."""
         return {"type": type_, "time": utc_time(time.time()), "request_id": request[REQUEST_ID],
+                "client_request_id": request.get(CLIENT_REQUEST_ID),
                 "node": self.node, "bundle": {"digest": bundle.digest, "serial": bundle.serial},
                 "principal": principal_fields(principal)}
 

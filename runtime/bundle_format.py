@@ -168,6 +168,7 @@ class GatewaySettings(_Frozen):
 
 
 class BundlePayload(_Frozen):
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
     format: Literal["gwc.bundle/v1"]
     serial: int = Field(ge=0)
     revision: str

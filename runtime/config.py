@@ -16,6 +16,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 AUDIT_FAILURE_MODES = ("closed", "open")
 DEFAULT_APPROVAL_TTL_S = 900
+# A connection must send a request's headers within this many seconds of opening or of its last
+# answer (idle keep-alive connections close then too); longer than load balancers' usual 60 s
+# idle timeout, so the node is not the side that closes a connection they are about to reuse.
+DEFAULT_HEADER_TIMEOUT_S = 75.0
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a request's body must arrive within this many seconds
 
 
 class ConfigError(Exception):
@@ -43,6 +48,8 @@ class Config:
     state: str = "memory"
     approval_ttl_s: int = DEFAULT_APPROVAL_TTL_S
     node_id: str = ""  # "": this machine's hostname and the listen port
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 def _env(name: str) -> str | None:
@@ -90,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
                    f"stays usable (GWC_APPROVAL_TTL, default {DEFAULT_APPROVAL_TTL_S}).")
     p.add_argument("--node-id", help="This node's name in audit records (GWC_NODE_ID, default "
                    "this machine's hostname:PORT).")
+    p.add_argument("--header-timeout", type=float, help="Seconds a connection may take to send "
+                   "a request's headers, from its opening or its last answer; idle connections "
+                   f"close then too (GWC_HEADER_TIMEOUT, default {DEFAULT_HEADER_TIMEOUT_S:g}).")
+    p.add_argument("--body-timeout", type=float, help="Seconds a request's body may take to "
+                   "arrive; a slower one is answered 408 and its connection closed "
+                   f"(GWC_BODY_TIMEOUT, default {DEFAULT_BODY_TIMEOUT_S:g}).")
     return p
 
 
@@ -118,11 +131,15 @@ def load(argv: list[str] | None = None) -> Config:
         max_age = int(pick("session-max-age", str(DEFAULT_MAX_AGE_S)) or 0)
         audit_max = int(pick("audit-max-bytes", str(DEFAULT_AUDIT_MAX_BYTES)) or 0)
         approval_ttl = int(pick("approval-ttl", str(DEFAULT_APPROVAL_TTL_S)) or 0)
+        header_timeout = float(pick("header-timeout", str(DEFAULT_HEADER_TIMEOUT_S)) or 0)
+        body_timeout = float(pick("body-timeout", str(DEFAULT_BODY_TIMEOUT_S)) or 0)
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
-    if min(interval, max_body, max_age, audit_max, approval_ttl) <= 0:
+    if min(interval, max_body, max_age, audit_max, approval_ttl, header_timeout,
+           body_timeout) <= 0:
         raise ConfigError("--poll-interval, --max-body-bytes, --session-max-age, "
-                          "--audit-max-bytes and --approval-ttl must be positive")
+                          "--audit-max-bytes, --approval-ttl, --header-timeout and "
+                          "--body-timeout must be positive")
     try:
         audit = AuditTarget.parse(spec) if (spec := pick("audit")) else None
     except AuditSpecError as exc:
@@ -157,4 +174,5 @@ def load(argv: list[str] | None = None) -> Config:
                   log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
                   session_max_age_s=max_age, event_loop=event_loop, audit=audit,
                   audit_failure=audit_failure, audit_max_bytes=audit_max, state=state,
-                  approval_ttl_s=approval_ttl, node_id=pick("node-id") or "")
+                  approval_ttl_s=approval_ttl, node_id=pick("node-id") or "",
+                  header_timeout_s=header_timeout, body_timeout_s=body_timeout)

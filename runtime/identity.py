@@ -32,7 +32,15 @@ TOKEN_CACHE_SIZE = 50_000
 
 
 class AuthError(Exception):
-    """The request carries no usable credential; the message is safe to show the caller."""
+    """The request carries no usable credential; the message is safe to show the caller.
+
+    ``challenge`` is a fixed text, fit for the ``WWW-Authenticate`` header: nothing a caller
+    sent (a token's ``alg``, a library's message about it) ever reaches a header.
+    ``token_sent`` is false when no bearer token came at all (RFC 6750 §3.1: no error code)."""
+
+    def __init__(self, challenge: str, *, token_sent: bool = True, message: str = "") -> None:
+        super().__init__(message or challenge)
+        self.challenge, self.token_sent = challenge, token_sent
 
 
 class Authenticator:
@@ -44,7 +52,9 @@ class Authenticator:
         self._keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}  # kid -> (key, declared alg)
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
-        self._cache: LRUCache[str, tuple[Principal, float]] = LRUCache(TOKEN_CACHE_SIZE)
+        # token -> (principal, expiry, kid of the key that signed it)
+        self._cache: LRUCache[str, tuple[Principal, float, str]] = LRUCache(TOKEN_CACHE_SIZE)
+        self._refreshing: asyncio.Task | None = None
         if identity.jwks is not None:
             self._keys = self._parse_jwks(identity.jwks)
             self._fetched_at = float("inf")  # embedded in the signed bundle: never refetched
@@ -85,26 +95,38 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal behind an ``Authorization`` header value, or :class:`AuthError`."""
         if not authorization:
-            raise AuthError("missing bearer token")
+            raise AuthError("missing bearer token", token_sent=False)
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise AuthError("expected 'Authorization: Bearer <token>'")
+            raise AuthError("expected 'Authorization: Bearer <token>'", token_sent=False)
         cached = self._cache.get(token)
         if cached is not None and cached[1] > time.time():
-            return cached[0]
-        principal, expires = await self._verify(token)
-        self._cache[token] = (principal, expires)
+            self._keep_keys_fresh()
+            if cached[2] in self._keys:
+                return cached[0]
+            del self._cache[token]  # its key left the JWKS: the token is checked again, and fails
+        principal, expires, kid = await self._verify(token)
+        self._cache[token] = (principal, expires, kid)
         return principal
 
-    async def _verify(self, token: str) -> tuple[Principal, float]:
+    def _keep_keys_fresh(self) -> None:
+        """Cached tokens need no keys, so without this a node serving only cached tokens would
+        never learn that the IdP removed a key: refetch a stale JWKS in the background."""
+        if (self.identity.jwks_uri is not None
+                and time.monotonic() - self._fetched_at >= JWKS_MAX_AGE_S
+                and (self._refreshing is None or self._refreshing.done())):
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh(force=False))
+
+    async def _verify(self, token: str) -> tuple[Principal, float, str]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             raise AuthError("malformed token") from None
         alg = header.get("alg")
         if alg not in self._algorithms:
-            raise AuthError(f"token algorithm {alg!r} is not accepted")
+            raise AuthError("token algorithm is not accepted",
+                            message=f"token algorithm {str(alg)[:20]!r} is not accepted")
         kid = header.get("kid", "")
         await self._refresh(force=False)
         found = self._keys.get(kid)
@@ -127,8 +149,8 @@ class Authenticator:
         except jwt.InvalidIssuerError:
             raise AuthError("token issuer is not trusted") from None
         except jwt.PyJWTError as exc:
-            raise AuthError(f"invalid token: {exc}") from None
-        return self._principal(claims), float(claims["exp"])
+            raise AuthError("invalid token", message=f"invalid token: {exc}") from None
+        return self._principal(claims), float(claims["exp"]), kid
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         raw = claims.get(self.identity.groups_claim, [])
@@ -142,5 +164,7 @@ class Authenticator:
         return Principal(subject, groups)
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         if self._session is not None:
             await self._session.close()

@@ -19,12 +19,14 @@ DENIED = -32003
 UPSTREAM_UNAVAILABLE = -32004
 UNAUTHENTICATED = -32005
 SESSION_INVALID = -32006  # unknown, forged, expired or someone else's session id
+FORBIDDEN_ORIGIN = -32007  # a browser request from an Origin gateway.yaml does not allow
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: Mcp-Method / Mcp-Name disagree with the body
 UNSUPPORTED_VERSION = -32022
 APPROVAL_REQUIRED = -32030
 RATE_LIMITED = -32029  # data.retry_after_s says when to try again
 AUDIT_UNAVAILABLE = -32031  # the audit record cannot be written (audit failure mode: closed)
 STATE_UNAVAILABLE = -32032  # approvals need the shared state backend, and it is unreachable
+TOO_MANY_APPROVALS = -32033  # the caller's approvals waiting for a decision are at their cap
 
 REASONS = {
     PARSE_ERROR: "parse_error", INVALID_REQUEST: "invalid_request",
@@ -34,7 +36,8 @@ REASONS = {
     APPROVAL_REQUIRED: "approval_required", INVALID_PARAMS: "invalid_params",
     UNSUPPORTED_VERSION: "unsupported_protocol_version", SESSION_INVALID: "session_invalid",
     RATE_LIMITED: "rate_limited", AUDIT_UNAVAILABLE: "audit_unavailable",
-    STATE_UNAVAILABLE: "state_unavailable",
+    TOO_MANY_APPROVALS: "too_many_approvals",
+    STATE_UNAVAILABLE: "state_unavailable", FORBIDDEN_ORIGIN: "origin_not_allowed",
 }
 
 

@@ -35,9 +35,9 @@ from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID
                              INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, RATE_LIMITED,
                              SESSION_INVALID, STATE_UNAVAILABLE, UNSUPPORTED_VERSION,
                              UPSTREAM_UNAVAILABLE, RpcError)
-from runtime.mcp_wire import (check_routing_headers, encode_header_value, error_response,
-                              negotiate, parse_message, result_response, stateless_version,
-                              validate)
+from runtime.mcp_wire import (check_limits, check_routing_headers, encode_header_value,
+                              error_response, negotiate, parse_message, result_response,
+                              stateless_version, validate)
 from runtime.naming import resource_uri
 from runtime.policy import Decision, Principal, decide, listed_tools, visible_server
 from runtime.rate_limits import Limit, limit_key
@@ -54,14 +54,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gwc.mcp")
 
-# Client headers a stateless (2026-07-28) request keeps on its way upstream, besides Mcp-Param-*;
-# everything else (cookies, the client's Authorization, its Host) stays at the gateway.
+# Client headers a stateless (2026-07-28) request keeps on its way upstream; everything else (cookies,
+# the client's Authorization, its Host, Mcp-Param-* headers the gateway cannot check against the
+# body) stays at the gateway.
 STATELESS_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name")
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
 # What the audit record of a request names as its tool: the tool, prompt or resource it is about.
 NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # Requests that use an upstream (as opposed to listing it): they count against rate limits.
 USES = frozenset(NAMED_BY)
+# Requests the gateway answers itself, with no audit record.
+ANSWERED_HERE = frozenset({"initialize", "ping", "server/discover"})
 # Answer bytes that mean a stream carries its final JSON-RPC response: from there on the stream is
 # held back until the call's audit record is durable.
 RESPONSE_KEYS = (b'"result"', b'"error"')
@@ -81,6 +84,10 @@ UNKNOWN_SERVER = Decision("not_found", "unknown_server")  # what the wall decide
 AGGREGATE_LISTS: dict[str, Kind] = {"tools/list": "tools", "prompts/list": "prompts",
                                    "resources/list": "resources",
                                    "resources/templates/list": "resourceTemplates"}
+# The method label of gwc_requests_total: MCP methods the gateway serves and HTTP methods.
+METHOD_LABELS = frozenset({*PASSED_METHODS, *NAMED_BY, *ANSWERED_HERE, "tools/call", "GET",
+                           "POST", "DELETE"})
+UNKNOWN_LABEL, OTHER_LABEL = "unknown", "other"
 
 
 @dataclass(slots=True)
@@ -178,6 +185,7 @@ class McpProxy:
             message = parse_message(body)
             method = message.get("method")
             if method is None:  # a client's answer to an upstream's request
+                check_limits(message, body)
                 session = self._session(request, principal, endpoint)
                 call = Call(request, bundle, principal, endpoint, message, "", {}, session, body)
                 return await self._answer_upstream_request(call)
@@ -204,18 +212,19 @@ class McpProxy:
                 return web.Response(status=202)
             call = Call(request, bundle, principal, endpoint, message, method, params, session,
                         body)
+            auditor = self._gateway.auditor
+            if auditor.enabled and method not in ANSWERED_HERE:
+                call.record = self._record(
+                    auditor.record(request, bundle, principal,
+                                   "call" if method in USES else "list"),
+                    endpoint, method, endpoint or None)
+            check_limits(message, body)  # refused with its record, before anything is judged
             if method == "initialize":
                 return self._initialize(call, version)
             if method == "ping":
                 return result_response(call.id, {})
             if method == "server/discover":
                 return self._answer(call, self._discover(call))
-            auditor = self._gateway.auditor
-            if auditor.enabled:
-                call.record = self._record(
-                    auditor.record(request, bundle, principal,
-                                   "call" if method in USES else "list"),
-                    endpoint, method, endpoint or None)
             if endpoint:
                 return await self._server_call(call, endpoint)
             return await self._aggregate_call(call)
@@ -268,7 +277,7 @@ class McpProxy:
         instructions = self._instructions(call)
         if instructions:
             result["instructions"] = instructions
-        self._gateway.metrics.count_request(call.endpoint, "initialize", "", "allow")
+        self._count(call.endpoint, "", "allow", "initialize")
         return result_response(call.id, result, {SESSION_HEADER: sealed})
 
     def _discover(self, call: Call) -> dict[str, Any]:
@@ -354,7 +363,7 @@ class McpProxy:
         if method not in AGGREGATE_LISTS:
             raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported on the "
                            "aggregate endpoint", 404)
-        self._gateway.metrics.count_request(AGGREGATE, method, "", "allow")
+        self._count(AGGREGATE, "", "allow", method)
         if method == "tools/list":
             items = await self.aggregate.tools(bundle, principal)
         elif method == "prompts/list":
@@ -424,6 +433,9 @@ class McpProxy:
         try:
             found = await self._gateway.state.approvals.redeem_or_request(
                 call.principal, name, tool, arguments_digest(arguments), spec.approvers)
+        except TooManyApprovals:  # answered as it is; counted like every refusal
+            self._count(name, tool, "too_many_approvals")
+            raise
         except StateUnavailable as exc:
             self._count(name, tool, "state_unavailable")
             log.warning("approvals unavailable", extra={
@@ -512,7 +524,15 @@ class McpProxy:
                        headers={"Retry-After": str(max(1, round(verdict.retry_after_s + 0.5)))})
 
     def _count(self, name: str, tool: str, decision: str, method: str = "tools/call") -> None:
-        self._gateway.metrics.count_request(name, method, tool, decision)
+        """Count a request. Labels never take a caller's words: a server name not in the bundle
+        is ``unknown`` and a method outside the known set ``other``, so no caller can make
+        series without end (tool names reach here only once resolved against the bundle)."""
+        if name:
+            bundle = self._gateway.store.active
+            if bundle is None or name not in bundle.payload.servers:
+                name = UNKNOWN_LABEL
+        self._gateway.metrics.count_request(
+            name, method if method in METHOD_LABELS else OTHER_LABEL, tool, decision)
 
     def _log_decision(self, call: Call, name: str, tool: str, decision: Decision,
                       outcome: str) -> None:
@@ -570,8 +590,6 @@ class McpProxy:
             return Outgoing(call.method, message, call.session, request[REQUEST_ID], tool,
                             headers=headers)
         headers = {h: v for h in STATELESS_HEADERS if (v := request.headers.get(h))}
-        headers.update((k, v) for k, v in request.headers.items()
-                       if k.lower().startswith("mcp-param-"))
         unchanged = message is call.message
         if not unchanged and "Mcp-Name" in headers:
             field = "uri" if call.method == "resources/read" else "name"

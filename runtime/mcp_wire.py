@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from itertools import chain, compress
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -19,6 +22,14 @@ from runtime.jsonrpc import (HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, M
 NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 STATELESS_ERA = "2026-07-28"
+# The deepest nesting of objects and arrays a request may have (the message object is level 1).
+# Real tool arguments are a few levels deep; deeper ones are refused before anything is judged,
+# recorded or forwarded, so no later step (policy, the audit record, an upstream) meets them.
+MAX_DEPTH = 64
+INT64_RANGE = (-(1 << 63), (1 << 64) - 1)  # integers kept exact: signed or unsigned 64-bit
+BIG_FLOAT = float(1 << 63)  # from here on a float may stand for an integer orjson could not keep
+_is_container = frozenset((dict, list)).__contains__
+_is_float = frozenset((float,)).__contains__
 
 
 def parse_message(body: bytes) -> dict[str, Any]:
@@ -32,6 +43,37 @@ def parse_message(body: bytes) -> dict[str, Any]:
     if isinstance(message.get("id"), (dict, list, bool)):
         raise RpcError(INVALID_REQUEST, "id must be a string or a number", 400)
     return message
+
+
+def check_limits(message: dict[str, Any], body: bytes) -> None:
+    """Refuse a message nested deeper than :data:`MAX_DEPTH`, or holding an integer beyond 64
+    bits. orjson reads such an integer as the nearest float, so policy and the approval digest
+    would judge another number than the exact one forwarded upstream.
+
+    Level by level with C-level iteration: linear in the message's size, never recursive."""
+    level: list[Any] = [message]
+    depth, suspicious = 0, False
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise RpcError(INVALID_PARAMS, f"the request is nested deeper than {MAX_DEPTH} "
+                           "levels", 400)
+        values = list(chain.from_iterable([node.values() if type(node) is dict else node
+                                           for node in level]))
+        kinds = list(map(type, values))
+        if float in kinds and max(map(abs, compress(values, map(_is_float, kinds)))) >= BIG_FLOAT:
+            suspicious = True
+        level = list(compress(values, map(_is_container, kinds)))
+    if suspicious:  # rare: a float that big may be an integer orjson could not keep exact
+        json.loads(body, parse_int=_int64)
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        raise RpcError(INVALID_PARAMS, f"integer {text[:24]}{'…' if len(text) > 24 else ''} is "
+                       "beyond 64 bits: send it as a string", 400)
+    return value
 
 
 def stateless_version(request: web.Request, params: dict[str, Any]) -> str | None:
@@ -115,6 +157,18 @@ def encode_header_value(value: str) -> str:
     if value.isascii() and value.isprintable() and not value.startswith("=?"):
         return value
     return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def origin_of(url: str) -> str:
+    """The origin a browser sends for pages at ``url`` (RFC 6454): scheme, host and a port
+    other than the scheme's default, lowercase, no path."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None

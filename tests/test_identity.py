@@ -110,3 +110,37 @@ async def test_embedded_jwks_needs_no_fetch() -> None:
                               groups=["a"], groups_claim="roles")
     principal = await authenticator.authenticate("Bearer " + token)
     assert principal.groups == frozenset({"a"}) and idp.jwks_requests == 0
+
+
+async def test_a_cached_principal_goes_when_its_key_leaves_the_jwks(auth) -> None:
+    idp, authenticator = auth
+    token = "Bearer " + idp.token("alice")
+    assert (await authenticator.authenticate(token)).subject == "alice"
+    idp.rotate()
+    idp.idps.pop(0)  # the IdP removes the key that signed alice's token
+    authenticator._fetched_at -= 3600  # the JWKS is now stale: the next use refetches it
+    assert (await authenticator.authenticate(token)).subject == "alice"  # served, refetch begins
+    await authenticator._refreshing
+    with pytest.raises(AuthError, match="unknown key"):
+        await authenticator.authenticate(token)
+
+
+@pytest.mark.parametrize("header, token_sent", [
+    (None, False), ("Basic abc", False), ("Bearer x.y.z", True)])
+async def test_errors_say_whether_a_token_was_sent(auth, header, token_sent) -> None:
+    with pytest.raises(AuthError) as caught:
+        await auth[1].authenticate(header)
+    assert caught.value.token_sent is token_sent
+
+
+async def test_the_challenge_text_never_holds_what_the_caller_sent(auth) -> None:
+    idp, authenticator = auth
+    forged = unsigned_token(claims())
+    header, _, rest = forged.partition(".")
+    import base64
+    import json
+    evil = base64.urlsafe_b64encode(json.dumps(
+        {"alg": 'x", error="fake\r\nX-Evil: 1', "typ": "JWT"}).encode()).rstrip(b"=").decode()
+    with pytest.raises(AuthError) as caught:
+        await authenticator.authenticate(f"Bearer {evil}.{rest}")
+    assert caught.value.challenge == "token algorithm is not accepted"

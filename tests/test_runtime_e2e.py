@@ -228,7 +228,10 @@ async def test_operational_endpoints(node) -> None:
         echoed = await raw(node, "/servers/tools/mcp", LIST, token,
                            {"X-Request-Id": "req-123", "Mcp-Session-Id": session})
         assert echoed.status_code == 200, echoed.text
-        assert echoed.headers["X-Request-Id"] == "req-123"
+        # The gateway's own id files the request; the client's is echoed beside it.
+        assert echoed.headers["X-Client-Request-Id"] == "req-123"
+        assert len(echoed.headers["X-Request-Id"]) == 32 and echoed.headers["X-Request-Id"] != \
+            "req-123"
         metrics = (await http.get(node.url + "/metrics")).text
         assert 'gwc_bundle_serial 1.0' in metrics
         assert 'gwc_requests_total{decision="allow",method="tools/list",server="tools",tool=""}' in metrics

@@ -26,7 +26,8 @@ def whoami(ctx: Context) -> dict:
     """What this upstream saw of the caller."""
     headers = ctx.headers or {}
     return {"authorization": headers.get("authorization"), "host": headers.get("host"),
-            "x_api_key": headers.get("x-api-key"), "request_id": headers.get("x-request-id")}
+            "x_api_key": headers.get("x-api-key"), "request_id": headers.get("x-request-id"),
+            "mcp_param": {k: v for k, v in headers.items() if k.lower().startswith("mcp-param-")}}
 
 
 @server.tool()
