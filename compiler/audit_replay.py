@@ -22,7 +22,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from compiler.audit_trail import user_label
-from runtime.audit import policy_paths
+from runtime.audit import is_summary, policy_paths
 from runtime.auditor import policy_fields
 from runtime.bundle import Bundle, BundleError, digest_of, load_bundle, read_unverified
 from runtime.bundle_format import BundlePayload, Rule
@@ -162,7 +162,8 @@ class Shelf:
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One call worth reporting. kind: difference (replay disagrees with the record),
-    unreplayable (its bundle is missing or refused, or the record is malformed), change (the
+    unreplayable (its bundle is missing or refused, the record is malformed, or a value policy
+    read was summarised in the trail), change (the
     proposed bundle decides otherwise), undeterminable (it reads an argument not recorded)."""
 
     kind: str
@@ -261,6 +262,10 @@ class Replay:
         except (KeyError, TypeError):
             return _finding("unreplayable", path, number, record, None, "malformed call record: "
                             "principal, server, tool, policy, arguments.values or bundle missing")
+        summarised = [name for name, value in values.items() if is_summary(value)]
+        if summarised:  # the trail holds {"…": why}, not what policy judged
+            return _finding("unreplayable", path, number, record, None, "argument " + ", ".join(
+                summarised) + " was too large or too deep to record")
         outcome = self._decisions.get(key)
         if outcome is None:
             recording = self.shelf.get(digest)

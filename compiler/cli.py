@@ -19,6 +19,7 @@ from compiler.audit_query import COLUMNS, DECISIONS, Counts, Query, parse_when, 
 from compiler.audit_replay import Totals
 from compiler.audit_report import Report, summary
 from compiler.audit_trail import Table, TrailError
+from compiler.audit_verify import EXIT_USAGE, UsageError, anchors, check, public_keys
 from compiler.build import BuildError, build, default_revision
 from compiler.codeowners import codeowners as render_codeowners
 from compiler.compile import compile_registry
@@ -29,7 +30,6 @@ from compiler.governance_cli import approvals, bypass
 from compiler.keys import KeyFileError, generate_keypair, load_private_key
 from compiler.registry import Registry, load_gateway, load_registry
 from compiler.report import one_line, summary_json, summary_text
-from runtime.audit import verify as verify_trail
 from runtime.audit_sink import in_trail_order
 from runtime.bundle import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
 from runtime.bundle_format import BundlePayload
@@ -179,16 +179,30 @@ def audit() -> None:
 
 @audit.command("verify")
 @TRAIL_FILES
-def audit_verify(files: tuple[Path, ...]) -> None:
-    """Check a trail's hash chain (rotated files and the current one, in any order given); name
-    the first record that breaks it."""
-    verdict = verify_trail(in_trail_order(list(files)))
-    if verdict.broken is not None:
-        _fail(f"{verdict.broken.file}:{verdict.broken.line}: {verdict.broken.reason} "
-              f"({verdict.records} record(s) before it hold)")
-    where = ("from the start of the trail" if verdict.from_genesis
-             else "a later segment: its first record links to one not given")
-    click.echo(f"ok: {verdict.records} records in {verdict.files} file(s), chain intact, {where}")
+@click.option("--key", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="The gateway's public key (PEM), to check checkpoint signatures; repeat for "
+                   "rotated keys.")
+@click.option("--jwks", multiple=True, metavar="FILE|URL",
+              help="The gateway's JWK Set (its /.well-known/jwks.json), as a file or an http(s) "
+                   "URL; with or instead of --key.")
+@click.option("--anchor", "anchor_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A saved head (GET /v1/audit/head): its node's trail must reach it. Repeat "
+                   "for several nodes.")
+def audit_verify(files: tuple[Path, ...], key_files: tuple[str, ...], jwks: tuple[str, ...],
+                 anchor_files: tuple[str, ...]) -> None:
+    """Check each node's trail (rotated files and current ones of one or more nodes, in any
+    order): every hash and link, and every checkpoint. Exit 0 intact, 1 tampered, 3 crash (a torn
+    final line or a repair of one), 4 truncated (an anchored head is missing), 2 usage."""
+    try:
+        keys = public_keys(key_files, jwks)
+        sys.exit(check(list(files), keys, anchors(anchor_files, keys), click.echo))
+    except UsageError as exc:
+        click.echo(f"gwc: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        click.echo(f"gwc: cannot read {exc.filename}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 class _When(click.ParamType):

@@ -57,7 +57,7 @@ class Gateway:
         self.credentials = UpstreamCredentials(signing_key, config.public_url)
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
         self.auditor = Auditor(config.node_id or f"{socket.gethostname()}:{config.listen_port}",
-                               self.metrics, config.audit_failure or "closed")
+                               self.metrics, config.audit_failure or "closed", signing_key)
         self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
                                     on_fallback=self._state_fallback)
         self._authenticator: Authenticator | None = None
@@ -170,6 +170,9 @@ class Gateway:
         bundle = self.store.active
         if bundle is None:
             return web.json_response({"status": "no valid bundle"}, status=503)
+        if self.auditor.refusing:
+            return web.json_response({"status": "audit trail failing: calls are refused "
+                                      "(audit failure mode: closed)"}, status=503)
         return web.json_response({"status": "ready", "serial": bundle.serial,
                                   "digest": bundle.digest})
 
@@ -213,6 +216,7 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
         app.router.add_get("/v1/catalog", self.catalog)
+        app.router.add_get("/v1/audit/head", self.auditor.head)
         GovernanceApi(self.caller, self.state, self.auditor.write,
                       self.auditor.record).add_routes(app)
         app.router.add_route("*", "/mcp", self.proxy.handle)

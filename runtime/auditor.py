@@ -6,19 +6,21 @@ for it to be durable: a node that crashes has a record of every answer it gave. 
 forwarded the sink must be healthy; with ``closed`` (the default) an unhealthy sink refuses the
 call, so nothing reaches an upstream unrecorded. The refusal is itself submitted for writing, which
 doubles as the probe that finds the sink healthy again. With ``open`` calls go on, and every lost
-record is logged and counted (``gwc_audit_failures_total``).
+record is logged and counted (``gwc_audit_failures_total``). A failing sink with ``closed`` also
+makes the node unready (``refusing``). The node's chain head, signed, is served for anchoring.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from runtime.audit import UnencodableRecord, utc_time
 from runtime.audit_sink import DEFAULT_MAX_BYTES, AuditWriter
 from runtime.bundle import Bundle
 from runtime.bundle_format import Audit
@@ -58,11 +60,6 @@ class AuditTarget:
         return cls(audit.sink, Path(audit.path) if audit.sink != "stdout" and audit.path else None)
 
 
-def utc_time(ts: float) -> str:
-    """Fixed width (27 characters), so comparing two as strings compares the times."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def principal_fields(principal: Principal) -> dict[str, Any]:
     return {"subject": principal.subject, "kind": principal.kind,
             "groups": sorted(principal.groups), "acting_for": principal.acting_for}
@@ -75,8 +72,10 @@ def policy_fields(decision: Decision) -> dict[str, Any]:
 
 
 class Auditor:
-    def __init__(self, node: str, metrics: Metrics, failure: FailureMode = "closed") -> None:
+    def __init__(self, node: str, metrics: Metrics, failure: FailureMode = "closed",
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
         self.node, self._metrics, self.failure = node, metrics, failure
+        self._signing_key = signing_key  # signs checkpoints of the chain's head
         self._writer: AuditWriter | None = None
         self._broken: str | None = None  # why the sink could not even be opened
         self.target: AuditTarget | None = None
@@ -88,7 +87,7 @@ class Auditor:
                         "for benchmarks only")
             return
         writer = AuditWriter(self.node, target.path, stdout=target.sink in ("stdout", "both"),
-                             max_bytes=max_bytes)
+                             max_bytes=max_bytes, signing_key=self._signing_key)
         try:
             writer.start()
         except (OSError, ValueError) as exc:  # e.g. an unwritable path; the node says so and
@@ -96,6 +95,7 @@ class Auditor:
             log.error("audit trail unavailable", extra={"reason": self._broken})
             return
         self._writer = writer
+        self._metrics.audit_sequence.set_function(lambda: writer.sequence)
         log.info("audit trail", extra={"sink": target.sink, "path": str(target.path or ""),
                                        "on_failure": self.failure})
 
@@ -108,11 +108,16 @@ class Auditor:
         """Records are made (not ``--audit none``); whether they can be written is another matter."""
         return self._writer is not None or self._broken is not None
 
-    def check_ready(self) -> None:
-        """Before forwarding: refuse when the sink is failing and failures close the door."""
+    @property
+    def refusing(self) -> bool:
+        """Calls are refused for want of a trail: it is failing and failures close the door."""
         failing = self._broken is not None or (self._writer is not None
                                                and not self._writer.healthy)
-        if failing and self.failure == "closed":
+        return failing and self.failure == "closed"
+
+    def check_ready(self) -> None:
+        """Before forwarding: refuse while :attr:`refusing`."""
+        if self.refusing:
             raise RpcError(AUDIT_UNAVAILABLE, "the audit trail cannot be written, so the gateway "
                            "forwards no calls until it can (audit failure mode: closed)", 503)
 
@@ -133,10 +138,24 @@ class Auditor:
             if self._writer is None:
                 raise OSError(self._broken)
             await self._writer.submit(record)
-        except Exception as exc:  # the writer reports any write error through the future
+        except Exception as exc:  # unencodable at submit; a write error through the future
             self._metrics.count_audit_failure()
             if self.failure == "closed":
+                if isinstance(exc, UnencodableRecord):  # the writer logs only I/O failures
+                    log.error("audit record cannot be encoded", extra={
+                        "request_id": record.get("request_id"), "reason": str(exc)})
                 raise RpcError(AUDIT_UNAVAILABLE, "the audit record of this request could not "
                                "be written, so its answer is withheld", 503) from exc
             log.error("audit record lost (audit failure mode: open)", extra={
                 "request_id": record.get("request_id"), "reason": str(exc)})
+
+    async def head(self, request: web.Request) -> web.Response:
+        """``GET /v1/audit/head``: this node's latest signed checkpoint, to keep where the node
+        cannot rewrite it (``gwc audit verify --anchor``). Unauthenticated, like ``/metrics``: it
+        holds a record count and one hash, nothing of any request, and is signed."""
+        head = self._writer.head if self._writer is not None else None
+        if head is None:
+            return web.json_response({"error": "no_audit_head", "message": "this node has signed "
+                                      "no audit head: its trail is off or could not be opened"},
+                                     status=404)
+        return web.json_response(head.fields())

@@ -54,6 +54,10 @@ class Metrics:
         self.audit_failures = Counter("gwc_audit_failures_total", "Audit records that could not "
                                       "be written (the call was refused, or with --audit-failure "
                                       "open, went on unrecorded).", registry=r)
+        self.audit_sequence = Gauge("gwc_audit_sequence", "Number of the last durable record of "
+                                    "this node's audit trail, counted from its first record: it "
+                                    "only grows, so a drop means records went missing.",
+                                    registry=r)
         self.state_fallbacks = Counter("gwc_state_fallbacks_total", "Outages of the shared state "
                                        "backend (Redis) during which rate limits held per node.",
                                        ["what"], registry=r)

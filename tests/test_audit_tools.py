@@ -323,6 +323,22 @@ def test_replay_finds_a_decision_its_policy_cannot_give(world) -> None:
         ("difference", "r6", "decision allow with policy effect deny")]
 
 
+def test_a_value_too_large_to_record_is_unreplayable_not_a_difference(world) -> None:
+    # Policy allowed the list (every element is staging); the trail keeps only its summary, and
+    # replaying the summary as if it were the list would report a difference that is not one.
+    call = call_record(world["recording"], "r9", ALICE, "deploy", "rollback",
+                       {"env": ["staging"] * 2000}, "2026-11-22T10:00:00.000000Z")
+    assert call["decision"] == "allow"
+    assert call["arguments"]["values"] == {"env": {"…": "size>1024"}}
+    trail = world["tmp"] / "large" / "audit.jsonl"
+    asyncio.run(write_trail(trail, [call]))
+    result = replay(world, "--format", "json", trail=trail)
+    assert result.exit_code == 1
+    findings = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [(f["kind"], f["request_id"], f["detail"]) for f in findings[:-1]] == [
+        ("unreplayable", "r9", "argument env was too large or too deep to record")]
+
+
 def test_a_call_whose_bundle_is_missing_is_unreplayable_not_a_crash(world) -> None:
     other = world["tmp"] / "other"
     shutil.copytree(world["out"], other)
