@@ -90,8 +90,40 @@ def check_gateway(gateway: GatewayConfig, source: SourceFile) -> list[Diagnostic
     return diags
 
 
+def _check_burst(source: SourceFile, loc: Loc, rate_field: str, rate: int | None, burst_field: str,
+                 burst: int | None) -> list[Diagnostic]:
+    """A burst tightens its rate: at most the rate (its default), and never without a rate."""
+    if burst is None:
+        return []
+    if rate is None:
+        return [source.diag(loc + (burst_field,), "limits", f"{burst_field} needs {rate_field}: "
+                                                           "a burst tightens a rate")]
+    if burst > rate:
+        return [source.diag(loc + (burst_field,), "limits",
+                            f"{burst_field} {burst} is larger than {rate_field} {rate}: a burst is at "
+                            f"most the rate (leave it out to allow all {rate} at once)")]
+    return []
+
+
+def _check_limits(manifest: ServerManifest, source: SourceFile) -> list[Diagnostic]:
+    diags: list[Diagnostic] = []
+    if manifest.limits is not None:
+        limits = manifest.limits
+        diags += _check_burst(source, ("limits",), "per_user_rpm", limits.per_user_rpm,
+                              "per_user_burst", limits.per_user_burst)
+        diags += _check_burst(source, ("limits",), "upstream_rpm", limits.upstream_rpm,
+                              "upstream_burst", limits.upstream_burst)
+    for name, tool in manifest.tools.items():
+        if tool.limits is not None:
+            diags += _check_burst(source, ("tools", name, "limits"), "per_user_rpm",
+                                  tool.limits.per_user_rpm, "per_user_burst",
+                                  tool.limits.per_user_burst)
+    return diags
+
+
 def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> list[Diagnostic]:
     diags = check_url(manifest.upstream, source, ("upstream",), "upstream")
+    diags += _check_limits(manifest, source)
     if manifest.owner == GLOBAL_FOLDER:
         diags.append(source.diag(("owner",), "reserved-name",
                                  f"owner '{GLOBAL_FOLDER}' is reserved: policies/{GLOBAL_FOLDER}/ "
@@ -139,6 +171,9 @@ def _check_conditions(entry: RuleEntry) -> list[Diagnostic]:
     if rule.effect == "deny" and rule.conditions.rate_limit_per_minute is not None:
         diags.append(entry.source.diag(loc + ("rate_limit_per_minute",), "rule",
                                        "rate_limit_per_minute has no meaning on a deny rule"))
+    diags += _check_burst(entry.source, loc, "rate_limit_per_minute",
+                          rule.conditions.rate_limit_per_minute, "rate_limit_burst",
+                          rule.conditions.rate_limit_burst)
     for arg, ops in rule.conditions.arguments.items():
         if not arg or any(not part for part in arg.split(".")):
             diags.append(entry.source.diag(loc + (arg,), "rule",
@@ -205,15 +240,20 @@ def _unconditional(rule: PolicyRule) -> bool:
     return rule.conditions is None or not rule.conditions.arguments
 
 
-def _rate(rule: PolicyRule) -> int | None:
-    return rule.conditions.rate_limit_per_minute if rule.conditions else None
+def _rate(rule: PolicyRule) -> tuple[int, int] | None:
+    """(rate, burst) of the rule's limit, the burst defaulting to the rate; None: no limit."""
+    conditions = rule.conditions
+    if conditions is None or conditions.rate_limit_per_minute is None:
+        return None
+    return (conditions.rate_limit_per_minute,
+            conditions.rate_limit_burst or conditions.rate_limit_per_minute)
 
 
 def _shadows(a: PolicyRule, b: PolicyRule) -> bool:
     """Allow rule ``a`` grants everything ``b`` does, unconditionally and at least as generously."""
     ra, rb = _rate(a), _rate(b)
     return (_unconditional(a) and _covers(a, b)
-            and (ra is None or (rb is not None and rb <= ra)))
+            and (ra is None or (rb is not None and rb[0] <= ra[0] and rb[1] <= ra[1])))
 
 
 def _check_overlaps(rules: list[RuleEntry]) -> list[Diagnostic]:

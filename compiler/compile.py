@@ -48,6 +48,7 @@ def _rule(entry: RuleEntry) -> Data:
         "tools": sorted(set(rule.resource.tool)) if rule.resource.tool is not None else None,
         "actions": list(rule.actions), "conditions": compiled_conditions,
         "rate_limit_per_minute": conditions.rate_limit_per_minute if conditions else None,
+        "rate_limit_burst": conditions.rate_limit_burst if conditions else None,
         "source": entry.where})
 
 

@@ -29,6 +29,8 @@ ORIGIN = r"^https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$"
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_MAX_CONCURRENCY = 32
 PER_USER_RPM = Field(default=None, ge=1, le=100_000, description="Calls per minute per caller.")
+BURST_DOC = ("Calls of {rate} that may pass at once, 1 to {rate} (default: all of it); the budget "
+             "refills at the rate.")
 
 
 class Strict(BaseModel):
@@ -71,11 +73,15 @@ ServerMode = Annotated[
 
 class ToolLimits(Strict):
     per_user_rpm: int | None = PER_USER_RPM
+    per_user_burst: int | None = Field(default=None, ge=1, le=100_000,
+                                       description=BURST_DOC.format(rate="per_user_rpm"))
 
 
 class ServerLimits(ToolLimits):
     upstream_rpm: int | None = Field(default=None, ge=1, le=1_000_000,
                                      description="Cap on all calls to this upstream, per minute.")
+    upstream_burst: int | None = Field(default=None, ge=1, le=1_000_000,
+                                       description=BURST_DOC.format(rate="upstream_rpm"))
 
 
 class ToolManifest(Strict):
@@ -150,11 +156,13 @@ ConditionValue = Annotated[
 
 
 class Conditions(BaseModel):
-    """Argument conditions keyed by argument (dotted path), plus the rule's rate limit."""
+    """Argument conditions keyed by argument (dotted path), plus the rule's rate limit and burst."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, ConditionValue] = Field(init=False)  # type: ignore[assignment]
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=100_000)
+    rate_limit_burst: int | None = Field(default=None, ge=1, le=100_000,
+                                         description=BURST_DOC.format(rate="rate_limit_per_minute"))
 
     @property
     def arguments(self) -> dict[str, ConditionOps]:
@@ -264,13 +272,13 @@ class GatewayConfig(Strict):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     owners: list[str] = Field(default_factory=list,
                               description="Teams owning gateway.yaml and policies/global/ (CODEOWNERS).")
+    allowed_origins: list[Annotated[str, Field(pattern=ORIGIN)]] = Field(
+        default_factory=list, description="Browser origins (e.g. https://inspector.acme.example) "
+        "allowed to call the MCP endpoints and APIs; a request with any other Origin header is "
+        "refused (DNS rebinding). Requests without Origin are not affected.")
 
 
 ALL_FIELD_NAMES = sorted({name for model in (
     ServerManifest, ToolManifest, ServerLimits, ModeByAccess, StaticEnvAuth, ConditionOps, Conditions,
     RuleSubject, RuleResource, PolicyRule, IdentitySettings, BreakGlassSettings, AuditSettings,
     GatewayConfig) for name in model.model_fields} | {"in", "$schema"})
-    allowed_origins: list[Annotated[str, Field(pattern=ORIGIN)]] = Field(
-        default_factory=list, description="Browser origins (e.g. https://inspector.acme.example) "
-        "allowed to call the MCP endpoints and APIs; a request with any other Origin header is "
-        "refused (DNS rebinding). Requests without Origin are not affected.")

@@ -121,17 +121,18 @@ async def show_tools(gateway: str, token: str, who: str, server: str, mode: str)
         print(f"  {who} on {where}: {error.message} (reason: {error.data['reason']})")
 
 
-async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict
-               ) -> MCPError | None:
+async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict,
+               quiet: bool = False) -> MCPError | None:
     """One tools/call on a server's endpoint, or on the aggregate one (server ''); the refusal,
-    if it was refused."""
+    if it was refused. ``quiet`` prints only a refusal."""
     url = f"{gateway}/servers/{server}/mcp" if server else f"{gateway}/mcp"
     name = f"{server}/{tool}" if server else tool
     async with connect(url, token, "auto") as client:
         try:
             result = await client.call_tool(tool, args)
-            print(f"  {who} calls {name}({json.dumps(args)}): allowed -> "
-                  f"{result.content[0].text}")
+            if not quiet:
+                print(f"  {who} calls {name}({json.dumps(args)}): allowed -> "
+                      f"{result.content[0].text}")
             return None
         except MCPError as error:
             extra = "".join(f", {key}: {error.data[key]}" for key in ("retry_after_s",)
@@ -154,9 +155,11 @@ def governance(gateway: str, users: dict[str, str]) -> None:
     """Limits, shadow mode, an approval round trip and break-glass, as users and approvers meet
     them (the gwc CLI talks to the node's API with the caller's own token)."""
     bob, carol = users["bob"], users["carol"]
-    say("Rate limits: incidents allows 10 create_incident calls a minute per user, evenly spaced")
-    for title in ("db latency", "db latency (again)"):
-        asyncio.run(call(gateway, bob, "bob", "incidents", "create_incident", {"title": title}))
+    say("Rate limits: incidents allows 10 create_incident calls a minute per user: all 10 at "
+        "once, then one every 6 s")
+    for n in range(1, 12):
+        asyncio.run(call(gateway, bob, "bob", "incidents", "create_incident",
+                         {"title": f"db latency #{n}"}, quiet=n < 10))
     say("Shadow mode: zendesk enforces reads but only records write denials while support "
         "migrates")
     asyncio.run(call(gateway, carol, "carol (success: read-only)", "zendesk", "update_ticket",

@@ -19,6 +19,13 @@ Life of an approval (``apv_<random>``, unguessable; ``status`` in ``pending|appr
   race (one wins). A denied approval makes the retry refused ("denied by X") until it expires.
 - One TTL (``ttl_s``, 900 s by default) from creation covers both the wait and the retry.
 
+Flooding: a requester may have at most ``max_pending`` approvals waiting for a decision
+(:data:`MAX_PENDING`, 20); a call that would create one more is refused with
+:class:`TooManyApprovals` (``too_many_approvals``, HTTP 429, ``retry_after_s`` until its oldest
+waiting approval expires). Retries of a waiting call, redeeming an approved one and approvals
+decided since do not count. No approval is ever evicted to make room for another: a bound only
+ever refuses new ones.
+
 Decisions are never un-audited: :meth:`Approvals.decide` first *claims* the pending approval (a 10 s
 lease, so two approvers cannot both decide it), then awaits the caller's ``audit`` hook with the
 decision, and only then commits it. If the audit write fails the claim is released and the approval
@@ -27,12 +34,14 @@ decision that did not take effect; the approval stays pending and the lease laps
 
 Backends (one interface):
 
-- ``MemoryApprovals``: one node. Bounded (``max_entries``, 10,000 by default: at the bound the oldest
-  approval is dropped); expired approvals are dropped as new ones come.
+- ``MemoryApprovals``: one node. Bounded (``max_entries``, 10,000 by default); expired approvals
+  are dropped as new ones come, and while the live ones fill the bound, new ones are refused
+  (:class:`TooManyApprovals`): nobody's approval, pending or granted, is dropped for a newcomer.
 - ``RedisApprovals``: a fleet; any node can serve any step. One hash per approval
   (``{gwc:ap}:a:<id>``), an index from the call to its open approval (``{gwc:ap}:r:<sha256>``), a
-  sorted set of ids by expiry for listing (``{gwc:ap}:list``); the keys expire with the approval
-  (``PX``). Lookup/redeem/create is one Lua script, claim and commit one each: atomic. Redis
+  sorted set of ids by expiry for listing (``{gwc:ap}:list``), and per requester a sorted set of its
+  approvals that may still be pending (``{gwc:ap}:q:<sha256>``, pruned as they are counted); the
+  keys expire with the approval (``PX``). Lookup/redeem/create is one Lua script, claim and commit one each: atomic. Redis
   unreachable: approvals fail CLOSED, every operation raises :class:`StateUnavailable` (answer
   ``state_unavailable``, 503); nothing is approved or redeemed from a node's memory.
 
@@ -43,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import secrets
 import time
@@ -52,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Sequence
 
 from runtime.bundle_format import Audience
 from runtime.canonical import canonical_json
+from runtime.jsonrpc import TOO_MANY_APPROVALS, RpcError
 from runtime.policy import Principal
 from runtime.state_backend import Script, StateError, StateUnavailable, pairs, redis_errors, unavailable
 
@@ -59,12 +70,13 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["Approval", "ApprovalError", "Approvals", "Lookup", "MemoryApprovals", "RedisApprovals",
-           "Requester", "StateUnavailable", "approval_path", "approvers_of", "arguments_digest",
-           "is_own", "may_approve", "visible_to"]
+           "Requester", "StateUnavailable", "TooManyApprovals", "approval_path", "approvers_of",
+           "arguments_digest", "is_own", "may_approve", "visible_to"]
 
 Status = Literal["pending", "approved", "denied", "used"]
 DEFAULT_TTL_S = 900.0
 DEFAULT_MAX_ENTRIES = 10_000
+MAX_PENDING = 20  # approvals one requester may have waiting for a decision at once
 CLAIM_LEASE_S = 10.0  # how long one approver's decision in progress holds off the others
 LIST_MAX = 1000  # at most this many approvals are read for one listing
 ID_PREFIX = "apv_"
@@ -134,6 +146,17 @@ class ApprovalError(StateError):
     """A refused decision: 404 not_found, 403 not_an_approver/own_request, 409 conflicts."""
 
 
+class TooManyApprovals(RpcError):
+    """A new approval refused (``too_many_approvals``, HTTP 429): its requester has ``max_pending``
+    waiting, or a node's memory is full of live approvals. A JSON-RPC error, so the request path
+    answers it as it is; ``retry_after_s`` is when the approval that frees a place expires."""
+
+    def __init__(self, message: str, retry_after_s: float, **data: Any) -> None:
+        retry = round(max(0.0, retry_after_s), 3)
+        super().__init__(TOO_MANY_APPROVALS, message, 429, retry_after_s=retry,
+                         headers={"Retry-After": str(max(1, math.ceil(retry)))}, **data)
+
+
 def _identities(subject: str, acting_for: str | None) -> set[str]:
     return {subject} if acting_for is None else {subject, acting_for}
 
@@ -192,10 +215,11 @@ class Approvals:
     """The interface of every backend; the rules (who may decide, audit before commit) live here,
     the backends supply atomic primitives."""
 
-    def __init__(self, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
-        self.ttl_s, self._clock = float(ttl_s), clock
+    def __init__(self, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time,
+                 max_pending: int = MAX_PENDING) -> None:
+        if ttl_s <= 0 or max_pending < 1:
+            raise ValueError("ttl_s and max_pending must be positive")
+        self.ttl_s, self._clock, self.max_pending = float(ttl_s), clock, max_pending
 
     def _new(self, principal: Principal, server: str, tool: str, digest: str,
              approvers: Audience | Sequence[str], now: float) -> Approval:
@@ -211,6 +235,16 @@ class Approvals:
         code, approval = await self._lookup(key, now, consume, new)
         if code == "created":
             return Lookup("pending", approval, created=True)
+        if code == "too_many":
+            assert approval is not None
+            raise TooManyApprovals(
+                f"{self.max_pending} of your approvals are already waiting for a decision, the most "
+                f"a caller may have: have them decided, or retry when the oldest ({approval.id}) "
+                "expires", approval.expires - now, approval_id=approval.id)
+        if code == "full":
+            assert approval is not None  # someone else's: only its expiry is told
+            raise TooManyApprovals("this gateway node holds as many waiting approvals as it can; "
+                                   "retry later", approval.expires - now)
         return Lookup(code, approval)  # type: ignore[arg-type]
 
     async def redeem_or_request(self, principal: Principal, server: str, tool: str, digest: str,
@@ -282,7 +316,9 @@ class Approvals:
     async def _lookup(self, key: str, now: float, consume: bool,
                       new: Approval | None) -> tuple[str, Approval | None]:
         """The open approval of request ``key``: redeem it when approved and ``consume``; else
-        store ``new`` when given. Codes: redeemed, pending, approved, denied, created, none."""
+        store ``new`` when given. Codes: redeemed, pending, approved, denied, created, none;
+        too_many (with the requester's oldest pending approval) when its requester has
+        ``max_pending`` waiting, full (with the approval that expires first) when the store is."""
         raise NotImplementedError
 
     async def _get(self, approval_id: str) -> Approval | None:
@@ -306,29 +342,45 @@ class MemoryApprovals(Approvals):
     """One node's approvals, bounded; single-threaded asyncio makes each primitive atomic."""
 
     def __init__(self, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time,
-                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        super().__init__(ttl_s, clock)
+                 max_entries: int = DEFAULT_MAX_ENTRIES, max_pending: int = MAX_PENDING) -> None:
+        super().__init__(ttl_s, clock, max_pending)
         self.max_entries = max_entries
         self._approvals: dict[str, Approval] = {}  # by id, in creation order (= expiry order)
         self._keys: dict[str, str] = {}  # approval id -> its request key
         self._index: dict[str, str] = {}  # request key -> id of its open approval
         self._claims: dict[str, tuple[str, float]] = {}  # id -> (token, lease end)
+        # requester -> ids of its approvals that may still be pending, oldest first
+        self._waiting: dict[Requester, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._approvals)
 
     def _drop_oldest(self) -> None:
-        approval_id = next(iter(self._approvals))
+        approval_id, approval = next(iter(self._approvals.items()))
         del self._approvals[approval_id]
         self._claims.pop(approval_id, None)
         key = self._keys.pop(approval_id)
         if self._index.get(key) == approval_id:
             del self._index[key]
+        waiting = self._waiting.get(approval.requester, {})
+        waiting.pop(approval_id, None)
+        if not waiting:
+            self._waiting.pop(approval.requester, None)
 
-    def _purge(self, now: float, room: int = 0) -> None:
-        while self._approvals and (len(self._approvals) + room > self.max_entries
-                                   or next(iter(self._approvals.values())).expires <= now):
+    def _purge(self, now: float) -> None:
+        """Drop expired approvals, and only those."""
+        while self._approvals and next(iter(self._approvals.values())).expires <= now:
             self._drop_oldest()
+
+    def _pending_of(self, requester: Requester) -> list[Approval]:
+        """The requester's approvals still waiting for a decision, oldest first (its index pruned)."""
+        found = [a for a in map(self._approvals.get, self._waiting.get(requester, ()))
+                 if a is not None and a.status == "pending"]
+        if found:
+            self._waiting[requester] = dict.fromkeys(a.id for a in found)
+        else:
+            self._waiting.pop(requester, None)
+        return found
 
     async def _lookup(self, key: str, now: float, consume: bool,
                       new: Approval | None) -> tuple[str, Approval | None]:
@@ -341,8 +393,14 @@ class MemoryApprovals(Approvals):
             return found.status, found
         if new is None:
             return "none", None
-        self._purge(now, room=1)
+        self._purge(now)
+        waiting = self._pending_of(new.requester)
+        if len(waiting) >= self.max_pending:
+            return "too_many", waiting[0]
+        if len(self._approvals) >= self.max_entries:
+            return "full", next(iter(self._approvals.values()))
         self._approvals[new.id], self._keys[new.id], self._index[key] = new, key, new.id
+        self._waiting.setdefault(new.requester, {})[new.id] = None
         return "created", new
 
     async def _get(self, approval_id: str) -> Approval | None:
@@ -413,8 +471,9 @@ def _from_hash(h: dict[str, str]) -> Approval | None:
                     opt_time("decided_at"), opt_time("used_at"))
 
 
-# KEYS: the request's index key, the listing zset. ARGV: hash key prefix, now, consume ('1'/'0'),
-# new id ('' = do not create), its TTL in ms, its expiry, its hash fields and values.
+# KEYS: the request's index key, the listing zset, the requester's zset of approvals that may still
+# be pending. ARGV: hash key prefix, now, consume ('1'/'0'), new id ('' = do not create), its TTL in
+# ms, its expiry, the most approvals a requester may have pending, its hash fields and values.
 LOOKUP = Script("""
 local now = tonumber(ARGV[2])
 local id = redis.call('GET', KEYS[1])
@@ -432,12 +491,27 @@ if id then
   end
 end
 if ARGV[4] == '' then return {'none', {}} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+local oldest, waiting = nil, 0
+for _, other in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if redis.call('HGET', ARGV[1] .. other, 'status') == 'pending' then
+    waiting = waiting + 1
+    oldest = oldest or other
+  else
+    redis.call('ZREM', KEYS[3], other)
+  end
+end
+if waiting >= tonumber(ARGV[7]) then
+  return {'too_many', redis.call('HGETALL', ARGV[1] .. oldest)}
+end
 local key = ARGV[1] .. ARGV[4]
-redis.call('HSET', key, unpack(ARGV, 7))
+redis.call('HSET', key, unpack(ARGV, 8))
 redis.call('PEXPIRE', key, ARGV[5])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return {'created', redis.call('HGETALL', key)}
 """)
 
@@ -486,8 +560,8 @@ class RedisApprovals(Approvals):
     PREFIX = "{gwc:ap}:"
 
     def __init__(self, client: Redis, ttl_s: float = DEFAULT_TTL_S,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(ttl_s, clock)
+                 clock: Callable[[], float] = time.time, max_pending: int = MAX_PENDING) -> None:
+        super().__init__(ttl_s, clock, max_pending)
         self._redis = client
         self._hash = self.PREFIX + "a:"
         self._list = self.PREFIX + "list"
@@ -495,12 +569,15 @@ class RedisApprovals(Approvals):
     async def _lookup(self, key: str, now: float, consume: bool,
                       new: Approval | None) -> tuple[str, Approval | None]:
         args: list[str] = [self._hash, repr(now), "1" if consume else "0"]
-        if new is None:
-            args.append("")
-        else:
+        requester = ""  # the script reads the requester's approvals only to create one
+        if new is not None:
             ttl_ms = max(1, int((new.expires - now) * 1000))
-            args += [new.id, str(ttl_ms), repr(new.expires), *_to_hash(new)]
-        code, flat = await LOOKUP(self._redis, [self.PREFIX + "r:" + key, self._list], args)
+            args += [new.id, str(ttl_ms), repr(new.expires), str(self.max_pending), *_to_hash(new)]
+            requester = sha256(canonical_json(new.requester.as_dict())).hexdigest()
+        else:
+            args.append("")
+        keys = [self.PREFIX + "r:" + key, self._list, self.PREFIX + "q:" + requester]
+        code, flat = await LOOKUP(self._redis, keys, args)
         return code, _from_hash(pairs(flat))
 
     async def _get(self, approval_id: str) -> Approval | None:

@@ -84,15 +84,18 @@ class Rule(_Frozen):
     actions: tuple[Access, ...]
     conditions: tuple[Condition, ...] = ()
     rate_limit_per_minute: int | None = None
+    rate_limit_burst: int | None = None  # None: the whole rate at once (runtime.rate_limits)
     source: str
 
 
 class Limits(_Frozen):
     per_user_rpm: int | None = None
+    per_user_burst: int | None = None
 
 
 class ServerLimits(Limits):
     upstream_rpm: int | None = None
+    upstream_burst: int | None = None
 
 
 class Approval(_Frozen):
@@ -165,10 +168,10 @@ class GatewaySettings(_Frozen):
     break_glass: BreakGlass
     default_mode: Mode
     audit: Audit
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
 
 
 class BundlePayload(_Frozen):
-    allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
     format: Literal["gwc.bundle/v1"]
     serial: int = Field(ge=0)
     revision: str

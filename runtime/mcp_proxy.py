@@ -29,7 +29,7 @@ from runtime.bundle import Bundle
 from runtime.bundle_format import Server
 from runtime.audit import arguments_record
 from runtime.auditor import policy_fields, utc_time
-from runtime.approvals import approval_path, arguments_digest
+from runtime.approvals import TooManyApprovals, approval_path, arguments_digest
 from runtime.bypasses import Bypass, is_break_glass
 from runtime.jsonrpc import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
                              INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, RATE_LIMITED,
@@ -40,7 +40,7 @@ from runtime.mcp_wire import (check_limits, check_routing_headers, encode_header
                               stateless_version, validate)
 from runtime.naming import resource_uri
 from runtime.policy import Decision, Principal, decide, listed_tools, visible_server
-from runtime.rate_limits import Limit, limit_key
+from runtime.rate_limits import limits_for
 from runtime.request_keys import REQUEST_ID, STARTED
 from runtime.sessions import Session, SessionTooLarge
 from runtime.sse import EventRewriter, Rewrite
@@ -497,19 +497,7 @@ class McpProxy:
     async def _limit(self, call: Call, name: str, tool: str | None,
                      decision: Decision | None) -> None:
         """Every limit that applies (DESIGN rule 6), checked together: a refused call uses none."""
-        server = call.bundle.payload.servers[name]
-        subject = call.principal.subject
-        limits = []
-        if server.limits.per_user_rpm:
-            limits.append(Limit(limit_key("user", subject, "server", name),
-                                server.limits.per_user_rpm))
-        if server.limits.upstream_rpm:
-            limits.append(Limit(limit_key("server", name), server.limits.upstream_rpm))
-        if tool is not None and (rpm := server.tools[tool].limits.per_user_rpm):
-            limits.append(Limit(limit_key("user", subject, "server", name, "tool", tool), rpm))
-        if decision is not None and decision.rate_limit_per_minute and decision.rate_limit_rule:
-            limits.append(Limit(limit_key("rule", decision.rate_limit_rule, "user", subject),
-                                decision.rate_limit_per_minute))
+        limits = limits_for(call.bundle.payload, name, call.principal.subject, tool, decision)
         if not limits:
             return
         verdict = await self._gateway.state.limits.check_all(limits)

@@ -6,16 +6,18 @@ minute has an emission interval ``T = 60/N`` s; each key stores one number, its 
 refused call changes nothing and is told ``retry_after_s = TAT - now - tau``. There are no windows, so
 there is no burst at window edges: in any interval of length W at most ``burst + W/T`` calls pass.
 
-Burst tolerance: ``burst(N) = max(1, ceil(N / 10))`` calls back to back (``tau = (burst - 1) * T``), that
-is about six seconds' worth of budget. An agent's fan-out of a few parallel calls is not refused, yet a full
-minute never admits more than ~10% above N (a fixed window admits 2N across an edge). Limits of 10/min or
-less get no burst: they are spaced exactly 60/N s apart.
+Burst: a limit is a budget. ``per_user_rpm: 60`` reads as "60 calls a minute", so by default the burst is
+N: up to N calls at once (``tau = (burst - 1) * T``), the budget refilling smoothly at one call every T.
+A limit may set a smaller burst (``per_user_burst``, ``upstream_burst``, a rule's ``rate_limit_burst``;
+the compiler keeps it within 1..N) to space calls out: burst 1 admits one call every T, never two back to
+back. In any minute at most ``burst + N`` calls pass, and over longer periods N a minute: a spent budget
+comes back one call every T, not whole at a window's edge.
 
-Keys are strings the caller builds, one per limit (see ``limit_key``); by convention
-``user:<subject>:server:<server>`` (per_user_rpm), ``user:<subject>:server:<server>:tool:<tool>`` (tool
-limits), ``rule:<rule id>:user:<subject>`` (a rule's rate_limit_per_minute) and ``server:<server>``
-(upstream-wide cap). ``check_all`` checks every limit that applies: the call passes only if all pass, and a
-refused call consumes no budget of any of them.
+Keys are strings, one per limit (see ``limit_key``); ``limits_for`` builds every limit that applies to a
+request from the bundle: ``user:<subject>:server:<server>`` (per_user_rpm),
+``user:<subject>:server:<server>:tool:<tool>`` (tool limits), ``rule:<rule id>:user:<subject>`` (a rule's
+rate_limit_per_minute) and ``server:<server>`` (upstream-wide cap). ``check_all`` checks every limit that
+applies: the call passes only if all pass, and a refused call consumes no budget of any of them.
 
 Backends share one async interface (``Limits``):
 
@@ -42,14 +44,17 @@ Not thread-safe: one instance belongs to one event loop (which is how the runtim
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
 from cachetools import TLRUCache
 
 from runtime.state_backend import Script, StateUnavailable, connect
+
+if TYPE_CHECKING:
+    from runtime.bundle_format import BundlePayload
+    from runtime.policy import Decision
 
 log = logging.getLogger("gwc.rate_limits")
 
@@ -71,24 +76,52 @@ ALLOWED = Verdict(True, 0.0, None)
 class Limit(NamedTuple):
     key: str
     per_minute: int
+    burst: int | None = None  # calls that may pass at once; None: per_minute (the whole budget)
 
 
-def burst(per_minute: int) -> int:
-    """Calls that may pass back to back: ceil(N/10), at least 1 (see the module docstring)."""
-    return max(1, math.ceil(per_minute / 10))
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
-def _params(per_minute: int) -> tuple[int, int]:
-    """(emission interval, tolerance) in microseconds for N per minute."""
-    if isinstance(per_minute, bool) or not isinstance(per_minute, int) or per_minute < 1:
-        raise ValueError(f"per_minute must be a positive integer, got {per_minute!r}")
-    interval = 60 * US // per_minute
-    return interval, (burst(per_minute) - 1) * interval
+def _params(per_minute: int, burst: int | None) -> tuple[int, int]:
+    """(emission interval, tolerance) in microseconds for N per minute with its burst."""
+    interval = 60 * US // _positive("per_minute", per_minute)
+    at_once = per_minute if burst is None else _positive("burst", burst)
+    return interval, (at_once - 1) * interval
 
 
 def limit_key(*parts: str) -> str:
     """Join key parts with ':' (':' and '%' inside a part are escaped, so parts cannot collide)."""
     return ":".join(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)
+
+
+def limits_for(payload: BundlePayload, server_name: str, subject: str, tool: str | None,
+               decision: Decision | None) -> list[Limit]:
+    """Every limit that applies to one request (DESIGN rule 6), each with its own burst: the
+    server's per-user and upstream-wide limits, and for a tools/call the tool's and the granting
+    rule's (the rule whose budget the decision spends)."""
+    server = payload.servers[server_name]
+    caps = server.limits
+    limits = []
+    if caps.per_user_rpm:
+        limits.append(Limit(limit_key("user", subject, "server", server_name), caps.per_user_rpm,
+                            caps.per_user_burst))
+    if caps.upstream_rpm:
+        limits.append(Limit(limit_key("server", server_name), caps.upstream_rpm, caps.upstream_burst))
+    if tool is None:
+        return limits
+    spec = server.tools[tool]
+    if spec.limits.per_user_rpm:
+        limits.append(Limit(limit_key("user", subject, "server", server_name, "tool", tool),
+                            spec.limits.per_user_rpm, spec.limits.per_user_burst))
+    if decision is not None and decision.rate_limit_per_minute and decision.rate_limit_rule:
+        rule = next(payload.rules[i] for i in spec.allow
+                    if payload.rules[i].id == decision.rate_limit_rule)
+        limits.append(Limit(limit_key("rule", rule.id, "user", subject),
+                            decision.rate_limit_per_minute, rule.rate_limit_burst))
+    return limits
 
 
 def _us(now: float) -> int:
@@ -98,8 +131,9 @@ def _us(now: float) -> int:
 class Limits:
     """The async interface of every backend."""
 
-    async def check(self, key: str, per_minute: int, now: float | None = None) -> Verdict:
-        return await self.check_all([Limit(key, per_minute)], now)
+    async def check(self, key: str, per_minute: int, now: float | None = None, *,
+                    burst: int | None = None) -> Verdict:
+        return await self.check_all([Limit(key, per_minute, burst)], now)
 
     async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
         raise NotImplementedError
@@ -131,8 +165,8 @@ class MemoryLimits(Limits):
         self._now_us = now_us
         decided: list[tuple[str, int]] = []
         worst, worst_key = 0, None
-        for key, per_minute in limits:
-            interval, tau = _params(per_minute)
+        for key, per_minute, burst in (Limit(*limit) for limit in limits):
+            interval, tau = _params(per_minute, burst)
             tat = max(self._tats.get(key, now_us), now_us)
             wait = tat - now_us - tau
             if wait > worst:
@@ -209,7 +243,7 @@ class RedisLimits(Limits):
         keys = [REDIS_PREFIX + limit.key for limit in limits]
         args: list[str | int] = ["" if now is None else _us(now)]
         for limit in limits:
-            args.extend(_params(limit.per_minute))
+            args.extend(_params(limit.per_minute, limit.burst))
         try:
             reply = await GCRA(self.client, keys, args)
         except StateUnavailable as exc:

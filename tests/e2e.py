@@ -102,8 +102,9 @@ def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
 
 
 def write_governed_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
-    """A registry exercising governance: a rate-limited tool, an approval tool approved by sre, a
-    server shadowing writes only, and a server only a break-glass bypass opens."""
+    """A registry exercising governance: a rate-limited tool (6 a minute, one at a time), an
+    approval tool approved by sre (5 a minute), a server shadowing writes only, and a server only a
+    break-glass bypass opens."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(dump({
         "identity": {"issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri,
@@ -113,10 +114,10 @@ def write_governed_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
     registry.mkdir(exist_ok=True)
     (registry / "ops.yaml").write_text(dump({
         "name": "ops", "owner": "eng", "upstream": upstream, "visibility": ["team:eng", "team:sre"],
-        "tools": {"echo": {"access": "read", "limits": {"per_user_rpm": 6}},
+        "tools": {"echo": {"access": "read", "limits": {"per_user_rpm": 6, "per_user_burst": 1}},
                   "whoami": {"access": "read"},
                   "write_thing": {"access": "write", "approval": "required",
-                                  "approvers": ["team:sre"]}}}))
+                                  "approvers": ["team:sre"], "limits": {"per_user_rpm": 5}}}}))
     (registry / "legacy.yaml").write_text(dump({
         "name": "legacy", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
         "mode": {"read": "enforce", "write": "shadow"},

@@ -1,6 +1,7 @@
 """Approvals, the same bodies against memory and a real redis-server: reuse while pending, who may
 decide (never the requester), single use (two nodes racing: one wins), denial, expiry, audit before
-commit, and Redis down -> fail closed."""
+commit, a cap on each requester's waiting approvals (a flood never evicts anyone's), and Redis down ->
+fail closed."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,8 @@ import asyncio
 import pytest
 
 from runtime.approvals import (
-    ID_RE, ApprovalError, Approvals, MemoryApprovals, RedisApprovals, StateUnavailable, approval_path,
-    approvers_of, arguments_digest,
+    ID_RE, MAX_PENDING, ApprovalError, Approvals, MemoryApprovals, RedisApprovals, StateUnavailable,
+    TooManyApprovals, approval_path, approvers_of, arguments_digest,
 )
 from runtime.bundle_format import Audience
 from runtime.policy import Principal
@@ -18,6 +19,7 @@ from tests.state_fixtures import ALICE, BOB, BOT, CAROL, T0, clock_fixture, redi
 TTL = 60.0
 OPS = Audience(groups=("ops",))
 DIGEST = arguments_digest({"env": "prod", "version": 3})
+OLGA = Principal("olga", frozenset({"ops"}))  # another approver
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -227,10 +229,61 @@ async def test_ids_that_cannot_be_approvals_are_not_looked_up(approvals):
     assert await approvals.get("apv_short") is None
 
 
-async def test_memory_is_bounded_and_drops_expired(clock):
-    approvals = MemoryApprovals(TTL, clock, max_entries=3)
-    ids = [(await ask(approvals, digest=arguments_digest({"i": i}))).approval.id for i in range(5)]
-    assert len(approvals) == 3 and await approvals.get(ids[0]) is None and await approvals.get(ids[4])
+async def flood(approvals: Approvals, who: Principal, count: int, start: int = 0) -> list[str]:
+    """``count`` approvals asked for by ``who``, each for other arguments; their ids."""
+    return [(await ask(approvals, who, arguments_digest({"flood": i}))).approval.id
+            for i in range(start, start + count)]
+
+
+async def test_a_requester_has_at_most_max_pending_approvals_waiting(make, clock):
+    node_a, node_b = make(), make()
+    bobs = (await ask(node_a, BOB)).approval
+    await node_a.decide(bobs.id, OLGA, True)
+    carols = (await ask(node_b, CAROL)).approval
+    flooded = await flood(node_a, ALICE, 1)
+    clock.advance(1)
+    flooded += await flood(node_b, ALICE, MAX_PENDING - 1, start=1)
+    clock.advance(9)
+    for node in (node_a, node_b):  # the cap holds across the fleet
+        with pytest.raises(TooManyApprovals) as refused:
+            await flood(node, ALICE, 1, start=MAX_PENDING)
+        error = refused.value
+        assert (error.code, error.http_status, error.data["reason"]) == (-32033, 429, "too_many_approvals")
+        assert error.data["approval_id"] == flooded[0] and f"{MAX_PENDING} of your" in error.message
+        assert error.data["retry_after_s"] == pytest.approx(TTL - 10)  # when the oldest expires
+        assert error.headers == {"Retry-After": str(int(TTL - 10))}
+    # Nobody else pays: others' approvals, waiting or granted, stay, and others may still ask.
+    assert (await ask(node_b, BOB)).status == "redeemed"
+    assert (await node_a.get(carols.id)).status == "pending"
+    assert (await ask(node_b, CAROL, arguments_digest({}))).created
+    # Her waiting calls are still hers: a retry reuses its approval, an approved one goes through.
+    assert (await ask(node_b, ALICE, arguments_digest({"flood": 3}))).approval.id == flooded[3]
+    await node_b.decide(flooded[3], BOB, True)
+    assert (await ask(node_a, ALICE, arguments_digest({"flood": 3}))).status == "redeemed"
+    # A decided approval no longer waits: one place is free again, then none.
+    assert await flood(node_b, ALICE, 1, start=MAX_PENDING)
+    with pytest.raises(TooManyApprovals):
+        await flood(node_a, ALICE, 1, start=MAX_PENDING + 1)
+    clock.advance(TTL)  # all of them expired: she may ask again
+    assert len(await flood(node_a, ALICE, MAX_PENDING, start=100)) == MAX_PENDING
+
+
+async def test_a_full_memory_refuses_newcomers_and_evicts_nobody(clock):
+    approvals = MemoryApprovals(TTL, clock, max_entries=5)
+    bobs = (await ask(approvals, BOB)).approval
+    await approvals.decide(bobs.id, OLGA, True)
+    carols = (await ask(approvals, CAROL)).approval
+    flooded = await flood(approvals, ALICE, 3)
+    with pytest.raises(TooManyApprovals) as full:
+        await flood(approvals, ALICE, 1, start=3)
+    assert "holds as many waiting approvals as it can" in full.value.message
+    assert "approval_id" not in full.value.data  # someone else's approval is not named
+    with pytest.raises(TooManyApprovals):
+        await ask(approvals, CAROL, arguments_digest({}))
+    assert len(approvals) == 5
+    assert (await approvals.get(carols.id)).status == "pending"
+    assert (await ask(approvals, BOB)).status == "redeemed"  # using one needs no room
+    assert (await ask(approvals, ALICE, arguments_digest({"flood": 0}))).approval.id == flooded[0]
     clock.advance(TTL)
     await ask(approvals)
     assert len(approvals) == 1

@@ -1,5 +1,6 @@
-"""Two gateway nodes sharing one real redis-server (``--state redis://``): one rate-limit budget,
-approvals and bypasses served by any node, and what the fleet does when Redis goes away."""
+"""Two gateway nodes sharing one real redis-server (``--state redis://``): one rate-limit budget
+(N a minute admits N at once), approvals and bypasses served by any node, and what the fleet does
+when Redis goes away."""
 from __future__ import annotations
 
 import asyncio
@@ -22,9 +23,27 @@ async def test_a_per_user_limit_holds_across_the_fleet(fleet) -> None:
     a, b = fleet
     alice, bob = a.idp.token("alice", ["eng"]), a.idp.token("bob", ["eng"])
     assert await call_tool(a, "ops", alice, "echo", {"text": "1"}) == "echo: 1"
-    limited = await call_tool(b, "ops", alice, "echo", {"text": "2"})  # 6/min: 10 s apart
+    limited = await call_tool(b, "ops", alice, "echo", {"text": "2"})  # one at a time: 10 s apart
     assert limited.data["reason"] == "rate_limited" and limited.data["retry_after_s"] > 5
     assert await call_tool(b, "ops", bob, "echo", {"text": "3"}) == "echo: 3"
+
+
+async def test_a_budget_of_n_admits_n_calls_at_once_across_the_fleet(fleet) -> None:
+    a, b = fleet
+    carol, bob, sam = (a.idp.token(u, g) for u, g in (("carol", ["eng"]), ("bob", ["eng"]),
+                                                      ("sam", ["sre"])))
+    # write_thing allows 5 a minute: 5 calls at once, on either node, all pass the limit (and
+    # wait for their approvals); the 6th waits for the budget to refill, 60/5 s.
+    waiting = await asyncio.gather(*(call_tool(node, "ops", carol, "write_thing", {"target": f"t{i}"})
+                                     for i, node in enumerate((a, b, a, b, a))))
+    assert [w.data["reason"] for w in waiting] == ["approval_required"] * 5
+    limited = await call_tool(b, "ops", carol, "write_thing", {"target": "t5"})
+    assert limited.data["reason"] == "rate_limited" and 11 < limited.data["retry_after_s"] <= 12
+    # A call that waited for its approval is not refused when it comes back approved.
+    asked = await call_tool(a, "ops", bob, "write_thing", {"target": "x"})
+    approval = asked.data["approval_id"]
+    assert (await api(b, "POST", f"/v1/approvals/{approval}/approve", sam)).status_code == 200
+    assert await call_tool(b, "ops", bob, "write_thing", {"target": "x"}) == "wrote x in staging"
 
 
 async def test_an_approval_made_on_one_node_is_decided_and_used_on_the_other(fleet) -> None:

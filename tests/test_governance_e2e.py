@@ -15,6 +15,7 @@ from mcp import MCPError
 
 from compiler.cli import main
 
+from runtime.approvals import MAX_PENDING
 from runtime.audit import verify
 from runtime.audit_sink import trail
 from runtime.auditor import AuditTarget
@@ -98,7 +99,7 @@ async def test_rate_limits_refuse_with_retry_after_per_user(governed) -> None:
     async with connect(governed.endpoint("ops"), governed.idp.token("alice", ["eng"]),
                        "auto") as client:
         assert text_of(await client.call_tool("echo", {"text": "1"})) == "echo: 1"
-        with pytest.raises(MCPError) as limited:  # 6/min: no burst, 10 s apart
+        with pytest.raises(MCPError) as limited:  # 6/min, one at a time: 10 s apart
             await client.call_tool("echo", {"text": "2"})
         assert text_of(await client.call_tool("whoami", {}))  # other tools have no limit
     assert limited.value.code == -32029
@@ -223,6 +224,27 @@ async def test_an_approval_round_trip_goes_through_once(governed) -> None:
     [decided] = records(governed, type="approval")
     assert (decided["event"], decided["principal"]["subject"], decided["approval"]) == (
         "approved", "sam", approval)
+
+
+async def test_a_flood_of_approvals_is_capped_per_requester(node) -> None:
+    alice, carol = node.idp.token("alice", ["eng"]), node.idp.token("carol", ["eng"])
+    async with connect(node.endpoint("guarded"), alice, "auto") as client:
+        for i in range(MAX_PENDING + 1):
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("write_thing", {"target": f"t{i}"})
+            if i < MAX_PENDING:
+                assert refused.value.data["reason"] == "approval_required"
+    assert refused.value.code == -32033
+    assert refused.value.data["reason"] == "too_many_approvals"
+    assert 800 < refused.value.data["retry_after_s"] <= 900  # when her oldest approval expires
+    # another caller is unaffected
+    waiting = await call_tool(node, "guarded", carol, "write_thing", {"target": "c"})
+    assert waiting.data["reason"] == "approval_required"
+    [record] = records(node, error="too_many_approvals")
+    assert (record["principal"]["subject"], record["outcome"]) == ("alice", "refused")
+    assert node.gateway.metrics.registry.get_sample_value("gwc_requests_total", {
+        "server": "guarded", "method": "tools/call", "tool": "write_thing",
+        "decision": "too_many_approvals"}) == 1
 
 
 async def test_a_denied_approval_refuses_the_retry(governed) -> None:

@@ -1,5 +1,6 @@
-"""Rate limits: GCRA smoothness, bounded memory, all-or-nothing multi-limit checks, and a real redis-server
-shared by two nodes, killed and brought back mid-test."""
+"""Rate limits: budgets (N at once by default, a burst tightens them), GCRA smoothness, bounded memory,
+all-or-nothing multi-limit checks, the limits a bundle sets, and a real redis-server shared by two nodes,
+killed and brought back mid-test."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +9,12 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
+from runtime.bundle_format import BundlePayload
+from runtime.policy import Principal, decide
 from runtime.rate_limits import (
-    REDIS_PREFIX, Limit, MemoryLimits, RedisLimits, burst, from_state_url, limit_key,
+    REDIS_PREFIX, Limit, MemoryLimits, RedisLimits, from_state_url, limit_key, limits_for,
 )
+from tests.helpers import compile_root, manifest, rule, write_registry
 
 T0 = 1_000_000.0  # an injected clock, in seconds
 
@@ -27,68 +31,84 @@ async def limits(request):
     await backend.aclose()
 
 
-def test_burst_is_a_tenth_rounded_up_at_least_one():
-    assert [burst(n) for n in (1, 6, 10, 11, 60, 61, 600)] == [1, 1, 1, 2, 6, 7, 60]
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
-async def test_per_minute_must_be_a_positive_integer(bad):
+@pytest.mark.parametrize("per_minute, burst", [(0, None), (-1, None), (1.5, None), (True, None),
+                                               (None, None), (5, 0), (5, 1.5), (5, True)])
+async def test_rate_and_burst_must_be_positive_integers(per_minute, burst):
     with pytest.raises(ValueError):
-        await MemoryLimits().check("k", bad, now=T0)
+        await MemoryLimits().check("k", per_minute, now=T0, burst=burst)
 
 
-async def test_burst_then_calls_spaced_by_the_emission_interval(limits):
-    # 60/min: burst 6, then one call per second; retry_after says exactly when.
-    for _ in range(6):
-        assert (await limits.check("user:alice:server:deploy", 60, now=T0)).allowed
-    refused = await limits.check("user:alice:server:deploy", 60, now=T0)
-    assert not refused.allowed and refused.retry_after_s == pytest.approx(1.0)
+@pytest.mark.parametrize("per_minute", [1, 5, 60])
+async def test_a_limit_is_a_budget_n_at_once_then_refilled_at_the_rate(limits, per_minute):
+    # "5 a minute" means 5 calls, even all at once; the 6th waits for the budget to refill (12 s).
+    interval = 60 / per_minute
+    for _ in range(per_minute):
+        assert (await limits.check("user:alice:server:deploy", per_minute, now=T0)).allowed
+    refused = await limits.check("user:alice:server:deploy", per_minute, now=T0)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(interval)
     assert refused.limited_by == "user:alice:server:deploy"
     # refusals consume nothing: the wait keeps shrinking with time, not growing with attempts
     for _ in range(5):
-        await limits.check("user:alice:server:deploy", 60, now=T0 + 0.75)
-    again = await limits.check("user:alice:server:deploy", 60, now=T0 + 0.75)
-    assert not again.allowed and again.retry_after_s == pytest.approx(0.25)
-    assert (await limits.check("user:alice:server:deploy", 60, now=T0 + 1.0)).allowed
-    assert not (await limits.check("user:alice:server:deploy", 60, now=T0 + 1.5)).allowed
-    assert (await limits.check("user:alice:server:deploy", 60, now=T0 + 2.0)).allowed
-    # other keys are independent
-    assert (await limits.check("user:bob:server:deploy", 60, now=T0 + 2.0)).allowed
+        await limits.check("user:alice:server:deploy", per_minute, now=T0 + interval / 4)
+    again = await limits.check("user:alice:server:deploy", per_minute, now=T0 + interval / 4)
+    assert not again.allowed and again.retry_after_s == pytest.approx(interval * 3 / 4)
+    # it refills smoothly: one call per interval, not the whole budget at a window's edge
+    assert (await limits.check("user:alice:server:deploy", per_minute, now=T0 + interval)).allowed
+    assert not (await limits.check("user:alice:server:deploy", per_minute, now=T0 + interval)).allowed
+    # a minute after the last call the whole budget is back; other keys are independent
+    for _ in range(per_minute):
+        assert (await limits.check("user:alice:server:deploy", per_minute,
+                                   now=T0 + interval + 60)).allowed
+    assert (await limits.check("user:bob:server:deploy", per_minute, now=T0)).allowed
 
 
-async def test_small_limits_have_no_burst_and_exact_spacing(limits):
-    # 7/min: 60/7 s apart, not a representable float; the µs arithmetic keeps it exact enough.
+async def test_a_burst_tightens_the_budget(limits):
+    # 60/min with a burst of 6: 6 at once, then one call per second; retry_after says exactly when.
+    for _ in range(6):
+        assert (await limits.check("k", 60, now=T0, burst=6)).allowed
+    refused = await limits.check("k", 60, now=T0, burst=6)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(1.0)
+    assert (await limits.check("k", 60, now=T0 + 1.0, burst=6)).allowed
+    assert not (await limits.check("k", 60, now=T0 + 1.5, burst=6)).allowed
+    assert (await limits.check("k", 60, now=T0 + 2.0, burst=6)).allowed
+
+
+async def test_a_burst_of_one_spaces_calls_exactly(limits):
+    # 7/min, one at a time: 60/7 s apart, not a representable float; µs arithmetic keeps it exact.
     interval = 60 / 7
-    assert (await limits.check("k", 7, now=T0)).allowed
-    early = await limits.check("k", 7, now=T0 + interval - 0.01)
+    assert (await limits.check("k", 7, now=T0, burst=1)).allowed
+    early = await limits.check("k", 7, now=T0 + interval - 0.01, burst=1)
     assert not early.allowed and early.retry_after_s == pytest.approx(0.01, abs=1e-5)
     for i in range(1, 20):
-        assert (await limits.check("k", 7, now=T0 + i * interval)).allowed, i
-        assert not (await limits.check("k", 7, now=T0 + i * interval)).allowed, i
+        assert (await limits.check("k", 7, now=T0 + i * interval, burst=1)).allowed, i
+        assert not (await limits.check("k", 7, now=T0 + i * interval, burst=1)).allowed, i
 
 
-async def test_no_burst_at_window_edges():
-    # Hammer 30/min every 50 ms for 3 minutes: in every sliding minute at most N + burst calls pass
-    # (a fixed window would admit 2N around each edge), and over the long run the rate is N per minute.
+@pytest.mark.parametrize("burst", [None, 3])
+async def test_no_doubling_at_window_edges(burst):
+    # Hammer 30/min every 50 ms for 3 minutes: in every sliding minute at most N + burst calls pass,
+    # and after the first burst calls are exactly 60/N s apart: over the long run N per minute.
     limits, per_minute = MemoryLimits(), 30
-    passed = [t / 20 for t in range(20 * 180) if (await limits.check("k", per_minute, now=T0 + t / 20)).allowed]
+    at_once = burst or per_minute
+    passed = [t / 20 for t in range(20 * 180)
+              if (await limits.check("k", per_minute, now=T0 + t / 20, burst=burst)).allowed]
     for i, start in enumerate(passed):
         in_window = sum(1 for t in passed[i:] if t < start + 60)
-        assert in_window <= per_minute + burst(per_minute)
-    assert len(passed) == 3 * per_minute + burst(per_minute) - 1
-    gaps = [b - a for a, b in zip(passed[burst(per_minute) :], passed[burst(per_minute) + 1 :])]
+        assert in_window <= per_minute + at_once
+    assert len(passed) == 3 * per_minute + at_once - 1
+    gaps = [b - a for a, b in zip(passed[at_once:], passed[at_once + 1:])]
     assert min(gaps) == pytest.approx(60 / per_minute)
 
 
 async def test_memory_is_bounded_and_idle_keys_expire():
     limits = MemoryLimits(max_entries=100)
     for i in range(1000):
-        assert (await limits.check(f"user:{i}", 6, now=T0)).allowed
+        assert (await limits.check(f"user:{i}", 6, now=T0, burst=1)).allowed
     assert len(limits) == 100
     # The most recent keys are kept and still limited; the evicted ones regained their burst (the
     # documented price of the bound).
-    assert not (await limits.check("user:999", 6, now=T0)).allowed
-    assert (await limits.check("user:0", 6, now=T0)).allowed
+    assert not (await limits.check("user:999", 6, now=T0, burst=1)).allowed
+    assert (await limits.check("user:0", 6, now=T0, burst=1)).allowed
     assert len(limits) == 100
     # ...and an idle key's entry is gone once its TAT has passed (1 s after a single 60/min call).
     fresh = MemoryLimits(max_entries=100)
@@ -104,8 +124,8 @@ async def test_memory_is_bounded_and_idle_keys_expire():
 
 
 async def test_all_limits_must_pass_and_a_refusal_consumes_nothing(limits):
-    user = Limit("user:alice:server:deploy", 60)  # burst 6
-    rule = Limit("rule:deploy-ops:user:alice", 6)  # burst 1, 10 s apart
+    user = Limit("user:alice:server:deploy", 60, 6)
+    rule = Limit("rule:deploy-ops:user:alice", 6, 1)  # 10 s apart
     upstream = Limit("server:deploy", 600)
     assert (await limits.check_all([user, rule, upstream], now=T0)).allowed
     refused = await limits.check_all([user, rule, upstream], now=T0 + 1)
@@ -113,12 +133,27 @@ async def test_all_limits_must_pass_and_a_refusal_consumes_nothing(limits):
     assert refused.limited_by == rule.key and refused.retry_after_s == pytest.approx(9.0)
     # The refused call used none of the user's budget: 5 of its burst of 6 are left, not 4.
     for _ in range(5):
-        assert (await limits.check(user.key, 60, now=T0)).allowed
-    assert not (await limits.check(user.key, 60, now=T0)).allowed
+        assert (await limits.check(user.key, 60, now=T0, burst=6)).allowed
+    assert not (await limits.check(user.key, 60, now=T0, burst=6)).allowed
     # With several refusing, retry_after is the longest wait (all must pass for the retry to go through).
     both = await limits.check_all([user, rule], now=T0 + 1)
     assert not both.allowed and both.limited_by == rule.key and both.retry_after_s == pytest.approx(9.0)
     assert (await limits.check_all([], now=T0)).allowed
+
+
+def test_a_bundle_gives_every_limit_its_burst(tmp_path):
+    write_registry(tmp_path, manifests={"svc.yaml": manifest(
+        limits={"per_user_rpm": 60, "per_user_burst": 10, "upstream_rpm": 600},
+        tools={"read_it": {"access": "read", "limits": {"per_user_rpm": 5, "per_user_burst": 1}}})},
+        policies={"team-a/svc.yaml": [rule(id="slow", conditions={"rate_limit_per_minute": 30,
+                                                                  "rate_limit_burst": 3})]})
+    payload: BundlePayload = compile_root(tmp_path)
+    decision = decide(payload, Principal("alice", frozenset({"team-a", "g"})), "svc", "read_it", {})
+    server_wide = [Limit("user:alice:server:svc", 60, 10), Limit("server:svc", 600, None)]
+    assert limits_for(payload, "svc", "alice", "read_it", decision) == [
+        *server_wide, Limit("user:alice:server:svc:tool:read_it", 5, 1),
+        Limit("rule:slow:user:alice", 30, 3)]
+    assert limits_for(payload, "svc", "alice", None, None) == server_wide  # reads and prompts
 
 
 def test_limit_key_escapes_separators():
@@ -141,13 +176,14 @@ async def test_from_state_url():
 async def test_two_nodes_share_one_budget(redis_server):
     a, b = RedisLimits(redis_server.url), RedisLimits(redis_server.url)
     try:
-        # Server clock (no injected now): 6/min, burst 1.
-        assert (await a.check("user:alice:server:deploy", 6)).allowed
-        refused = await b.check("user:alice:server:deploy", 6)
+        # Server clock (no injected now): 6/min, one at a time.
+        assert (await a.check("user:alice:server:deploy", 6, burst=1)).allowed
+        refused = await b.check("user:alice:server:deploy", 6, burst=1)
         assert not refused.allowed and 9.5 < refused.retry_after_s <= 10.0
-        # a 60/min budget (burst 6) split across the nodes still totals 6
-        results = [await node.check("user:bob:server:deploy", 60) for node in (a, b) * 4]
-        assert [v.allowed for v in results] == [True] * 6 + [False] * 2
+        # a budget of 5 a minute, spent at once across the nodes, still totals 5; the 6th waits 12 s
+        results = await asyncio.gather(*(node.check("user:bob:server:deploy", 5) for node in (a, b) * 4))
+        assert sorted(v.allowed for v in results) == [False] * 3 + [True] * 5
+        assert all(11.5 < v.retry_after_s <= 12.0 for v in results if not v.allowed)
         assert a.fallback_checks == b.fallback_checks == 0
         # idle keys carry a TTL: they vanish from Redis once their TAT passes
         raw = aioredis.Redis.from_url(redis_server.url)
@@ -167,9 +203,9 @@ async def test_script_flushed_is_sent_again_with_eval(redis_server):
     limits = RedisLimits(redis_server.url, on_fallback=fallbacks.append)
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
-        assert (await limits.check("k", 6)).allowed
+        assert (await limits.check("k", 1)).allowed
         await raw.script_flush()
-        assert not (await limits.check("k", 6)).allowed  # answered by Redis, which remembers "k"
+        assert not (await limits.check("k", 1)).allowed  # answered by Redis, which remembers "k"
         assert fallbacks == [] and limits.fallback_checks == 0
     finally:
         await raw.aclose()
@@ -182,15 +218,15 @@ async def test_redis_killed_falls_back_to_local_limits_and_comes_back(redis_serv
     limits = RedisLimits(redis_server.url, retry_s=0.3, on_fallback=fallbacks.append)
     other = RedisLimits(redis_server.url)
     try:
-        assert (await limits.check("k", 6)).allowed
-        assert not (await other.check("k", 6)).allowed  # shared while Redis is up
+        assert (await limits.check("k", 1)).allowed
+        assert not (await other.check("k", 1)).allowed  # shared while Redis is up
 
         redis_server.stop()
         verdicts = []
         for _ in range(4):  # spans more than one back-off: Redis is retried, still down, still one warning
-            verdicts.append(await limits.check("local", 6))
+            verdicts.append(await limits.check("local", 1))
             await asyncio.sleep(0.2)
-        # Answered by the per-node limits: they still limit (burst 1), and nothing raised.
+        # Answered by the per-node limits: they still limit (1 a minute), and nothing raised.
         assert [v.allowed for v in verdicts] == [True, False, False, False]
         assert limits.using_fallback and limits.outages == 1 and limits.fallback_checks == 4
         assert len(fallbacks) == 1 and "Connection" in fallbacks[0]
@@ -199,13 +235,13 @@ async def test_redis_killed_falls_back_to_local_limits_and_comes_back(redis_serv
 
         redis_server.start()  # same port, empty (no persistence)
         await asyncio.sleep(0.35)  # past the back-off
-        assert (await limits.check("k", 6)).allowed  # via Redis again...
+        assert (await limits.check("k", 1)).allowed  # via Redis again...
         assert not limits.using_fallback and limits.fallback_checks == 4
-        assert not (await other.check("k", 6)).allowed  # ...so the other node sees the spend
+        assert not (await other.check("k", 1)).allowed  # ...so the other node sees the spend
         assert "reachable again" in caplog.records[-1].getMessage()
 
         redis_server.stop()  # a second outage is logged and counted again
-        assert (await limits.check("k2", 6)).allowed
+        assert (await limits.check("k2", 1)).allowed
         assert limits.outages == 2 and len(fallbacks) == 2
     finally:
         await limits.aclose()
@@ -220,15 +256,15 @@ async def test_redis_not_answering_times_out_fast(redis_server):
 
     limits = RedisLimits(redis_server.url, socket_timeout=0.2, retry_s=60)
     try:
-        assert (await limits.check("k", 6)).allowed
+        assert (await limits.check("k", 1)).allowed
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             started = time.monotonic()
-            verdict = await limits.check("k", 6)
+            verdict = await limits.check("k", 1)
             assert time.monotonic() - started < 1.0
             assert verdict.allowed and limits.using_fallback  # the local limits had not seen "k"
             started = time.monotonic()
-            assert not (await limits.check("k", 6)).allowed  # within the back-off: straight to local
+            assert not (await limits.check("k", 1)).allowed  # within the back-off: straight to local
             assert time.monotonic() - started < 0.05
         finally:
             os.kill(redis_server.proc.pid, signal.SIGCONT)

@@ -173,6 +173,34 @@ def test_rate_limit_per_minute_out_of_bounds(tmp_path: Path) -> None:
         "rate_limit_per_minute 0 is out of bounds (expected >= 1)"
 
 
+def test_a_burst_larger_than_its_rate_is_an_error_at_the_burst(tmp_path: Path) -> None:
+    text = ("name: svc\nowner: team-a\nupstream: https://svc.internal/mcp\nvisibility: everyone\n"
+            "tools:\n  t:\n    access: read\n    limits: {per_user_rpm: 5, per_user_burst: 6}\n"
+            "limits:\n  per_user_rpm: 60\n  per_user_burst: 60\n  upstream_rpm: 100\n"
+            "  upstream_burst: 101\n")
+    write_registry(tmp_path, manifests={"svc.yaml": text}, policies={"team-a/p.yaml": [
+        rule(conditions={"rate_limit_per_minute": 10, "rate_limit_burst": 11}),
+        rule(id="no-rate", action="write", conditions={"rate_limit_burst": 2})]})
+    found = [(d.file, d.line, d.column, d.message) for d in with_code(diagnostics(tmp_path), "limits")]
+    assert found == [  # each at the burst's value
+        ("policies/team-a/p.yaml", 8, 23, "rate_limit_burst 11 is larger than rate_limit_per_minute "
+                                          "10: a burst is at most the rate (leave it out to allow "
+                                          "all 10 at once)"),
+        ("policies/team-a/p.yaml", 16, 23, "rate_limit_burst needs rate_limit_per_minute: a burst "
+                                           "tightens a rate"),
+        ("registry/svc.yaml", 8, 47, "per_user_burst 6 is larger than per_user_rpm 5: a burst is at "
+                                     "most the rate (leave it out to allow all 5 at once)"),
+        ("registry/svc.yaml", 13, 19, "upstream_burst 101 is larger than upstream_rpm 100: a burst "
+                                      "is at most the rate (leave it out to allow all 100 at once)")]
+    assert all(d.is_error for d in with_code(diagnostics(tmp_path), "limits"))
+
+
+@pytest.mark.parametrize("limits", [{"per_user_burst": 0}, {"upstream_burst": 1_000_001}])
+def test_a_burst_is_at_least_one(tmp_path: Path, limits: dict) -> None:
+    write_registry(tmp_path, manifests={"svc.yaml": manifest(limits=limits)})
+    assert [d.code for d in errors(diagnostics(tmp_path))] == ["schema"]
+
+
 def test_unknown_upstream_auth_type(tmp_path: Path) -> None:
     write_registry(tmp_path, manifests={"svc.yaml": manifest(upstream_auth={"type": "basic"})})
     assert one(diagnostics(tmp_path), "schema").message.startswith("unknown upstream_auth 'basic'")
@@ -485,6 +513,14 @@ def test_conditional_or_rate_limited_allow_does_not_shadow(tmp_path: Path) -> No
         rule(id="slow", action="*", conditions={"rate_limit_per_minute": 5}),
         rule(id="fast", action="read", conditions={"rate_limit_per_minute": 50})]})
     assert with_code(diagnostics(tmp_path), "shadowed") == []
+
+
+def test_a_tighter_burst_is_shadowed_by_the_whole_budget_not_the_reverse(tmp_path: Path) -> None:
+    write_registry(tmp_path, policies={"team-a/p.yaml": [
+        rule(id="spaced", conditions={"rate_limit_per_minute": 50, "rate_limit_burst": 5}),
+        rule(id="whole", conditions={"rate_limit_per_minute": 50})]})
+    assert [d.message.split(" (")[0] for d in with_code(diagnostics(tmp_path), "shadowed")] == [
+        "allow rule spaced is shadowed by whole"]
 
 
 def test_tool_action_mismatch_is_a_warning(tmp_path: Path) -> None:
