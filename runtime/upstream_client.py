@@ -29,7 +29,7 @@ from runtime.sse import messages
 from runtime.upstream_auth import CredentialError, UpstreamCredentials
 from runtime.upstream_sessions import (UpstreamSession, UpstreamSessions, initialize_params,
                                        session_key)
-from runtime.upstreams import Upstream, Upstreams, UpstreamUnavailable
+from runtime.upstreams import Upstream, Upstreams, UpstreamUnavailable, caller_of
 
 log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
@@ -102,13 +102,15 @@ class UpstreamClient:
     async def exchange(self, name: str, server: Server, principal: Principal, out: Outgoing,
                        timeout_ms: int) -> AsyncIterator[Answer]:
         """Send ``out`` and hold the upstream's slot while the caller relays the answer. Failures
-        before or while reading the answer surface as UpstreamFailure."""
+        before or while reading the answer surface as UpstreamFailure; they count against the
+        principal's own breaker and, with other callers' failures, the upstream's."""
         upstream = self._upstreams.get(name, server)
+        caller = caller_of(principal)
         timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
                                         sock_read=timeout_ms / 1000)
         try:
             headers = self._headers(server, principal, out)
-            async with upstream.slot():
+            async with upstream.slot(caller):
                 healthy: bool | None = False
                 started = time.perf_counter()
                 try:
@@ -125,7 +127,7 @@ class UpstreamClient:
                     raise
                 finally:
                     if healthy is not None:
-                        upstream.record(healthy)
+                        upstream.record(healthy, caller)
         except UpstreamUnavailable as exc:
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "rejected", str(exc)) from None
         except CredentialError as exc:  # the operator learns which; the caller learns nothing

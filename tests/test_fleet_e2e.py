@@ -1,6 +1,7 @@
 """Fleet behaviour with real processes and sockets: any node serves any request of a legacy session
 (sealed ids, no sticky sessions, no shared store), the gateway's upstream sessions are re-created
-when an upstream forgets them, and one hanging or failing upstream never hurts a healthy one."""
+when an upstream forgets them, one hanging or failing upstream never hurts a healthy one, and one
+caller whose input makes an upstream fail never opens its breaker for the others."""
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +24,7 @@ from compiler.keys import generate_keypair
 from tests.e2e import (INITIALIZE, LIST, MODES, Node, connect, free_port, start_node,
                        start_upstream, text_of, wait_port, write_test_registry)
 from tests.helpers import dump
+from tests.upstream_server import FAIL_MARKER
 
 RUNTIME = Path(sys.executable).parent / "gwc-runtime"
 
@@ -184,8 +186,8 @@ async def test_a_hanging_and_a_failing_upstream_never_hurt_a_healthy_one(
                     healthy_failures.append(repr(exc))
         return done
 
-    async def bad_calls(server: str) -> None:
-        async with connect(node.endpoint(server), token, mode) as client:
+    async def bad_calls(server: str, user: str) -> None:  # several callers: a sick upstream
+        async with connect(node.endpoint(server), node.idp.token(user, ["eng"]), mode) as client:
             for _ in range(12):
                 with pytest.raises(MCPError) as failed:
                     await client.call_tool("echo", {"text": "x"})
@@ -194,13 +196,59 @@ async def test_a_hanging_and_a_failing_upstream_never_hurt_a_healthy_one(
     try:
         results = await asyncio.wait_for(asyncio.gather(
             *(healthy_calls() for _ in range(4)),
-            *(bad_calls(s) for s in ("hanging", "hanging", "hanging", "failing", "failing"))), 60)
+            *(bad_calls(s, f"{s}-{i}") for s in ("hanging", "failing") for i in range(3))), 60)
     finally:
         release.set()
     assert healthy_failures == [] and sum(results[:4]) == 100
     assert set(bad_reasons) <= {"upstream_timeout", "upstream_unavailable"}
-    assert sum(bad_reasons.values()) == 60 and bad_reasons["upstream_timeout"] >= 1
+    assert sum(bad_reasons.values()) == 72 and bad_reasons["upstream_timeout"] >= 1
     metric = node.gateway.metrics.registry.get_sample_value
     assert metric("gwc_upstream_breaker_state", {"server": "failing"}) == 2  # open
     assert metric("gwc_upstream_breaker_state", {"server": "tools"}) == 0
     assert metric("gwc_upstream_rejected_total", {"server": "failing", "reason": "breaker_open"}) >= 1
+
+
+async def failing_calls(node: Node, user: str, count: int) -> list[str]:
+    """``count`` calls whose input makes the upstream answer HTTP 500; each refusal's message."""
+    messages = []
+    async with connect(node.endpoint(), node.idp.token(user, ["eng"]), "auto") as client:
+        for _ in range(count):
+            with pytest.raises(MCPError) as failed:
+                await client.call_tool("echo", {"text": FAIL_MARKER.decode()})
+            assert failed.value.data["reason"] == "upstream_unavailable"
+            messages.append(failed.value.message)
+    return messages
+
+
+async def test_one_caller_making_an_upstream_fail_is_refused_alone(node) -> None:
+    # erin's input makes the (real) upstream answer 500: her own calls soon fail fast...
+    messages = await failing_calls(node, "erin", 7)
+    assert all("keep failing" not in m for m in messages[:5])
+    assert all("keep failing" in m for m in messages[5:])
+    # ...while the upstream's breaker stays closed: everyone else is served.
+    for user in ("alice", "bob"):
+        async with connect(node.endpoint(), node.idp.token(user, ["eng"]), "auto") as client:
+            assert text_of(await client.call_tool("echo", {"text": user})) == f"echo: {user}"
+    metric = node.gateway.metrics.registry.get_sample_value
+    assert metric("gwc_upstream_breaker_state", {"server": "tools"}) == 0
+    assert metric("gwc_upstream_rejected_total",
+                  {"server": "tools", "reason": "caller_breaker_open"}) == 2
+    assert metric("gwc_upstream_rejected_total", {"server": "tools", "reason": "breaker_open"}) is None
+
+
+async def test_a_dead_upstream_still_opens_its_breaker_for_everyone(
+        tmp_path, aiohttp_server, signing_key, upstream_url) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there: connection refused
+    node = await start_node(tmp_path, aiohttp_server, signing_key, lambda root, jwks:
+                            write_isolation_registry(root, jwks, upstream_url, dead, dead))
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        async with connect(node.endpoint("failing"), node.idp.token(user, ["eng"]), "auto") as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("echo", {"text": "x"})
+            assert "circuit breaker is open" not in refused.value.message
+    async with connect(node.endpoint("failing"), node.idp.token("frank", ["eng"]), "auto") as client:
+        with pytest.raises(MCPError) as refused:  # a caller that never failed: refused at once
+            await client.call_tool("echo", {"text": "x"})
+    assert "circuit breaker is open" in refused.value.message
+    metric = node.gateway.metrics.registry.get_sample_value
+    assert metric("gwc_upstream_breaker_state", {"server": "failing"}) == 2

@@ -1,4 +1,5 @@
-"""Per-upstream isolation (runtime/upstreams.py): the circuit breaker, bounded slots, pool rewiring."""
+"""Per-upstream isolation (runtime/upstreams.py): the circuit breakers (the upstream's, opened only
+by several callers, and each caller's own), bounded slots, pool rewiring."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,10 @@ import pytest
 from runtime import upstreams
 from runtime.bundle_format import Server
 from runtime.metrics import Metrics
-from runtime.upstreams import Breaker, Upstream, Upstreams, UpstreamUnavailable
+from runtime.policy import Principal
+from runtime.upstreams import Breaker, Upstream, Upstreams, UpstreamUnavailable, caller_of
+
+CALLER = "human:alice"
 
 
 class Clock:
@@ -66,13 +70,13 @@ def breaker_gauge(metrics: Metrics, name: str = "svc") -> float | None:
 
 def trip(breaker: Breaker) -> None:
     for _ in range(breaker.threshold):
-        breaker.failed()
+        breaker.failed(CALLER)
 
 
 def fail(upstream: Upstream) -> None:
-    """Enough failed calls to open the upstream's breaker."""
-    for _ in range(upstreams.BREAKER_FAILURES):
-        upstream.record(False)
+    """Enough failed calls, from enough callers, to open the upstream's breaker."""
+    for i in range(upstreams.BREAKER_FAILURES):
+        upstream.record(False, f"human:user{i}")
 
 
 # --- the breaker ----------------------------------------------------------------------------------
@@ -80,9 +84,9 @@ def fail(upstream: Upstream) -> None:
 def test_the_breaker_opens_after_threshold_consecutive_failures(clock: Clock) -> None:
     breaker = Breaker(threshold=3, cooldown_s=10)
     for _ in range(2):
-        breaker.failed()
+        breaker.failed(CALLER)
         assert breaker.state == "closed" and breaker.admit()
-    breaker.failed()
+    breaker.failed(CALLER)
     assert breaker.state == "open"
     assert not breaker.admit()
 
@@ -90,18 +94,18 @@ def test_the_breaker_opens_after_threshold_consecutive_failures(clock: Clock) ->
 def test_a_success_resets_the_failure_count(clock: Clock) -> None:
     breaker = Breaker(threshold=3, cooldown_s=10)
     for _ in range(5):
-        breaker.failed()
-        breaker.failed()
+        breaker.failed(CALLER)
+        breaker.failed(CALLER)
         breaker.succeeded()
     assert breaker.state == "closed"
-    breaker.failed()
-    breaker.failed()
+    breaker.failed(CALLER)
+    breaker.failed(CALLER)
     assert breaker.state == "closed"
 
 
 def test_an_open_breaker_refuses_until_the_cooldown_ends(clock: Clock) -> None:
     breaker = Breaker(threshold=1, cooldown_s=10)
-    breaker.failed()
+    breaker.failed(CALLER)
     clock.now += 9.9
     assert not breaker.admit()
     assert breaker.state == "open"
@@ -112,7 +116,7 @@ def test_an_open_breaker_refuses_until_the_cooldown_ends(clock: Clock) -> None:
 
 def test_exactly_one_probe_goes_through_half_open(clock: Clock) -> None:
     breaker = Breaker(threshold=1, cooldown_s=10)
-    breaker.failed()
+    breaker.failed(CALLER)
     clock.now += 10
     assert [breaker.admit() for _ in range(5)] == [True, False, False, False, False]
     clock.now += 100  # waiting longer does not let a second probe through
@@ -127,7 +131,7 @@ def test_a_successful_probe_closes_the_breaker(clock: Clock) -> None:
     breaker.succeeded()
     assert breaker.state == "closed"
     assert all(breaker.admit() for _ in range(5))
-    breaker.failed()  # the count started again from zero
+    breaker.failed(CALLER)  # the count started again from zero
     assert breaker.state == "closed"
 
 
@@ -136,7 +140,7 @@ def test_a_failed_probe_reopens_the_breaker_for_another_cooldown(clock: Clock) -
     trip(breaker)
     clock.now += 10
     assert breaker.admit()
-    breaker.failed()  # one failure is enough in half-open state
+    breaker.failed(CALLER)  # one failure is enough in half-open state
     assert breaker.state == "open"
     clock.now += 9.9
     assert not breaker.admit()
@@ -147,7 +151,7 @@ def test_a_failed_probe_reopens_the_breaker_for_another_cooldown(clock: Clock) -
 
 def test_an_abandoned_probe_frees_the_probe(clock: Clock) -> None:
     breaker = Breaker(threshold=1, cooldown_s=10)
-    breaker.failed()
+    breaker.failed(CALLER)
     clock.now += 10
     assert breaker.admit()
     breaker.abandoned()
@@ -156,11 +160,65 @@ def test_an_abandoned_probe_frees_the_probe(clock: Clock) -> None:
     assert not breaker.admit()
 
 
+# --- one caller never opens an upstream for everyone ----------------------------------------------
+
+def test_a_shared_breaker_opens_only_on_failures_from_several_callers(clock: Clock) -> None:
+    breaker = Breaker(threshold=3, cooldown_s=10, callers=2)
+    for _ in range(20):
+        breaker.failed("human:mallory")
+    assert breaker.state == "closed" and breaker.admit()
+    breaker.failed("human:bob")  # a second caller fails too: the upstream is sick
+    assert breaker.state == "open" and not breaker.admit()
+    breaker.succeeded()
+    breaker.failed("human:bob")
+    breaker.failed("human:carol")
+    assert breaker.state == "closed"  # the count started again from zero: 2 < threshold
+
+
+def test_one_caller_failing_every_probe_does_not_keep_it_open(clock: Clock) -> None:
+    breaker = Breaker(threshold=2, cooldown_s=10, callers=2)
+    breaker.failed("human:bob")
+    breaker.failed("human:carol")
+    clock.now += 10
+    for _ in range(3):  # the same caller's probes keep failing: still half-open, the next may probe
+        assert breaker.admit()
+        breaker.failed("human:mallory")
+        assert breaker.state == "half_open"
+    assert breaker.admit()
+    breaker.failed("human:bob")  # a second caller's probe fails in a row: open again
+    assert breaker.state == "open" and not breaker.admit()
+
+
+def test_an_agent_counts_as_the_human_it_acts_for() -> None:
+    assert caller_of(Principal("alice")) == "human:alice"
+    assert caller_of(Principal("bot", kind="agent", acting_for="alice")) == "human:alice"
+    assert caller_of(Principal("bot", kind="agent")) == "agent:bot"
+    assert caller_of(Principal("gwc", kind="service")) == "service:gwc"
+
+
+async def test_a_caller_whose_calls_keep_failing_is_refused_alone(
+        pool: Upstreams, metrics: Metrics, clock: Clock) -> None:
+    upstream = pool.get("svc", server())
+    for _ in range(3 * upstreams.BREAKER_FAILURES):
+        upstream.record(False, "human:mallory")
+    assert upstream.breaker.state == "closed" and breaker_gauge(metrics) == 0
+    with pytest.raises(UpstreamUnavailable, match="your calls to this upstream keep failing"):
+        await call(upstream, "human:mallory")
+    assert rejected(metrics, "caller_breaker_open") == 1
+    await call(upstream, CALLER)  # everyone else is served
+    upstream.record(True, CALLER)
+    clock.now += upstreams.BREAKER_COOLDOWN_S
+    await call(upstream, "human:mallory")  # her probe, after her cooldown
+    upstream.record(True, "human:mallory")  # it worked: she is served again
+    await call(upstream, "human:mallory")
+    assert rejected(metrics, "caller_breaker_open") == 1
+
+
 # --- slots ----------------------------------------------------------------------------------------
 
 async def hold(stack: AsyncExitStack, upstream: Upstream, n: int) -> None:
     for _ in range(n):
-        await stack.enter_async_context(upstream.slot())
+        await stack.enter_async_context(upstream.slot(CALLER))
 
 
 async def test_a_call_waits_a_bounded_time_when_every_slot_is_held(
@@ -172,13 +230,13 @@ async def test_a_call_waits_a_bounded_time_when_every_slot_is_held(
         assert sample(metrics, "gwc_upstream_inflight", server="svc") == 2
         started = time.monotonic()
         with pytest.raises(UpstreamUnavailable, match=r"concurrency cap \(2\)"):
-            async with upstream.slot():
+            async with upstream.slot(CALLER):
                 pytest.fail("a third call got a slot")
         assert 0.04 <= time.monotonic() - started < 1
         assert rejected(metrics, "busy") == 1
         assert rejected(metrics, "breaker_open") is None
     assert sample(metrics, "gwc_upstream_inflight", server="svc") == 0
-    async with upstream.slot():  # the slots are free again
+    async with upstream.slot(CALLER):  # the slots are free again
         assert sample(metrics, "gwc_upstream_inflight", server="svc") == 1
     assert upstream.breaker.state == "closed"  # being busy is not a failure
 
@@ -190,7 +248,7 @@ async def test_a_slot_freed_during_the_wait_is_taken(
     got = asyncio.Event()
 
     async def waiter() -> None:
-        async with upstream.slot():
+        async with upstream.slot(CALLER):
             got.set()
 
     async with AsyncExitStack() as stack:
@@ -224,10 +282,10 @@ async def test_the_breaker_gauge_follows_the_state(pool: Upstreams, metrics: Met
     fail(upstream)
     assert breaker_gauge(metrics) == 2
     clock.now += upstreams.BREAKER_COOLDOWN_S
-    async with upstream.slot():  # the probe
+    async with upstream.slot(CALLER):  # the probe
         assert upstream.breaker.state == "half_open"
         assert breaker_gauge(metrics) == 1
-        upstream.record(True)
+        upstream.record(True, CALLER)
     assert breaker_gauge(metrics) == 0
 
 
@@ -243,8 +301,8 @@ async def probing_a_full_upstream(pool: Upstreams, clock: Clock) -> AsyncIterato
         yield upstream
 
 
-async def call(upstream: Upstream) -> None:
-    async with upstream.slot():
+async def call(upstream: Upstream, caller: str = CALLER) -> None:
+    async with upstream.slot(caller):
         pass
 
 
@@ -277,7 +335,7 @@ async def test_a_probe_cancelled_without_a_verdict_is_given_back(pool: Upstreams
     fail(upstream)
     clock.now += upstreams.BREAKER_COOLDOWN_S
     with pytest.raises(asyncio.CancelledError):
-        async with upstream.slot():
+        async with upstream.slot(CALLER):
             raise asyncio.CancelledError
     assert upstream.breaker.admit(), "the breaker is stuck half-open with a probe nobody holds"
 
@@ -292,7 +350,7 @@ async def test_one_upstream_failing_or_busy_leaves_the_others_alone(
     async with AsyncExitStack() as stack:
         await hold(stack, sick, 1)
         fail(sick)
-        async with well.slot():
+        async with well.slot(CALLER):
             pass
     assert well.breaker.state == "closed" and breaker_gauge(metrics, "well") == 0
     assert breaker_gauge(metrics, "sick") == 2
