@@ -7,6 +7,8 @@ handful of rules, never the whole policy.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -75,30 +77,124 @@ def _lookup(arguments: Any, path: tuple[str, ...]) -> Any:
     return value
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equality that keeps booleans apart from numbers (Python says True == 1)."""
-    return a == b and isinstance(a, bool) == isinstance(b, bool)
+class _Off:
+    """The verdict on a reading of a type the condition does not compare against (the string
+    ``"3"`` against ``min: 1``): it decides nothing, unless nothing else can be judged."""
 
 
-def _element_holds(cond: Condition, value: Any) -> bool | None:
-    """True/False when the condition can be judged on ``value``; None when it cannot (wrong type)."""
-    if isinstance(value, (dict, list)):
+_OFF = _Off()
+Verdict = bool | None | _Off  # None: cannot be judged
+
+# A scalar's JSON type by its Python type (arguments come from a JSON parser, so exact types).
+# No condition judges what is not here: null, objects, lists inside lists, _UNREADABLE.
+_KINDS: dict[type, str] = {bool: "boolean", int: "number", float: "number", str: "string"}
+
+# The other forms an upstream may read a value in (_readings). Pydantic's lax mode, the MCP SDK's,
+# reads these spellings (any case) and the numbers 0 and 1 as booleans and numeric strings as
+# numbers; the SDK parses a string holding JSON into a list, an object or null.
+_BOOLS = {spelling: flag for flag, spellings in (
+    (True, ("true", "t", "yes", "y", "on", "1")), (False, ("false", "f", "no", "n", "off", "0")))
+    for spelling in spellings}
+_NUMBER = re.compile(r"[+-]?(?:(?P<int>[0-9][0-9_]*)|(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)"
+                     r"(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.IGNORECASE)
+_NUMBER_OPENERS = frozenset("0123456789+-.iInN")
+_JSON_OPENERS = frozenset('[{"')
+MAX_READ = 4096  # a longer numeric or JSON string is not parsed: it reads as _UNREADABLE
+_UNREADABLE = object()  # of no known type: cannot be judged
+
+
+def _member(value: Any, kind: str, options: tuple[Any, ...]) -> Verdict:
+    """Whether ``value`` equals an option of its own JSON type (``true`` is not ``1``, ``1`` is
+    ``1.0``); _OFF when no option is of its type, since then nothing says what it may be."""
+    comparable = False
+    for option in options:
+        if _KINDS.get(type(option)) == kind:
+            if option == value:
+                return True
+            comparable = True
+    return False if comparable else _OFF
+
+
+def _scalar_holds(cond: Condition, value: Any) -> Verdict:
+    """Judge one reading; operators in order, the first that does not hold decides."""
+    kind = _KINDS.get(type(value))
+    if kind is None:
         return None
-    if cond.in_ is not None and not any(_same(value, option) for option in cond.in_):
-        return False
-    if cond.not_in is not None and any(_same(value, option) for option in cond.not_in):
-        return False
+    if cond.in_ is not None:
+        found = _member(value, kind, cond.in_)
+        if found is not True:
+            return found
+    if cond.not_in is not None:
+        found = _member(value, kind, cond.not_in)
+        if found is not False:
+            return False if found is True else found
     if cond.regex is not None:
-        if not isinstance(value, str):
-            return None
+        if kind != "string":
+            return _OFF
         if cond.regex.fullmatch(value) is None:
             return False
     if cond.min is not None or cond.max is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
+        if kind != "number":
+            return _OFF
         if (cond.min is not None and value < cond.min) or (cond.max is not None and value > cond.max):
             return False
     return True
+
+
+def _readings(value: Any) -> list[Any]:
+    """The forms other than itself an upstream may read ``value`` in (``5.0`` needs none: it
+    equals ``5``). Cheap for the common case: most strings are ruled out by their first
+    character."""
+    kind = _KINDS.get(type(value))
+    if kind != "string":
+        return [value == 1] if kind == "number" and value in (0, 1) else []
+    readings: list[Any] = []
+    text = value.strip()
+    if len(text) <= 5 and (flag := _BOOLS.get(text.lower())) is not None:
+        readings.append(flag)
+    if text[:1] in _NUMBER_OPENERS and (number := _NUMBER.fullmatch(text)) is not None:
+        try:
+            readings.append(_UNREADABLE if len(text) > MAX_READ
+                            else int(text) if number["int"] else float(text))
+        except ValueError:
+            pass  # misplaced underscores: nobody reads that as a number
+    if text[:1] in _JSON_OPENERS or text == "null":
+        try:
+            readings.append(_UNREADABLE if len(text) > MAX_READ else json.loads(text))
+        except (ValueError, RecursionError):
+            pass  # not JSON, or nested too deep: the SDK passes the string on as it is
+    return readings
+
+
+def _combine(verdicts: list[Verdict], every: bool) -> bool | None:
+    """One verdict from several (a list's elements, a value's readings). With ``every`` all must
+    hold, without it one suffices; what cannot be judged outweighs the rest but the decisive; an
+    _OFF reading counts only when nothing else can be judged, and then it cannot be judged."""
+    decisive, other = (False, True) if every else (True, False)
+    if decisive in verdicts:
+        return decisive
+    return None if None in verdicts or other not in verdicts else other
+
+
+def _reading_holds(cond: Condition, reading: Any, every: bool, top: bool) -> Verdict:
+    """Judge one reading: an argument's list element by element, anything else as one value."""
+    if top and isinstance(reading, list):
+        return _combine([_judge(cond, element, every, False) for element in reading], every)
+    return _scalar_holds(cond, reading)
+
+
+def _judge(cond: Condition, value: Any, every: bool, top: bool = True) -> bool | None:
+    """Judge ``value`` in every form an upstream may read it in (_readings): a deny applies if any
+    reading triggers it, an allow holds only if every reading does. An allow also needs the value
+    as sent to be of a type it names: it grants what it names, never a lookalike."""
+    own = _reading_holds(cond, value, every, top)
+    # No reading can change what cannot be judged, or what decides for this effect on its own
+    # (holds for a deny, fails for an allow), or an allow's lookalike of another type.
+    settled = own is None or own is (not every) or (every and own is _OFF)
+    readings = () if settled else _readings(value)
+    if readings:
+        return _combine([own, *[_reading_holds(cond, r, every, top) for r in readings]], every)
+    return None if own is _OFF else own
 
 
 def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool | None:
@@ -107,19 +203,11 @@ def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool
     A list argument is judged element by element: with ``every`` (allow rules) every element must
     satisfy the condition; without it (deny rules) one element suffices, so ``env: [dev, prod]``
     cannot slip past a deny on ``prod``. An empty list cannot be judged, like a missing argument.
+    Values are judged in every form the upstream may read them in (``"true"`` as ``true``, ``"0"``
+    as ``0``, ``'["prod"]'`` as a list), so a deny cannot be bypassed by one it will coerce.
     """
     value = _lookup(arguments, cond.path)
-    if value is _MISSING:
-        return None
-    if not isinstance(value, list):
-        return _element_holds(cond, value)
-    if not value:
-        return None
-    verdicts = [_element_holds(cond, element) for element in value]
-    decisive, other = (False, True) if every else (True, False)
-    if decisive in verdicts:
-        return decisive
-    return None if None in verdicts else other
+    return None if value is _MISSING else _judge(cond, value, every)
 
 
 def allow_matches(rule: Rule, arguments: Any) -> bool:
