@@ -45,10 +45,10 @@ def wait_port(port: int, what: str, timeout_s: float = 20) -> None:
     pytest.fail(f"{what} did not start listening on port {port}")
 
 
-def start_upstream(port: int) -> subprocess.Popen:
-    """The test upstream MCP server (tests/upstream_server.py) in its own process."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_upstream(port: int, script: str = "upstream_server.py") -> subprocess.Popen:
+    """A test upstream MCP server (by default tests/upstream_server.py) in its own process."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, "the upstream MCP server")
     except BaseException:

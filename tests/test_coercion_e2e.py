@@ -4,8 +4,6 @@ protocol eras, on the server's endpoint and on the aggregate ``/mcp``. Each bypa
 run."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +12,7 @@ import pytest
 from mcp import Client, MCPError
 
 from runtime.audit_sink import trail
-from tests.e2e import MODES, Node, connect, free_port, start_node, text_of, wait_port
+from tests.e2e import MODES, Node, connect, free_port, start_node, start_upstream, text_of
 from tests.helpers import dump
 from tests.idp import AUDIENCE, ISSUER
 
@@ -36,10 +34,8 @@ HONEST_SPELLINGS = [("force", "false"), ("force", 0), ("replicas", "3"), ("repli
 @pytest.fixture(scope="module")
 def coercing_upstream() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "coercion_upstream.py"),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_upstream(port, "coercion_upstream.py")
     try:
-        wait_port(port, "the coercing upstream")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()
