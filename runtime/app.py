@@ -187,6 +187,15 @@ class Gateway:
             return error_response(exc)
         return web.json_response(catalog(bundle, principal, self.config.public_url))
 
+    async def audit_head(self, request: web.Request) -> web.Response:
+        """The node's signed audit head, for any authenticated caller: /v1/ is public, and the
+        head tells how many records this node has written."""
+        try:
+            await self.caller(request)
+        except RpcError as exc:
+            return error_response(exc)
+        return self.auditor.head()
+
     async def jwks(self, request: web.Request) -> web.Response:
         return web.json_response(self.credentials.jwks())
 
@@ -216,7 +225,7 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
         app.router.add_get("/v1/catalog", self.catalog)
-        app.router.add_get("/v1/audit/head", self.auditor.head)
+        app.router.add_get("/v1/audit/head", self.audit_head)
         GovernanceApi(self.caller, self.state, self.auditor.write,
                       self.auditor.record).add_routes(app)
         app.router.add_route("*", "/mcp", self.proxy.handle)

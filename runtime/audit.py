@@ -43,7 +43,7 @@ MAX_DEPTH = 8  # levels of objects and lists; a deeper one is {"…": "depth>8"}
 MAX_KEYS = 64  # keys kept per object; the rest are counted: {"…": "+N keys"}
 MAX_KEY_CHARS = 64  # characters kept of a key (a longer one ends in "…")
 MAX_KINDS = 16  # distinct kinds kept per list; items of other kinds are counted
-MAX_SHAPE_SIZE = 512  # type names and summaries in a whole shape (one per key or list kind)
+MAX_SHAPE_SIZE = 4096  # a whole shape: characters of its keys, plus one per type or summary
 MAX_VISITS = 10_000  # values a shape looks at one by one (a long list of one scalar type is free)
 MAX_VALUE_SIZE = 1024  # a recorded value: characters of its strings and keys, plus one per value
 CUT = "…"  # the key of a summary; a caller's own key "…" is left out of shapes (and counted)
@@ -117,15 +117,33 @@ def _canonical_kind(kind: Any) -> str | bytes:
     return kind if isinstance(kind, str) else orjson.dumps(kind, option=orjson.OPT_SORT_KEYS)
 
 
-class _Object:
+class _Frame:
+    """An object or list being shaped within ``budget``: its share of ``MAX_SHAPE_SIZE``, one
+    of it kept for its own summary."""
+
+    __slots__ = ("depth", "budget", "size")
+
+    def __init__(self, depth: int, budget: int) -> None:
+        self.depth, self.budget, self.size = depth, budget, 1
+
+    def room(self) -> int:
+        """The budget of a child about to be shaped: what this frame has left."""
+        return self.budget - 1 - self.size
+
+    def fits(self, size: int) -> bool:
+        return self.size + size <= self.budget - 1
+
+
+class _Object(_Frame):
     """An object being shaped: its keys in order while they fit, the others counted."""
 
-    __slots__ = ("depth", "total", "items", "out", "size", "key", "full")
+    __slots__ = ("total", "items", "out", "key", "full")
 
-    def __init__(self, value: dict[str, Any], depth: int) -> None:
-        self.depth, self.total, self.items = depth, len(value), iter(value.items())
+    def __init__(self, value: dict[str, Any], depth: int, budget: int) -> None:
+        super().__init__(depth, budget)
+        self.total, self.items = len(value), iter(value.items())
         self.out: dict[str, Any] = {}
-        self.size, self.key, self.full = 1, "", False
+        self.key, self.full = "", False
 
     def next(self) -> Any:
         """The next value to shape (its key noted), or ``_DONE``."""
@@ -139,12 +157,16 @@ class _Object:
                 return item
         return _DONE
 
+    def room(self) -> int:
+        return super().room() - len(self.key)
+
     def take(self, kind: Any, size: int) -> None:
-        if self.size + size > MAX_SHAPE_SIZE:
-            self.full = True
-        else:
+        size += len(self.key)
+        if self.fits(size):
             self.out[self.key] = kind
             self.size += size
+        else:
+            self.full = True
 
     def stop(self) -> None:
         self.full = True
@@ -156,17 +178,18 @@ class _Object:
         return self.out, self.size
 
 
-class _List:
+class _List(_Frame):
     """A list being shaped: the distinct kinds of its items while they fit; from the first that
     does not, the items left are counted, not looked at."""
 
-    __slots__ = ("depth", "items", "out", "seen", "size", "more")
+    __slots__ = ("items", "out", "seen", "more")
 
-    def __init__(self, value: list[Any], depth: int) -> None:
-        self.depth, self.items = depth, iter(value)
+    def __init__(self, value: list[Any], depth: int, budget: int) -> None:
+        super().__init__(depth, budget)
+        self.items = iter(value)
         self.out: list[Any] = []
         self.seen: set[str | bytes] = set()
-        self.size, self.more = 1, 0
+        self.more = 0
 
     def next(self) -> Any:
         """The next item whose kind is not known yet, or ``_DONE``. Scalars of a kind already
@@ -181,13 +204,13 @@ class _List:
         key = _canonical_kind(kind)
         if key in self.seen:
             return
-        if len(self.out) == MAX_KINDS or self.size + size > MAX_SHAPE_SIZE:
-            self.more = 1
-            self.stop()
-        else:
+        if len(self.out) < MAX_KINDS and self.fits(size):
             self.seen.add(key)
             self.out.append(kind)
             self.size += size
+        else:
+            self.more = 1
+            self.stop()
 
     def stop(self) -> None:
         self.more += length_hint(self.items)
@@ -203,12 +226,12 @@ class _List:
 def shape(value: Any) -> Any:
     """The JSON type of a value, nested: objects keep their keys, arrays the distinct types they
     hold. Bounded by ``MAX_*``: deeper levels, further keys and kinds, and whatever would make
-    the whole larger or take longer are summarised. Depth first with a stack of its own (no
-    recursion); no value is looked at twice, and list kinds are told apart by their canonical
-    bytes (a set, not a search)."""
+    the whole larger or take longer are summarised; each object or list is shaped within what
+    its parent has left. Depth first with a stack of its own (no recursion); no value is looked
+    at twice, and list kinds are told apart by their canonical bytes (a set, not a search)."""
     if not isinstance(value, (dict, list)):
         return _leaf(value)
-    stack: list[_Object | _List] = [_frame(value, 1)]
+    stack: list[_Object | _List] = [_frame(value, 1, MAX_SHAPE_SIZE)]
     visits = 0
     while True:
         frame = stack[-1]
@@ -228,11 +251,12 @@ def shape(value: Any) -> Any:
         elif frame.depth == MAX_DEPTH:
             frame.take({CUT: f"depth>{MAX_DEPTH}"}, 1)
         else:
-            stack.append(_frame(item, frame.depth + 1))
+            stack.append(_frame(item, frame.depth + 1, frame.room()))
 
 
-def _frame(value: dict[str, Any] | list[Any], depth: int) -> _Object | _List:
-    return _Object(value, depth) if isinstance(value, dict) else _List(value, depth)
+def _frame(value: dict[str, Any] | list[Any], depth: int, budget: int) -> _Object | _List:
+    return _Object(value, depth, budget) if isinstance(value, dict) else _List(value, depth,
+                                                                               budget)
 
 
 def recorded(value: Any) -> Any:
@@ -441,7 +465,7 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
                        tuple(repairs), checkpoints, signed, last, truncated,
                        len(found), unplaced)
 
-    def broken(path: Path, line: int, reason: str) -> Verdict:
+    def fail(path: Path, line: int, reason: str) -> Verdict:
         return verdict(Break(str(path), line, reason))
 
     for path in paths:
@@ -453,19 +477,19 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                return broken(path, number, "not a JSON record")
+                return fail(path, number, "not a JSON record")
             if not isinstance(record, dict) or not isinstance(record.get("hash"), str):
-                return broken(path, number, "not an audit record")
+                return fail(path, number, "not an audit record")
             if record_hash(record) != record["hash"]:
-                return broken(path, number, "the record was altered: its hash does not match it")
+                return fail(path, number, "the record was altered: its hash does not match it")
             kind = record.get("type")
             if top and kind != "start":
-                return broken(path, number, "the file does not begin with its start record")
+                return fail(path, number, "the file does not begin with its start record")
             if prev is None:
                 first_prev = record.get("prev")
                 offset = 0 if first_prev == GENESIS else None
             elif record.get("prev") != prev:
-                return broken(path, number, "the chain is broken here: a record before it was "
+                return fail(path, number, "the chain is broken here: a record before it was "
                                             "removed, added or moved")
             if kind == "start" and node is None:
                 node = record.get("node")
@@ -475,22 +499,22 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
                 try:
                     head = Head.of(record)
                 except ValueError as exc:
-                    return broken(path, number, f"a malformed checkpoint: {exc}")
+                    return fail(path, number, f"a malformed checkpoint: {exc}")
                 if head.head != prev:
-                    return broken(path, number, "the checkpoint does not sign the record before it")
+                    return fail(path, number, "the checkpoint does not sign the record before it")
                 if offset is None:
                     offset = head.seq - records
                 elif head.seq != offset + records:
-                    return broken(path, number, f"the checkpoint counts {head.seq} records up to "
+                    return fail(path, number, f"the checkpoint counts {head.seq} records up to "
                                   f"here, the trail {offset + records}: records were removed or "
                                   "added before it")
                 if keys is not None:
                     key = keys.get(head.keyid)
                     if key is None:
-                        return broken(path, number, f"the checkpoint is signed by key "
+                        return fail(path, number, f"the checkpoint is signed by key "
                                       f"{head.keyid}, which is not one of the keys given")
                     if not head.signed_by(key):
-                        return broken(path, number, "the checkpoint's signature does not verify: "
+                        return fail(path, number, "the checkpoint's signature does not verify: "
                                       "it was forged or altered")
                     signed += 1
                 checkpoints += 1

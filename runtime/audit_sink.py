@@ -242,6 +242,12 @@ class AuditWriter:
             return Head.sign(self._key, self._node, self._seq, self._prev)
         return None
 
+    def _until_checkpoint(self) -> float | None:
+        """How long the idle writer may wait before a checkpoint falls due; None: none will."""
+        if self._key is None or self._seq == self._signed_seq:
+            return None
+        return max(0.0, self._signed_at + self._checkpoint_s - time.monotonic())
+
     def _write_lines(self, lines: list[bytes]) -> None:
         """Append and fsync; on failure cut the file back to where the batch began, so a
         half-written batch (disk full) never leaves a torn record in the chain."""
@@ -287,12 +293,9 @@ class AuditWriter:
 
     def _run(self) -> None:
         while True:
-            try:  # idle with records not yet signed: wake up when a checkpoint falls due
-                item = self._queue.get(timeout=None if self._key is None
-                                       or self._seq == self._signed_seq else
-                                       max(0.0, self._signed_at + self._checkpoint_s
-                                           - time.monotonic()))
-            except queue.Empty:
+            try:
+                item = self._queue.get(timeout=self._until_checkpoint())
+            except queue.Empty:  # idle, and records wait to be signed
                 self._write_batch([])
                 continue
             batch = [item]

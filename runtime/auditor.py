@@ -149,13 +149,12 @@ class Auditor:
             log.error("audit record lost (audit failure mode: open)", extra={
                 "request_id": record.get("request_id"), "reason": str(exc)})
 
-    async def head(self, request: web.Request) -> web.Response:
-        """``GET /v1/audit/head``: this node's latest signed checkpoint, to keep where the node
-        cannot rewrite it (``gwc audit verify --anchor``). Unauthenticated, like ``/metrics``: it
-        holds a record count and one hash, nothing of any request, and is signed."""
+    def head(self) -> web.Response:
+        """This node's latest signed checkpoint as JSON, to keep where the node cannot rewrite
+        it (``gwc audit verify --anchor``); 404 while there is none."""
         head = self._writer.head if self._writer is not None else None
         if head is None:
-            return web.json_response({"error": "no_audit_head", "message": "this node has signed "
-                                      "no audit head: its trail is off or could not be opened"},
-                                     status=404)
+            return web.json_response({"error": {"reason": "no_audit_head", "message": "this node "
+                                      "has signed no audit head: its trail is off or could not "
+                                      "be opened"}}, status=404)
         return web.json_response(head.fields())
