@@ -255,8 +255,9 @@ def shape(value: Any) -> Any:
 
 
 def _frame(value: dict[str, Any] | list[Any], depth: int, budget: int) -> _Object | _List:
-    return _Object(value, depth, budget) if isinstance(value, dict) else _List(value, depth,
-                                                                               budget)
+    if isinstance(value, dict):
+        return _Object(value, depth, budget)
+    return _List(value, depth, budget)
 
 
 def recorded(value: Any) -> Any:

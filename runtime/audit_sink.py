@@ -98,11 +98,23 @@ def _scan(path: Path) -> _Scan:
             offset += len(line)
             if line.strip():
                 lines, last = lines + 1, line
-                if b'"checkpoint"' in line:
-                    record = _record(path, line)
-                    if record.get("type") == "checkpoint":
-                        checkpoint = (lines, int(record["seq"]) + 1)
+                signed = _checkpoint_seq(line) if b'"checkpoint"' in line else None
+                if signed is not None:
+                    checkpoint = (lines, signed + 1)
     return _Scan(lines, last, checkpoint, None)
+
+
+def _checkpoint_seq(line: bytes) -> int | None:
+    """The number of the record a checkpoint on this line signs, if it is one. Damage here does
+    not stop a node from writing on: naming it is verify's job."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(record, dict) and record.get("type") == "checkpoint" and \
+            isinstance(record.get("seq"), int):
+        return record["seq"]
+    return None
 
 
 def _record(path: Path, line: bytes) -> dict[str, Any]:
