@@ -21,7 +21,8 @@ from typing import Callable, Iterable
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from runtime.audit import Head, Verdict, keyid, verify
+from runtime.audit import Head, Verdict, verify
+from runtime.dsse import jwk_kid
 from runtime.audit_sink import in_trail_order, trail_base
 from runtime.keys import KeyFileError, load_public_key
 
@@ -43,12 +44,12 @@ def public_keys(pems: Iterable[str], jwks: Iterable[str]) -> dict[str, Ed25519Pu
             key = load_public_key(pem)
         except KeyFileError as exc:
             raise UsageError(f"--key: {exc}") from None
-        keys[keyid(key)] = key
+        keys[jwk_kid(key)] = key
     for source in jwks:
         found = _jwks(source)
         if not found:
             raise UsageError(f"--jwks {source}: no Ed25519 key in it")
-        keys.update((keyid(key), key) for key in found)
+        keys.update((jwk_kid(key), key) for key in found)
     return keys or None
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from runtime.bundle_format import BundlePayload
 from runtime.canonical import canonical_json
-from runtime.dsse import key_id, pae
+from runtime.dsse import jwk_kid, pae
 
 GENESIS = "0" * 64
 _MISSING = object()
@@ -322,11 +322,6 @@ def arguments_record(payload: BundlePayload, server: str, tool: str,
 
 # -- signed heads ----------------------------------------------------------------------------------
 
-def keyid(public_key: Ed25519PublicKey) -> str:
-    """A gateway key's id, as its JWKS (``/.well-known/jwks.json``) names it."""
-    return key_id(public_key)[:32]
-
-
 @dataclass(frozen=True)
 class Head:
     """A node's signed statement that record number ``seq`` of its trail (counted from the
@@ -342,7 +337,7 @@ class Head:
 
     @classmethod
     def sign(cls, key: Ed25519PrivateKey, node: str, seq: int, head: str) -> Head:
-        unsigned = cls(node, seq, head, utc_time(time.time()), keyid(key.public_key()))
+        unsigned = cls(node, seq, head, utc_time(time.time()), jwk_kid(key.public_key()))
         signature = base64.urlsafe_b64encode(key.sign(unsigned.statement()))
         return replace(unsigned, sig=signature.rstrip(b"=").decode())
 

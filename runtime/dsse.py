@@ -36,6 +36,12 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def jwk_kid(public_key: Ed25519PublicKey) -> str:
+    """A gateway key's ``kid`` in its JWKS: the first half of :func:`key_id`, short enough for
+    token headers."""
+    return key_id(public_key)[:32]
+
+
 def sign_envelope(payload: bytes, private_key: Ed25519PrivateKey,
                   payload_type: str = BUNDLE_PAYLOAD_TYPE) -> bytes:
     """Wrap ``payload`` in a canonical DSSE envelope. Ed25519 is deterministic, so is the output."""

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.bundle_format import Server
-from runtime.dsse import key_id
+from runtime.dsse import jwk_kid
 from runtime.policy import Principal
 
 TOKEN_TTL_S = 300
@@ -33,7 +33,7 @@ class UpstreamCredentials:
     def __init__(self, signing_key: Ed25519PrivateKey, issuer: str) -> None:
         self._key = signing_key
         self._issuer = issuer
-        self.kid = key_id(signing_key.public_key())[:32]
+        self.kid = jwk_kid(signing_key.public_key())
         self._cache: LRUCache[tuple, tuple[str, float]] = LRUCache(100_000)
 
     def jwks(self) -> dict:

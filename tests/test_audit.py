@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from compiler.cli import main
 from compiler.keys import generate_keypair
 from runtime.audit import (CUT, GENESIS, MAX_KEY_CHARS, MAX_KEYS, MAX_KINDS, Head,
-                           UnencodableRecord, keyid, policy_paths, policy_values, seal,
+                           UnencodableRecord, policy_paths, policy_values, seal,
                            sealed_line, shape, verify)
 from runtime.audit_sink import AuditWriter, in_trail_order, trail
 from runtime.auditor import Auditor, AuditTarget
+from runtime.dsse import jwk_kid
 from runtime.jsonrpc import RpcError
 from runtime.metrics import Metrics
 from tests.e2e import open_session, raw, start_node, upstream_url, write_test_registry  # noqa: F401
@@ -441,12 +442,12 @@ async def test_checkpoints_sign_the_head_when_a_file_begins_every_n_records_and_
     numbers = [i for i, r in enumerate(records) if r["type"] == "checkpoint"]
     for i in numbers:  # each signs the record before it, numbered from the trail's first
         assert records[i]["head"] == records[i - 1]["hash"] and records[i]["seq"] == i
-        assert records[i]["keyid"] == keyid(key.public_key())
+        assert records[i]["keyid"] == jwk_kid(key.public_key())
     assert all([orjson.loads(line)["type"] for line in lines(f)[:2]] == ["start", "checkpoint"]
                for f in files)
     assert numbers[-1] == len(records) - 1  # at shutdown
     assert max(b - a for a, b in zip(numbers, numbers[1:])) <= 11
-    verdict = verify(files, {keyid(key.public_key()): key.public_key()})
+    verdict = verify(files, {jwk_kid(key.public_key()): key.public_key()})
     assert verdict.ok and verdict.signed == len(numbers) and verdict.last_seq == len(records)
     checked = gwc("audit", "verify", *files, "--key", pub)
     assert checked.exit_code == 0
