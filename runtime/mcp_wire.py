@@ -30,6 +30,8 @@ INT64_RANGE = (-(1 << 63), (1 << 64) - 1)  # integers kept exact: signed or unsi
 BIG_FLOAT = float(1 << 63)  # from here on a float may stand for an integer orjson could not keep
 _is_container = frozenset((dict, list)).__contains__
 _is_float = frozenset((float,)).__contains__
+_is_dict = frozenset((dict,)).__contains__
+_is_list = frozenset((list,)).__contains__
 
 
 def parse_message(body: bytes) -> dict[str, Any]:
@@ -50,7 +52,8 @@ def check_limits(message: dict[str, Any], body: bytes) -> None:
     bits. orjson reads such an integer as the nearest float, so policy and the approval digest
     would judge another number than the exact one forwarded upstream.
 
-    Level by level with C-level iteration: linear in the message's size, never recursive."""
+    Level by level, every step a C-level iteration (no Python code runs per value): linear in
+    the message's size, never recursive."""
     level: list[Any] = [message]
     depth, suspicious = 0, False
     while level:
@@ -58,12 +61,14 @@ def check_limits(message: dict[str, Any], body: bytes) -> None:
         if depth > MAX_DEPTH:
             raise RpcError(INVALID_PARAMS, f"the request is nested deeper than {MAX_DEPTH} "
                            "levels", 400)
-        values = list(chain.from_iterable([node.values() if type(node) is dict else node
-                                           for node in level]))
-        kinds = list(map(type, values))
-        if float in kinds and max(map(abs, compress(values, map(_is_float, kinds)))) >= BIG_FLOAT:
+        values = [*chain.from_iterable(map(dict.values, compress(level, map(_is_dict, map(
+            type, level))))), *chain.from_iterable(compress(level, map(_is_list, map(type, level))))]
+        kinds = set(map(type, values))
+        if float in kinds and max(map(abs, compress(values, map(_is_float, map(type, values))))
+                                  ) >= BIG_FLOAT:
             suspicious = True
-        level = list(compress(values, map(_is_container, kinds)))
+        level = (list(compress(values, map(_is_container, map(type, values))))
+                 if dict in kinds or list in kinds else [])
     if suspicious:  # rare: a float that big may be an integer orjson could not keep exact
         json.loads(body, parse_int=_int64)
 
