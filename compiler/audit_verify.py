@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from runtime.audit import Head, Verdict, verify
-from runtime.dsse import jwk_kid
+from runtime.audit import Head, Verdict, typed_record, verify
 from runtime.audit_sink import in_trail_order, trail_base
+from runtime.dsse import jwk_kid
 from runtime.keys import KeyFileError, load_public_key
 
 EXIT_TAMPERED, EXIT_USAGE, EXIT_CRASH, EXIT_TRUNCATED = 1, 2, 3, 4
@@ -89,15 +88,8 @@ def anchors(paths: Iterable[str], keys: dict[str, Ed25519PublicKey] | None) -> l
 def _node(path: Path) -> str | None:
     """The node the file's start record names, if its first line is one."""
     with path.open("rb") as fh:
-        line = fh.readline()
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(record, dict) and record.get("type") == "start" and \
-            isinstance(record.get("node"), str):
-        return record["node"]
-    return None
+        record = typed_record(fh.readline(), "start")
+    return record["node"] if record is not None and isinstance(record.get("node"), str) else None
 
 
 @dataclass(frozen=True)

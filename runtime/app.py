@@ -213,7 +213,8 @@ class Gateway:
     def app(self) -> web.Application:
         # keepalive_timeout is also how long a connection may take to send a request's headers:
         # aiohttp closes a connection still waiting for them when it runs out.
-        app = web.Application(middlewares=[request_ids, origin_guard(self.allowed_origins)],
+        app = web.Application(middlewares=[request_ids, origin_guard(self.allowed_origins),
+                                           body_within_timeout],
                               client_max_size=self.config.max_body_bytes,
                               handler_args={"keepalive_timeout": self.config.header_timeout_s})
         app[BODY_TIMEOUT_S] = self.config.body_timeout_s
@@ -240,28 +241,14 @@ class Gateway:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request the gateway's own id (a client's id is kept beside it, never in its
-    place: records are filed under ids no caller chooses), read its body within the body timeout,
-    and never let an exception become a trace."""
+    place: records are filed under ids no caller chooses), and never let an exception become a
+    trace."""
     request[REQUEST_ID] = request_id = uuid.uuid4().hex
     request[STARTED] = time.perf_counter()
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request[CLIENT_REQUEST_ID] = (incoming if 0 < len(incoming) <= 128 and incoming.isprintable()
                                   else None)
     try:
-        if request.can_read_body:
-            try:  # read here, once: handlers get the bytes aiohttp keeps
-                async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
-                    await request.read()
-            except TimeoutError:
-                log.info("request body too slow", extra={"request_id": request_id,
-                                                         "path": request.path})
-                response = error_response(RpcError(INVALID_REQUEST, "the request body was not "
-                                                   "received in time", 408))
-                response.force_close()
-                await response.prepare(request)
-                await response.write_eof()
-                request.protocol.force_close()  # no lingering for the rest of a slow body
-                return response
         return await handler(request)
     except web.HTTPException:
         raise
@@ -281,6 +268,27 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     client_id = request.get(CLIENT_REQUEST_ID)
     if client_id is not None:
         response.headers[CLIENT_REQUEST_ID_HEADER] = client_id
+
+
+@web.middleware
+async def body_within_timeout(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read a request's body once, within the body timeout (handlers get the bytes aiohttp
+    keeps): a client sending it slowly is answered 408 and its connection closed."""
+    if request.can_read_body:
+        try:
+            async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
+                await request.read()
+        except TimeoutError:
+            log.info("request body too slow", extra={"request_id": request[REQUEST_ID],
+                                                     "path": request.path})
+            response = error_response(RpcError(INVALID_REQUEST, "the request body was not "
+                                               "received in time", 408))
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # no lingering for the rest of a slow body
+            return response
+    return await handler(request)
 
 
 def origin_guard(allowed: Callable[[], frozenset[str]]) -> Middleware:

@@ -280,6 +280,16 @@ def recorded(value: Any) -> Any:
     return value
 
 
+def typed_record(line: bytes, type_: str) -> dict[str, Any] | None:
+    """The record on ``line`` if it is one of type ``type_``; None for anything else, damage
+    included (naming damage is verify's job, not a reader's that only looks for one type)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and record.get("type") == type_ else None
+
+
 def is_summary(value: Any) -> bool:
     """A recorded value the trail summarised (or a caller's value that looks like one)."""
     return isinstance(value, dict) and len(value) == 1 and CUT in value

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.audit import GENESIS, Head, encode, link, utc_time
+from runtime.audit import GENESIS, Head, encode, link, typed_record, utc_time
 
 log = logging.getLogger("gwc.audit")
 BATCH = 256
@@ -107,14 +107,8 @@ def _scan(path: Path) -> _Scan:
 def _checkpoint_seq(line: bytes) -> int | None:
     """The number of the record a checkpoint on this line signs, if it is one. Damage here does
     not stop a node from writing on: naming it is verify's job."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(record, dict) and record.get("type") == "checkpoint" and \
-            isinstance(record.get("seq"), int):
-        return record["seq"]
-    return None
+    record = typed_record(line, "checkpoint")
+    return record["seq"] if record is not None and isinstance(record.get("seq"), int) else None
 
 
 def _record(path: Path, line: bytes) -> dict[str, Any]:

@@ -164,7 +164,8 @@ class Upstream:
         """The outcome of ``caller``'s call that reached (or tried to reach) the upstream."""
         before = self.breaker.state
         if healthy:
-            self._callers.pop(caller, None)
+            if caller in self._callers:  # a failed caller recovers (cachetools' pop of a
+                del self._callers[caller]  # missing key costs an exception on every call)
             self.breaker.succeeded()
         else:
             own = self._callers.get(caller)
