@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx2
 import pytest
@@ -57,13 +57,22 @@ def start_upstream(port: int, script: str = "upstream_server.py") -> subprocess.
     return proc
 
 
+@contextmanager
+def running_upstream(script: str = "upstream_server.py") -> Iterator[str]:
+    """The URL of a test upstream MCP server running for the ``with`` block."""
+    port = free_port()
+    proc = start_upstream(port, script)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def upstream_url():
-    port = free_port()
-    proc = start_upstream(port)
-    yield f"http://127.0.0.1:{port}/mcp"
-    proc.terminate()
-    proc.wait(10)
+    with running_upstream() as url:
+        yield url
 
 
 def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
@@ -232,3 +241,23 @@ async def open_session(node: Node, path: str, token: str) -> str:
     assert response.status_code == 200, response.text
     return response.headers["Mcp-Session-Id"]
 
+
+
+@contextmanager
+def unwritable_trail(node: Node) -> Iterator[Path]:
+    """Every audit write fails inside the block, as on a full disk; the trail's path."""
+    writer = node.gateway.auditor._writer
+    good = writer._file
+    writer._file = open(good.name, "rb", buffering=0)
+    try:
+        yield Path(good.name)
+    finally:
+        writer._file.close()
+        writer._file = good
+
+
+async def echo_in_session(node: Node, token: str) -> tuple[dict, dict]:
+    """A legacy ``tools/call`` of echo and the headers of a fresh session to send it in."""
+    session = await open_session(node, "/servers/tools/mcp", token)
+    return ({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+             "params": {"name": "echo", "arguments": {"text": "x"}}}, {"Mcp-Session-Id": session})

@@ -29,7 +29,8 @@ from runtime.auditor import Auditor, AuditTarget
 from runtime.dsse import jwk_kid
 from runtime.jsonrpc import RpcError
 from runtime.metrics import Metrics
-from tests.e2e import open_session, raw, start_node, upstream_url, write_test_registry  # noqa: F401
+from tests.e2e import (echo_in_session, open_session, raw, start_node,  # noqa: F401
+                       unwritable_trail, upstream_url, write_test_registry)
 from tests.helpers import compile_root, gwc, manifest, rule, write_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -584,22 +585,13 @@ async def test_readyz_says_when_a_failing_trail_refuses_calls(
 
 
 async def test_readyz_follows_a_trail_that_fails_and_recovers(node) -> None:
-    writer = node.gateway.auditor._writer
-    good = writer._file
     token = node.idp.token("alice", ["eng"])
-    session = await open_session(node, "/servers/tools/mcp", token)
-    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "x"}}}
-    headers = {"Mcp-Session-Id": session}
+    call, headers = await echo_in_session(node, token)
     async with httpx2.AsyncClient() as http:
         assert (await http.get(f"{node.url}/readyz")).status_code == 200
-        writer._file = open(good.name, "rb", buffering=0)  # every write fails, as on a full disk
-        try:
+        with unwritable_trail(node):
             await raw(node, "/servers/tools/mcp", call, token, headers)
             assert (await http.get(f"{node.url}/readyz")).status_code == 503
-        finally:
-            writer._file.close()
-            writer._file = good
         await raw(node, "/servers/tools/mcp", call, token, headers)  # the probe
         assert (await http.get(f"{node.url}/readyz")).status_code == 200
 

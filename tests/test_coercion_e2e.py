@@ -12,7 +12,7 @@ import pytest
 from mcp import Client, MCPError
 
 from runtime.audit_sink import trail
-from tests.e2e import MODES, Node, connect, free_port, start_node, start_upstream, text_of
+from tests.e2e import MODES, Node, connect, running_upstream, start_node, text_of
 from tests.helpers import dump
 from tests.idp import AUDIENCE, ISSUER
 
@@ -33,13 +33,8 @@ HONEST_SPELLINGS = [("force", "false"), ("force", 0), ("replicas", "3"), ("repli
 
 @pytest.fixture(scope="module")
 def coercing_upstream() -> Iterator[str]:
-    port = free_port()
-    proc = start_upstream(port, "coercion_upstream.py")
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_upstream("coercion_upstream.py") as url:
+        yield url
 
 
 def write_fleet_registry(root: Path, jwks_uri: str, upstream: str) -> Path:

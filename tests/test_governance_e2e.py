@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import httpx2
 import orjson
@@ -19,8 +18,8 @@ from runtime.approvals import MAX_PENDING
 from runtime.audit import verify
 from runtime.audit_sink import trail
 from runtime.auditor import AuditTarget
-from tests.e2e import (LIST, Node, connect, open_session, raw, start_node, text_of,
-                       write_governed_registry, write_test_registry)
+from tests.e2e import (LIST, Node, connect, echo_in_session, raw, start_node, text_of,
+                       unwritable_trail, write_governed_registry, write_test_registry)
 
 
 def records(node: Node, **match) -> list[dict]:
@@ -149,28 +148,19 @@ async def test_a_trail_that_cannot_be_opened(tmp_path, aiohttp_server, upstream_
 
 
 async def test_a_failing_trail_refuses_calls_until_it_writes_again(node) -> None:
-    writer = node.gateway.auditor._writer
-    good = writer._file
     token = node.idp.token("alice", ["eng"])
-    session = await open_session(node, "/servers/tools/mcp", token)
-    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "x"}}}
-    headers = {"Mcp-Session-Id": session}
-    writer._file = open(good.name, "rb", buffering=0)  # every write now fails, as on a full disk
-    try:
+    call, headers = await echo_in_session(node, token)
+    with unwritable_trail(node) as path:
         failed = await raw(node, "/servers/tools/mcp", call, token, headers)
         assert "audit_unavailable" in failed.text  # an SSE answer: its result withheld
         refused = await raw(node, "/servers/tools/mcp", call, token, headers)
         assert refused.json()["error"]["data"]["reason"] == "audit_unavailable"
-    finally:
-        writer._file.close()
-        writer._file = good
     # The next refusal's record is the probe that finds the trail writable again.
     await raw(node, "/servers/tools/mcp", call, token, headers)
     served = await raw(node, "/servers/tools/mcp", call, token, headers)
     assert served.status_code == 200 and "echo: x" in served.text
     assert verify(trail(node.audit_path)).ok  # nothing torn, nothing lost from the chain
-    assert Path(good.name).read_bytes().count(b'"decision":"allow"') >= 2
+    assert path.read_bytes().count(b'"decision":"allow"') >= 2
 
 
 async def api(node: Node, method: str, path: str, token: str, body: dict | None = None
