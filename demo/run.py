@@ -263,7 +263,8 @@ def main() -> None:
         print(run("gwc", "client-config", "--gateway", gateway, "--client", "claude-desktop"))
         asyncio.run(drive(gateway, users["alice"], users["bob"]))
         governance(gateway, users)
-        say("The audit trail: every request above, hash-chained and its head signed by the gateway key (verified against the node's JWKS); who touched what, in one command")
+        say("The audit trail: every request above, hash-chained, its head signed by the "
+            "gateway key (checked against the node's JWKS); who touched what, in one command")
         print(run("gwc", "audit", "verify", "audit/audit.jsonl", "--jwks",
                   f"{gateway}/.well-known/jwks.json").rstrip())
         print(run("gwc", "audit", "query", "audit/audit.jsonl", "--user", "bob").rstrip())
