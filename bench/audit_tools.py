@@ -4,7 +4,7 @@ Generates N records (default 1,000,000) shaped as the runtime writes them (docs/
 tools/call records decided by two real signed bundles (the policy changed halfway), some
 tools/list records, 2,000 users in 8 teams each working mostly with a few servers, agents acting
 for users, 30 days of traffic, files rotated at 100 MB and chained as the runtime's writer
-chains them (runtime.audit.sealed_line; generation is not timed). Then runs each command as the real CLI (a fresh process) and prints
+chains them (gwc.runtime.audit.chain.sealed_line; generation is not timed). Then runs each command as the real CLI (a fresh process) and prints
 the median of the runs and records/s; what a query prints goes to /dev/null.
 
     python bench/audit_tools.py [--records 1000000] [--runs 3] [--timeout 600] [--keep DIR]
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from compiler.build import Built, build
-from compiler.keys import generate_keypair
-from compiler.registry import load_registry
-from runtime.audit import GENESIS, arguments_record, sealed_line
-from runtime.auditor import policy_fields, principal_fields
-from runtime.policy import Principal, decide
+from gwc.compiler.build.bundle import Built, build
+from gwc.compiler.build.keys import generate_keypair
+from gwc.compiler.build.registry import load_registry
+from gwc.runtime.audit.chain import GENESIS, arguments_record, sealed_line
+from gwc.runtime.mcp.recording import policy_fields, principal_fields
+from gwc.runtime.policy.decide import Principal, decide
 
 SERVERS, TEAMS, USERS, DAYS = 40, 8, 2000, 30
 START = datetime(2026, 10, 22, tzinfo=UTC)
@@ -118,7 +118,7 @@ def record(bundle: Built, rng: random.Random, people: list[tuple[Principal, list
 
 
 def generate(folder: Path, count: int, bundles: list[Built]) -> list[Path]:
-    """The trail, rotated like runtime.audit_sink: audit.jsonl.000001 ... then audit.jsonl."""
+    """The trail, rotated like gwc.runtime.audit.writer: audit.jsonl.000001 ... then audit.jsonl."""
     rng, people = random.Random(7), principals(random.Random(11))
     step = timedelta(days=DAYS) / count
     files: list[Path] = []

@@ -34,7 +34,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-LIMIT = 4 * 1024 * 1024  # runtime.config.DEFAULT_MAX_BODY_BYTES
+LIMIT = 4 * 1024 * 1024  # gwc.runtime.config.DEFAULT_MAX_BODY_BYTES
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def main() -> None:
             size = len(json.dumps(CASES[case](), separators=(",", ":"))) / 1024  # orjson
             # writes no more than 255 levels
             old = cell(run(before, case, args.runs, args.cap))
-            new = cell(run(REPO / "runtime" / "audit.py", case, args.runs, args.cap))
+            new = cell(run(REPO / "runtime" / "audit" / "chain.py", case, args.runs, args.cap))
             print(f"{case:14s} {size:7.0f}KB | {old[0]:>14s} {old[1]:>8s} {old[2]:>10s} | "
                   f"{new[0]:>11s} {new[1]:>8s} {new[2]:>9s}")
 

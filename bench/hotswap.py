@@ -59,7 +59,7 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[list[Path], Path, str
     serials 1..swaps+1, each with --changed servers revised. Returns the bundle files, the CI
     public key, a bearer token that may call server-0000 and the upstream's port (it is in the
     bundles). Reuses an earlier build in ``work`` made with the same sizes (--keep)."""
-    from compiler.devidp import DevIdP
+    from gwc.compiler.client.dev_idp import DevIdP
 
     meta_path = work / "hotswap-build.json"
     sizes = {"servers": args.servers, "tools": args.tools, "rules": args.rules,
@@ -98,7 +98,7 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[list[Path], Path, str
 
 def start_runtime(work: Path, bundle: Path, ci_pub: Path, port: int, args: argparse.Namespace,
                   log_path: Path) -> subprocess.Popen:
-    from compiler.keys import generate_keypair
+    from gwc.compiler.build.keys import generate_keypair
 
     gateway_key, _, _ = generate_keypair(work / "gateway")
     with log_path.open("wb") as log_file:

@@ -114,10 +114,10 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
     ``neighbours`` adds more servers (name -> manifest fields), visible to the same user;
     ``bench_fields`` adds manifest fields to the benchmarked server (limits); ``runtime_args``
     are gwc-runtime flags (default: the audit trail to a file, as production runs)."""
-    from compiler.build import build
-    from compiler.devidp import DevIdP
-    from compiler.keys import generate_keypair
-    from compiler.registry import load_registry
+    from gwc.compiler.build.bundle import build
+    from gwc.compiler.client.dev_idp import DevIdP
+    from gwc.compiler.build.keys import generate_keypair
+    from gwc.compiler.build.registry import load_registry
 
     idp = DevIdP.generate()
     repo = work / "repo"

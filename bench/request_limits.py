@@ -1,4 +1,4 @@
-"""What the request shape check costs on the event loop (``runtime.mcp_wire.check_limits``: depth
+"""What the request shape check costs on the event loop (``gwc.runtime.protocol.wire.check_limits``: depth
 at most 64, integers within 64 bits), beside parsing the same body with orjson, for ordinary and
 hostile ``tools/call`` bodies up to the node's default 4 MiB limit. Medians of ``--runs`` runs.
 
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from runtime.mcp_wire import check_limits  # noqa: E402
+from gwc.runtime.protocol.wire import check_limits  # noqa: E402
 
 
 def body(arguments: dict[str, Any]) -> bytes:

@@ -13,26 +13,26 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.auditor import Auditor, AuditTarget
-from runtime.bundle import Bundle, trusted_keys
-from runtime.bundle_poller import BundlePoller
-from runtime.bundle_source import source_for
-from runtime.bundle_store import BundleStore
-from runtime.catalog_api import catalog
-from runtime.governance_api import GovernanceApi
-from runtime.config import Config
-from runtime.identity import AuthError, Authenticator
-from runtime.jsonrpc import (FORBIDDEN_ORIGIN, INVALID_REQUEST, UNAUTHENTICATED,
+from gwc.runtime.mcp.recording import Auditor, AuditTarget
+from gwc.runtime.bundle.read import Bundle, trusted_keys
+from gwc.runtime.bundle.poller import BundlePoller
+from gwc.runtime.bundle.source import source_for
+from gwc.runtime.bundle.store import BundleStore
+from gwc.runtime.catalog_api import catalog
+from gwc.runtime.governance.api import GovernanceApi
+from gwc.runtime.config import Config
+from gwc.runtime.identity import AuthError, Authenticator
+from gwc.runtime.protocol.errors import (FORBIDDEN_ORIGIN, INVALID_REQUEST, UNAUTHENTICATED,
                              UPSTREAM_UNAVAILABLE, RpcError)
-from runtime.list_changed import ListChangedStreams
-from runtime.mcp_proxy import McpProxy
-from runtime.mcp_wire import error_response, origin_of
-from runtime.policy import Principal
-from runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
-from runtime.metrics import Metrics
-from runtime.state import State
-from runtime.sessions import SessionSealer
-from runtime.upstream_auth import UpstreamCredentials
+from gwc.runtime.mcp.list_changed import ListChangedStreams
+from gwc.runtime.mcp.endpoint import McpProxy
+from gwc.runtime.protocol.wire import error_response, origin_of
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
+from gwc.runtime.metrics import Metrics
+from gwc.runtime.governance.state import State
+from gwc.runtime.mcp.sealed_sessions import SessionSealer
+from gwc.runtime.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"

@@ -8,12 +8,12 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from runtime import logs
-from runtime.app import Gateway
-from runtime.bundle import BundleError
-from runtime.config import ConfigError, load
-from runtime.dsse import key_id
-from runtime.keys import KeyFileError, load_private_key
+from gwc.runtime import logs
+from gwc.runtime.app import Gateway
+from gwc.runtime.bundle.read import BundleError
+from gwc.runtime.config import ConfigError, load
+from gwc.runtime.bundle.envelope import key_id
+from gwc.runtime.bundle.keys import KeyFileError, load_private_key
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

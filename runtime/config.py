@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.audit_sink import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
-from runtime.auditor import AuditSpecError, AuditTarget
-from runtime.sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
+from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
+from gwc.runtime.mcp.recording import AuditSpecError, AuditTarget
+from gwc.runtime.mcp.sealed_sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
 
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024

@@ -20,8 +20,8 @@ import aiohttp
 import jwt
 from cachetools import LRUCache
 
-from runtime.bundle_format import Identity
-from runtime.policy import Principal
+from gwc.runtime.bundle.format import Identity
+from gwc.runtime.policy.decide import Principal
 
 log = logging.getLogger("gwc.identity")
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",

@@ -1,4 +1,10 @@
-"""Shared fixtures: the example registry and throw-away signing keys."""
+"""Shared fixtures (the example registry, throw-away signing keys) and the suite's markers.
+
+Markers come from where a test lives, so a new test file is marked by being put in the right folder:
+``e2e`` (tests/e2e: real processes and SDK clients), ``fleet`` (tests/fleet: several nodes),
+``redis`` (any test that starts a real redis-server). ``pytest -m "not fleet and not e2e"`` is the
+inner loop.
+"""
 from __future__ import annotations
 
 import shutil
@@ -6,11 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from compiler.keys import generate_keypair
-from tests.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
-from tests.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
+from gwc.compiler.build.keys import generate_keypair
+from tests.support.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
+from tests.support.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
+from tests.support.repo import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"e2e": pytest.mark.e2e, "fleet": pytest.mark.fleet}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
+        callspec = getattr(item, "callspec", None)
+        if "redis_server" in getattr(item, "fixturenames", ()) or (
+                callspec is not None and "redis" in callspec.id):
+            item.add_marker(pytest.mark.redis)
 
 
 @pytest.fixture

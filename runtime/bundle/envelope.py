@@ -1,0 +1,120 @@
+"""DSSE envelopes signed with Ed25519: the bundle's outer wrapper.
+
+See https://github.com/secure-systems-lab/dsse. The signature covers the pre-authentication encoding
+(PAE) of payload type and payload, so neither can be swapped without breaking it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gwc.runtime.bundle.canonical import canonical_json
+
+BUNDLE_PAYLOAD_TYPE = "application/vnd.gwc.bundle+json"
+
+
+class VerificationError(Exception):
+    """The envelope is malformed or carries no valid signature by a trusted key."""
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Stable key id: hex SHA-256 of the raw 32-byte public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def jwk_kid(public_key: Ed25519PublicKey) -> str:
+    """A gateway key's ``kid`` in its JWKS: the first half of :func:`key_id`, short enough for
+    token headers."""
+    return key_id(public_key)[:32]
+
+
+def sign_envelope(payload: bytes, private_key: Ed25519PrivateKey,
+                  payload_type: str = BUNDLE_PAYLOAD_TYPE) -> bytes:
+    """Wrap ``payload`` in a canonical DSSE envelope. Ed25519 is deterministic, so is the output."""
+    sig = private_key.sign(pae(payload_type, payload))
+    envelope = {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "signatures": [{"keyid": key_id(private_key.public_key()),
+                        "sig": base64.b64encode(sig).decode("ascii")}],
+    }
+    return canonical_json(envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEnvelope:
+    payload: bytes
+    payload_type: str
+    keyid: str
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise VerificationError(f"malformed envelope: {what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise VerificationError(f"malformed envelope: {what} is not valid base64") from None
+
+
+def open_envelope(data: bytes) -> tuple[str, bytes, list[dict]]:
+    """Parse an envelope without checking signatures (for inspection tools only)."""
+    try:
+        env = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise VerificationError("malformed envelope: not JSON (truncated or corrupted file?)") from None
+    if not isinstance(env, dict):
+        raise VerificationError("malformed envelope: not a JSON object")
+    payload_type = env.get("payloadType")
+    if not isinstance(payload_type, str):
+        raise VerificationError("malformed envelope: missing payloadType")
+    payload = _b64(env.get("payload"), "payload")
+    sigs = env.get("signatures")
+    if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) for s in sigs):
+        raise VerificationError("unsigned bundle: the envelope has no signatures")
+    return payload_type, payload, sigs
+
+
+def verify_envelope(data: bytes, trusted: dict[str, Ed25519PublicKey],
+                    payload_type: str = BUNDLE_PAYLOAD_TYPE) -> VerifiedEnvelope:
+    """Return the payload if at least one signature is valid under a trusted key.
+
+    ``trusted`` maps key id to public key. Signatures by keys not in it are ignored, never trusted.
+    """
+    if not trusted:
+        raise VerificationError("no trusted keys configured")
+    env_type, payload, sigs = open_envelope(data)
+    if env_type != payload_type:
+        raise VerificationError(f"unexpected payloadType {env_type!r} (expected {payload_type!r})")
+    message = pae(env_type, payload)
+    seen: list[str] = []
+    for entry in sigs:
+        keyid = entry.get("keyid")
+        key = trusted.get(keyid) if isinstance(keyid, str) else None
+        if key is None:
+            seen.append(str(keyid)[:16])
+            continue
+        try:
+            key.verify(_b64(entry.get("sig"), "signature"), message)
+        except InvalidSignature:
+            raise VerificationError(
+                f"bad signature: key {keyid[:16]} is trusted but its signature does not match "
+                "the payload (tampered or corrupted bundle)") from None
+        return VerifiedEnvelope(payload=payload, payload_type=env_type, keyid=keyid)
+    trusted_ids = ", ".join(k[:16] for k in sorted(trusted))
+    raise VerificationError(
+        f"signed by an unknown key (keyid {', '.join(seen)}); trusted keys: {trusted_ids}")

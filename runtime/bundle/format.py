@@ -1,0 +1,194 @@
+"""The compiled bundle payload, format ``gwc.bundle/v1``: the contract between compiler and runtime.
+
+Everything the runtime needs is pre-resolved by the compiler: audiences are sets of groups, users and
+agents; every tool carries its resolved access class, mode, limits and approval, plus the indexes of
+the allow and deny rules that can apply to it (rules whose server, tool and action cover it). The
+runtime does lookups, never interpretation. The compiler builds these models and dumps them; the
+runtime validates the same models when it loads a bundle.
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FORMAT_V1 = "gwc.bundle/v1"
+KNOWN_FORMATS = (FORMAT_V1,)
+
+Access = Literal["read", "write"]
+Mode = Literal["enforce", "shadow"]
+Scalar = bool | int | float | str
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Audience(_Frozen):
+    """Who a server is visible to, or who may approve: ``team:``/``group:`` entries are IdP groups."""
+
+    everyone: bool = False
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+
+    # Sets are derived lazily: a 2,000-server bundle loads without building sets it never uses.
+    @cached_property
+    def group_set(self) -> frozenset[str]:
+        return frozenset(self.groups)
+
+    @cached_property
+    def user_set(self) -> frozenset[str]:
+        return frozenset(self.users)
+
+    @cached_property
+    def agent_set(self) -> frozenset[str]:
+        return frozenset(self.agents)
+
+    def admits(self, subject: str, groups: frozenset[str], is_agent: bool) -> bool:
+        return (self.everyone or subject in self.user_set
+                or (is_agent and subject in self.agent_set)
+                or not self.group_set.isdisjoint(groups))
+
+
+class Condition(_Frozen):
+    """A constraint on one argument (``path`` is the dotted path split). All present operators apply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    arg: str
+    path: tuple[str, ...]
+    in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
+    not_in: tuple[Scalar, ...] | None = None
+    pattern: str | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+
+    @cached_property
+    def regex(self) -> re.Pattern[str] | None:
+        return re.compile(self.pattern) if self.pattern is not None else None
+
+
+class Subject(_Frozen):
+    kind: Literal["group", "user", "agent"]
+    value: str
+
+
+class Rule(_Frozen):
+    id: str
+    effect: Literal["allow", "deny"]
+    subject: Subject
+    server: str
+    tools: tuple[str, ...] | None = None
+    actions: tuple[Access, ...]
+    conditions: tuple[Condition, ...] = ()
+    rate_limit_per_minute: int | None = None
+    rate_limit_burst: int | None = None  # None: the whole rate at once (gwc.runtime.governance.limits)
+    source: str
+
+
+class Limits(_Frozen):
+    per_user_rpm: int | None = None
+    per_user_burst: int | None = None
+
+
+class ServerLimits(Limits):
+    upstream_rpm: int | None = None
+    upstream_burst: int | None = None
+
+
+class Approval(_Frozen):
+    approvers: Audience
+
+
+class Tool(_Frozen):
+    access: Access
+    mode: Mode
+    approval: Approval | None = None
+    limits: Limits = Limits()
+    timeout_ms: int
+    allow: tuple[int, ...] = ()
+    deny: tuple[int, ...] = ()
+
+
+class UpstreamAuth(_Frozen):
+    """``gateway_jwt``: a short-lived token minted per call. ``static_env``: a secret from the node's env."""
+
+    type: Literal["gateway_jwt", "static_env"]
+    env: str | None = None
+    header: str = "Authorization"
+    scheme: str | None = "Bearer"
+
+
+class Server(_Frozen):
+    owner: str
+    upstream: str
+    description: str = ""
+    source: str
+    visibility: Audience = Audience()  # empty: visible to nobody
+    restricted: bool = False
+    tools: dict[str, Tool] = {}
+    limits: ServerLimits = ServerLimits()
+    timeout_ms: int
+    max_concurrency: int
+    upstream_auth: UpstreamAuth
+
+    @cached_property
+    def rule_index_range(self) -> tuple[int, int]:
+        """(lowest, highest) rule index its tools name, (0, -1) for none: checking a bundle's
+        indexes is one comparison per server, none for a server reused from the bundle before."""
+        indexes = [idx for tool in self.tools.values() for idx in (*tool.allow, *tool.deny)]
+        return (min(indexes), max(indexes)) if indexes else (0, -1)
+
+
+class Identity(_Frozen):
+    issuer: str
+    audience: tuple[str, ...]
+    jwks_uri: str | None = None
+    jwks: dict | None = None
+    groups_claim: str
+    algorithms: tuple[str, ...]
+    leeway_s: int
+
+
+class BreakGlass(_Frozen):
+    group: str | None = None
+    max_ttl_s: int
+
+
+class Audit(_Frozen):
+    sink: Literal["file", "stdout", "both"]
+    path: str | None = None
+    on_failure: Literal["closed", "open"]
+
+
+class GatewaySettings(_Frozen):
+    identity: Identity
+    break_glass: BreakGlass
+    default_mode: Mode
+    audit: Audit
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
+
+
+class BundlePayload(_Frozen):
+    format: Literal["gwc.bundle/v1"]
+    serial: int = Field(ge=0)
+    revision: str
+    source_digest: str
+    gateway: GatewaySettings
+    servers: dict[str, Server]
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _indexes_resolve(self) -> BundlePayload:
+        n = len(self.rules)
+        for name, server in self.servers.items():
+            low, high = server.rule_index_range
+            if 0 <= low and high < n:
+                continue
+            for tool_name, tool in server.tools.items():
+                for idx in (*tool.allow, *tool.deny):
+                    if not 0 <= idx < n:
+                        raise ValueError(f"servers.{name}.tools.{tool_name}: rule index {idx} out of range")
+        return self

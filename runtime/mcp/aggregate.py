@@ -1,0 +1,103 @@
+"""The aggregate endpoint's view for one caller: every entitled tool of every server, plus the
+resources and prompts of every visible server, under namespaced names (``naming.py``).
+
+Lists are built from the upstream catalog (fetched by the gateway, cached per upstream) filtered by
+the caller's entitlement under the active bundle; names are resolved back to (server, upstream
+name) through the bundle's tool index, or the catalog for prompts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.bundle.format import Tool
+from gwc.runtime.policy.names import (SEPARATOR, aggregate_name, resource_uri, split_resource_uri,
+                            tool_index)
+from gwc.runtime.policy.decide import Principal, listed_everywhere, visible_server
+from gwc.runtime.upstream.catalog import Kind, UpstreamCatalog
+
+URI_FIELDS = {"resources": "uri", "resourceTemplates": "uriTemplate"}
+
+
+def with_manifest_annotations(tool: dict[str, Any], spec: Tool, name: str) -> dict[str, Any]:
+    """The upstream's tool under ``name``, its hints set from the manifest: clients must not trust
+    an upstream's own claims about what a tool does. Only the upstream's title is kept."""
+    upstream = tool.get("annotations")
+    annotations = ({"title": upstream["title"]}
+                   if isinstance(upstream, dict) and "title" in upstream else {})
+    annotations.update(readOnlyHint=spec.access == "read", destructiveHint=spec.access == "write")
+    return {**tool, "name": name, "annotations": annotations}
+
+
+class Aggregate:
+    def __init__(self, catalog: UpstreamCatalog) -> None:
+        self._catalog = catalog
+        self._index: tuple[Bundle | None, dict[str, tuple[str, str]]] = (None, {})
+
+    def entitled(self, bundle: Bundle, principal: Principal) -> dict[str, list[str]]:
+        """Server -> the tools the caller sees there, for every server where it sees any."""
+        return dict(listed_everywhere(bundle.payload, principal))
+
+    async def tools(self, bundle: Bundle, principal: Principal) -> list[dict[str, Any]]:
+        entitled = self.entitled(bundle, principal)
+        lists = await self._catalog.lists(bundle, list(entitled), "tools")
+        out = []
+        for server, upstream_tools in lists.items():
+            specs = bundle.payload.servers[server].tools
+            wanted = set(entitled[server])
+            for tool in upstream_tools:
+                name = tool.get("name")
+                if name in wanted:
+                    out.append(with_manifest_annotations(tool, specs[name],
+                                                         aggregate_name(server, name)))
+        return out
+
+    def _visible(self, bundle: Bundle, principal: Principal) -> list[str]:
+        return [name for name in bundle.payload.servers
+                if visible_server(bundle.payload, principal, name) is not None]
+
+    async def resources(self, bundle: Bundle, principal: Principal, kind: Kind
+                        ) -> list[dict[str, Any]]:
+        """Resources or resource templates of every visible server, URIs prefixed."""
+        field = URI_FIELDS[kind]
+        lists = await self._catalog.lists(bundle, self._visible(bundle, principal), kind)
+        return [{**item, field: resource_uri(server, str(item.get(field, ""))),
+                 "name": f"{server}{SEPARATOR}{item.get('name', '')}"}
+                for server, items in lists.items() for item in items]
+
+    async def prompts(self, bundle: Bundle, principal: Principal) -> list[dict[str, Any]]:
+        lists = await self._catalog.lists(bundle, self._visible(bundle, principal), "prompts")
+        return [{**item, "name": aggregate_name(server, str(item.get("name", "")))}
+                for server, items in lists.items() for item in items]
+
+    def resolve_tool(self, bundle: Bundle, name: str) -> tuple[str, str] | None:
+        """(server, tool) behind an aggregate tool name (visibility is the caller's to check)."""
+        indexed, index = self._index
+        if indexed is not bundle:
+            index = tool_index(bundle.payload)
+            self._index = (bundle, index)
+        return index.get(name)
+
+    async def resolve_prompt(self, bundle: Bundle, principal: Principal, name: str
+                             ) -> tuple[str, str] | None:
+        """(server, prompt) behind an aggregate prompt name, from the upstreams' prompt lists
+        (fetched now if this node has not listed them yet)."""
+        prefix = name.partition(SEPARATOR)[0]
+        if prefix in bundle.payload.servers:  # the plain form names its server
+            visible = visible_server(bundle.payload, principal, prefix) is not None
+            candidates = [prefix] if visible else []
+        else:  # a shortened, hashed name: any visible server's
+            candidates = self._visible(bundle, principal)
+        lists = await self._catalog.lists(bundle, candidates, "prompts")
+        for server, prompts in lists.items():
+            for prompt in prompts:
+                if aggregate_name(server, str(prompt.get("name", ""))) == name:
+                    return server, str(prompt["name"])
+        return None
+
+    @staticmethod
+    def resolve_resource(bundle: Bundle, principal: Principal, uri: str) -> tuple[str, str] | None:
+        split = split_resource_uri(uri)
+        if split is None or visible_server(bundle.payload, principal, split[0]) is None:
+            return None
+        return split

@@ -1,0 +1,3 @@
+"""The MCP and JSON-RPC wire as the gateway speaks it: error codes, parsing and routing headers,
+Server-Sent Events framing. No HTTP server, no policy.
+"""

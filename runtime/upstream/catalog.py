@@ -1,0 +1,145 @@
+"""What each upstream offers (tools, resources, resource templates, prompts), for the aggregate
+endpoint: fetched lazily by the gateway under its own identity, cached per upstream and bundle.
+
+An entry is fresh for ``LIST_TTL_S`` and only under the bundle it was fetched for. A listing waits
+at most ``LIST_DEADLINE_S`` for refreshes: an upstream that is slower (or dead) is served from its
+stale entry if there is one, or left out, and logged; its fetch carries on in the background, so
+the next listing has it. One fetch per upstream and kind at a time, however many callers wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.bundle.format import Server
+from gwc.runtime.metrics import Metrics
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.mcp.sealed_sessions import Session
+from gwc.runtime.upstream.client import Outgoing, UpstreamClient, UpstreamFailure, answer_to
+
+log = logging.getLogger("gwc.catalog")
+
+LIST_TTL_S = 300.0
+LIST_DEADLINE_S = 2.0
+MAX_PAGES = 20
+GATEWAY_SUBJECT = "gwc"  # who upstreams see asking for their lists
+# kind "service" keeps it apart from an IdP user who happens to be called "gwc": in upstream
+# tokens (the "kind" claim) and in the pool of upstream sessions
+GATEWAY = Principal(subject=GATEWAY_SUBJECT, kind="service")
+GATEWAY_SESSION = Session(GATEWAY_SUBJECT, "service", None, "", LATEST_HANDSHAKE_VERSION, {}, {}, 0)
+
+Kind = Literal["tools", "resources", "resourceTemplates", "prompts"]
+METHODS: dict[str, str] = {"tools": "tools/list", "resources": "resources/list",
+                           "resourceTemplates": "resources/templates/list",
+                           "prompts": "prompts/list"}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    items: tuple[dict[str, Any], ...]
+    bundle_digest: str
+    fetched_at: float
+
+    def fresh(self, bundle: Bundle) -> bool:
+        return (self.bundle_digest == bundle.digest
+                and time.monotonic() - self.fetched_at < LIST_TTL_S)
+
+
+class UpstreamCatalog:
+    def __init__(self, client: UpstreamClient, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
+
+    async def lists(self, bundle: Bundle, names: list[str], kind: Kind
+                    ) -> dict[str, tuple[dict[str, Any], ...]]:
+        """The ``kind`` items of each named server, as fresh as the deadline allows."""
+        waiting: dict[str, asyncio.Task[Entry]] = {}
+        deadline = time.monotonic()
+        for name in names:
+            entry = self._entries.get((name, kind))
+            if entry is None or not entry.fresh(bundle):
+                task, started = self._fetch(bundle, name, bundle.payload.servers[name], kind)
+                # each fetch is waited for until LIST_DEADLINE_S after it started: one already
+                # late for an earlier listing delays no later one
+                deadline = max(deadline, started + LIST_DEADLINE_S)
+                waiting[name] = task
+        if waiting:
+            _, late = await asyncio.wait(waiting.values(),
+                                         timeout=max(0.0, deadline - time.monotonic()))
+            for name, task in waiting.items():
+                if task in late:
+                    log.warning("upstream list late; left out or served stale",
+                                extra={"server": name, "kind": kind})
+        out = {}
+        for name in names:
+            entry = self._entries.get((name, kind))
+            if entry is not None:
+                out[name] = entry.items
+        return out
+
+    def _fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind
+               ) -> tuple[asyncio.Task[Entry], float]:
+        """The fetch in flight for this upstream and kind (started now if there was none), with
+        the time it started."""
+        key = (name, kind)
+        fetching = self._fetching.get(key)
+        if fetching is None:
+            task = asyncio.get_running_loop().create_task(self._run_fetch(bundle, name, server, kind))
+            fetching = self._fetching[key] = (task, time.monotonic())
+            task.add_done_callback(lambda done: self._fetched(key, done))
+        return fetching
+
+    def _fetched(self, key: tuple[str, str], task: asyncio.Task[Entry]) -> None:
+        self._fetching.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # logged in _run_fetch; retrieved so asyncio does not log it again
+
+    async def _run_fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind) -> Entry:
+        try:
+            items = await self._fetch_all_pages(name, server, kind)
+            result = "ok"
+        except Exception as exc:  # never let one upstream's oddity break the others' listing
+            expected = isinstance(exc, UpstreamFailure)
+            log.warning("upstream list failed", exc_info=not expected, extra={
+                "server": name, "kind": kind, "reason": exc.message if expected else repr(exc)})
+            self._metrics.catalog_fetches.labels(name, "failed").inc()
+            raise
+        if items is None:
+            items, result = (), "unsupported"
+        self._metrics.catalog_fetches.labels(name, result).inc()
+        entry = self._entries[(name, kind)] = Entry(tuple(items), bundle.digest, time.monotonic())
+        return entry
+
+    async def _fetch_all_pages(self, name: str, server: Server, kind: Kind
+                               ) -> list[dict[str, Any]] | None:
+        """All pages of one list; None when the upstream does not offer that kind."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for page in range(MAX_PAGES):
+            params = {"cursor": cursor} if cursor else {}
+            message = {"jsonrpc": "2.0", "id": page, "method": METHODS[kind], "params": params}
+            out = Outgoing(METHODS[kind], message, GATEWAY_SESSION, f"catalog-{name}-{kind}",
+                           headers={"Accept": "application/json, text/event-stream",
+                                    "Content-Type": "application/json"})
+            async with self._client.exchange(name, server, GATEWAY, out, server.timeout_ms) as answer:
+                body = await answer.response.read()
+                content_type = answer.response.headers.get("Content-Type", "")
+                if answer.response.status >= 400 and not body:
+                    return None
+                reply = answer_to(body, content_type, answer.upstream_id)
+            result = reply.get("result")
+            if not isinstance(result, dict):
+                return None  # an error: the upstream does not offer this kind
+            items.extend(i for i in result.get(kind, ()) if isinstance(i, dict))
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                break
+        return items

@@ -1,0 +1,216 @@
+"""One MCP request from the gateway to an upstream, under that upstream's isolation.
+
+The era decides the wire: a 2026-07-28 (stateless) request goes as the client sent it, with the
+gateway's credential instead of the client's; a 2025-era request goes on the gateway's own pooled
+upstream session (``upstream_sessions.py``), with the JSON-RPC id replaced by one unique on this
+node, since that session is shared by the principal's calls from any number of client sessions; the
+answer gets the client's id back (``Answer.restore``). A 404 for a forgotten upstream session opens
+a new one and sends again, once.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+from gwc.runtime.bundle.format import Server
+from gwc.runtime.protocol.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError
+from gwc.runtime.metrics import Metrics
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.mcp.sealed_sessions import Session
+from gwc.runtime.protocol.sse import messages
+from gwc.runtime.upstream.credentials import CredentialError, UpstreamCredentials
+from gwc.runtime.upstream.session_pool import (UpstreamSession, UpstreamSessions, initialize_params,
+                                       session_key)
+from gwc.runtime.upstream.isolation import Upstream, Upstreams, UpstreamUnavailable, caller_of
+
+log = logging.getLogger("gwc.upstream")
+ACCEPT = "application/json, text/event-stream"
+
+
+class UpstreamFailure(RpcError):
+    """The upstream could not be reached or did not answer usably; ``kind`` labels the metric."""
+
+    def __init__(self, code: int, kind: str, message: str) -> None:
+        super().__init__(code, message, 504 if code == UPSTREAM_TIMEOUT else 502)
+        self.kind = kind
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A request as it should reach the upstream."""
+
+    method: str  # "" for a client's answer to an upstream's request
+    message: dict[str, Any]
+    session: Session | None  # the client's 2025-era session; None for the stateless era
+    request_id: str  # the gateway's request id, passed on as X-Request-Id
+    tool: str | None = None  # scope of the minted upstream token
+    body: bytes | None = None  # the client's own bytes, when they can go unchanged (stateless)
+    headers: dict[str, str] = field(default_factory=dict)  # client headers to pass on
+
+
+@dataclass(slots=True)
+class Answer:
+    response: aiohttp.ClientResponse
+    client_id: Any = None
+    upstream_id: Any = None  # set when the id was replaced on the way up
+    broken: bool = False  # the upstream failed while its answer was being relayed
+    upstream_s: float = 0.0  # from sending the request to the upstream's response headers
+
+    @property
+    def rewrites_id(self) -> bool:
+        return self.upstream_id is not None
+
+    def restore(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The client's id back on the upstream's response (not on its own requests)."""
+        if message.get("id") == self.upstream_id and "method" not in message:
+            message["id"] = self.client_id
+        return message
+
+
+def answer_to(body: bytes, content_type: str, request_id: Any) -> dict[str, Any]:
+    """The JSON-RPC response to ``request_id`` in a JSON or SSE answer."""
+    try:
+        found = ([orjson.loads(body)] if not content_type.startswith("text/event-stream")
+                 else list(messages(body)))
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        found = []
+    for message in found:
+        if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
+            return message
+    raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "bad_answer", "the upstream's answer is not a "
+                          "JSON-RPC response to the request")
+
+
+class UpstreamClient:
+    def __init__(self, upstreams: Upstreams, credentials: UpstreamCredentials,
+                 metrics: Metrics) -> None:
+        self._upstreams = upstreams
+        self._credentials = credentials
+        self._metrics = metrics
+        self._sessions = UpstreamSessions()
+        self._ids = itertools.count(1)
+
+    @asynccontextmanager
+    async def exchange(self, name: str, server: Server, principal: Principal, out: Outgoing,
+                       timeout_ms: int) -> AsyncIterator[Answer]:
+        """Send ``out`` and hold the upstream's slot while the caller relays the answer. Failures
+        before or while reading the answer surface as UpstreamFailure; they count against the
+        principal's own breaker and, with other callers' failures, the upstream's."""
+        upstream = self._upstreams.get(name, server)
+        caller = caller_of(principal)
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
+                                        sock_read=timeout_ms / 1000)
+        try:
+            headers = self._headers(server, principal, out)
+            async with upstream.slot(caller):
+                healthy: bool | None = False
+                started = time.perf_counter()
+                try:
+                    answer = await self._send(upstream, principal, out, headers, timeout)
+                    answer.upstream_s = time.perf_counter() - started
+                    self._metrics.observe_upstream(name, answer.upstream_s)
+                    try:
+                        yield answer
+                        healthy = answer.response.status < 500 and not answer.broken
+                    finally:
+                        answer.response.release()
+                except asyncio.CancelledError:
+                    healthy = None  # the client went away: no verdict on the upstream
+                    raise
+                finally:
+                    if healthy is not None:
+                        upstream.record(healthy, caller)
+        except UpstreamUnavailable as exc:
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "rejected", str(exc)) from None
+        except CredentialError as exc:  # the operator learns which; the caller learns nothing
+            log.error("upstream credential missing", extra={"server": name, "reason": str(exc),
+                                                             "request_id": out.request_id})
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "credential", "the gateway cannot "
+                                  "authenticate to this upstream") from None
+        except asyncio.TimeoutError:
+            raise UpstreamFailure(UPSTREAM_TIMEOUT, "timeout", f"upstream did not answer within "
+                                  f"{timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "connect", f"upstream unreachable or "
+                                  f"failed ({exc.__class__.__name__})") from None
+
+    def _headers(self, server: Server, principal: Principal, out: Outgoing) -> dict[str, str]:
+        """The request's upstream headers, completed in place (an Outgoing serves one request)."""
+        headers = out.headers
+        headers["X-Request-Id"] = out.request_id
+        key, value = self._credentials.header(server, principal, out.tool)
+        headers[key] = value
+        return headers
+
+    async def _post(self, upstream: Upstream, body: bytes, headers: dict[str, str],
+                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        return await upstream.http.post(upstream.server.upstream, data=body, headers=headers,
+                                        timeout=timeout, allow_redirects=False)
+
+    async def _send(self, upstream: Upstream, principal: Principal, out: Outgoing,
+                    headers: dict[str, str], timeout: aiohttp.ClientTimeout) -> Answer:
+        if out.session is None:
+            body = out.body if out.body is not None else orjson.dumps(out.message)
+            return Answer(await self._post(upstream, body, headers, timeout))
+        key = session_key(upstream.name, upstream.server.upstream, principal,
+                          out.session.protocol_version, out.session.capabilities)
+        message, answer = out.message, Answer(None, out.message.get("id"))  # type: ignore[arg-type]
+        if out.method and "id" in message:
+            answer.upstream_id = next(self._ids)
+            message = {**message, "id": answer.upstream_id}
+        body = orjson.dumps(message)
+        for attempt in (1, 2):
+            session, opened = await self._sessions.get(
+                key, lambda: self._open_session(upstream, headers, out.session, timeout))
+            if opened:
+                self._metrics.upstream_sessions.labels(upstream.name, "new").inc()
+            session_headers = {**headers, "MCP-Protocol-Version": session.protocol_version}
+            if session.session_id is not None:
+                session_headers["Mcp-Session-Id"] = session.session_id
+            response = await self._post(upstream, body, session_headers, timeout)
+            if response.status == 404 and session.session_id is not None and attempt == 1:
+                response.release()  # the upstream forgot the session: open a new one, send again
+                self._sessions.forget(key, session)
+                self._metrics.upstream_sessions.labels(upstream.name, "expired").inc()
+                continue
+            answer.response = response
+            return answer
+        raise AssertionError("unreachable")
+
+    async def _open_session(self, upstream: Upstream, headers: dict[str, str], client: Session,
+                            timeout: aiohttp.ClientTimeout) -> UpstreamSession:
+        """``initialize`` then ``notifications/initialized``, as the gateway's own MCP client."""
+        base = {k: v for k, v in headers.items() if k not in ("Mcp-Method", "Mcp-Name")}
+        base.update({"Accept": ACCEPT, "Content-Type": "application/json"})
+        init_id = next(self._ids)
+        init = {"jsonrpc": "2.0", "id": init_id, "method": "initialize",
+                "params": initialize_params(client.protocol_version, client.capabilities)}
+        async with await self._post(upstream, orjson.dumps(init), base, timeout) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "bad_answer", f"upstream refused "
+                                      f"initialize (HTTP {response.status})")
+            answer = answer_to(body, response.headers.get("Content-Type", ""), init_id)
+            session_id = response.headers.get("Mcp-Session-Id")
+        result = answer.get("result")
+        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        if not isinstance(version, str):
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "bad_answer", "upstream refused "
+                                  "initialize: " + str(answer.get("error", {}).get("message", "")))
+        notify = {**base, "MCP-Protocol-Version": version}
+        if session_id is not None:
+            notify["Mcp-Session-Id"] = session_id
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        (await self._post(upstream, orjson.dumps(initialized), notify, timeout)).release()
+        return UpstreamSession(session_id, version)
+
+    async def close(self) -> None:
+        await self._upstreams.close()

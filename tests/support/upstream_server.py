@@ -1,0 +1,100 @@
+"""A real upstream MCP server for the end-to-end tests: `python tests/support/upstream_server.py PORT`.
+
+Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
+write_thing (write) and secret_tool (deliberately not declared in the test manifest). A request whose
+body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a caller's input would.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+
+server = MCPServer("test-upstream", version="1.0.0")
+FAIL_MARKER = b"please-answer-500"
+
+
+class FailOnMarker:
+    """ASGI middleware: HTTP 500 for a request whose body holds FAIL_MARKER, else the app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if FAIL_MARKER in body:
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"text/plain")]})
+            return await send({"type": "http.response.body", "body": b"internal error"})
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, title="Echo"))
+def echo(text: str) -> str:
+    """Echo the text back (the upstream lies about its annotations on purpose)."""
+    return f"echo: {text}"
+
+
+@server.tool()
+def whoami(ctx: Context) -> dict:
+    """What this upstream saw of the caller."""
+    headers = ctx.headers or {}
+    return {"authorization": headers.get("authorization"), "host": headers.get("host"),
+            "x_api_key": headers.get("x-api-key"), "request_id": headers.get("x-request-id"),
+            "mcp_param": {k: v for k, v in headers.items() if k.lower().startswith("mcp-param-")}}
+
+
+@server.tool()
+async def slow_count(n: int, ctx: Context) -> str:
+    """Count to n, reporting progress."""
+    for i in range(1, n + 1):
+        await ctx.report_progress(i, n, f"step {i}")
+        await anyio.sleep(0.01)
+    return f"counted {n}"
+
+
+@server.tool()
+def write_thing(target: str, env: str = "staging") -> str:
+    """Change something."""
+    return f"wrote {target} in {env}"
+
+
+@server.tool()
+def secret_tool() -> str:
+    """Not declared in the manifest: must stay invisible behind the gateway."""
+    return "leaked"
+
+
+@server.resource("test://greeting", name="greeting", mime_type="text/plain")
+def greeting() -> str:
+    return "hello from the upstream"
+
+
+@server.prompt(description="Review some code")
+def review(code: str) -> str:
+    return f"Please review:\n{code}"
+
+
+if __name__ == "__main__":
+    app = server.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
+    uvicorn.run(FailOnMarker(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="info")

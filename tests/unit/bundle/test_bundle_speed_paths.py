@@ -1,0 +1,232 @@
+"""The fast paths of bundle loading (bench/hotswap.py) decide exactly as the plain path does.
+
+- Stepped validation (one server, one rule at a time, unchanged ones reused) accepts only what
+  ``BundlePayload.model_validate_json`` accepts, and builds the same models.
+- The poller's check pauses the collector and puts it back as it was, freezes only accepted
+  bundles, frees replaced bundles at its next round and logs how long an activation took.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import gwc.runtime.bundle.read as bundle_module
+from gwc.compiler.build.bundle import build
+from gwc.compiler.build.compile import compile_data, payload_bytes
+from gwc.compiler.build.registry import load_registry
+from gwc.runtime.bundle.read import BundleError, parse_payload, trusted_keys, validate_in_steps
+from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.poller import BundlePoller, check_quietly, release_piecewise
+from gwc.runtime.bundle.source import FileSource
+from gwc.runtime.bundle.store import BundleStore
+from gwc.runtime.metrics import Metrics
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture
+def doc(example_root: Path) -> Doc:
+    return compile_data(load_registry(example_root), 1, "r")
+
+
+@pytest.fixture
+def collector():
+    """Whatever a test does to the collector is undone afterwards."""
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    (gc.enable if enabled else gc.disable)()
+
+
+def _server(d: Doc) -> Doc:
+    return d["servers"]["data-catalog"]
+
+
+def _tool(d: Doc) -> Doc:
+    return _server(d)["tools"]["request_export"]
+
+
+def _condition(d: Doc) -> Doc:
+    return d["rules"][0]["conditions"][0]
+
+
+def _set(get: Callable[[Doc], Any], key: str, value: Any) -> Callable[[Doc], None]:
+    return lambda d: get(d).__setitem__(key, value)
+
+
+def _top(d: Doc) -> Doc:
+    return d
+
+
+MUTATIONS = {
+    "unchanged": lambda d: None,
+    "serial-bool": _set(_top, "serial", True),
+    "serial-str": _set(_top, "serial", "7"),
+    "serial-float-integral": _set(_top, "serial", 7.0),
+    "serial-float": _set(_top, "serial", 7.5),
+    "serial-negative": _set(_top, "serial", -1),
+    "serial-beyond-64-bit": _set(_top, "serial", 2 ** 70),
+    "format-unknown": _set(_top, "format", "gwc.bundle/v2"),
+    "servers-list": lambda d: d.__setitem__("servers", list(d["servers"].values())),
+    "rules-object": _set(_top, "rules", {}),
+    "rules-missing": lambda d: d.pop("rules"),
+    "server-null": lambda d: d["servers"].__setitem__("data-catalog", None),
+    "server-extra-field": _set(_server, "bogus", 1),
+    "description-int": _set(_server, "description", 5),
+    "description-unicode": _set(_server, "description", "ünïcødé \u2028 \U0001f600"),
+    "restricted-int": _set(_server, "restricted", 1),
+    "restricted-str": _set(_server, "restricted", "yes"),
+    "visibility-groups-str": _set(lambda d: _server(d)["visibility"], "groups", "analytics"),
+    "visibility-groups-object": _set(lambda d: _server(d)["visibility"], "groups", {"a": 1}),
+    "tools-list": lambda d: _server(d).__setitem__("tools", list(_server(d)["tools"].values())),
+    "tool-access-case": _set(_tool, "access", "WRITE"),
+    "tool-timeout-str": _set(_tool, "timeout_ms", "30000"),
+    "tool-timeout-float": _set(_tool, "timeout_ms", 30000.0),
+    "tool-timeout-bool": _set(_tool, "timeout_ms", True),
+    "tool-index-out-of-range": _set(_tool, "deny", [999]),
+    "tool-index-negative": _set(_tool, "deny", [-1]),
+    "tool-index-str": _set(_tool, "deny", ["0"]),
+    "scheme-null": _set(lambda d: _server(d)["upstream_auth"], "scheme", None),
+    "condition-in-str": _set(_condition, "in", "public"),
+    "condition-in-mixed": _set(_condition, "in", [1, True, "x", 1.5, None]),
+    "condition-in-nested": _set(_condition, "in", [[1]]),
+    "condition-min-str": _set(_condition, "min", "3"),
+    "rule-actions-str": _set(lambda d: d["rules"][0], "actions", "read"),
+    "rule-subject-team": _set(lambda d: d["rules"][0]["subject"], "kind", "team"),
+    "jwks-list": _set(lambda d: d["gateway"]["identity"], "jwks", []),
+}
+
+
+def _whole(payload: bytes) -> BundlePayload | None:
+    try:
+        return BundlePayload.model_validate_json(payload)
+    except ValidationError:
+        return None
+
+
+def _same(a: BundlePayload, b: BundlePayload) -> bool:
+    return (a.model_dump() == b.model_dump()
+            and a.model_dump(exclude_unset=True, by_alias=True)
+            == b.model_dump(exclude_unset=True, by_alias=True))
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS.values(), ids=MUTATIONS.keys())
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_stepped_validation_decides_as_whole_validation(doc, mutate, warm):
+    if warm:  # the unchanged pieces then come from the memo of the payload validated last
+        assert validate_in_steps(payload_bytes(doc)) is not None
+    mutated = copy.deepcopy(doc)
+    mutate(mutated)
+    payload = json.dumps(mutated, ensure_ascii=False).encode()  # (orjson: no big ints)
+    whole, stepped = _whole(payload), validate_in_steps(payload)
+    if stepped is not None:  # may step aside (None) but never accept what whole refuses
+        assert whole is not None and _same(stepped, whole)
+    if whole is None:
+        with pytest.raises(BundleError):
+            parse_payload(payload)
+    else:
+        assert _same(parse_payload(payload), whole)
+
+
+def test_unchanged_servers_and_rules_are_reused_changed_ones_validated(doc):
+    first = validate_in_steps(payload_bytes(doc))
+    second_doc = copy.deepcopy(doc)
+    second_doc["serial"] = 2
+    _server(second_doc)["description"] = "changed"
+    second_doc["rules"][1]["rate_limit_per_minute"] = 31
+    second = validate_in_steps(payload_bytes(second_doc))
+    assert first is not None and second is not None
+    assert [n for n, s in second.servers.items() if s is not first.servers[n]] == ["data-catalog"]
+    assert [i for i, r in enumerate(second.rules) if r is not first.rules[i]] == [1]
+    assert second.servers["data-catalog"].description == "changed"
+    assert second.rules[1].rate_limit_per_minute == 31
+
+    # Reuse needs the same bytes, not just an equal value: 30000.0 is validated afresh.
+    third_doc = copy.deepcopy(second_doc)
+    _tool(third_doc)["timeout_ms"] = 30000.0
+    third = validate_in_steps(payload_bytes(third_doc))
+    assert third is not None and third.servers["data-catalog"] is not second.servers["data-catalog"]
+    assert third.servers["data-catalog"] == second.servers["data-catalog"]
+
+
+def test_a_reused_server_is_checked_against_the_new_rules(doc):
+    assert validate_in_steps(payload_bytes(doc)) is not None
+    doc["rules"] = doc["rules"][:4]  # data-catalog's request_export names rule 4
+    with pytest.raises(BundleError, match="rule index 4 out of range"):
+        parse_payload(payload_bytes(doc))
+
+
+def test_the_memo_goes_with_the_payload_it_came_from(doc):
+    first = validate_in_steps(payload_bytes(doc))
+    assert bundle_module._last_pieces.owner() is first
+    del first  # a refused bundle, say: its pieces are not kept alive for the next one
+    assert bundle_module._last_pieces is bundle_module._NO_PIECES
+
+
+def test_malformed_payload_is_refused_with_the_whole_validation_message(doc):
+    _tool(doc)["deny"] = [999]
+    with pytest.raises(BundleError, match="rule index 999 out of range"):
+        parse_payload(payload_bytes(doc))
+    with pytest.raises(BundleError, match="malformed payload: not JSON"):
+        parse_payload(b"{not json")
+
+
+@pytest.fixture
+def bundles(example_root: Path, signing_key, tmp_path: Path) -> Callable[[int], bytes]:
+    registry = load_registry(example_root)
+    return lambda serial: build(registry, signing_key[2], tmp_path / f"out-{serial}", serial,
+                                "r").envelope
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_check_quietly_restores_the_collector_and_freezes_only_accepted_bundles(
+        bundles, signing_key, collector, enabled):
+    (gc.enable if enabled else gc.disable)()
+    store = BundleStore(trusted_keys([str(signing_key[1])]))
+    gc.unfreeze()
+    bundle = check_quietly(store, bundles(1))
+    assert bundle is not None and gc.isenabled() == enabled
+    assert gc.get_freeze_count() > 0  # the accepted bundle is out of the collector's way
+
+    store.activate(bundle)
+    assert check_quietly(store, bundles(1)) is None  # the active bytes: not even parsed
+    gc.unfreeze()
+    with pytest.raises(BundleError, match="rollback"):
+        check_quietly(store, bundles(0))
+    assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+
+
+async def test_poller_frees_the_replaced_bundle_at_its_next_round_and_times_activations(
+        bundles, signing_key, tmp_path, collector, caplog):
+    path = tmp_path / "bundle.json"
+    path.write_bytes(bundles(1))
+    store = BundleStore(trusted_keys([str(signing_key[1])]))
+    poller = BundlePoller(FileSource(path), store, Metrics(), 30)
+    with caplog.at_level(logging.INFO, logger="gwc.bundle"):
+        assert await poller.poll_once() == "activated"
+        first = store.active
+        path.write_bytes(bundles(2))
+        assert await poller.poll_once() == "activated"
+    assert poller._retired == [first]  # kept until requests that started under it are done
+    assert await poller.poll_once() == "unchanged"
+    assert poller._retired == [] and store.active.serial == 2
+    assert first.payload.servers and first.payload.rules  # a held bundle is never taken apart
+    activated = [r for r in caplog.records if r.getMessage() == "bundle activated"]
+    assert [r.serial for r in activated] == [1, 2]
+    assert all(0 <= r.check_s <= r.activation_s for r in activated)
+
+
+def test_release_piecewise_empties_the_list_and_leaves_held_bundles_intact(bundles, signing_key):
+    store = BundleStore(trusted_keys([str(signing_key[1])]))
+    held = store.check(bundles(1))
+    retired = [held]
+    release_piecewise(retired)
+    assert retired == [] and len(held.payload.servers) == 5 and held.payload.rules
