@@ -28,8 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from overhead import (CALL, HEADERS, free_port, load_parser, measure_path, start_gwc, stop,
-                      wait_port)
+from overhead import CALL, HEADERS, free_port, load_parser, measure_path, start_gwc, stop, wait_port
 
 LIMITS = {"limits": {"upstream_rpm": 1_000_000}}
 CONFIGS = ("baseline", "audit-file", "audit-stdout", "limits-memory", "limits-redis", "all-redis")

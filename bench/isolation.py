@@ -24,9 +24,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-
-from overhead import (CALL, HEADERS, _serve, free_port, latency, pct, start_gwc, stop,
-                      throughput, wait_port)
+from overhead import CALL, HEADERS, _serve, free_port, latency, pct, start_gwc, stop, throughput, wait_port
 
 BAD = {"timeout_ms": 300, "max_concurrency": 4, "tools": {"echo": {"access": "read"}}}
 

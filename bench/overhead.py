@@ -115,9 +115,9 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
     ``bench_fields`` adds manifest fields to the benchmarked server (limits); ``runtime_args``
     are gwc-runtime flags (default: the audit trail to a file, as production runs)."""
     from gwc.compiler.build.bundle import build
-    from gwc.compiler.client.dev_idp import DevIdP
     from gwc.compiler.build.keys import generate_keypair
     from gwc.compiler.build.registry import load_registry
+    from gwc.compiler.client.dev_idp import DevIdP
 
     idp = DevIdP.generate()
     repo = work / "repo"

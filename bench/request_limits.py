@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gwc.runtime.protocol.wire import check_limits  # noqa: E402
+from gwc.runtime.protocol.wire import check_limits
 
 
 def body(arguments: dict[str, Any]) -> bytes:

@@ -6,7 +6,7 @@ exposes one tool its manifest does not declare (drop_cluster), to show that it s
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from mcp.server import MCPServer
 

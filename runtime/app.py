@@ -8,30 +8,35 @@ import logging
 import socket
 import time
 import uuid
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gwc.runtime.mcp.recording import Auditor, AuditTarget
-from gwc.runtime.bundle.read import Bundle, trusted_keys
 from gwc.runtime.bundle.poller import BundlePoller
+from gwc.runtime.bundle.read import Bundle, trusted_keys
 from gwc.runtime.bundle.source import source_for
 from gwc.runtime.bundle.store import BundleStore
 from gwc.runtime.catalog_api import catalog
-from gwc.runtime.governance.api import GovernanceApi
 from gwc.runtime.config import Config
-from gwc.runtime.identity import AuthError, Authenticator
-from gwc.runtime.protocol.errors import (FORBIDDEN_ORIGIN, INVALID_REQUEST, UNAUTHENTICATED,
-                             UPSTREAM_UNAVAILABLE, RpcError)
-from gwc.runtime.mcp.list_changed import ListChangedStreams
-from gwc.runtime.mcp.endpoint import McpProxy
-from gwc.runtime.protocol.wire import error_response, origin_of
-from gwc.runtime.policy.decide import Principal
-from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
-from gwc.runtime.metrics import Metrics
+from gwc.runtime.governance.api import GovernanceApi
 from gwc.runtime.governance.state import State
+from gwc.runtime.identity import Authenticator, AuthError
+from gwc.runtime.mcp.endpoint import McpProxy
+from gwc.runtime.mcp.list_changed import ListChangedStreams
+from gwc.runtime.mcp.recording import Auditor, AuditTarget
 from gwc.runtime.mcp.sealed_sessions import SessionSealer
+from gwc.runtime.metrics import Metrics
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.errors import (
+    FORBIDDEN_ORIGIN,
+    INVALID_REQUEST,
+    UNAUTHENTICATED,
+    UPSTREAM_UNAVAILABLE,
+    RpcError,
+)
+from gwc.runtime.protocol.wire import error_response, origin_of
+from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
 from gwc.runtime.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("gwc.runtime")
@@ -146,7 +151,7 @@ class Gateway:
                                               name="gwc-bundle-poller")
         try:
             await asyncio.wait_for(first_load.wait(), STARTUP_WAIT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("bundle source is slow; listening " + (
                 "and serving the persisted bundle" if self.store.active is not None
                 else "but not ready until a bundle loads"))

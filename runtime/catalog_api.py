@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.policy.names import aggregate_name
 from gwc.runtime.policy.decide import Principal, entitlement, visible_server
+from gwc.runtime.policy.names import aggregate_name
 
 
 def catalog(bundle: Bundle, principal: Principal, public_url: str) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from aiohttp import web
 
 from gwc.runtime import logs
 from gwc.runtime.app import Gateway
-from gwc.runtime.bundle.read import BundleError
-from gwc.runtime.config import ConfigError, load
 from gwc.runtime.bundle.envelope import key_id
 from gwc.runtime.bundle.keys import KeyFileError, load_private_key
+from gwc.runtime.bundle.read import BundleError
+from gwc.runtime.config import ConfigError, load
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

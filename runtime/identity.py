@@ -86,7 +86,7 @@ class Authenticator:
                 async with self._session.get(uri) as resp:
                     resp.raise_for_status()
                     keys = self._parse_jwks(await resp.json(content_type=None))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 log.warning("JWKS fetch failed; keeping the keys we have",
                             extra={"jwks_uri": uri, "reason": str(exc)})
                 return

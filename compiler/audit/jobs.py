@@ -9,15 +9,15 @@ trail order.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from gwc.compiler.audit.query import Query, select
 from gwc.compiler.audit.replay import Finding, Replay, Shelf, Totals
-from gwc.runtime.bundle.read import trusted_keys
 from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.read import trusted_keys
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 
-from gwc.compiler.audit.trail import (VERIFY_HINT, NotARecord, TrailError, TrailReader, cell, parse,
-                                  user_label)
+from gwc.compiler.audit.trail import VERIFY_HINT, NotARecord, TrailError, TrailReader, cell, parse, user_label
 
 DECISIONS = ("allow", "deny", "would_deny", "not_found", "approval_required", "approved",
              "rate_limited", "bypass")

@@ -13,10 +13,11 @@ guessed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from sys import intern
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,10 +25,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gwc.compiler.audit.trail import user_label
 from gwc.runtime.audit.chain import is_summary, policy_paths
 from gwc.runtime.audit.record import policy_fields
-from gwc.runtime.bundle.read import Bundle, BundleError, digest_of, load_bundle, read_unverified
 from gwc.runtime.bundle.format import BundlePayload, Rule
-from gwc.runtime.policy.decide import (Decision, Principal, condition_holds, decide, subject_matches,
-                            visible_server)
+from gwc.runtime.bundle.read import Bundle, BundleError, digest_of, load_bundle, read_unverified
+from gwc.runtime.policy.decide import (
+    Decision,
+    Principal,
+    condition_holds,
+    decide,
+    subject_matches,
+    visible_server,
+)
 
 Path_ = tuple[str, ...]
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

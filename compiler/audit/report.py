@@ -7,7 +7,7 @@ server, tool and kind of change, and lists only the first ``limit`` calls of eac
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from gwc.compiler.audit.replay import Finding, Totals
 from gwc.compiler.audit.trail import Table, cell

@@ -9,8 +9,9 @@ cannot match are not read at all; `gwc audit verify` checks every one.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import orjson
 

@@ -8,33 +8,34 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import click
 
-from gwc.compiler.build import jsonschemas
-from gwc.compiler.client import configs as client_config
 from gwc.compiler.audit.jobs import Setup, default_jobs, replay_trail
 from gwc.compiler.audit.query import COLUMNS, DECISIONS, Counts, Query, parse_when, row, select
 from gwc.compiler.audit.replay import Totals
 from gwc.compiler.audit.report import Report, summary
 from gwc.compiler.audit.trail import Table, TrailError
 from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, public_keys
+from gwc.compiler.build import jsonschemas
 from gwc.compiler.build.bundle import BuildError, build, default_revision
 from gwc.compiler.build.codeowners import codeowners as render_codeowners
 from gwc.compiler.build.compile import compile_registry
-from gwc.compiler.client.dev_idp import DevIdP
 from gwc.compiler.build.diagnostics import render
 from gwc.compiler.build.diff import diff_payloads, render_markdown
-from gwc.compiler.client.governance import approvals, bypass
 from gwc.compiler.build.keys import KeyFileError, generate_keypair, load_private_key
 from gwc.compiler.build.registry import Registry, load_gateway, load_registry
 from gwc.compiler.build.report import one_line, summary_json, summary_text
+from gwc.compiler.client import configs as client_config
+from gwc.compiler.client.dev_idp import DevIdP
+from gwc.compiler.client.governance import approvals, bypass
 from gwc.runtime.audit.writer import in_trail_order
-from gwc.runtime.bundle.read import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
-from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.envelope import key_id
+from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.read import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
 
 TRAIL_FILES = click.argument("files", nargs=-1, required=True,
                              type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -14,7 +14,8 @@ import functools
 import ipaddress
 import json
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -53,7 +54,7 @@ class Gateway:
         """The JSON answer of a successful request; any failure ends the command."""
         try:
             status, answer = asyncio.run(self._send(method, path, body))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             _fail(f"cannot reach the gateway at {self.url}: {type(exc).__name__} {exc}".rstrip())
         if 200 <= status < 300 and isinstance(answer, dict):
             return answer

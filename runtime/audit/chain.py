@@ -21,19 +21,20 @@ import base64
 import binascii
 import hashlib
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from operator import length_hint
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.envelope import jwk_kid, pae
+from gwc.runtime.bundle.format import BundlePayload
 
 GENESIS = "0" * 64
 _MISSING = object()
@@ -52,7 +53,7 @@ HEAD_PAYLOAD_TYPE = "application/vnd.gwc.audit-head+json"
 
 def utc_time(ts: float) -> str:
     """Fixed width (27 characters), so comparing two as strings compares the times."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class UnencodableRecord(ValueError):
@@ -121,7 +122,7 @@ class _Frame:
     """An object or list being shaped within ``budget``: its share of ``MAX_SHAPE_SIZE``, one
     of it kept for its own summary."""
 
-    __slots__ = ("depth", "budget", "size")
+    __slots__ = ("budget", "depth", "size")
 
     def __init__(self, depth: int, budget: int) -> None:
         self.depth, self.budget, self.size = depth, budget, 1
@@ -137,7 +138,7 @@ class _Frame:
 class _Object(_Frame):
     """An object being shaped: its keys in order while they fit, the others counted."""
 
-    __slots__ = ("total", "items", "out", "key", "full")
+    __slots__ = ("full", "items", "key", "out", "total")
 
     def __init__(self, value: dict[str, Any], depth: int, budget: int) -> None:
         super().__init__(depth, budget)
@@ -182,7 +183,7 @@ class _List(_Frame):
     """A list being shaped: the distinct kinds of its items while they fit; from the first that
     does not, the items left are counted, not looked at."""
 
-    __slots__ = ("items", "out", "seen", "more")
+    __slots__ = ("items", "more", "out", "seen")
 
     def __init__(self, value: list[Any], depth: int, budget: int) -> None:
         super().__init__(depth, budget)

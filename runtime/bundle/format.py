@@ -185,7 +185,7 @@ class BundlePayload(_Frozen):
         n = len(self.rules)
         for name, server in self.servers.items():
             low, high = server.rule_index_range
-            if 0 <= low and high < n:
+            if low >= 0 and high < n:
                 continue
             for tool_name, tool in server.tools.items():
                 for idx in (*tool.allow, *tool.deny):

@@ -15,8 +15,8 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from gwc.runtime.bundle.format import KNOWN_FORMATS, BundlePayload, Rule, Server
 from gwc.runtime.bundle.envelope import VerificationError, key_id, open_envelope, verify_envelope
+from gwc.runtime.bundle.format import KNOWN_FORMATS, BundlePayload, Rule, Server
 from gwc.runtime.bundle.keys import KeyFileError, load_public_key
 
 

@@ -90,7 +90,7 @@ class HttpSource:
                 # Without a server ETag, a content hash still spares re-verifying the same bytes.
                 tag = resp.headers.get("ETag") or f'"{hashlib.sha256(data).hexdigest()}"'
                 return None if tag == etag else Fetched(data, tag)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise SourceError(f"GET {self.location}: {exc.__class__.__name__}: {exc}") from None
 
     async def close(self) -> None:

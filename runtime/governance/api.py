@@ -21,18 +21,19 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from gwc.runtime.governance.approvals import Approval, approval_path, may_approve, visible_to
 from gwc.runtime.audit.chain import utc_time
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.governance.bypasses import Bypass, is_break_glass
-from gwc.runtime.protocol.errors import RpcError
-from gwc.runtime.policy.decide import Principal
-from gwc.runtime.governance.state import State
+from gwc.runtime.governance.approvals import Approval, approval_path, may_approve, visible_to
 from gwc.runtime.governance.backend import StateError, StateUnavailable
+from gwc.runtime.governance.bypasses import Bypass, is_break_glass
+from gwc.runtime.governance.state import State
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.errors import RpcError
 
 log = logging.getLogger("gwc.governance")
 

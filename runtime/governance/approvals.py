@@ -56,15 +56,23 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from hashlib import sha256
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from gwc.runtime.bundle.format import Audience
 from gwc.runtime.bundle.canonical import canonical_json
-from gwc.runtime.protocol.errors import TOO_MANY_APPROVALS, RpcError
+from gwc.runtime.bundle.format import Audience
+from gwc.runtime.governance.backend import (
+    Script,
+    StateError,
+    StateUnavailable,
+    pairs,
+    redis_errors,
+    unavailable,
+)
 from gwc.runtime.policy.decide import Principal
-from gwc.runtime.governance.backend import Script, StateError, StateUnavailable, pairs, redis_errors, unavailable
+from gwc.runtime.protocol.errors import TOO_MANY_APPROVALS, RpcError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

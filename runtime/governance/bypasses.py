@@ -35,12 +35,13 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from gwc.runtime.bundle.format import BundlePayload
-from gwc.runtime.policy.decide import Principal
 from gwc.runtime.governance.backend import Script, StateError, StateUnavailable, redis_errors, unavailable
+from gwc.runtime.policy.decide import Principal
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -14,8 +14,9 @@ Limits, approvals and bypasses share one Redis client: the limiter's (``RedisLim
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gwc.runtime.governance.approvals import DEFAULT_TTL_S, Approvals, MemoryApprovals, RedisApprovals
 from gwc.runtime.governance.bypasses import Bypasses, MemoryBypasses, RedisBypasses

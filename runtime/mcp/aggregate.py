@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.bundle.format import Tool
-from gwc.runtime.policy.names import (SEPARATOR, aggregate_name, resource_uri, split_resource_uri,
-                            tool_index)
+from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.policy.decide import Principal, listed_everywhere, visible_server
+from gwc.runtime.policy.names import SEPARATOR, aggregate_name, resource_uri, split_resource_uri, tool_index
 from gwc.runtime.upstream.catalog import Kind, UpstreamCatalog
 
 URI_FIELDS = {"resources": "uri", "resourceTemplates": "uriTemplate"}

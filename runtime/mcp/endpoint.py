@@ -24,28 +24,46 @@ import orjson
 from aiohttp import web
 from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
 
-from gwc.runtime.mcp.aggregate import Aggregate, with_manifest_annotations
-from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.bundle.format import Server
-from gwc.runtime.audit.chain import arguments_record
-from gwc.runtime.audit.chain import utc_time
+from gwc.runtime.audit.chain import arguments_record, utc_time
 from gwc.runtime.audit.record import policy_fields
+from gwc.runtime.bundle.format import Server
+from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import TooManyApprovals, approval_path, arguments_digest
-from gwc.runtime.governance.bypasses import Bypass, is_break_glass
-from gwc.runtime.protocol.errors import (APPROVAL_REQUIRED, DENIED, HEADER_MISMATCH, INVALID_PARAMS,
-                             INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND, RATE_LIMITED,
-                             SESSION_INVALID, STATE_UNAVAILABLE, UNSUPPORTED_VERSION,
-                             UPSTREAM_UNAVAILABLE, RpcError)
-from gwc.runtime.protocol.wire import (check_limits, check_routing_headers, encode_header_value,
-                              error_response, negotiate, parse_message, result_response,
-                              stateless_version, validate)
-from gwc.runtime.policy.names import resource_uri
-from gwc.runtime.policy.decide import Decision, Principal, decide, listed_tools, visible_server
-from gwc.runtime.governance.limits import limits_for
-from gwc.runtime.request_keys import REQUEST_ID, STARTED
-from gwc.runtime.mcp.sealed_sessions import Session, SessionTooLarge
-from gwc.runtime.protocol.sse import EventRewriter, Rewrite
 from gwc.runtime.governance.backend import StateUnavailable
+from gwc.runtime.governance.bypasses import Bypass, is_break_glass
+from gwc.runtime.governance.limits import limits_for
+from gwc.runtime.mcp.aggregate import Aggregate, with_manifest_annotations
+from gwc.runtime.mcp.sealed_sessions import Session, SessionTooLarge
+from gwc.runtime.policy.decide import Decision, Principal, decide, listed_tools, visible_server
+from gwc.runtime.policy.names import resource_uri
+from gwc.runtime.protocol.errors import (
+    APPROVAL_REQUIRED,
+    DENIED,
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    RATE_LIMITED,
+    SESSION_INVALID,
+    STATE_UNAVAILABLE,
+    UNSUPPORTED_VERSION,
+    UPSTREAM_UNAVAILABLE,
+    RpcError,
+)
+from gwc.runtime.protocol.sse import EventRewriter, Rewrite
+from gwc.runtime.protocol.wire import (
+    check_limits,
+    check_routing_headers,
+    encode_header_value,
+    error_response,
+    negotiate,
+    parse_message,
+    result_response,
+    stateless_version,
+    validate,
+)
+from gwc.runtime.request_keys import REQUEST_ID, STARTED
 from gwc.runtime.upstream.catalog import Kind, UpstreamCatalog
 from gwc.runtime.upstream.client import Answer, Outgoing, UpstreamClient, UpstreamFailure
 from gwc.runtime.upstream.isolation import Upstreams
@@ -681,7 +699,7 @@ class McpProxy:
             log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
                                                    "server": name})
             await self._settle(call, "disconnected", None, answer)
-        except (asyncio.TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
             answer.broken = True
             self._gateway.metrics.count_upstream_error(name, kind)

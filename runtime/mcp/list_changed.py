@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import orjson
 from aiohttp import web
@@ -75,7 +75,7 @@ class ListChangedStreams:
                     listener.wake.clear()
                     if not self._closing:
                         await response.write(NOTIFICATION)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": keepalive\n\n")
         except (ConnectionResetError, ConnectionError):
             pass  # the client closed its stream

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gwc.runtime.audit.chain import UnencodableRecord, utc_time
 from gwc.runtime.audit.record import principal_fields
 from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES, AuditWriter
-from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.bundle.format import Audit
-from gwc.runtime.protocol.errors import AUDIT_UNAVAILABLE, RpcError
+from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.errors import AUDIT_UNAVAILABLE, RpcError
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID
 
 log = logging.getLogger("gwc.audit")

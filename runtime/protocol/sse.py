@@ -7,7 +7,8 @@ is kept, so progress notifications keep flowing while the final answer is being 
 from __future__ import annotations
 
 import codecs
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 

@@ -16,8 +16,15 @@ from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 
-from gwc.runtime.protocol.errors import (HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-                             PARSE_ERROR, UNSUPPORTED_VERSION, RpcError)
+from gwc.runtime.protocol.errors import (
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    UNSUPPORTED_VERSION,
+    RpcError,
+)
 
 NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 META_VERSION = "io.modelcontextprotocol/protocolVersion"

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
-from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.bundle.format import Server
+from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
-from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.upstream.client import Outgoing, UpstreamClient, UpstreamFailure, answer_to
 
 log = logging.getLogger("gwc.catalog")

@@ -13,23 +13,28 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
 
 from gwc.runtime.bundle.format import Server
-from gwc.runtime.protocol.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError
+from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
-from gwc.runtime.mcp.sealed_sessions import Session
+from gwc.runtime.protocol.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError
 from gwc.runtime.protocol.sse import messages
 from gwc.runtime.upstream.credentials import CredentialError, UpstreamCredentials
-from gwc.runtime.upstream.session_pool import (UpstreamSession, UpstreamSessions, initialize_params,
-                                       session_key)
 from gwc.runtime.upstream.isolation import Upstream, Upstreams, UpstreamUnavailable, caller_of
+from gwc.runtime.upstream.session_pool import (
+    UpstreamSession,
+    UpstreamSessions,
+    initialize_params,
+    session_key,
+)
 
 log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
@@ -135,7 +140,7 @@ class UpstreamClient:
                                                              "request_id": out.request_id})
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "credential", "the gateway cannot "
                                   "authenticate to this upstream") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamFailure(UPSTREAM_TIMEOUT, "timeout", f"upstream did not answer within "
                                   f"{timeout_ms} ms") from None
         except aiohttp.ClientError as exc:

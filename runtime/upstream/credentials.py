@@ -17,8 +17,8 @@ from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.envelope import jwk_kid
+from gwc.runtime.bundle.format import Server
 from gwc.runtime.policy.decide import Principal
 
 TOKEN_TTL_S = 300

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Literal
+from typing import Literal
 
 import aiohttp
 from cachetools import LRUCache
@@ -146,7 +147,7 @@ class Upstream:
                     await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_S)
                 else:
                     await self._slots.acquire()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._metrics.count_upstream_rejected(self.name, "busy")
                 raise UpstreamUnavailable(f"the upstream is at its concurrency cap "
                                           f"({self.server.max_concurrency})") from None

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gwc.compiler.build.diagnostics import Diagnostic
-from tests.support.helpers import diagnostics, dump, errors, manifest, with_code, write_registry
 from gwc.runtime.policy.names import aggregate_name
+from tests.support.helpers import diagnostics, dump, errors, manifest, with_code, write_registry
 
 CODE = "duplicate-aggregate-name"
 # Two servers sharing their first 53 characters, and a tool on each whose SHA-256 prefixes agree

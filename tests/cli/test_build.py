@@ -5,7 +5,7 @@ import hashlib
 import os
 import stat
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,11 @@ import pytest
 from gwc.compiler.build.bundle import BuildError, build, default_revision, default_serial
 from gwc.compiler.build.keys import KeyFileError, generate_keypair, load_private_key
 from gwc.compiler.build.registry import load_registry
-from tests.support.helpers import gwc, load_ok, manifest, write_registry
 from gwc.runtime.bundle.read import load_bundle, read_unverified, trusted_keys
+from tests.support.helpers import gwc, load_ok, manifest, write_registry
 
 COMMIT_DATE = "2024-01-02T03:04:05+00:00"
-COMMIT_EPOCH = int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp())
+COMMIT_EPOCH = int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
 
 
 @pytest.fixture(autouse=True)

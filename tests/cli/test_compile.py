@@ -9,8 +9,8 @@ import pytest
 
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_registry
-from tests.support.helpers import compile_root, load_ok, manifest, rule, write_registry
 from gwc.runtime.bundle.canonical import canonical_json
+from tests.support.helpers import compile_root, load_ok, manifest, rule, write_registry
 
 
 def signed_payload(root: Path, key, out: Path, serial: int = 1700000000,

@@ -1,18 +1,25 @@
 """Inputs that once crashed the compiler or slipped past it: each must give a clear answer."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from gwc.compiler.build.bundle import default_revision
 from gwc.compiler.build.registry import load_registry
-
 from gwc.runtime.policy.decide import Principal, decide
-from tests.support.helpers import (GATEWAY, compile_root, diagnostics, errors, gwc, manifest, rule,
-                           with_code, write_registry)
+from tests.support.helpers import (
+    GATEWAY,
+    compile_root,
+    diagnostics,
+    errors,
+    gwc,
+    manifest,
+    rule,
+    with_code,
+    write_registry,
+)
 
 
 def test_empty_visibility_builds_a_server_visible_to_nobody(tmp_path: Path, signing_key) -> None:

@@ -10,8 +10,8 @@ import yaml
 
 from gwc.compiler.build import jsonschemas
 from tests.support.helpers import gwc, manifest, rule
-
 from tests.support.repo import REPO
+
 NAMES = ["manifest.schema.json", "policy.schema.json", "gateway.schema.json"]
 
 

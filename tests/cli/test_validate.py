@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from gwc.compiler.build.diagnostics import Diagnostic
-from tests.support.helpers import (GATEWAY, compile_root, diagnostics, dump, errors, gwc, load_ok, manifest, rule,
-                     with_code, write_registry)
+from tests.support.helpers import (
+    GATEWAY,
+    compile_root,
+    diagnostics,
+    dump,
+    errors,
+    gwc,
+    load_ok,
+    manifest,
+    rule,
+    with_code,
+    write_registry,
+)
 
 
 def one(diags: list[Diagnostic], code: str) -> Diagnostic:

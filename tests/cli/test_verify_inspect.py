@@ -12,11 +12,10 @@ import pytest
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_registry
 from gwc.compiler.build.keys import generate_keypair
-from tests.support.helpers import gwc, load_ok
-from gwc.runtime.bundle.read import BundleError, load_bundle, parse_payload, trusted_keys
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.envelope import key_id, sign_envelope
-
+from gwc.runtime.bundle.read import BundleError, load_bundle, parse_payload, trusted_keys
+from tests.support.helpers import gwc, load_ok
 from tests.support.repo import REPO
 
 

@@ -4,8 +4,9 @@ protocol eras, on the server's endpoint and on the aggregate ``/mcp``. Each bypa
 run."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest

@@ -13,13 +13,22 @@ from click.testing import CliRunner
 from mcp import MCPError
 
 from gwc.compiler.cli import main
-
-from gwc.runtime.governance.approvals import MAX_PENDING
 from gwc.runtime.audit.chain import verify
 from gwc.runtime.audit.writer import trail
+from gwc.runtime.governance.approvals import MAX_PENDING
 from gwc.runtime.mcp.recording import AuditTarget
-from tests.support.e2e import (LIST, Node, connect, echo_in_session, raw, start_node, text_of,
-                       unwritable_trail, write_governed_registry, write_test_registry)
+from tests.support.e2e import (
+    LIST,
+    Node,
+    connect,
+    echo_in_session,
+    raw,
+    start_node,
+    text_of,
+    unwritable_trail,
+    write_governed_registry,
+    write_test_registry,
+)
 
 
 def records(node: Node, **match) -> list[dict]:

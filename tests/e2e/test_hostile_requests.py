@@ -10,8 +10,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.support.e2e import (LIST, open_session, raw, start_node, upstream_url,  # noqa: F401
-                       write_test_registry)
+from tests.support.e2e import LIST, open_session, raw, start_node, upstream_url, write_test_registry  # noqa: F401
 
 STATELESS = "2026-07-28"
 

@@ -18,6 +18,7 @@ from gwc.compiler.client.dev_idp import DevIdP
 from tests.support.e2e import LIST, MODES, connect, open_session, raw, text_of
 from tests.support.idp import AUDIENCE, ISSUER, claims, hs256_with_public_key, unsigned_token
 
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_users_see_exactly_their_tools_with_manifest_annotations(node, mode) -> None:
     async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
@@ -204,7 +205,7 @@ async def test_hot_swap_under_continuous_calls_fails_nothing(node) -> None:
                 try:
                     await client.call_tool("echo", {"text": "x"})
                     calls += 1
-                except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                except Exception as exc:
                     failures.append(repr(exc))
 
     tasks = [asyncio.create_task(caller()) for _ in range(4)]

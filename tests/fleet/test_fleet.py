@@ -21,8 +21,19 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from gwc.compiler.build.keys import generate_keypair
-from tests.support.e2e import (INITIALIZE, LIST, MODES, Node, connect, free_port, start_node,
-                       start_upstream, text_of, wait_port, write_test_registry)
+from tests.support.e2e import (
+    INITIALIZE,
+    LIST,
+    MODES,
+    Node,
+    connect,
+    free_port,
+    start_node,
+    start_upstream,
+    text_of,
+    wait_port,
+    write_test_registry,
+)
 from tests.support.helpers import dump
 from tests.support.upstream_server import FAIL_MARKER
 
@@ -182,7 +193,7 @@ async def test_a_hanging_and_a_failing_upstream_never_hurt_a_healthy_one(
                 try:
                     assert text_of(await client.call_tool("echo", {"text": str(i)})) == f"echo: {i}"
                     done += 1
-                except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                except Exception as exc:
                     healthy_failures.append(repr(exc))
         return done
 

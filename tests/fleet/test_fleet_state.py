@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.support.e2e import LIST, Node, raw, start_fleet, write_governed_registry
 from tests.e2e.test_governance import api, call_tool
+from tests.support.e2e import LIST, Node, raw, start_fleet, write_governed_registry
 
 
 @pytest.fixture

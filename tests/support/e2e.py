@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx2
 import pytest
@@ -20,8 +20,8 @@ from gwc.compiler.build.bundle import build
 from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.build.registry import load_registry
 from gwc.runtime.app import Gateway
-from gwc.runtime.mcp.recording import AuditTarget
 from gwc.runtime.config import Config
+from gwc.runtime.mcp.recording import AuditTarget
 from tests.support.helpers import dump
 from tests.support.idp import AUDIENCE, ISSUER, TestIdP
 

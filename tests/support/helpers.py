@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 from click.testing import CliRunner, Result
 
-from gwc.compiler.cli import main
 from gwc.compiler.build.compile import compile_registry
 from gwc.compiler.build.diagnostics import Diagnostic
 from gwc.compiler.build.registry import Registry, load_registry
+from gwc.compiler.cli import main
 from gwc.runtime.bundle.format import BundlePayload
 
 GATEWAY: dict[str, Any] = {

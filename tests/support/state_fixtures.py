@@ -2,12 +2,12 @@
 each state backend (memory, or Redis on the real redis-server fixture)."""
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gwc.runtime.policy.decide import Principal
 from gwc.runtime.governance.backend import connect
+from gwc.runtime.policy.decide import Principal
 
 T0 = 1_800_000_000.0
 

@@ -19,20 +19,38 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from gwc.compiler.cli import main
 from gwc.compiler.build.keys import generate_keypair
-from gwc.runtime.audit.chain import (CUT, GENESIS, MAX_KEY_CHARS, MAX_KEYS, MAX_KINDS, Head,
-                           UnencodableRecord, policy_paths, policy_values, seal,
-                           sealed_line, shape, verify)
+from gwc.compiler.cli import main
+from gwc.runtime.audit.chain import (
+    CUT,
+    GENESIS,
+    MAX_KEY_CHARS,
+    MAX_KEYS,
+    MAX_KINDS,
+    Head,
+    UnencodableRecord,
+    policy_paths,
+    policy_values,
+    seal,
+    sealed_line,
+    shape,
+    verify,
+)
 from gwc.runtime.audit.writer import AuditWriter, in_trail_order, trail
-from gwc.runtime.mcp.recording import Auditor, AuditTarget
 from gwc.runtime.bundle.envelope import jwk_kid
-from gwc.runtime.protocol.errors import RpcError
+from gwc.runtime.mcp.recording import Auditor, AuditTarget
 from gwc.runtime.metrics import Metrics
-from tests.support.e2e import (echo_in_session, open_session, raw, start_node,  # noqa: F401
-                       unwritable_trail, upstream_url, write_test_registry)
+from gwc.runtime.protocol.errors import RpcError
+from tests.support.e2e import (  # noqa: F401
+    echo_in_session,
+    open_session,
+    raw,
+    start_node,
+    unwritable_trail,
+    upstream_url,
+    write_test_registry,
+)
 from tests.support.helpers import compile_root, gwc, manifest, rule, write_registry
-
 from tests.support.repo import REPO
 
 

@@ -10,8 +10,8 @@ from aiohttp import web
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.build.registry import load_registry
-from gwc.runtime.bundle.read import trusted_keys
 from gwc.runtime.bundle.poller import MAX_BACKOFF_S, BundlePoller
+from gwc.runtime.bundle.read import trusted_keys
 from gwc.runtime.bundle.source import FileSource, HttpSource
 from gwc.runtime.bundle.store import BundleStore
 from gwc.runtime.metrics import Metrics

@@ -22,9 +22,9 @@ import gwc.runtime.bundle.read as bundle_module
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_data, payload_bytes
 from gwc.compiler.build.registry import load_registry
-from gwc.runtime.bundle.read import BundleError, parse_payload, trusted_keys, validate_in_steps
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.poller import BundlePoller, check_quietly, release_piecewise
+from gwc.runtime.bundle.read import BundleError, parse_payload, trusted_keys, validate_in_steps
 from gwc.runtime.bundle.source import FileSource
 from gwc.runtime.bundle.store import BundleStore
 from gwc.runtime.metrics import Metrics

@@ -12,14 +12,15 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from gwc.compiler.client.dev_idp import DevIdP
-from gwc.compiler.client.governance import approvals as approvals_cli, bypass as bypass_cli
-from gwc.runtime.governance.approvals import arguments_digest
+from gwc.compiler.client.governance import approvals as approvals_cli
+from gwc.compiler.client.governance import bypass as bypass_cli
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.api import GovernanceApi
-from gwc.runtime.identity import AuthError, Authenticator
-from gwc.runtime.protocol.errors import UNAUTHENTICATED, RpcError
-from gwc.runtime.policy.decide import Principal
+from gwc.runtime.governance.approvals import arguments_digest
 from gwc.runtime.governance.state import State
+from gwc.runtime.identity import Authenticator, AuthError
+from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.errors import UNAUTHENTICATED, RpcError
 from tests.support.helpers import compile_root, manifest, write_registry
 
 ISSUER, AUDIENCE = "https://idp.gov.test", "gwc-gov"

@@ -8,11 +8,20 @@ import asyncio
 
 import pytest
 
-from gwc.runtime.governance.approvals import (
-    ID_RE, MAX_PENDING, ApprovalError, Approvals, MemoryApprovals, RedisApprovals, StateUnavailable,
-    TooManyApprovals, approval_path, approvers_of, arguments_digest,
-)
 from gwc.runtime.bundle.format import Audience
+from gwc.runtime.governance.approvals import (
+    ID_RE,
+    MAX_PENDING,
+    ApprovalError,
+    Approvals,
+    MemoryApprovals,
+    RedisApprovals,
+    StateUnavailable,
+    TooManyApprovals,
+    approval_path,
+    approvers_of,
+    arguments_digest,
+)
 from gwc.runtime.policy.decide import Principal
 from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, T0, clock_fixture, redis_clients_fixture  # noqa: F401
 

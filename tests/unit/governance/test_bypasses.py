@@ -8,12 +8,18 @@ import time
 
 import pytest
 
-from gwc.runtime.governance.bypasses import (
-    ID_RE, MAX_REASON, Bypasses, BypassError, MemoryBypasses, RedisBypasses, is_break_glass,
-)
 from gwc.runtime.bundle.format import BreakGlass
-from gwc.runtime.policy.decide import Principal
 from gwc.runtime.governance.backend import StateUnavailable
+from gwc.runtime.governance.bypasses import (
+    ID_RE,
+    MAX_REASON,
+    BypassError,
+    Bypasses,
+    MemoryBypasses,
+    RedisBypasses,
+    is_break_glass,
+)
+from gwc.runtime.policy.decide import Principal
 from tests.support.state_fixtures import BOT, SRE, T0, clock_fixture, redis_clients_fixture  # noqa: F401
 
 REFRESH_S = 0.3  # the Redis snapshot's refresh in these tests (1 s by default)

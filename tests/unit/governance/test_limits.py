@@ -10,10 +10,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from gwc.runtime.bundle.format import BundlePayload
-from gwc.runtime.policy.decide import Principal, decide
 from gwc.runtime.governance.limits import (
-    REDIS_PREFIX, Limit, MemoryLimits, RedisLimits, from_state_url, limit_key, limits_for,
+    REDIS_PREFIX,
+    Limit,
+    MemoryLimits,
+    RedisLimits,
+    from_state_url,
+    limit_key,
+    limits_for,
 )
+from gwc.runtime.policy.decide import Principal, decide
 from tests.support.helpers import compile_root, manifest, rule, write_registry
 
 T0 = 1_000_000.0  # an injected clock, in seconds

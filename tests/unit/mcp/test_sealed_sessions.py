@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gwc.runtime.mcp import sealed_sessions
-from gwc.runtime.policy.decide import Principal
 from gwc.runtime.mcp.sealed_sessions import PREFIX, Session, SessionKeyError, SessionSealer, parse_key
+from gwc.runtime.policy.decide import Principal
 
 OLD, NEW, OTHER = (os.urandom(32) for _ in range(3))
 AGENT = Principal("bot-1", frozenset({"g"}), "agent", "alice")

@@ -8,7 +8,7 @@ import pytest
 
 from gwc.compiler.client.dev_idp import DevIdP
 from gwc.runtime.bundle.format import Identity
-from gwc.runtime.identity import AuthError, Authenticator
+from gwc.runtime.identity import Authenticator, AuthError
 from tests.support.idp import AUDIENCE, ISSUER, TestIdP, claims, hs256_with_public_key, unsigned_token
 
 

@@ -8,10 +8,15 @@ import string
 
 import pytest
 
-from tests.support.helpers import compile_root, write_registry
 from gwc.runtime.bundle.format import BundlePayload, Server
-from gwc.runtime.policy.names import (aggregate_name, name_collisions, resource_uri, split_resource_uri,
-                            tool_index)
+from gwc.runtime.policy.names import (
+    aggregate_name,
+    name_collisions,
+    resource_uri,
+    split_resource_uri,
+    tool_index,
+)
+from tests.support.helpers import compile_root, write_registry
 
 PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # used with fullmatch: no trailing newline slips in
 TOOL_CHARS = string.ascii_letters + string.digits + "_.-"

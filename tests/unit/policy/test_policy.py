@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.helpers import GATEWAY, compile_root, manifest, rule, write_registry
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.policy.decide import Principal, decide, entitlement
+from tests.support.helpers import GATEWAY, compile_root, manifest, rule, write_registry
 
 TOOLS = {
     "query": {"access": "read"},

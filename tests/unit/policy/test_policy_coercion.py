@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.helpers import compile_root, manifest, rule, write_registry
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.policy.decide import MAX_READ, Principal, decide
+from tests.support.helpers import compile_root, manifest, rule, write_registry
 
 DENY_RULES = {
     "force": {"force": True},

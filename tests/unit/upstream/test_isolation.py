@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
-from gwc.runtime.upstream import isolation
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
+from gwc.runtime.upstream import isolation
 from gwc.runtime.upstream.isolation import Breaker, Upstream, Upstreams, UpstreamUnavailable, caller_of
 
 CALLER = "human:alice"
