@@ -63,7 +63,7 @@ class Metrics:
                                        ["what"], registry=r)
 
         # Label lookups take a lock and build a tuple each time; the hot path reuses the children.
-        self._children: dict[tuple, Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -89,6 +89,9 @@ class Metrics:
 
     def observe_upstream(self, server: str, seconds: float) -> None:
         self._child(self.upstream_latency, server).observe(seconds)
+
+    def count_bundle_load(self, result: str) -> None:
+        self.bundle_loads.labels(result).inc()
 
     def bundle_activated(self, serial: int, activation_s: float) -> None:
         self.bundle_serial.set(serial)

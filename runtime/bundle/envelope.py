@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -71,7 +72,7 @@ def _b64(value: object, what: str) -> bytes:
         raise VerificationError(f"malformed envelope: {what} is not valid base64") from None
 
 
-def open_envelope(data: bytes) -> tuple[str, bytes, list[dict]]:
+def open_envelope(data: bytes) -> tuple[str, bytes, list[dict[str, Any]]]:
     """Parse an envelope without checking signatures (for inspection tools only)."""
     try:
         env = json.loads(data)
@@ -105,7 +106,7 @@ def verify_envelope(data: bytes, trusted: dict[str, Ed25519PublicKey],
     for entry in sigs:
         keyid = entry.get("keyid")
         key = trusted.get(keyid) if isinstance(keyid, str) else None
-        if key is None:
+        if key is None or not isinstance(keyid, str):
             seen.append(str(keyid)[:16])
             continue
         try:

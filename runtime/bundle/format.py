@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -146,7 +146,7 @@ class Identity(_Frozen):
     issuer: str
     audience: tuple[str, ...]
     jwks_uri: str | None = None
-    jwks: dict | None = None
+    jwks: dict[str, Any] | None = None
     groups_claim: str
     algorithms: tuple[str, ...]
     leeway_s: int

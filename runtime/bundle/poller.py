@@ -8,11 +8,11 @@ import logging
 import random
 import threading
 import time
+from typing import Protocol
 
 from gwc.runtime.bundle.read import Bundle, BundleError, digest_of
 from gwc.runtime.bundle.source import BundleSource, SourceError
 from gwc.runtime.bundle.store import BundleStore
-from gwc.runtime.metrics import Metrics
 
 log = logging.getLogger("gwc.bundle")
 MAX_BACKOFF_S = 300.0
@@ -76,8 +76,16 @@ def release_piecewise(retired: list[Bundle]) -> None:
             pieces.pop()
 
 
+class PollerMetrics(Protocol):
+    """What the poller reports; the node's ``Metrics`` provides it (the contract imports no node part)."""
+
+    def count_bundle_load(self, result: str) -> None: ...
+
+    def bundle_activated(self, serial: int, activation_s: float) -> None: ...
+
+
 class BundlePoller:
-    def __init__(self, source: BundleSource, store: BundleStore, metrics: Metrics,
+    def __init__(self, source: BundleSource, store: BundleStore, metrics: PollerMetrics,
                  interval_s: float = 30.0) -> None:
         self._source, self._store, self._metrics = source, store, metrics
         self._interval = interval_s
@@ -90,7 +98,7 @@ class BundlePoller:
     async def poll_once(self) -> str:
         """One round: ``activated``, ``unchanged``, ``refused`` or ``fetch_error``."""
         result = await self._poll()
-        self._metrics.bundle_loads.labels(result).inc()
+        self._metrics.count_bundle_load(result)
         return result
 
     async def _poll(self) -> str:

@@ -195,7 +195,7 @@ def _judge(cond: Condition, value: Any, every: bool, top: bool = True) -> bool |
     readings = () if settled else _readings(value)
     if readings:
         return _combine([own, *[_reading_holds(cond, r, every, top) for r in readings]], every)
-    return None if own is _OFF else own
+    return None if isinstance(own, _Off) else own
 
 
 def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool | None:
@@ -261,7 +261,7 @@ def entitlement(payload: BundlePayload, principal: Principal, server_name: str,
     """
     server = visible_server(payload, principal, server_name)
     tool = server.tools.get(tool_name) if server is not None else None
-    if tool is None:
+    if server is None or tool is None:
         return None
     rules = payload.rules
     conditional = False
