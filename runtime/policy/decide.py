@@ -225,7 +225,14 @@ def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_
            arguments: Any) -> Decision:
     """Decide one ``tools/call``. Mode (shadow) and approvals are reported, not applied, here:
     ``approval_required`` says whether the tool waits for an approval whenever a call goes through."""
-    server = visible_server(payload, principal, server_name)
+    return decide_on(payload, visible_server(payload, principal, server_name), principal, tool_name,
+                     arguments)
+
+
+def decide_on(payload: BundlePayload, server: Server | None, principal: Principal, tool_name: str,
+              arguments: Any) -> Decision:
+    """``decide`` for a server already found by ``visible_server`` (None: not visible), so a caller
+    that resolved the target checks visibility once per call."""
     if server is None:
         return Decision("not_found", "unknown_server")
     tool = server.tools.get(tool_name)
