@@ -13,18 +13,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gwc.runtime.api.catalog import catalog
+from gwc.runtime.api.governance import GovernanceApi
 from gwc.runtime.bundle.poller import BundlePoller
 from gwc.runtime.bundle.read import Bundle, trusted_keys
 from gwc.runtime.bundle.source import source_for
 from gwc.runtime.bundle.store import BundleStore
-from gwc.runtime.catalog_api import catalog
 from gwc.runtime.config import Config
-from gwc.runtime.governance.api import GovernanceApi
 from gwc.runtime.governance.state import State
 from gwc.runtime.identity import Authenticator, AuthError
-from gwc.runtime.mcp.endpoint import McpProxy
+from gwc.runtime.mcp.endpoint import McpEndpoint
 from gwc.runtime.mcp.list_changed import ListChangedStreams
-from gwc.runtime.mcp.recording import Auditor, AuditTarget
+from gwc.runtime.mcp.trail import Auditor, AuditTarget
 from gwc.runtime.mcp.sealed_sessions import SessionSealer
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
@@ -37,7 +37,9 @@ from gwc.runtime.protocol.errors import (
 )
 from gwc.runtime.protocol.wire import error_response, origin_of
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
+from gwc.runtime.upstream.client import UpstreamClient
 from gwc.runtime.upstream.credentials import UpstreamCredentials
+from gwc.runtime.upstream.isolation import Upstreams
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -67,8 +69,10 @@ class Gateway:
                                     on_fallback=self._state_fallback)
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
-        self.proxy = McpProxy(self)
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
+        self.proxy = McpEndpoint(self.caller, lambda: self.store.active, UpstreamClient(
+            Upstreams(self.metrics), self.credentials, self.metrics), self.sealer, self.state,
+            self.auditor, self.metrics, self.list_changed, config.public_url)
         self.store.on_activate(self.list_changed.bundle_changed)
         self.store.on_activate(self._audit_settings)
         self._origins: frozenset[str] = frozenset({origin_of(config.public_url)})

@@ -1,3 +1,3 @@
 """Governance state shared by a fleet: rate limits, approvals and break-glass bypasses, in memory
-or in Redis, and their HTTP API.
+or in Redis (their HTTP API is gwc.runtime.api.governance).
 """

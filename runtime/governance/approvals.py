@@ -64,8 +64,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.format import Audience
 from gwc.runtime.governance.backend import (
+    Refusal,
     Script,
-    StateError,
     StateUnavailable,
     pairs,
     redis_errors,
@@ -150,7 +150,7 @@ class Lookup:
     created: bool = False
 
 
-class ApprovalError(StateError):
+class ApprovalError(Refusal):
     """A refused decision: 404 not_found, 403 not_an_approver/own_request, 409 conflicts."""
 
 

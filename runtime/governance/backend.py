@@ -1,5 +1,5 @@
-"""What the state backends of approvals and bypasses share: their errors, and for Redis the client
-and the Lua script runner.
+"""What the state backends of approvals and bypasses share: their errors (``Refusal``,
+``StateUnavailable``), and for Redis the client and the Lua script runner.
 
 One client (one connection pool) serves both, built by :func:`connect` with short socket timeouts
 (0.2 s by default) and one immediate retry, so a connection left stale by a Redis restart is replaced
@@ -23,12 +23,14 @@ class StateUnavailable(Exception):
     """The shared state backend cannot be reached; answered as ``state_unavailable`` (HTTP 503)."""
 
 
-class StateError(Exception):
-    """A refused operation, with the HTTP status and stable ``reason`` the API answers with."""
+class Refusal(Exception):
+    """A refused governance operation: the HTTP status, stable ``reason`` and message the API answers
+    with (``headers``: any the answer needs). Raised by the state parts and by the API itself."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
 
 
 def connect(url: str, *, socket_timeout: float = 0.2) -> Redis:

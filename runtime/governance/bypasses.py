@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 from gwc.runtime.bundle.format import BundlePayload
-from gwc.runtime.governance.backend import Script, StateError, StateUnavailable, redis_errors, unavailable
+from gwc.runtime.governance.backend import Refusal, Script, StateUnavailable, redis_errors, unavailable
 from gwc.runtime.policy.decide import Principal
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ Event = Literal["opened", "closed"]
 AuditHook = Callable[[Event, "Bypass"], Awaitable[None]]
 
 
-class BypassError(StateError):
+class BypassError(Refusal):
     """A refused bypass operation: 400 invalid_request, 404 not_found, 409 too_many_bypasses."""
 
 

@@ -24,7 +24,7 @@ Backends share one async interface (``Limits``):
 - ``MemoryLimits`` (default): per node. Bounded: at most ``max_entries`` keys (a cachetools TLRUCache);
   a key's entry expires when its TAT has passed, the moment its state equals a fresh key's, so expiry never
   changes a verdict. When the bound is hit the least recently used key is evicted (it regains its burst).
-- ``RedisLimits(url)``: the whole fleet shares one budget. Each ``check_all`` is one Lua script
+- ``RedisLimits(client)``: the whole fleet shares one budget. Each ``check_all`` is one Lua script
   invocation (EVALSHA, falling back to EVAL when the script is not cached), atomic: all TATs are read,
   all limits decided, and only if all pass are the TATs written (``SET ... PX`` so idle keys expire when
   their TAT passes). Time comes from the Redis server (``TIME``), so node clocks do not matter. Keys are
@@ -51,9 +51,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cachetools import TLRUCache
 
-from gwc.runtime.governance.backend import Script, StateUnavailable, connect
+from gwc.runtime.governance.backend import Script, StateUnavailable
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from gwc.runtime.bundle.format import BundlePayload
     from gwc.runtime.policy.decide import Decision
 
@@ -218,15 +220,14 @@ class RedisLimits(Limits):
 
     def __init__(
         self,
-        url: str,
+        client: Redis,
         *,
-        socket_timeout: float = 0.2,
         retry_s: float = 5.0,
         on_fallback: Callable[[str], None] | None = None,
         fallback: MemoryLimits | None = None,
     ):
-        # The node's one Redis client: approvals and bypasses use it too (gwc.runtime.governance.state).
-        self.client = connect(url, socket_timeout=socket_timeout)
+        # Borrowed: the node's State opens the one Redis client and closes it (gwc.runtime.governance.state).
+        self._redis = client
         self.fallback = fallback or MemoryLimits()
         self.retry_s = retry_s
         self.on_fallback = on_fallback
@@ -246,7 +247,7 @@ class RedisLimits(Limits):
         for limit in limits:
             args.extend(_params(limit.per_minute, limit.burst))
         try:
-            reply = await GCRA(self.client, keys, args)
+            reply = await GCRA(self._redis, keys, args)
         except StateUnavailable as exc:
             self._outage(exc.__cause__ or exc)
             return self._local(limits, now)
@@ -277,15 +278,3 @@ class RedisLimits(Limits):
     def _local(self, limits: Sequence[Limit], now: float | None) -> Verdict:
         self.fallback_checks += 1
         return self.fallback.check_all_sync(limits, now)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-def from_state_url(url: str | None, **redis_options) -> Limits:
-    """The backend for ``--state``: none or ``memory`` -> MemoryLimits; ``redis[s]://``, ``unix://`` -> Redis."""
-    if not url or url == "memory":
-        return MemoryLimits()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisLimits(url, **redis_options)
-    raise ValueError(f"unsupported state backend {url!r} (expected memory or redis://...)")

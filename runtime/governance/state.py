@@ -9,18 +9,24 @@ does when Redis is unreachable differs on purpose, and is documented in its modu
 - bypasses (``gwc.runtime.governance.bypasses``): the last snapshot is honoured until each bypass expires;
   opening and closing fail with ``StateUnavailable``.
 
-Limits, approvals and bypasses share one Redis client: the limiter's (``RedisLimits.client``).
+Limits, approvals and bypasses share one Redis client, which this object opens, hands to each and closes.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gwc.runtime.governance.approvals import DEFAULT_TTL_S, Approvals, MemoryApprovals, RedisApprovals
+from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.bypasses import Bypasses, MemoryBypasses, RedisBypasses
-from gwc.runtime.governance.limits import Limits, RedisLimits, from_state_url
+from gwc.runtime.governance.limits import Limits, MemoryLimits, RedisLimits
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass
@@ -29,21 +35,27 @@ class State:
     limits: Limits
     approvals: Approvals
     bypasses: Bypasses
+    redis: Redis | None = None  # the one client the parts share (None in memory)
 
     @classmethod
     def from_url(cls, url: str | None, *, approval_ttl_s: float = DEFAULT_TTL_S,
                  socket_timeout: float = 0.2, clock: Callable[[], float] = time.time,
                  **limit_options: Any) -> State:
-        """Build the state for ``--state URL``; ``limit_options`` go to the rate limiter
-        (e.g. ``on_fallback``). Raises ValueError for an unsupported URL."""
-        limits = from_state_url(url, socket_timeout=socket_timeout, **limit_options)
-        if not isinstance(limits, RedisLimits):
-            return cls("memory", limits, MemoryApprovals(approval_ttl_s, clock),
+        """Build the state for ``--state URL`` (none or ``memory``; ``redis[s]://``, ``unix://``);
+        ``limit_options`` go to the rate limiter (e.g. ``on_fallback``). Raises ValueError for an
+        unsupported URL."""
+        if not url or url == "memory":
+            return cls("memory", MemoryLimits(), MemoryApprovals(approval_ttl_s, clock),
                        MemoryBypasses(clock))
-        return cls("redis", limits, RedisApprovals(limits.client, approval_ttl_s, clock),
-                   RedisBypasses(limits.client, clock))
+        if not url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"unsupported state backend {url!r} (expected memory or redis://...)")
+        client = connect(url, socket_timeout=socket_timeout)
+        return cls("redis", RedisLimits(client, **limit_options),
+                   RedisApprovals(client, approval_ttl_s, clock), RedisBypasses(client, clock), client)
 
     async def aclose(self) -> None:
         await self.approvals.aclose()
         await self.bypasses.aclose()
-        await self.limits.aclose()  # last: it closes the Redis client the others share
+        await self.limits.aclose()
+        if self.redis is not None:  # last: the parts above borrow it
+            await self.redis.aclose()

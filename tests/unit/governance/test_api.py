@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from gwc.compiler.client.dev_idp import DevIdP
 from gwc.compiler.client.governance import approvals as approvals_cli
 from gwc.compiler.client.governance import bypass as bypass_cli
+from gwc.runtime.api.governance import GovernanceApi
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.governance.api import GovernanceApi
 from gwc.runtime.governance.approvals import arguments_digest
 from gwc.runtime.governance.state import State
 from gwc.runtime.identity import Authenticator, AuthError

@@ -10,19 +10,30 @@ import pytest
 import redis.asyncio as aioredis
 
 from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.limits import (
     REDIS_PREFIX,
     Limit,
     MemoryLimits,
     RedisLimits,
-    from_state_url,
     limit_key,
     limits_for,
 )
+from gwc.runtime.governance.state import State
 from gwc.runtime.policy.decide import Principal, decide
 from tests.support.helpers import compile_root, manifest, rule, write_registry
 
 T0 = 1_000_000.0  # an injected clock, in seconds
+
+
+class OwnRedisLimits(RedisLimits):
+    """A limiter with a client of its own, opened and closed with it (a node's State does that)."""
+
+    def __init__(self, url: str, *, socket_timeout: float = 0.2, **options) -> None:
+        super().__init__(connect(url, socket_timeout=socket_timeout), **options)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -32,7 +43,7 @@ async def limits(request):
         backend = MemoryLimits()
     else:
         server = request.getfixturevalue("redis_server")
-        backend = RedisLimits(server.url, on_fallback=lambda reason: pytest.fail(f"fell back: {reason}"))
+        backend = OwnRedisLimits(server.url, on_fallback=lambda reason: pytest.fail(f"fell back: {reason}"))
     yield backend
     await backend.aclose()
 
@@ -167,20 +178,32 @@ def test_limit_key_escapes_separators():
     assert limit_key("user", "a:b") != limit_key("user:a", "b")
 
 
-async def test_from_state_url():
-    assert isinstance(from_state_url(None), MemoryLimits)
-    redis_limits = from_state_url("redis://127.0.0.1:1/0")
-    assert isinstance(redis_limits, RedisLimits)
-    await redis_limits.aclose()
+async def test_state_from_url_opens_one_redis_client_and_closes_it():
+    assert isinstance(State.from_url(None).limits, MemoryLimits)
+    state = State.from_url("redis://127.0.0.1:1/0")
+    assert isinstance(state.limits, RedisLimits)
+    # limits, approvals and bypasses borrow the one client the state opened...
+    assert state.redis is not None
+    assert state.limits._redis is state.approvals._redis is state.bypasses._redis is state.redis
+    closed: list[bool] = []
+    close = state.redis.aclose
+
+    async def recording_close() -> None:
+        closed.append(True)
+        await close()
+
+    state.redis.aclose = recording_close  # type: ignore[method-assign]
+    await state.aclose()
+    assert closed == [True]  # ...and the state closes it, once
     with pytest.raises(ValueError):
-        from_state_url("etcd://x")
+        State.from_url("etcd://x")
 
 
 # --- Redis: a fleet, and Redis going away ------------------------------------------------------------
 
 
 async def test_two_nodes_share_one_budget(redis_server):
-    a, b = RedisLimits(redis_server.url), RedisLimits(redis_server.url)
+    a, b = OwnRedisLimits(redis_server.url), OwnRedisLimits(redis_server.url)
     try:
         # Server clock (no injected now): 6/min, one at a time.
         assert (await a.check("user:alice:server:deploy", 6, burst=1)).allowed
@@ -206,7 +229,7 @@ async def test_two_nodes_share_one_budget(redis_server):
 
 async def test_script_flushed_is_sent_again_with_eval(redis_server):
     fallbacks: list[str] = []
-    limits = RedisLimits(redis_server.url, on_fallback=fallbacks.append)
+    limits = OwnRedisLimits(redis_server.url, on_fallback=fallbacks.append)
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
         assert (await limits.check("k", 1)).allowed
@@ -221,8 +244,8 @@ async def test_script_flushed_is_sent_again_with_eval(redis_server):
 async def test_redis_killed_falls_back_to_local_limits_and_comes_back(redis_server, caplog):
     caplog.set_level(logging.INFO, logger="gwc.rate_limits")
     fallbacks: list[str] = []
-    limits = RedisLimits(redis_server.url, retry_s=0.3, on_fallback=fallbacks.append)
-    other = RedisLimits(redis_server.url)
+    limits = OwnRedisLimits(redis_server.url, retry_s=0.3, on_fallback=fallbacks.append)
+    other = OwnRedisLimits(redis_server.url)
     try:
         assert (await limits.check("k", 1)).allowed
         assert not (await other.check("k", 1)).allowed  # shared while Redis is up
@@ -260,7 +283,7 @@ async def test_redis_not_answering_times_out_fast(redis_server):
     import signal
     import time
 
-    limits = RedisLimits(redis_server.url, socket_timeout=0.2, retry_s=60)
+    limits = OwnRedisLimits(redis_server.url, socket_timeout=0.2, retry_s=60)
     try:
         assert (await limits.check("k", 1)).allowed
         os.kill(redis_server.proc.pid, signal.SIGSTOP)

@@ -29,7 +29,7 @@ from aiohttp import web
 from gwc.runtime.audit.chain import utc_time
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import Approval, approval_path, may_approve, visible_to
-from gwc.runtime.governance.backend import StateError, StateUnavailable
+from gwc.runtime.governance.backend import Refusal, StateUnavailable
 from gwc.runtime.governance.bypasses import Bypass, is_break_glass
 from gwc.runtime.governance.state import State
 from gwc.runtime.policy.decide import Principal
@@ -40,15 +40,8 @@ log = logging.getLogger("gwc.governance")
 Caller = Callable[[web.Request], Awaitable[tuple[Bundle, Principal]]]
 BaseRecord = Callable[[web.Request, Bundle, Principal, str], dict[str, Any]]
 Audit = Callable[[dict[str, Any]], Awaitable[None]]
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+Handler = Callable[["GovernanceApi", web.Request], Awaitable[web.Response]]
 BYPASS_FIELDS = {"server", "reason", "ttl_s"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers
 
 
 def error_json(status: int, reason: str, message: str,
@@ -63,18 +56,16 @@ def _answers_errors(handler: Handler) -> Handler:
     async def guarded(self: GovernanceApi, request: web.Request) -> web.Response:
         try:
             return await handler(self, request)
-        except ApiError as exc:
+        except Refusal as exc:
             return error_json(exc.status, exc.reason, exc.message, exc.headers)
         except RpcError as exc:  # from caller (401, no bundle) or from the auditor (503)
             return error_json(exc.http_status if exc.http_status >= 400 else 503,
                               str(exc.data.get("reason")), exc.message, exc.headers)
-        except StateError as exc:
-            return error_json(exc.status, exc.reason, exc.message)
         except StateUnavailable as exc:
             log.warning("governance API: %s", exc)
             return error_json(503, "state_unavailable", "the gateway's shared state is unreachable; "
                               "try again shortly")
-    return guarded  # type: ignore[return-value]
+    return guarded
 
 
 def _time(ts: float | None) -> str | None:
@@ -107,9 +98,9 @@ async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
-        raise ApiError(400, "invalid_request", "the body is not valid JSON") from None
+        raise Refusal(400, "invalid_request", "the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "the body must be a JSON object")
+        raise Refusal(400, "invalid_request", "the body must be a JSON object")
     return body
 
 
@@ -137,7 +128,7 @@ class GovernanceApi:
             raise
         except Exception as exc:
             log.error("governance API: audit record not written, nothing changed: %s", exc)
-            raise ApiError(503, "audit_unavailable", "the audit record could not be written, so "
+            raise Refusal(503, "audit_unavailable", "the audit record could not be written, so "
                            "nothing was changed") from exc
 
     # Approvals
@@ -153,7 +144,7 @@ class GovernanceApi:
         approval_id = request.match_info["id"]
         approval = await self._state.approvals.get(approval_id)
         if approval is None or not visible_to(approval, principal):
-            raise ApiError(404, "not_found", f"no approval {approval_id} (or it expired)")
+            raise Refusal(404, "not_found", f"no approval {approval_id} (or it expired)")
         return web.json_response(approval_json(approval, principal))
 
     async def _decide(self, request: web.Request, approve: bool) -> web.Response:
@@ -184,14 +175,15 @@ class GovernanceApi:
         bundle, principal = await self._caller(request)
         group = bundle.payload.gateway.break_glass.group
         if group is None:
-            raise ApiError(403, "break_glass_disabled", "break-glass is not configured on this "
+            raise Refusal(403, "break_glass_disabled", "break-glass is not configured on this "
                            "gateway (gateway.yaml: break_glass.group)")
         if not is_break_glass(bundle.payload, principal):
-            raise ApiError(403, "not_break_glass", f"only members of the break-glass group {group!r} "
+            raise Refusal(403, "not_break_glass", f"only members of the break-glass group {group!r} "
                            "(people, not agents) may open, list or close bypasses")
         return bundle, principal
 
-    def _bypass_audit(self, request: web.Request, bundle: Bundle, principal: Principal):
+    def _bypass_audit(self, request: web.Request, bundle: Bundle,
+                      principal: Principal) -> Callable[[str, Bypass], Awaitable[None]]:
         async def audit(event: str, bypass: Bypass) -> None:
             await self._write({**self._base(request, bundle, principal, "bypass"), "event": event,
                                "bypass": bypass.id, "server": bypass.server, "reason": bypass.reason,
@@ -204,13 +196,13 @@ class GovernanceApi:
         body = await _json_body(request, required=True)
         unknown = sorted(set(body) - BYPASS_FIELDS)
         if unknown:
-            raise ApiError(400, "invalid_request", f"unknown field(s) {', '.join(unknown)}; "
+            raise Refusal(400, "invalid_request", f"unknown field(s) {', '.join(unknown)}; "
                            "expected server, reason, ttl_s")
         server = body.get("server")
         if not isinstance(server, str) or not server:
-            raise ApiError(400, "invalid_request", "server (a server name) is required")
+            raise Refusal(400, "invalid_request", "server (a server name) is required")
         if server not in bundle.payload.servers:
-            raise ApiError(404, "not_found", f"no server {server!r} in the active bundle")
+            raise Refusal(404, "not_found", f"no server {server!r} in the active bundle")
         bypass = await self._state.bypasses.open(
             server, principal.subject, body.get("reason"), body.get("ttl_s"),  # type: ignore[arg-type]
             max_ttl_s=bundle.payload.gateway.break_glass.max_ttl_s,
