@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
-from gwc.runtime.mcp.recording import AuditSpecError, AuditTarget
+from gwc.runtime.mcp.trail import AuditSpecError, AuditTarget
 from gwc.runtime.mcp.sealed_sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
 
 ENV_PREFIX = "GWC_"

@@ -1,9 +1,28 @@
-"""What a record says about who called and what policy decided, in the words replay recomputes."""
+"""What a record says about a request: who called, what policy decided, and the typed record of one
+MCP request. Records serialise to the trail's fields in the trail's order, which never changes:
+existing trails still verify and ``gwc audit query|replay`` read old and new records alike."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from gwc.runtime.policy.decide import Decision, Principal
+
+
+class Outcome(StrEnum):
+    """How a request ended: a record's ``outcome``."""
+
+    FORWARDED = "forwarded"  # an upstream answered, and the answer was relayed
+    ANSWERED = "answered"  # the gateway answered it itself (the aggregate's lists)
+    REFUSED = "refused"  # refused before any upstream saw it
+    FAILED = "failed"  # the upstream failed, or broke off its answer
+    DISCONNECTED = "disconnected"  # the client went away while its answer streamed
+
+    @property
+    def hands_out_an_answer(self) -> bool:
+        """The answer waits for the record: an unwritten record withholds it (failure mode closed)."""
+        return self in (Outcome.FORWARDED, Outcome.ANSWERED)
 
 
 def principal_fields(principal: Principal) -> dict[str, Any]:
@@ -15,3 +34,55 @@ def policy_fields(decision: Decision) -> dict[str, Any]:
     """The policy evaluation as replay recomputes it."""
     return {"effect": decision.effect, "reason": decision.reason, "rules": list(decision.rule_ids),
             "mode": decision.mode, "approval_required": decision.approval_required}
+
+
+def record_head(type_: str, time: str, request_id: str, client_request_id: str | None, node: str,
+                bundle_digest: str, bundle_serial: int, principal: Principal) -> dict[str, Any]:
+    """The fields every record of a request starts with, MCP call or governance action."""
+    return {"type": type_, "time": time, "request_id": request_id,
+            "client_request_id": client_request_id, "node": node,
+            "bundle": {"digest": bundle_digest, "serial": bundle_serial},
+            "principal": principal_fields(principal)}
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """The audit record of one MCP request, filled in as the request is decided and settled
+    (only ``gwc.runtime.mcp.recording`` writes to it); :meth:`fields` is what the trail keeps."""
+
+    type: str  # "call" when the request uses an upstream (counts against limits), else "list"
+    time: str
+    request_id: str
+    client_request_id: str | None
+    node: str
+    bundle_digest: str
+    bundle_serial: int
+    principal: Principal
+    endpoint: str  # the server of a per-server endpoint, "" for the aggregate /mcp
+    method: str | None
+    server: str | None
+    tool: str | None = None  # the tool, prompt or resource the request is about
+    access: str | None = None
+    arguments: Any = None
+    policy: Decision | None = None
+    decision: str | None = None
+    approval: str | None = None
+    bypass: str | None = None
+    outcome: Outcome | None = None
+    error: str | None = None  # the refusal's or failure's stable reason
+    upstream_status: int | None = None
+    gateway_ms: float | None = None
+    upstream_ms: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        fields = record_head(self.type, self.time, self.request_id, self.client_request_id,
+                             self.node, self.bundle_digest, self.bundle_serial, self.principal)
+        fields.update(
+            endpoint=self.endpoint, method=self.method, server=self.server, tool=self.tool,
+            access=self.access, arguments=self.arguments,
+            policy=policy_fields(self.policy) if self.policy is not None else None,
+            decision=self.decision, approval=self.approval, bypass=self.bypass,
+            outcome=self.outcome.value if self.outcome is not None else None, error=self.error,
+            upstream_status=self.upstream_status,
+            latency_ms={"gateway": self.gateway_ms, "upstream": self.upstream_ms})
+        return fields

@@ -1,5 +1,5 @@
 """The aggregate endpoint's view for one caller: every entitled tool of every server, plus the
-resources and prompts of every visible server, under namespaced names (``naming.py``).
+resources and prompts of every visible server, under namespaced names (``policy/names.py``).
 
 Lists are built from the upstream catalog (fetched by the gateway, cached per upstream) filtered by
 the caller's entitlement under the active bundle; names are resolved back to (server, upstream
@@ -13,7 +13,8 @@ from gwc.runtime.bundle.format import Tool
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.policy.decide import Principal, listed_everywhere, visible_server
 from gwc.runtime.policy.names import SEPARATOR, aggregate_name, resource_uri, split_resource_uri, tool_index
-from gwc.runtime.upstream.catalog import Kind, UpstreamCatalog
+from gwc.runtime.protocol.wire import LIST_METHODS, ListKind
+from gwc.runtime.upstream.catalog import UpstreamCatalog
 
 URI_FIELDS = {"resources": "uri", "resourceTemplates": "uriTemplate"}
 
@@ -32,6 +33,18 @@ class Aggregate:
     def __init__(self, catalog: UpstreamCatalog) -> None:
         self._catalog = catalog
         self._index: tuple[Bundle | None, dict[str, tuple[str, str]]] = (None, {})
+
+    async def listing(self, bundle: Bundle, principal: Principal, method: str
+                      ) -> dict[str, list[dict[str, Any]]]:
+        """The result of a list method on the aggregate: what this caller may see of it."""
+        kind = LIST_METHODS[method]
+        if kind == "tools":
+            items = await self.tools(bundle, principal)
+        elif kind == "prompts":
+            items = await self.prompts(bundle, principal)
+        else:
+            items = await self.resources(bundle, principal, kind)
+        return {kind: items}
 
     def entitled(self, bundle: Bundle, principal: Principal) -> dict[str, list[str]]:
         """Server -> the tools the caller sees there, for every server where it sees any."""
@@ -55,7 +68,7 @@ class Aggregate:
         return [name for name in bundle.payload.servers
                 if visible_server(bundle.payload, principal, name) is not None]
 
-    async def resources(self, bundle: Bundle, principal: Principal, kind: Kind
+    async def resources(self, bundle: Bundle, principal: Principal, kind: ListKind
                         ) -> list[dict[str, Any]]:
         """Resources or resource templates of every visible server, URIs prefixed."""
         field = URI_FIELDS[kind]

@@ -1,150 +1,135 @@
-"""The request path's side of the audit trail: what a record says about a request, where records
-go (``--audit``), and what happens when they cannot be written (``--audit-failure``).
-
-A record is written once a request is settled (answered, refused or failed) and the answer waits
-for it to be durable: a node that crashes has a record of every answer it gave. Before a call is
-forwarded the sink must be healthy; with ``closed`` (the default) an unhealthy sink refuses the
-call, so nothing reaches an upstream unrecorded. The refusal is itself submitted for writing, which
-doubles as the probe that finds the sink healthy again. With ``open`` calls go on, and every lost
-record is logged and counted (``gwc_audit_failures_total``). A failing sink with ``closed`` also
-makes the node unready (``refusing``). The node's chain head, signed, is served for anchoring.
-"""
+"""The one place a request's fate becomes its audit record, its metric counts and its decision log
+line: a record is opened when a request is understood, filled in from admission's verdict, and
+written once the request is settled (answered, refused or failed)."""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gwc.runtime.audit.chain import UnencodableRecord, utc_time
-from gwc.runtime.audit.record import principal_fields
-from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES, AuditWriter
-from gwc.runtime.bundle.format import Audit
+from gwc.runtime.audit.chain import arguments_record, utc_time
+from gwc.runtime.audit.record import CallRecord, Outcome
 from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.mcp.admission import USES, Verdict, policy_outcome
+from gwc.runtime.mcp.routes import PASSED_METHODS, Call
+from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
-from gwc.runtime.policy.decide import Principal
-from gwc.runtime.protocol.errors import AUDIT_UNAVAILABLE, RpcError
-from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID
+from gwc.runtime.policy.decide import Decision, Principal
+from gwc.runtime.protocol.errors import RpcError
+from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
+from gwc.runtime.upstream.client import Answer
 
-log = logging.getLogger("gwc.audit")
-FailureMode = Literal["closed", "open"]
-SINKS = ("stdout", "file", "both", "none")
-
-
-class AuditSpecError(ValueError):
-    """``--audit`` is not one of stdout, file:PATH, both:PATH, none."""
-
-
-@dataclass(frozen=True)
-class AuditTarget:
-    """Where a node writes its trail: a file, stdout, both, or nowhere (benchmarks only)."""
-
-    sink: str
-    path: Path | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> AuditTarget:
-        sink, _, path = spec.partition(":")
-        if sink not in SINKS:
-            raise AuditSpecError(f"--audit must be stdout, file:PATH, both:PATH or none, not {spec!r}")
-        if (sink in ("file", "both")) != bool(path):
-            raise AuditSpecError(f"--audit {sink} " + ("needs a path: file:PATH or both:PATH"
-                                                        if path == "" else "takes no path"))
-        return cls(sink, Path(path) if path else None)
-
-    @classmethod
-    def of_bundle(cls, audit: Audit) -> AuditTarget:
-        return cls(audit.sink, Path(audit.path) if audit.sink != "stdout" and audit.path else None)
+log = logging.getLogger("gwc.mcp")
+# Requests the gateway answers itself, with no audit record.
+ANSWERED_HERE = frozenset({"initialize", "ping", "server/discover"})
+# The method label of gwc_requests_total: MCP methods the gateway serves and HTTP methods.
+METHOD_LABELS = frozenset({*PASSED_METHODS, *USES, *ANSWERED_HERE, "GET", "POST", "DELETE"})
+UNKNOWN_LABEL, OTHER_LABEL = "unknown", "other"
+UNKNOWN_SERVER = Decision("not_found", "unknown_server")  # what the wall decides, for the record
 
 
-class Auditor:
-    def __init__(self, node: str, metrics: Metrics, failure: FailureMode = "closed",
-                 signing_key: Ed25519PrivateKey | None = None) -> None:
-        self.node, self._metrics, self.failure = node, metrics, failure
-        self._signing_key = signing_key  # signs checkpoints of the chain's head
-        self._writer: AuditWriter | None = None
-        self._broken: str | None = None  # why the sink could not even be opened
-        self.target: AuditTarget | None = None
+class Recording:
+    def __init__(self, auditor: Auditor, metrics: Metrics, active: Callable[[], Bundle | None]
+                 ) -> None:
+        self._auditor, self._metrics, self._active = auditor, metrics, active
 
-    def start(self, target: AuditTarget, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.target = target
-        if target.sink == "none":
-            log.warning("audit trail is off (--audit none): calls leave no record; use this "
-                        "for benchmarks only")
-            return
-        writer = AuditWriter(self.node, target.path, stdout=target.sink in ("stdout", "both"),
-                             max_bytes=max_bytes, signing_key=self._signing_key)
+    def count(self, name: str, tool: str, decision: str, method: str) -> None:
+        """Count a request. Labels never take a caller's words: a server name not in the bundle
+        is ``unknown`` and a method outside the known set ``other``, so no caller can make
+        series without end (tool names reach here only once resolved against the bundle)."""
+        if name:
+            bundle = self._active()
+            if bundle is None or name not in bundle.payload.servers:
+                name = UNKNOWN_LABEL
+        self._metrics.count_request(
+            name, method if method in METHOD_LABELS else OTHER_LABEL, tool, decision)
+
+    def _new(self, request: web.Request, bundle: Bundle, principal: Principal, type_: str,
+             endpoint: str, method: str | None) -> CallRecord:
+        return CallRecord(type_, utc_time(time.time()), request[REQUEST_ID],
+                          request.get(CLIENT_REQUEST_ID), self._auditor.node, bundle.digest,
+                          bundle.serial, principal, endpoint, method, endpoint or None)
+
+    def open(self, call: Call) -> None:
+        """Give the call its record (with ``--audit none``, and for what the gateway answers
+        itself, there is none)."""
+        if self._auditor.enabled and call.method not in ANSWERED_HERE:
+            call.record = self._new(call.request, call.bundle, call.principal,
+                                    "call" if call.method in USES else "list", call.endpoint,
+                                    call.method)
+
+    def unauthenticated(self, request: web.Request, endpoint: str, error: RpcError) -> None:
+        """No principal, so no audit record: a log line and a count."""
+        log.info("refused", extra={"request_id": request[REQUEST_ID], "path": request.path,
+                                   "reason": error.data["reason"], "detail": error.message})
+        self.count(endpoint, "", error.data["reason"], request.method)
+
+    async def unseen(self, request: web.Request, bundle: Bundle, principal: Principal,
+                     endpoint: str, error: RpcError) -> None:
+        """A server outside the caller's visibility: refused as not found, and recorded like every
+        other denial."""
+        self.count(endpoint, "", "not_found", request.method)
+        if self._auditor.enabled:
+            record = self._new(request, bundle, principal, "call", endpoint, None)
+            record.policy, record.decision = UNKNOWN_SERVER, "not_found"
+            await self._write(record, Outcome.REFUSED, error, None, request[STARTED])
+
+    def note(self, call: Call, verdict: Verdict) -> None:
+        """Admission's verdict into the call's record and counts."""
+        record, decision = call.record, verdict.policy
+        if decision is not None:  # a tools/call that policy judged
+            if record is not None:
+                record.server, record.access = verdict.server, verdict.access
+                record.arguments = arguments_record(call.bundle.payload, verdict.server,
+                                                    verdict.tool, verdict.arguments)
+                record.policy = decision
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_decision(call, verdict, decision)
+        if record is not None and verdict.decision is not None:
+            record.tool, record.decision = verdict.tool, verdict.decision
+            record.bypass = verdict.bypass.id if verdict.bypass is not None else None
+            record.approval = verdict.approval
+        if verdict.counted is not None:
+            self.count(verdict.server, verdict.counted_tool, verdict.counted, call.method)
+
+    def answered(self, call: Call) -> None:
+        """An aggregate list, which the gateway answers itself from its catalog."""
+        self.count("", "", "allow", call.method)
+        if call.record is not None:
+            call.record.decision = "allow"
+
+    @staticmethod
+    def _log_decision(call: Call, verdict: Verdict, decision: Decision) -> None:
+        """The decision as a debug log line; the audit trail is the record of it."""
+        principal = call.principal
+        log.debug("decision", extra={
+            "request_id": call.request[REQUEST_ID], "subject": principal.subject,
+            "kind": principal.kind, "acting_for": principal.acting_for,
+            "groups": sorted(principal.groups), "server": verdict.server, "tool": verdict.tool,
+            "access": decision.access, "decision": policy_outcome(decision, verdict.bypass),
+            "reason": decision.reason, "rules": list(decision.rule_ids),
+            "bundle_serial": call.bundle.serial})
+
+    async def settle(self, call: Call, outcome: Outcome, error: RpcError | None = None,
+                     answer: Answer | None = None) -> None:
+        """Write the call's record (once). For an answer that used an upstream, a record that
+        cannot be written withholds the answer (audit failure mode closed); a refusal stands."""
+        record, call.record = call.record, None
+        if record is not None:
+            await self._write(record, outcome, error, answer, call.request[STARTED])
+
+    async def _write(self, record: CallRecord, outcome: Outcome, error: RpcError | None,
+                     answer: Answer | None, started: float) -> None:
+        total = time.perf_counter() - started
+        upstream_s = answer.upstream_s if answer is not None else None
+        record.outcome, record.error = outcome, error.data["reason"] if error else None
+        record.upstream_status = answer.response.status if answer is not None else None
+        record.gateway_ms = round((total - (upstream_s or 0.0)) * 1000, 3)
+        record.upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 3)
         try:
-            writer.start()
-        except (OSError, ValueError) as exc:  # e.g. an unwritable path; the node says so and
-            self._broken = f"cannot open the audit trail {target.path}: {exc}"  # refuses calls
-            log.error("audit trail unavailable", extra={"reason": self._broken})
-            return
-        self._writer = writer
-        self._metrics.audit_sequence.set_function(lambda: writer.sequence)
-        log.info("audit trail", extra={"sink": target.sink, "path": str(target.path or ""),
-                                       "on_failure": self.failure})
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-    @property
-    def enabled(self) -> bool:
-        """Records are made (not ``--audit none``); whether they can be written is another matter."""
-        return self._writer is not None or self._broken is not None
-
-    @property
-    def refusing(self) -> bool:
-        """Calls are refused for want of a trail: it is failing and failures close the door."""
-        failing = self._broken is not None or (self._writer is not None
-                                               and not self._writer.healthy)
-        return failing and self.failure == "closed"
-
-    def check_ready(self) -> None:
-        """Before forwarding: refuse while :attr:`refusing`."""
-        if self.refusing:
-            raise RpcError(AUDIT_UNAVAILABLE, "the audit trail cannot be written, so the gateway "
-                           "forwards no calls until it can (audit failure mode: closed)", 503)
-
-    def record(self, request: web.Request, bundle: Bundle, principal: Principal,
-               type_: str) -> dict[str, Any]:
-        """The fields every record of a request has."""
-        return {"type": type_, "time": utc_time(time.time()), "request_id": request[REQUEST_ID],
-                "client_request_id": request.get(CLIENT_REQUEST_ID),
-                "node": self.node, "bundle": {"digest": bundle.digest, "serial": bundle.serial},
-                "principal": principal_fields(principal)}
-
-    async def write(self, record: dict[str, Any]) -> None:
-        """Return once the record is durable. Raises RpcError(audit_unavailable) when it could
-        not be written and the failure mode is closed."""
-        if self._writer is None and self._broken is None:
-            return
-        try:
-            if self._writer is None:
-                raise OSError(self._broken)
-            await self._writer.submit(record)
-        except Exception as exc:  # unencodable at submit; a write error through the future
-            self._metrics.count_audit_failure()
-            if self.failure == "closed":
-                if isinstance(exc, UnencodableRecord):  # the writer logs only I/O failures
-                    log.error("audit record cannot be encoded", extra={
-                        "request_id": record.get("request_id"), "reason": str(exc)})
-                raise RpcError(AUDIT_UNAVAILABLE, "the audit record of this request could not "
-                               "be written, so its answer is withheld", 503) from exc
-            log.error("audit record lost (audit failure mode: open)", extra={
-                "request_id": record.get("request_id"), "reason": str(exc)})
-
-    def head(self) -> web.Response:
-        """This node's latest signed checkpoint as JSON, to keep where the node cannot rewrite
-        it (``gwc audit verify --anchor``); 404 while there is none."""
-        head = self._writer.head if self._writer is not None else None
-        if head is None:
-            return web.json_response({"error": {"reason": "no_audit_head", "message": "this node "
-                                      "has signed no audit head: its trail is off or could not "
-                                      "be opened"}}, status=404)
-        return web.json_response(head.fields())
+            await self._auditor.write(record.fields())
+        except RpcError:
+            if outcome.hands_out_an_answer:
+                raise

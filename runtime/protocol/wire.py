@@ -7,13 +7,17 @@ import base64
 import binascii
 import json
 from itertools import chain, compress
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 from mcp_types import methods as mcp_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    LATEST_HANDSHAKE_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+)
 from pydantic import ValidationError
 
 from gwc.runtime.protocol.errors import (
@@ -26,7 +30,15 @@ from gwc.runtime.protocol.errors import (
     RpcError,
 )
 
+# The methods that name what they are about (a tool, prompt or resource), and the param naming it:
+# checked against Mcp-Name, and the ``tool`` of their audit records.
 NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# What each list method lists, under the result field that holds the items.
+ListKind = Literal["tools", "resources", "resourceTemplates", "prompts"]
+LIST_METHODS: dict[str, ListKind] = {"tools/list": "tools", "resources/list": "resources",
+                                     "resources/templates/list": "resourceTemplates",
+                                     "prompts/list": "prompts"}
+VERSION_HEADER = "MCP-Protocol-Version"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 STATELESS_ERA = "2026-07-28"
 # The deepest nesting of objects and arrays a request may have (the message object is level 1).
@@ -96,11 +108,25 @@ def stateless_version(request: web.Request, params: dict[str, Any]) -> str | Non
     if (not isinstance(meta, dict) or not isinstance(meta.get(META_VERSION), str)
             or meta[META_VERSION] in HANDSHAKE_PROTOCOL_VERSIONS):
         return None
-    header = request.headers.get("MCP-Protocol-Version")
+    header = request.headers.get(VERSION_HEADER)
     if header is not None and header != meta[META_VERSION]:
         raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} does not match the "
                                         f"body's {meta[META_VERSION]!r}", 400)
     return meta[META_VERSION]
+
+
+def check_session_version(request: web.Request, version: str) -> None:
+    """A 2025-era request in a session: a MCP-Protocol-Version header, when sent, must be a known
+    version and the session's."""
+    header = request.headers.get(VERSION_HEADER)
+    if header is None:
+        return
+    if header not in SUPPORTED_PROTOCOL_VERSIONS:
+        raise RpcError(UNSUPPORTED_VERSION, f"unsupported protocol version {header!r}", 400,
+                       requested=header)
+    if header != version:
+        raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} is not the session's "
+                                    f"{version!r}", 400)
 
 
 def negotiate(params: dict[str, Any]) -> str:

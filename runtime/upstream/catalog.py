@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.wire import LIST_METHODS, ListKind
 from gwc.runtime.upstream.client import Outgoing, UpstreamClient, UpstreamFailure, answer_to
 
 log = logging.getLogger("gwc.catalog")
@@ -32,12 +32,18 @@ GATEWAY_SUBJECT = "gwc"  # who upstreams see asking for their lists
 # kind "service" keeps it apart from an IdP user who happens to be called "gwc": in upstream
 # tokens (the "kind" claim) and in the pool of upstream sessions
 GATEWAY = Principal(subject=GATEWAY_SUBJECT, kind="service")
-GATEWAY_SESSION = Session(GATEWAY_SUBJECT, "service", None, "", LATEST_HANDSHAKE_VERSION, {}, {}, 0)
 
-Kind = Literal["tools", "resources", "resourceTemplates", "prompts"]
-METHODS: dict[str, str] = {"tools": "tools/list", "resources": "resources/list",
-                           "resourceTemplates": "resources/templates/list",
-                           "prompts": "prompts/list"}
+
+@dataclass(frozen=True, slots=True)
+class GatewayTerms:
+    """The 2025-era session the gateway lists upstreams in: the latest version, no capabilities."""
+
+    protocol_version: str = LATEST_HANDSHAKE_VERSION
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+
+GATEWAY_SESSION = GatewayTerms()
+METHODS: dict[ListKind, str] = {kind: method for method, kind in LIST_METHODS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ class UpstreamCatalog:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
 
-    async def lists(self, bundle: Bundle, names: list[str], kind: Kind
+    async def lists(self, bundle: Bundle, names: list[str], kind: ListKind
                     ) -> dict[str, tuple[dict[str, Any], ...]]:
         """The ``kind`` items of each named server, as fresh as the deadline allows."""
         waiting: dict[str, asyncio.Task[Entry]] = {}
@@ -85,7 +91,7 @@ class UpstreamCatalog:
                 out[name] = entry.items
         return out
 
-    def _fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind
+    def _fetch(self, bundle: Bundle, name: str, server: Server, kind: ListKind
                ) -> tuple[asyncio.Task[Entry], float]:
         """The fetch in flight for this upstream and kind (started now if there was none), with
         the time it started."""
@@ -102,7 +108,7 @@ class UpstreamCatalog:
         if not task.cancelled():
             task.exception()  # logged in _run_fetch; retrieved so asyncio does not log it again
 
-    async def _run_fetch(self, bundle: Bundle, name: str, server: Server, kind: Kind) -> Entry:
+    async def _run_fetch(self, bundle: Bundle, name: str, server: Server, kind: ListKind) -> Entry:
         try:
             items = await self._fetch_all_pages(name, server, kind)
             result = "ok"
@@ -118,7 +124,7 @@ class UpstreamCatalog:
         entry = self._entries[(name, kind)] = Entry(tuple(items), bundle.digest, time.monotonic())
         return entry
 
-    async def _fetch_all_pages(self, name: str, server: Server, kind: Kind
+    async def _fetch_all_pages(self, name: str, server: Server, kind: ListKind
                                ) -> list[dict[str, Any]] | None:
         """All pages of one list; None when the upstream does not offer that kind."""
         items: list[dict[str, Any]] = []

@@ -2,7 +2,7 @@
 
 The era decides the wire: a 2026-07-28 (stateless) request goes as the client sent it, with the
 gateway's credential instead of the client's; a 2025-era request goes on the gateway's own pooled
-upstream session (``upstream_sessions.py``), with the JSON-RPC id replaced by one unique on this
+upstream session (``session_pool.py``), with the JSON-RPC id replaced by one unique on this
 node, since that session is shared by the principal's calls from any number of client sessions; the
 answer gets the client's id back (``Answer.restore``). A 404 for a forgotten upstream session opens
 a new one and sends again, once.
@@ -16,13 +16,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from gwc.runtime.bundle.format import Server
-from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError
@@ -40,6 +39,17 @@ log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
 
 
+class ClientTerms(Protocol):
+    """What a 2025-era client session settled that its upstream session must match (the gateway's
+    sealed sessions have these, and so has the catalog's own)."""
+
+    @property
+    def protocol_version(self) -> str: ...
+
+    @property
+    def capabilities(self) -> dict[str, Any]: ...
+
+
 class UpstreamFailure(RpcError):
     """The upstream could not be reached or did not answer usably; ``kind`` labels the metric."""
 
@@ -54,7 +64,7 @@ class Outgoing:
 
     method: str  # "" for a client's answer to an upstream's request
     message: dict[str, Any]
-    session: Session | None  # the client's 2025-era session; None for the stateless era
+    session: ClientTerms | None  # the client's 2025-era session; None for the stateless era
     request_id: str  # the gateway's request id, passed on as X-Request-Id
     tool: str | None = None  # scope of the minted upstream token
     body: bytes | None = None  # the client's own bytes, when they can go unchanged (stateless)
@@ -190,7 +200,7 @@ class UpstreamClient:
             return answer
         raise AssertionError("unreachable")
 
-    async def _open_session(self, upstream: Upstream, headers: dict[str, str], client: Session,
+    async def _open_session(self, upstream: Upstream, headers: dict[str, str], client: ClientTerms,
                             timeout: aiohttp.ClientTimeout) -> UpstreamSession:
         """``initialize`` then ``notifications/initialized``, as the gateway's own MCP client."""
         base = {k: v for k, v in headers.items() if k not in ("Mcp-Method", "Mcp-Name")}

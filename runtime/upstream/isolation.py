@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -102,13 +102,22 @@ class Breaker:
             self._opened_at = time.monotonic()
 
 
+def http_pool(server: Server) -> aiohttp.ClientSession:
+    """The HTTP connection pool of one upstream: at most its ``max_concurrency`` connections."""
+    connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+
+
+# The transport seam: how an upstream's HTTP pool is made (tests pass one bound to a fake upstream).
+Connect = Callable[[Server], aiohttp.ClientSession]
+
+
 class Upstream:
     """One upstream's pool, slots and breakers (its own, and one per caller that failed lately)."""
 
-    def __init__(self, name: str, server: Server, metrics: Metrics) -> None:
+    def __init__(self, name: str, server: Server, metrics: Metrics, connect: Connect) -> None:
         self.name, self.server, self._metrics = name, server, metrics
-        connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
-        self.http = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        self.http = connect(server)
         self.breaker = Breaker(callers=BREAKER_CALLERS)
         self._callers: LRUCache[str, Breaker] = LRUCache(CALLER_BREAKERS)  # only callers that failed
         self._slots = asyncio.Semaphore(server.max_concurrency)
@@ -190,8 +199,8 @@ class Upstream:
 class Upstreams:
     """The node's upstreams by server name; rewired when a bundle changes a server's URL or cap."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, metrics: Metrics, connect: Connect = http_pool) -> None:
+        self._metrics, self._connect = metrics, connect
         self._by_name: dict[str, Upstream] = {}
         self._retiring: set[asyncio.Task] = set()
 
@@ -202,7 +211,7 @@ class Upstreams:
             return upstream
         if upstream is not None:
             self._retire(upstream)
-        upstream = self._by_name[name] = Upstream(name, server, self._metrics)
+        upstream = self._by_name[name] = Upstream(name, server, self._metrics, self._connect)
         return upstream
 
     def _retire(self, upstream: Upstream) -> None:

@@ -16,7 +16,7 @@ from gwc.compiler.cli import main
 from gwc.runtime.audit.chain import verify
 from gwc.runtime.audit.writer import trail
 from gwc.runtime.governance.approvals import MAX_PENDING
-from gwc.runtime.mcp.recording import AuditTarget
+from gwc.runtime.mcp.trail import AuditTarget
 from tests.support.e2e import (
     LIST,
     Node,

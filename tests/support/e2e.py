@@ -21,7 +21,7 @@ from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.build.registry import load_registry
 from gwc.runtime.app import Gateway
 from gwc.runtime.config import Config
-from gwc.runtime.mcp.recording import AuditTarget
+from gwc.runtime.mcp.trail import AuditTarget
 from tests.support.helpers import dump
 from tests.support.idp import AUDIENCE, ISSUER, TestIdP
 

@@ -38,7 +38,7 @@ from gwc.runtime.audit.chain import (
 )
 from gwc.runtime.audit.writer import AuditWriter, in_trail_order, trail
 from gwc.runtime.bundle.envelope import jwk_kid
-from gwc.runtime.mcp.recording import Auditor, AuditTarget
+from gwc.runtime.mcp.trail import Auditor, AuditTarget
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.protocol.errors import RpcError
 from tests.support.e2e import (  # noqa: F401

@@ -1,0 +1,96 @@
+"""What the gateway answers itself, as the MCP server its clients talk to: ``initialize`` (which
+issues a sealed session id, ``sealed_sessions.py``), ``ping`` and ``server/discover``, and the
+caching terms of results it builds."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
+
+from gwc.runtime.mcp.recording import Recording
+from gwc.runtime.mcp.routes import Call
+from gwc.runtime.mcp.sealed_sessions import Session, SessionSealer, SessionTooLarge
+from gwc.runtime.protocol.errors import INVALID_PARAMS, RpcError
+from gwc.runtime.protocol.wire import result_response
+
+SERVER_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
+                       "completions": {}, "logging": {}}
+AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {}}
+SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
+SESSION_HEADER = "Mcp-Session-Id"
+CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
+AGGREGATE_INSTRUCTIONS = ("One gateway for every MCP server you are entitled to: tools are named "
+                          "{server}__{tool}.")
+
+
+def built_result(call: Call, result: dict[str, Any]) -> web.Response:
+    """A list or discovery result the gateway builds. 2026-07-28 results say they are complete
+    and how long a client may cache them: privately, as they differ per caller."""
+    if call.session is None:
+        result.update(resultType="complete", cacheScope="private", ttlMs=CACHE_TTL_MS)
+    return result_response(call.id, result)
+
+
+class Handshake:
+    def __init__(self, sealer: SessionSealer, recording: Recording) -> None:
+        self._sealer, self._recording = sealer, recording
+
+    def answer(self, call: Call, version: str) -> web.Response | None:
+        """The gateway's own answer to ``call``, or None when the call is not one it answers."""
+        if call.method == "initialize":
+            return self._initialize(call, version)
+        if call.method == "ping":
+            return result_response(call.id, {})
+        if call.method == "server/discover":
+            return built_result(call, self._discover(call))
+        return None
+
+    def _initialize(self, call: Call, version: str) -> web.Response:
+        principal, params = call.principal, call.params
+        # What upstream sessions are opened with. The aggregate endpoint does not relay an
+        # upstream's requests (elicitation, sampling) back, so upstreams must not think they
+        # can ask: no client capabilities there.
+        capabilities = params.get("capabilities") if call.endpoint else {}
+        info = params.get("clientInfo")
+        client_info = ({k: info[k] for k in ("name", "version") if isinstance(info.get(k), str)}
+                       if isinstance(info, dict) else {})
+        session = Session(principal.subject, principal.kind, principal.acting_for, call.endpoint,
+                          version, capabilities if isinstance(capabilities, dict) else {},
+                          client_info, int(time.time()))
+        try:
+            sealed = self._sealer.seal(session)
+        except SessionTooLarge as exc:
+            raise RpcError(INVALID_PARAMS, str(exc), 400) from None
+        result = {"protocolVersion": version, "capabilities": _capabilities(call),
+                  "serverInfo": _server_info(call)}
+        instructions = _instructions(call)
+        if instructions:
+            result["instructions"] = instructions
+        self._recording.count(call.endpoint, "", "allow", "initialize")
+        return result_response(call.id, result, {SESSION_HEADER: sealed})
+
+    @staticmethod
+    def _discover(call: Call) -> dict[str, Any]:
+        result = {"supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
+                  "capabilities": _capabilities(call),
+                  "_meta": {SERVER_INFO_META: _server_info(call)}}
+        instructions = _instructions(call)
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+
+def _server_info(call: Call) -> dict[str, Any]:
+    return {"name": call.endpoint or "gwc", "version": call.bundle.payload.revision}
+
+
+def _instructions(call: Call) -> str | None:
+    if call.endpoint:
+        return call.bundle.payload.servers[call.endpoint].description or None
+    return AGGREGATE_INSTRUCTIONS
+
+
+def _capabilities(call: Call) -> dict[str, Any]:
+    return SERVER_CAPABILITIES if call.endpoint else AGGREGATE_CAPABILITIES

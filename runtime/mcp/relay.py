@@ -1,0 +1,211 @@
+"""An admitted request to its upstream (``upstream/client.py``, with the gateway's own credential)
+and the answer back to the client: plain answers in one write, SSE streams as they come, rewritten
+only where they must be (the client's id restored, lists filtered, URIs namespaced). The call's
+record is settled before the client holds the result: a streamed answer's tail is held until it is
+durable."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gwc.runtime.audit.record import Outcome
+from gwc.runtime.bundle.format import Server
+from gwc.runtime.mcp.admission import Verdict
+from gwc.runtime.mcp.aggregate import with_manifest_annotations
+from gwc.runtime.mcp.recording import Recording
+from gwc.runtime.mcp.routes import Call, Target
+from gwc.runtime.mcp.trail import Auditor
+from gwc.runtime.metrics import Metrics
+from gwc.runtime.policy.decide import listed_tools
+from gwc.runtime.protocol.errors import UPSTREAM_UNAVAILABLE, RpcError
+from gwc.runtime.protocol.sse import EventRewriter, Rewrite
+from gwc.runtime.protocol.wire import NAMED_PARAM, encode_header_value, error_response
+from gwc.runtime.request_keys import REQUEST_ID, STARTED
+from gwc.runtime.upstream.client import Answer, Outgoing, UpstreamClient, UpstreamFailure
+
+log = logging.getLogger("gwc.mcp")
+# Client headers a stateless (2026-07-28) request keeps on its way upstream; everything else (cookies,
+# the client's Authorization, its Host, Mcp-Param-* headers the gateway cannot check against the
+# body) stays at the gateway.
+STATELESS_HEADERS = ("Accept", "Content-Type", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name")
+RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
+# Answer bytes that mean a stream carries its final JSON-RPC response: from there on the stream is
+# held back until the call's audit record is durable.
+RESPONSE_KEYS = (b'"result"', b'"error"')
+
+
+class Relay:
+    def __init__(self, client: UpstreamClient, recording: Recording, auditor: Auditor,
+                 metrics: Metrics) -> None:
+        self.client = client
+        self._recording, self._auditor, self._metrics = recording, auditor, metrics
+
+    async def forward(self, call: Call, target: Target, verdict: Verdict) -> web.StreamResponse:
+        """An admitted request to its server; the answer back."""
+        server = target.server
+        assert server is not None
+        if call.method == "tools/call":
+            return await self._forward(call, target.name, server, target.message, verdict.tool,
+                                       server.tools[target.named].timeout_ms)
+        rewrite = target.rewrite
+        if call.method == "tools/list":  # only on a per-server endpoint: the aggregate lists here
+            rewrite = _tools_filter(server, set(server.tools) if verdict.bypass else set(
+                listed_tools(call.bundle.payload, call.principal, target.name)))
+        return await self._forward(call, target.name, server, target.message, None,
+                                   server.timeout_ms, rewrite)
+
+    async def answer_upstream_request(self, call: Call) -> web.StreamResponse:
+        """Relay a client's answer (to an elicitation, sampling...) to the upstream that asked,
+        on the per-server endpoint; the aggregate endpoint does not relay upstream requests."""
+        if not call.endpoint:
+            return web.Response(status=202)
+        server = call.bundle.payload.servers[call.endpoint]
+        return await self._forward(call, call.endpoint, server, call.message, None,
+                                   server.timeout_ms)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _outgoing(self, call: Call, message: dict[str, Any], tool: str | None) -> Outgoing:
+        request = call.request
+        if call.session is not None:
+            headers = {"Accept": request.headers.get("Accept", "application/json, "
+                                                     "text/event-stream"),
+                       "Content-Type": "application/json"}
+            return Outgoing(call.method, message, call.session, request[REQUEST_ID], tool,
+                            headers=headers)
+        headers = {h: v for h in STATELESS_HEADERS if (v := request.headers.get(h))}
+        unchanged = message is call.message
+        if not unchanged and "Mcp-Name" in headers:
+            headers["Mcp-Name"] = encode_header_value(message["params"][NAMED_PARAM[call.method]])
+        return Outgoing(call.method, message, None, request[REQUEST_ID], tool,
+                        body=call.body if unchanged else None, headers=headers)
+
+    async def _forward(self, call: Call, name: str, server: Server, message: dict[str, Any],
+                       tool: str | None, timeout_ms: int, transform: Rewrite | None = None
+                       ) -> web.StreamResponse:
+        request = call.request
+        if call.record is not None:
+            self._auditor.check_ready()
+        try:
+            async with self.client.exchange(name, server, call.principal,
+                                            self._outgoing(call, message, tool),
+                                            timeout_ms) as answer:
+                response = await self._relay(call, answer, transform, name, timeout_ms)
+        except UpstreamFailure as exc:
+            self._metrics.count_upstream_error(name, exc.kind)
+            log.warning("upstream failed", extra={"request_id": request[REQUEST_ID],
+                                                  "server": name, "reason": exc.message})
+            await self._recording.settle(call, Outcome.FAILED, exc)
+            return error_response(exc, call.id)
+        finally:
+            self._metrics.observe_latency(name, time.perf_counter() - request[STARTED])
+        # A plain answer is sent once the handler returns: its record is durable before that.
+        # A streamed one was settled before its last bytes (_relay_stream).
+        await self._recording.settle(call, Outcome.FORWARDED, None, answer)
+        return response
+
+    async def _relay(self, call: Call, answer: Answer, transform: Rewrite | None, name: str,
+                     timeout_ms: int) -> web.StreamResponse:
+        """The upstream's answer to the client: plain answers in one write, SSE streams as they
+        come; rewritten only when the id was replaced or the answer must be filtered."""
+        upstream = answer.response
+        if upstream.status >= 500:  # the caller gets the gateway's error, not the upstream's page
+            raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "status", f"upstream answered HTTP "
+                                  f"{upstream.status}")
+        headers = {h: v for h in RELAYED_RESPONSE_HEADERS if (v := upstream.headers.get(h))}
+        rewrite = _chain(answer.restore if answer.rewrites_id else None, transform)
+        if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            body = await upstream.read()
+            if rewrite is not None and body:
+                try:
+                    message = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "bad_answer", "the upstream "
+                                          "answered with invalid JSON") from None
+                if isinstance(message, dict):
+                    body = orjson.dumps(rewrite(message))
+            return web.Response(body=body, status=upstream.status, headers=headers)
+        return await self._relay_stream(call, answer, headers, rewrite, name, timeout_ms)
+
+    async def _relay_stream(self, call: Call, answer: Answer, headers: dict[str, str],
+                            rewrite: Rewrite | None, name: str, timeout_ms: int
+                            ) -> web.StreamResponse:
+        """Relay an SSE answer as it comes. Once started, a failure can only end the stream.
+
+        Notifications (progress, logs) pass at once; from the bytes that carry the final
+        response on, the rest is held until the call's audit record is durable, so a client
+        never holds a result the trail does not."""
+        request, upstream = call.request, answer.response
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        rewriter = EventRewriter(rewrite) if rewrite is not None else None
+        holding, held, tail = False, bytearray(), b""
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = rewriter.feed(chunk) if rewriter else chunk
+                if not out:
+                    continue
+                if (not holding and call.record is not None
+                                and _carries_response(tail + out)):
+                    holding = True
+                if holding:
+                    held += out
+                else:
+                    await response.write(out)
+                    tail = out[-16:]
+            rest = bytes(held) + (rewriter.flush() if rewriter is not None else b"")
+            try:
+                await self._recording.settle(call, Outcome.FORWARDED, None, answer)
+            except RpcError as exc:  # the trail failed: the result is not handed out
+                log.error("audit record not written; streamed answer withheld", extra={
+                    "request_id": request[REQUEST_ID], "server": name, "reason": exc.message})
+                rest = b"event: message\ndata: " + exc.body(call.id) + b"\n\n"
+            await response.write(rest)
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away: closing our side cancels upstream
+            log.info("client disconnected", extra={"request_id": request[REQUEST_ID],
+                                                   "server": name})
+            await self._recording.settle(call, Outcome.DISCONNECTED, None, answer)
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "read"
+            answer.broken = True
+            self._metrics.count_upstream_error(name, kind)
+            log.warning("upstream stream ended early", extra={
+                "request_id": request[REQUEST_ID], "server": name, "reason": kind,
+                "timeout_ms": timeout_ms})
+            await self._recording.settle(call, Outcome.FAILED, UpstreamFailure(
+                UPSTREAM_UNAVAILABLE, kind, "the upstream's stream ended early"), answer)
+        return response
+
+
+def _carries_response(window: bytes) -> bool:
+    return any(key in window for key in RESPONSE_KEYS)
+
+
+def _chain(first: Rewrite | None, second: Rewrite | None) -> Rewrite | None:
+    if first is None or second is None:
+        return first or second
+    return lambda message: second(first(message))
+
+
+def _tools_filter(server: Server, listed: set[str]) -> Rewrite:
+    """Keep declared tools the caller sees; hints from the manifest, not the upstream."""
+
+    def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+        result = message.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            return message
+        kept = [with_manifest_annotations(t, server.tools[t["name"]], t["name"])
+                for t in result["tools"] if isinstance(t, dict) and t.get("name") in listed]
+        filtered = {**result, "tools": kept}
+        if "cacheScope" in result:  # the list is this caller's now, whatever upstream said
+            filtered["cacheScope"] = "private"
+        return {**message, "result": filtered}
+    return rewrite
