@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import click
 
 TIMEOUT_S = 15.0
@@ -52,6 +51,8 @@ class Gateway:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """The JSON answer of a successful request; any failure ends the command."""
+        import aiohttp  # here, not at the top: the offline commands must not load it
+
         try:
             status, answer = asyncio.run(self._send(method, path, body))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -64,6 +65,8 @@ class Gateway:
         _fail(f"the gateway answered HTTP {status} without a usable JSON body")
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+        import aiohttp
+
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -1,0 +1,73 @@
+"""What the ``gwc`` command modules share: failing with exit 1, loading a valid registry or a bundle,
+the common arguments, and the collector pause of the commands that build large trees."""
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from gwc.compiler.build.bundle import default_revision
+from gwc.compiler.build.compile import compile_registry
+from gwc.compiler.build.diagnostics import render
+from gwc.compiler.build.registry import Registry, load_registry
+from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.read import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
+
+TRAIL_FILES = click.argument("files", nargs=-1, required=True,
+                             type=click.Path(exists=True, dir_okay=False, path_type=Path))
+ROOT = click.argument("root", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Trusted public key (PEM); repeat for rotation.")
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def batch_job(command: Command) -> Command:
+    """Run the command with CPython's cyclic collector paused (and restored after, for in-process
+    callers). Such a command is a short batch job that builds large acyclic trees (a big registry
+    is millions of objects, all alive until exit); the collector would rescan them over and over:
+    8 s instead of 2 s to parse 4,000 files. Reference counting still frees memory."""
+    @functools.wraps(command)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return paused  # type: ignore[return-value]  # same signature: functools.wraps keeps it
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"gwc: {message}", err=True)
+    sys.exit(1)
+
+
+def load_valid(root: Path) -> Registry:
+    registry = load_registry(root)
+    if not registry.ok:
+        click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)
+        sys.exit(1)
+    return registry
+
+
+def open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
+    try:
+        data = read_file(path)
+        return load_bundle(data, trusted_keys(trust)) if trust else read_unverified(data)
+    except BundleError as exc:
+        fail(f"{path}: {exc}")
+
+
+def payload_of(path: str, trust: tuple[str, ...]) -> BundlePayload:
+    """A side of a diff: a bundle file, or a registry folder compiled in memory (unsigned)."""
+    if Path(path).is_dir():
+        registry = load_valid(Path(path))
+        return compile_registry(registry, 0, default_revision(Path(path), registry.input_paths()))
+    return open_bundle(path, trust).payload
