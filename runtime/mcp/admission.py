@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gwc.runtime.audit.chain import utc_time
+from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import TooManyApprovals, approval_path, arguments_digest
 from gwc.runtime.governance.backend import StateUnavailable
@@ -18,7 +19,7 @@ from gwc.runtime.governance.bypasses import Bypass, is_break_glass
 from gwc.runtime.governance.limits import limits_for
 from gwc.runtime.governance.state import State
 from gwc.runtime.mcp.routes import AGGREGATE, Call, Target
-from gwc.runtime.policy.decide import Decision, Principal, decide, visible_server
+from gwc.runtime.policy.decide import Decision, Principal, decide_on, visible_server
 from gwc.runtime.protocol.errors import (
     APPROVAL_REQUIRED,
     DENIED,
@@ -77,15 +78,19 @@ class Admission:
         self._state = state
         self._public_url = public_url  # where approvers are sent to approve
 
-    async def sees(self, bundle: Bundle, principal: Principal, server: str) -> bool:
-        """The visibility wall: the caller may know ``server`` exists when it is visible to them
-        or a break-glass bypass opens it (looked up only when it is not visible)."""
-        return (visible_server(bundle.payload, principal, server) is not None
-                or await self._bypass(bundle, principal, server) is not None)
+    async def wall(self, bundle: Bundle, principal: Principal, server: str
+                   ) -> tuple[Server | None, bool]:
+        """The visibility wall, checked once per request: the server if it is visible to the
+        caller, and whether the caller may know it exists at all (it is visible, or a break-glass
+        bypass opens it: looked up only when it is not visible)."""
+        visible = visible_server(bundle.payload, principal, server)
+        return visible, (visible is not None
+                         or await self._bypass(bundle, principal, server) is not None)
 
     async def admit(self, call: Call, target: Target) -> Verdict:
-        if not target.found or (not target.seen and not await self.sees(
-                call.bundle, call.principal, target.name)):
+        if target.found and not target.seen:  # an aggregate tool name, resolved but not judged
+            target.visible, target.seen = await self.wall(call.bundle, call.principal, target.name)
+        if not target.seen:
             named = call.params.get(NAMED_PARAM[call.method])  # the name as the caller gave it
             return Verdict(AGGREGATE, "not_found", "not_found",
                            tool=named if isinstance(named, str) else None,
@@ -102,7 +107,7 @@ class Admission:
                                                               "params.name", 400))
         bundle, principal = call.bundle, call.principal
         arguments = call.params.get("arguments") or {}
-        decision = decide(bundle.payload, principal, name, tool, arguments)
+        decision = decide_on(bundle.payload, target.visible, principal, tool, arguments)
         # Break-glass: an open bypass skips policy, limits and approvals (never auth or audit);
         # the policy is still evaluated, so the record says what it would have decided.
         spec = target.server.tools.get(tool) if target.server is not None else None

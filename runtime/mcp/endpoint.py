@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gwc.runtime.audit.record import Outcome
+from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.state import State
 from gwc.runtime.mcp.admission import Admission
@@ -70,13 +71,15 @@ class McpEndpoint:
         except RpcError as exc:
             self.recording.unauthenticated(request, endpoint, exc)
             return error_response(exc)
-        if endpoint and not await self.admission.sees(bundle, principal, endpoint):
+        visible, seen = (await self.admission.wall(bundle, principal, endpoint) if endpoint
+                         else (None, True))
+        if not seen:
             error = RpcError(NOT_FOUND, f"unknown server '{endpoint}'", 404)
             await self.recording.unseen(request, bundle, principal, endpoint, error)
             return error_response(error)
         try:
             if request.method == "POST":
-                return await self._post(request, bundle, principal, endpoint)
+                return await self._post(request, bundle, principal, endpoint, visible)
             if request.method == "GET":
                 if SESSION_HEADER not in request.headers:  # the stateless era has no GET stream
                     return web.Response(status=405, headers={"Allow": "POST, DELETE"})
@@ -101,7 +104,7 @@ class McpEndpoint:
         return session
 
     async def _post(self, request: web.Request, bundle: Bundle, principal: Principal,
-                    endpoint: str) -> web.StreamResponse:
+                    endpoint: str, visible: Server | None) -> web.StreamResponse:
         """One JSON-RPC message: its era, session and wire checks, then :meth:`call`. A refusal
         settles the call's record (when it has one) before it is answered."""
         message: dict[str, Any] = {}
@@ -113,7 +116,8 @@ class McpEndpoint:
             if method is None:  # a client's answer to an upstream's request
                 check_limits(message, body)
                 session = self._session(request, principal, endpoint)
-                call = Call(request, bundle, principal, endpoint, message, "", {}, session, body)
+                call = Call(request, bundle, principal, endpoint, message, "", {}, session, body,
+                            visible)
                 return await self.relay.answer_upstream_request(call)
             params = message.get("params", {})
             if not isinstance(method, str) or not isinstance(params, dict):
@@ -130,7 +134,8 @@ class McpEndpoint:
             validate(method, params, version, notification="id" not in message)
             if "id" not in message:
                 return web.Response(status=202)
-            call = Call(request, bundle, principal, endpoint, message, method, params, session, body)
+            call = Call(request, bundle, principal, endpoint, message, method, params, session, body,
+                        visible)
             self.recording.open(call)
             check_limits(message, body)  # refused with its record, before anything is judged
             return await self.call(call, version)

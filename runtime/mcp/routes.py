@@ -40,6 +40,7 @@ class Call:
     params: dict[str, Any]
     session: Session | None  # None: the stateless 2026-07-28 era
     body: bytes
+    visible: Server | None  # the per-server endpoint's server, if the wall found it visible
     record: CallRecord | None = None  # its audit record, until written
 
     @property
@@ -55,12 +56,10 @@ class Target:
     server: Server | None  # None when an aggregate name resolves to nothing
     named: Any  # the tool, prompt or resource named in the request, as the upstream calls it
     message: dict[str, Any]  # what goes upstream: the client's, or renamed for the upstream
+    visible: Server | None = None  # the server, when the caller is inside its visibility
+    seen: bool = True  # the caller may know the server exists (visible, or opened by break-glass)
+    found: bool = True  # False: an aggregate name that resolves to nothing the caller may see
     rewrite: Rewrite | None = None  # how the answer is rewritten on its way back, besides its id
-    seen: bool = True  # visibility already established (the per-server wall, an aggregate lookup)
-
-    @property
-    def found(self) -> bool:
-        return self.server is not None
 
 
 class Routes:
@@ -75,7 +74,8 @@ class Routes:
                 raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported by the "
                                "gateway", 404)
             return Target(call.endpoint, call.bundle.payload.servers[call.endpoint],
-                          call.params.get(NAMED_PARAM.get(call.method, "")), call.message)
+                          call.params.get(NAMED_PARAM.get(call.method, "")), call.message,
+                          call.visible)
         if call.method not in NAMED_PARAM:
             raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported on the "
                            "aggregate endpoint", 404)
@@ -97,10 +97,13 @@ class Routes:
     def _renamed(call: Call, found: tuple[str, str] | None, asked: Any, field: str,
                  seen: bool = True) -> Target:
         if found is None:
-            return Target(AGGREGATE, None, asked, call.message)
+            return Target(AGGREGATE, None, asked, call.message, seen=False, found=False)
         name, upstream_name = found
-        return Target(name, call.bundle.payload.servers[name], upstream_name,
-                      {**call.message, "params": {**call.params, field: upstream_name}}, seen=seen)
+        server = call.bundle.payload.servers[name]
+        # resources and prompts resolve only among visible servers; a tool is judged in admission
+        return Target(name, server, upstream_name,
+                      {**call.message, "params": {**call.params, field: upstream_name}},
+                      server if seen else None, seen)
 
     @staticmethod
     def lists_here(call: Call) -> bool:
