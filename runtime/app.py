@@ -166,6 +166,7 @@ class Gateway:
     async def _cleanup(self, app: web.Application) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+        await self.poller.close()
         await self.proxy.close()
         await self.state.aclose()
         self.auditor.close()

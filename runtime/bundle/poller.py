@@ -174,6 +174,10 @@ class BundlePoller:
             return min(MAX_BACKOFF_S, 2.0 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
         return self._interval * random.uniform(0.8, 1.2)
 
+    async def close(self) -> None:
+        """Close the source (an HTTP source holds a connection pool); the node calls it at shutdown."""
+        await self._source.close()
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.next_delay())
