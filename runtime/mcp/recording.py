@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gwc.runtime.audit.chain import arguments_record, utc_time
+from gwc.runtime.audit.chain import utc_time
 from gwc.runtime.audit.record import CallRecord, Outcome
+from gwc.runtime.audit.shape import arguments_record
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.mcp.admission import USES, Verdict, policy_outcome
 from gwc.runtime.mcp.routes import PASSED_METHODS, Call

@@ -1,4 +1,5 @@
-"""Sealed legacy MCP session ids (runtime/mcp/sealed_sessions.py): sealing, opening, rotation, expiry, binding."""
+"""Sealed legacy MCP session ids (runtime/mcp/sealed_sessions.py): sealing, opening, rotation,
+expiry, binding."""
 from __future__ import annotations
 
 import base64

@@ -1,0 +1,37 @@
+"""An MCP upstream as an in-process aiohttp app, for unit tests that drive the gateway without
+processes: it answers JSON (never SSE), echoes a tools/call's arguments and keeps every request."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []  # every JSON-RPC message received, in order
+
+    def calls(self, method: str = "tools/call") -> list[dict[str, Any]]:
+        return [m for m in self.requests if m.get("method") == method]
+
+    async def _mcp(self, request: web.Request) -> web.Response:
+        message = orjson.loads(await request.read())
+        self.requests.append(message)
+        if "id" not in message:  # a notification
+            return web.Response(status=202)
+        method, params = message["method"], message.get("params", {})
+        if method == "initialize":
+            result: dict[str, Any] = {"protocolVersion": params["protocolVersion"], "capabilities": {},
+                                      "serverInfo": {"name": "fake", "version": "1"}}
+        elif method == "tools/call":
+            result = {"content": [{"type": "text", "text": orjson.dumps(
+                {"tool": params["name"], "arguments": params.get("arguments")}).decode()}]}
+        else:
+            result = {}
+        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/mcp", self._mcp)
+        return app
