@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 
 from gwc.compiler.audit.trail import VERIFY_HINT, NotARecord, TrailError, TrailReader, cell, parse, user_label
+from gwc.runtime.audit.chain import TIME_FORMAT
 
 DECISIONS = ("allow", "deny", "would_deny", "not_found", "approval_required", "approved",
              "rate_limited", "bypass")
 COLUMNS = ("time", "user", "server", "tool", "access", "decision", "outcome", "error", "latency")
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the trail's: fixed width, so string order is time order
 _AGE = re.compile(r"(\d+)([wdhms])")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _TIME_KEY = b'"time":"'

@@ -23,8 +23,8 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.compiler.audit.trail import user_label
-from gwc.runtime.audit.chain import is_summary, policy_paths
 from gwc.runtime.audit.record import policy_fields
+from gwc.runtime.audit.shape import is_summary, policy_paths
 from gwc.runtime.bundle.format import BundlePayload, Rule
 from gwc.runtime.bundle.read import Bundle, BundleError, digest_of, load_bundle, read_unverified
 from gwc.runtime.policy.decide import (

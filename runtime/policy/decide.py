@@ -18,7 +18,7 @@ from gwc.runtime.bundle.format import Access, BundlePayload, Condition, Mode, Ru
 Effect = Literal["allow", "deny", "not_found"]
 Entitlement = Literal["allow", "conditional"]
 
-_MISSING = object()
+MISSING = object()  # what argument_at finds where a call has no value
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,13 @@ def subject_matches(rule: Rule, principal: Principal) -> bool:
     return principal.is_agent and value == principal.subject
 
 
-def _lookup(arguments: Any, path: tuple[str, ...]) -> Any:
+def argument_at(arguments: Any, path: tuple[str, ...]) -> Any:
+    """The value at a condition's path in a call's arguments (objects only), else ``MISSING``:
+    the one walk policy, the audit record and replay share."""
     value = arguments
     for part in path:
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
 
@@ -207,8 +209,8 @@ def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool
     Values are judged in every form the upstream may read them in (``"true"`` as ``true``, ``"0"``
     as ``0``, ``'["prod"]'`` as a list), so a deny cannot be bypassed by one it will coerce.
     """
-    value = _lookup(arguments, cond.path)
-    return None if value is _MISSING else _judge(cond, value, every)
+    value = argument_at(arguments, cond.path)
+    return None if value is MISSING else _judge(cond, value, every)
 
 
 def allow_matches(rule: Rule, arguments: Any) -> bool:

@@ -16,8 +16,9 @@ from gwc.compiler.audit.query import Query, parse_when
 from gwc.compiler.audit.replay import arguments_from, covered
 from gwc.compiler.build.bundle import Built, build
 from gwc.compiler.build.keys import generate_keypair
-from gwc.runtime.audit.chain import GENESIS, arguments_record, seal
+from gwc.runtime.audit.chain import GENESIS, seal
 from gwc.runtime.audit.record import policy_fields, principal_fields
+from gwc.runtime.audit.shape import arguments_record
 from gwc.runtime.audit.writer import AuditWriter
 from gwc.runtime.policy.decide import Principal, decide
 from tests.support.helpers import gwc, load_ok, write_registry

@@ -21,20 +21,15 @@ from click.testing import CliRunner
 
 from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.cli import main
-from gwc.runtime.audit.chain import (
+from gwc.runtime.audit.chain import GENESIS, Head, UnencodableRecord, seal, sealed_line, verify
+from gwc.runtime.audit.shape import (
     CUT,
-    GENESIS,
     MAX_KEY_CHARS,
     MAX_KEYS,
     MAX_KINDS,
-    Head,
-    UnencodableRecord,
     policy_paths,
     policy_values,
-    seal,
-    sealed_line,
     shape,
-    verify,
 )
 from gwc.runtime.audit.writer import AuditWriter, in_trail_order, trail
 from gwc.runtime.bundle.envelope import jwk_kid
