@@ -115,7 +115,7 @@ class McpEndpoint:
             method = message.get("method")
             if method is None:  # a client's answer to an upstream's request
                 check_limits(message, body)
-                session = self._session(request, principal, endpoint)
+                session: Session | None = self._session(request, principal, endpoint)
                 call = Call(request, bundle, principal, endpoint, message, "", {}, session, body,
                             visible)
                 return await self.relay.answer_upstream_request(call)

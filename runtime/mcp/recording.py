@@ -80,7 +80,7 @@ class Recording:
     def note(self, call: Call, verdict: Verdict) -> None:
         """Admission's verdict into the call's record and counts."""
         record, decision = call.record, verdict.policy
-        if decision is not None:  # a tools/call that policy judged
+        if decision is not None and verdict.tool is not None:  # a tools/call that policy judged
             if record is not None:
                 record.server, record.access = verdict.server, verdict.access
                 record.arguments = arguments_record(call.bundle.payload, verdict.server,

@@ -115,11 +115,12 @@ class UpstreamCatalog:
         except Exception as exc:  # never let one upstream's oddity break the others' listing
             expected = isinstance(exc, UpstreamFailure)
             log.warning("upstream list failed", exc_info=not expected, extra={
-                "server": name, "kind": kind, "reason": exc.message if expected else repr(exc)})
+                "server": name, "kind": kind,
+                "reason": exc.message if isinstance(exc, UpstreamFailure) else repr(exc)})
             self._metrics.catalog_fetches.labels(name, "failed").inc()
             raise
         if items is None:
-            items, result = (), "unsupported"
+            items, result = [], "unsupported"
         self._metrics.catalog_fetches.labels(name, result).inc()
         entry = self._entries[(name, kind)] = Entry(tuple(items), bundle.digest, time.monotonic())
         return entry
@@ -130,7 +131,7 @@ class UpstreamCatalog:
         items: list[dict[str, Any]] = []
         cursor = None
         for page in range(MAX_PAGES):
-            params = {"cursor": cursor} if cursor else {}
+            params: dict[str, Any] = {"cursor": cursor} if cursor else {}
             message = {"jsonrpc": "2.0", "id": page, "method": METHODS[kind], "params": params}
             out = Outgoing(METHODS[kind], message, GATEWAY_SESSION, f"catalog-{name}-{kind}",
                            headers={"Accept": "application/json, text/event-stream",

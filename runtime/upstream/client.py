@@ -175,8 +175,9 @@ class UpstreamClient:
         if out.session is None:
             body = out.body if out.body is not None else orjson.dumps(out.message)
             return Answer(await self._post(upstream, body, headers, timeout))
+        terms = out.session
         key = session_key(upstream.name, upstream.server.upstream, principal,
-                          out.session.protocol_version, out.session.capabilities)
+                          terms.protocol_version, terms.capabilities)
         message, answer = out.message, Answer(None, out.message.get("id"))  # type: ignore[arg-type]
         if out.method and "id" in message:
             answer.upstream_id = next(self._ids)
@@ -184,7 +185,7 @@ class UpstreamClient:
         body = orjson.dumps(message)
         for attempt in (1, 2):
             session, opened = await self._sessions.get(
-                key, lambda: self._open_session(upstream, headers, out.session, timeout))
+                key, lambda: self._open_session(upstream, headers, terms, timeout))
             if opened:
                 self._metrics.upstream_sessions.labels(upstream.name, "new").inc()
             session_headers = {**headers, "MCP-Protocol-Version": session.protocol_version}

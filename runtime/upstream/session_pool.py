@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ class UpstreamSessions:
         self._open: TTLCache[SessionKey, UpstreamSession] = TTLCache(MAX_SESSIONS, IDLE_TTL_S)
         self._opening: dict[SessionKey, asyncio.Task[UpstreamSession]] = {}
 
-    async def get(self, key: SessionKey, opener: Callable[[], Awaitable[UpstreamSession]]
+    async def get(self, key: SessionKey, opener: Callable[[], Coroutine[Any, Any, UpstreamSession]]
                   ) -> tuple[UpstreamSession, bool]:
         """The session for ``key`` and whether this call opened it."""
         session = self._open.get(key)
