@@ -37,13 +37,17 @@ Backends (one interface):
 - ``MemoryApprovals``: one node. Bounded (``max_entries``, 10,000 by default); expired approvals
   are dropped as new ones come, and while the live ones fill the bound, new ones are refused
   (:class:`TooManyApprovals`): nobody's approval, pending or granted, is dropped for a newcomer.
-- ``RedisApprovals``: a fleet; any node can serve any step. One hash per approval
-  (``{gwc:ap}:a:<id>``), an index from the call to its open approval (``{gwc:ap}:r:<sha256>``), a
-  sorted set of ids by expiry for listing (``{gwc:ap}:list``), and per requester a sorted set of its
-  approvals that may still be pending (``{gwc:ap}:q:<sha256>``, pruned as they are counted); the
-  keys expire with the approval (``PX``). Lookup/redeem/create is one Lua script, claim and commit one each: atomic. Redis
-  unreachable: approvals fail CLOSED, every operation raises :class:`StateUnavailable` (answer
-  ``state_unavailable``, 503); nothing is approved or redeemed from a node's memory.
+- ``RedisApprovals`` (module ``approvals_redis``): a fleet; any node can serve any step. One hash per
+  approval (``{gwc:ap}:a:<id>``), an index from the call to its open approval
+  (``{gwc:ap}:r:<sha256>``), a sorted set of ids by expiry for listing (``{gwc:ap}:list``), and per
+  requester a sorted set of its approvals that may still be pending (``{gwc:ap}:q:<sha256>``, pruned
+  as they are counted); the keys expire with the approval (``PX``). Lookup/redeem/create is one Lua
+  script, claim and commit one each: atomic. Redis unreachable: approvals fail CLOSED, every
+  operation raises :class:`StateUnavailable` (answer ``state_unavailable``, 503); nothing is
+  approved or redeemed from a node's memory.
+
+(Longer than ~400 lines for its first 50: this docstring is the reference for approvals' life; the
+Redis backend is in ``approvals_redis``.)
 
 Times are epoch seconds from the node's clock (``clock``, injectable); nodes are expected to be
 NTP-synced, which is ample for a TTL of minutes.
@@ -51,7 +55,6 @@ NTP-synced, which is ample for a TTL of minutes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import secrets
@@ -59,27 +62,17 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from hashlib import sha256
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.format import Audience
-from gwc.runtime.governance.backend import (
-    Refusal,
-    Script,
-    StateUnavailable,
-    pairs,
-    redis_errors,
-    unavailable,
-)
+from gwc.runtime.governance.backend import Refusal, StateUnavailable
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import TOO_MANY_APPROVALS, RpcError
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-__all__ = ["Approval", "ApprovalError", "Approvals", "Lookup", "MemoryApprovals", "RedisApprovals",
-           "Requester", "StateUnavailable", "TooManyApprovals", "approval_path", "approvers_of",
-           "arguments_digest", "is_own", "may_approve", "visible_to"]
+__all__ = ["Approval", "ApprovalError", "Approvals", "Lookup", "MemoryApprovals", "Requester",
+           "StateUnavailable", "TooManyApprovals", "approval_path", "approvers_of", "arguments_digest",
+           "is_own", "may_approve", "visible_to"]
 
 Status = Literal["pending", "approved", "denied", "used"]
 DEFAULT_TTL_S = 900.0
@@ -453,166 +446,3 @@ class MemoryApprovals(Approvals):
     async def _live(self, now: float) -> list[Approval]:
         self._purge(now)
         return list(self._approvals.values())
-
-
-# Every approval hash field is a string; "" stands for None.
-def _to_hash(approval: Approval) -> list[str]:
-    req = approval.requester
-    fields = {"id": approval.id, "subject": req.subject, "kind": req.kind,
-              "acting_for": req.acting_for or "", "server": approval.server, "tool": approval.tool,
-              "digest": approval.arguments_digest, "approvers": json.dumps(list(approval.approvers)),
-              "status": approval.status, "created": repr(approval.created),
-              "expires": repr(approval.expires)}
-    return [part for item in fields.items() for part in item]
-
-
-def _from_hash(h: dict[str, str]) -> Approval | None:
-    if not h:
-        return None
-
-    def opt_time(name: str) -> float | None:
-        return float(h[name]) if h.get(name) else None
-
-    return Approval(h["id"], Requester(h["subject"], h["kind"], h["acting_for"] or None), h["server"],
-                    h["tool"], h["digest"], tuple(json.loads(h["approvers"])), h["status"],  # type: ignore[arg-type]
-                    float(h["created"]), float(h["expires"]), h.get("decided_by") or None,
-                    opt_time("decided_at"), opt_time("used_at"))
-
-
-# KEYS: the request's index key, the listing zset, the requester's zset of approvals that may still
-# be pending. ARGV: hash key prefix, now, consume ('1'/'0'), new id ('' = do not create), its TTL in
-# ms, its expiry, the most approvals a requester may have pending, its hash fields and values.
-LOOKUP = Script("""
-local now = tonumber(ARGV[2])
-local id = redis.call('GET', KEYS[1])
-if id then
-  local key = ARGV[1] .. id
-  local status = redis.call('HGET', key, 'status')
-  local expires = tonumber(redis.call('HGET', key, 'expires') or '0')
-  if status and status ~= 'used' and expires > now then
-    if status == 'approved' and ARGV[3] == '1' then
-      redis.call('HSET', key, 'status', 'used', 'used_at', ARGV[2])
-      redis.call('DEL', KEYS[1])
-      return {'redeemed', redis.call('HGETALL', key)}
-    end
-    return {status, redis.call('HGETALL', key)}
-  end
-end
-if ARGV[4] == '' then return {'none', {}} end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
-local oldest, waiting = nil, 0
-for _, other in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  if redis.call('HGET', ARGV[1] .. other, 'status') == 'pending' then
-    waiting = waiting + 1
-    oldest = oldest or other
-  else
-    redis.call('ZREM', KEYS[3], other)
-  end
-end
-if waiting >= tonumber(ARGV[7]) then
-  return {'too_many', redis.call('HGETALL', ARGV[1] .. oldest)}
-end
-local key = ARGV[1] .. ARGV[4]
-redis.call('HSET', key, unpack(ARGV, 8))
-redis.call('PEXPIRE', key, ARGV[5])
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-return {'created', redis.call('HGETALL', key)}
-""")
-
-# KEYS: the approval. ARGV: now, claim token, lease end.
-CLAIM = Script("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', {}} end
-local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
-  return {'decided', redis.call('HGETALL', KEYS[1])}
-end
-if tonumber(redis.call('HGET', KEYS[1], 'expires')) <= now then
-  return {'expired', redis.call('HGETALL', KEYS[1])}
-end
-local claim = redis.call('HGET', KEYS[1], 'claim')
-local lease = tonumber(redis.call('HGET', KEYS[1], 'claim_until') or '0')
-if claim and claim ~= ARGV[2] and lease > now then return {'busy', redis.call('HGETALL', KEYS[1])} end
-redis.call('HSET', KEYS[1], 'claim', ARGV[2], 'claim_until', ARGV[3])
-return {'ok', redis.call('HGETALL', KEYS[1])}
-""")
-
-# KEYS: the approval. ARGV: now, claim token, status to commit ('' = release the claim), decided by.
-SETTLE = Script("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found', {}} end
-local claim = redis.call('HGET', KEYS[1], 'claim')
-if ARGV[3] == '' then
-  if claim == ARGV[2] then redis.call('HDEL', KEYS[1], 'claim', 'claim_until') end
-  return {'released', {}}
-end
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
-  return {'decided', redis.call('HGETALL', KEYS[1])}
-end
-local lease = tonumber(redis.call('HGET', KEYS[1], 'claim_until') or '0')
-if claim and claim ~= ARGV[2] and lease > tonumber(ARGV[1]) then
-  return {'busy', redis.call('HGETALL', KEYS[1])}
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'decided_by', ARGV[4], 'decided_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
-return {'ok', redis.call('HGETALL', KEYS[1])}
-""")
-
-
-class RedisApprovals(Approvals):
-    """A fleet's approvals in Redis (``client`` from :func:`gwc.runtime.governance.backend.connect`, built with
-    ``decode_responses=True``); fails closed with :class:`StateUnavailable`."""
-
-    PREFIX = "{gwc:ap}:"
-
-    def __init__(self, client: Redis, ttl_s: float = DEFAULT_TTL_S,
-                 clock: Callable[[], float] = time.time, max_pending: int = MAX_PENDING) -> None:
-        super().__init__(ttl_s, clock, max_pending)
-        self._redis = client
-        self._hash = self.PREFIX + "a:"
-        self._list = self.PREFIX + "list"
-
-    async def _lookup(self, key: str, now: float, consume: bool,
-                      new: Approval | None) -> tuple[str, Approval | None]:
-        args: list[str] = [self._hash, repr(now), "1" if consume else "0"]
-        requester = ""  # the script reads the requester's approvals only to create one
-        if new is not None:
-            ttl_ms = max(1, int((new.expires - now) * 1000))
-            args += [new.id, str(ttl_ms), repr(new.expires), str(self.max_pending), *_to_hash(new)]
-            requester = sha256(canonical_json(new.requester.as_dict())).hexdigest()
-        else:
-            args.append("")
-        keys = [self.PREFIX + "r:" + key, self._list, self.PREFIX + "q:" + requester]
-        code, flat = await LOOKUP(self._redis, keys, args)
-        return code, _from_hash(pairs(flat))
-
-    async def _get(self, approval_id: str) -> Approval | None:
-        try:
-            return _from_hash(await self._redis.hgetall(self._hash + approval_id))
-        except redis_errors() as exc:
-            raise unavailable(exc) from exc
-
-    async def _claim(self, approval_id: str, token: str, now: float,
-                     until: float) -> tuple[str, Approval | None]:
-        code, flat = await CLAIM(self._redis, [self._hash + approval_id], [repr(now), token, repr(until)])
-        return code, _from_hash(pairs(flat))
-
-    async def _settle(self, approval_id: str, token: str, status: str | None, by: str,
-                      now: float) -> tuple[str, Approval | None]:
-        code, flat = await SETTLE(self._redis, [self._hash + approval_id],
-                                  [repr(now), token, status or "", by])
-        return code, _from_hash(pairs(flat))
-
-    async def _live(self, now: float) -> list[Approval]:
-        try:
-            ids = await self._redis.zrangebyscore(self._list, f"({now!r}", "+inf", start=0, num=LIST_MAX)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for approval_id in ids:
-                    pipe.hgetall(self._hash + approval_id)
-                pipe.zremrangebyscore(self._list, "-inf", repr(now))
-                found = await pipe.execute()
-        except redis_errors() as exc:
-            raise unavailable(exc) from exc
-        return [a for a in map(_from_hash, found[:-1]) if a is not None]

@@ -245,7 +245,8 @@ class RedisBypasses(Bypasses):
         self.refreshes = 0
 
     async def _add(self, bypass: Bypass, now: float) -> bool:
-        return bool(await ADD(self._redis, [self.KEY], [self.max_open, repr(now), bypass.id, _to_json(bypass)]))
+        args = [self.max_open, repr(now), bypass.id, _to_json(bypass)]
+        return bool(await ADD(self._redis, [self.KEY], args))
 
     async def _get(self, bypass_id: str) -> Bypass | None:
         try:

@@ -208,7 +208,8 @@ if worst_i > 0 then
   return {0, string.format('%.0f', worst), worst_i}
 end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', string.format('%.0f', math.ceil((new[i] - now) / 1000)))
+  local ttl_ms = math.ceil((new[i] - now) / 1000)
+  redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', string.format('%.0f', ttl_ms))
 end
 return {1}
 """

@@ -5,7 +5,8 @@
 does when Redis is unreachable differs on purpose, and is documented in its module:
 
 - limits (``gwc.runtime.governance.limits``): fall back to per-node limits, calls keep flowing;
-- approvals (``gwc.runtime.governance.approvals``): fail closed, ``StateUnavailable`` -> ``state_unavailable``;
+- approvals (``gwc.runtime.governance.approvals``): fail closed, ``StateUnavailable`` ->
+  ``state_unavailable``;
 - bypasses (``gwc.runtime.governance.bypasses``): the last snapshot is honoured until each bypass expires;
   opening and closing fail with ``StateUnavailable``.
 
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gwc.runtime.governance.approvals import DEFAULT_TTL_S, Approvals, MemoryApprovals, RedisApprovals
+from gwc.runtime.governance.approvals import DEFAULT_TTL_S, Approvals, MemoryApprovals
+from gwc.runtime.governance.approvals_redis import RedisApprovals
 from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.bypasses import Bypasses, MemoryBypasses, RedisBypasses
 from gwc.runtime.governance.limits import Limits, MemoryLimits, RedisLimits

@@ -15,13 +15,13 @@ from gwc.runtime.governance.approvals import (
     ApprovalError,
     Approvals,
     MemoryApprovals,
-    RedisApprovals,
     StateUnavailable,
     TooManyApprovals,
     approval_path,
     approvers_of,
     arguments_digest,
 )
+from gwc.runtime.governance.approvals_redis import RedisApprovals
 from gwc.runtime.policy.decide import Principal
 from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, T0, clock_fixture, redis_clients_fixture  # noqa: F401
 
