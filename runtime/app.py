@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gwc.runtime.api.catalog import catalog
@@ -24,8 +25,8 @@ from gwc.runtime.governance.state import State
 from gwc.runtime.identity import Authenticator, AuthError
 from gwc.runtime.mcp.endpoint import McpEndpoint
 from gwc.runtime.mcp.list_changed import ListChangedStreams
-from gwc.runtime.mcp.trail import Auditor, AuditTarget
 from gwc.runtime.mcp.sealed_sessions import SessionSealer
+from gwc.runtime.mcp.trail import Auditor, AuditTarget
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import (
@@ -49,7 +50,6 @@ STARTUP_WAIT_S = 5.0
 GUARDED_PREFIXES = ("/mcp", "/servers/", "/v1/")
 BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Gateway:

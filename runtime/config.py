@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTES
-from gwc.runtime.mcp.trail import AuditSpecError, AuditTarget
+from gwc.runtime.governance.state import REDIS_SCHEMES
 from gwc.runtime.mcp.sealed_sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
+from gwc.runtime.mcp.trail import AuditSpecError, AuditTarget, FailureMode
 
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-AUDIT_FAILURE_MODES = ("closed", "open")
+AUDIT_FAILURE_MODES: dict[str, FailureMode] = {"closed": "closed", "open": "open"}
 DEFAULT_APPROVAL_TTL_S = 900
 # A connection must send a request's headers within this many seconds of opening or of its last
 # answer (idle keep-alive connections close then too); longer than load balancers' usual 60 s
@@ -43,7 +44,7 @@ class Config:
     session_max_age_s: int = DEFAULT_MAX_AGE_S
     event_loop: str = "auto"
     audit: AuditTarget | None = None  # None: gateway.yaml's audit settings, from the bundle
-    audit_failure: str | None = None  # None: gateway.yaml's audit.on_failure
+    audit_failure: FailureMode | None = None  # None: gateway.yaml's audit.on_failure
     audit_max_bytes: int = DEFAULT_AUDIT_MAX_BYTES
     state: str = "memory"
     approval_ttl_s: int = DEFAULT_APPROVAL_TTL_S
@@ -144,11 +145,12 @@ def load(argv: list[str] | None = None) -> Config:
         audit = AuditTarget.parse(spec) if (spec := pick("audit")) else None
     except AuditSpecError as exc:
         raise ConfigError(str(exc)) from None
-    audit_failure = pick("audit-failure")
-    if audit_failure is not None and audit_failure not in AUDIT_FAILURE_MODES:
+    failure_option = pick("audit-failure")
+    if failure_option is not None and failure_option not in AUDIT_FAILURE_MODES:
         raise ConfigError("--audit-failure must be closed or open")
+    audit_failure = AUDIT_FAILURE_MODES[failure_option] if failure_option is not None else None
     state = pick("state", "memory") or "memory"
-    if state != "memory" and not state.startswith(("redis://", "rediss://", "unix://")):
+    if state != "memory" and not state.startswith(REDIS_SCHEMES):
         raise ConfigError("--state must be memory or a redis://, rediss:// or unix:// URL")
     try:
         session_keys = tuple(parse_key(k) for k in (pick("session-keys") or "").split(",")

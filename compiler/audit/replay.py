@@ -325,9 +325,9 @@ class Replay:
             read = [tuple(k.split(".")) for k in values]
         else:
             cache_key = (recording.digest, server, tool)
-            read = self._read.get(cache_key)
-            if read is None:
-                read = self._read[cache_key] = policy_paths(recording.payload, server, tool)
+            if cache_key not in self._read:
+                self._read[cache_key] = policy_paths(recording.payload, server, tool)
+            read = self._read[cache_key]
         arguments = arguments_from(values, read)
         if self.proposed is None:
             assert not isinstance(recording, str)

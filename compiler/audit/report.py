@@ -51,7 +51,7 @@ class Report:
         what = finding.label or finding.detail
         self._groups[(finding.kind, cell(finding.server), cell(finding.tool), what)] += 1
 
-    def render(self, headline: str, totals: Totals, write: Callable[[str], None]) -> None:
+    def render(self, headline: str, totals: Totals, write: Callable[[str], object]) -> None:
         write(headline + "\n")
         for kind, title in TITLES.items():
             count = totals.by_kind.get(kind, 0)

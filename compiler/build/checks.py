@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ _TOOL_NAME = re.compile(TOOL_NAME)
 _BAD_AUDIENCE_VALUE = re.compile(r"[\s,]")
 
 
-def _suggest(word: str, choices: list[str] | set[str]) -> str:
+def _suggest(word: str, choices: Collection[str]) -> str:
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -43,11 +43,11 @@ def diff_payloads(old: BundlePayload, new: BundlePayload) -> dict[str, Any]:
     before_m, after_m = access_matrix(old, principals), access_matrix(new, principals)
     access = []
     for label in sorted(principals):
-        b, a = before_m[label], after_m[label]
+        granted_before, granted_after = before_m[label], after_m[label]
         gains, losses, changes = [], [], []
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(granted_after) | set(granted_before)):
             server, tool = key
-            was, now = b.get(key), a.get(key)
+            was, now = granted_before.get(key), granted_after.get(key)
             payload = new if now is not None else old
             entry = {"server": server, "tool": tool,
                      "access": payload.servers[server].tools[tool].access}

@@ -236,7 +236,7 @@ class IdentitySettings(Strict):
     jwks_file: str | None = Field(default=None,
                                   description="Path relative to the registry root; embedded at build.")
     groups_claim: str = "groups"
-    algorithms: list[Algorithm] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list[Algorithm](["RS256", "ES256", "EdDSA"]),
                                         min_length=1)
     leeway_s: int = Field(default=30, ge=0, le=300)
 

@@ -74,12 +74,12 @@ def _time(ts: float | None) -> str | None:
 
 
 def approval_json(approval: Approval, viewer: Principal | None = None) -> dict[str, Any]:
-    out = {"id": approval.id, "status": approval.status, "server": approval.server,
-           "tool": approval.tool, "arguments_digest": approval.arguments_digest,
-           "requester": approval.requester.as_dict(), "approvers": list(approval.approvers),
-           "created": _time(approval.created), "expires": _time(approval.expires),
-           "decided_by": approval.decided_by, "decided_at": _time(approval.decided_at),
-           "used_at": _time(approval.used_at), "path": approval_path(approval.id)}
+    out: dict[str, Any] = {"id": approval.id, "status": approval.status, "server": approval.server,
+                           "tool": approval.tool, "arguments_digest": approval.arguments_digest,
+                           "requester": approval.requester.as_dict(), "approvers": list(approval.approvers),
+                           "created": _time(approval.created), "expires": _time(approval.expires),
+                           "decided_by": approval.decided_by, "decided_at": _time(approval.decided_at),
+                           "used_at": _time(approval.used_at), "path": approval_path(approval.id)}
     if viewer is not None:
         out["can_decide"] = approval.status == "pending" and may_approve(approval, viewer)
     return out

@@ -328,7 +328,7 @@ class AuditWriter:
             _resolve([(future, exc) for _, future in entries])
             return
         self.healthy = True
-        _resolve([(future, digest) for (_, future), digest in zip(entries, hashes)])
+        _resolve([(future, digest) for (_, future), digest in zip(entries, hashes, strict=True)])
         try:  # the batch is durable whatever happens here; a failed rotation fails the next one
             self._rotate_if_full()
         except OSError as exc:

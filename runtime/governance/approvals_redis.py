@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from hashlib import sha256
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.governance.approvals import (
@@ -159,7 +159,8 @@ class RedisApprovals(Approvals):
 
     async def _get(self, approval_id: str) -> Approval | None:
         try:
-            return _from_hash(await self._redis.hgetall(self._hash + approval_id))
+            # The client decodes replies (decode_responses=True): str, where redis-py's types say bytes | str.
+            return _from_hash(cast("dict[str, str]", await self._redis.hgetall(self._hash + approval_id)))
         except redis_errors() as exc:
             raise unavailable(exc) from exc
 
@@ -176,7 +177,8 @@ class RedisApprovals(Approvals):
 
     async def _live(self, now: float) -> list[Approval]:
         try:
-            ids = await self._redis.zrangebyscore(self._list, f"({now!r}", "+inf", start=0, num=LIST_MAX)
+            ids = cast("list[str]", await self._redis.zrangebyscore(  # decoded replies, as above
+                self._list, f"({now!r}", "+inf", start=0, num=LIST_MAX))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for approval_id in ids:
                     pipe.hgetall(self._hash + approval_id)

@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.governance.backend import Refusal, Script, StateUnavailable, redis_errors, unavailable
@@ -253,7 +253,8 @@ class RedisBypasses(Bypasses):
             found = await self._redis.hget(self.KEY, bypass_id)
         except redis_errors() as exc:
             raise unavailable(exc) from exc
-        return None if found is None else _from_json(found)
+        # The client decodes replies (decode_responses=True): str, where redis-py's types say bytes | str.
+        return None if found is None else _from_json(cast(str, found))
 
     async def _remove(self, bypass_id: str) -> None:
         try:
@@ -267,7 +268,8 @@ class RedisBypasses(Bypasses):
             found = await self._redis.hgetall(self.KEY)
         except redis_errors() as exc:
             raise unavailable(exc) from exc
-        self._open.replace(b for b in map(_from_json, found.values()) if b is not None)
+        values = cast("dict[str, str]", found).values()  # decoded replies, as in _get
+        self._open.replace(b for b in map(_from_json, values) if b is not None)
         self._due = started + self.refresh_s
         return await super().list_open()
 

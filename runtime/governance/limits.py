@@ -238,26 +238,26 @@ class RedisLimits(Limits):
         self.fallback_checks = 0
 
     async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
-        limits = [Limit(*limit) for limit in limits]
-        if not limits:
+        checked = [Limit(*limit) for limit in limits]
+        if not checked:
             return ALLOWED
         if self.using_fallback and time.monotonic() < self._retry_at:
-            return self._local(limits, now)
-        keys = [REDIS_PREFIX + limit.key for limit in limits]
+            return self._local(checked, now)
+        keys = [REDIS_PREFIX + limit.key for limit in checked]
         args: list[str | int] = ["" if now is None else _us(now)]
-        for limit in limits:
+        for limit in checked:
             args.extend(_params(limit.per_minute, limit.burst))
         try:
             reply = await GCRA(self._redis, keys, args)
         except StateUnavailable as exc:
             self._outage(exc.__cause__ or exc)
-            return self._local(limits, now)
+            return self._local(checked, now)
         if self.using_fallback:
             self.using_fallback = False
             log.warning("rate limits: redis reachable again, limits are fleet-wide again")
         if int(reply[0]) == 1:
             return ALLOWED
-        return Verdict(False, int(reply[1]) / US, limits[int(reply[2]) - 1].key)
+        return Verdict(False, int(reply[1]) / US, checked[int(reply[2]) - 1].key)
 
     def _outage(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self.retry_s
