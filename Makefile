@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test bench schemas clean
+.PHONY: demo test lint typecheck bench schemas clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 demo: $(VENV)/.installed
 	$(PY) demo/run.py
 
-test: $(VENV)/.installed-dev
+# The whole suite, after the lint and the type check. `pytest -m "not fleet and not e2e"` is the
+# inner loop (tests/conftest.py says what the markers mean).
+test: lint typecheck
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+
+# mypy needs the installed layout (gwc.runtime is runtime/, gwc.compiler is compiler/): a view of
+# symlinks under build/ gives it that without installing anything.
+typecheck: $(VENV)/.installed-dev
+	@mkdir -p build/typecheck/gwc
+	@ln -sfn ../../../runtime build/typecheck/gwc/runtime
+	@ln -sfn ../../../compiler build/typecheck/gwc/compiler
+	cd build/typecheck && MYPYPATH=. ../../$(PY) -m mypy --config-file ../../pyproject.toml -p gwc
 
 bench: $(VENV)/.installed
 	$(PY) bench/compile.py
@@ -30,4 +43,4 @@ schemas: $(VENV)/.installed
 	$(VENV)/bin/gwc schema
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .pytest_cache build

@@ -27,8 +27,9 @@ import yaml
 from gwc.compiler.build.bundle import Built, build
 from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.build.registry import load_registry
-from gwc.runtime.audit.chain import GENESIS, arguments_record, sealed_line
-from gwc.runtime.mcp.recording import policy_fields, principal_fields
+from gwc.runtime.audit.chain import GENESIS, sealed_line
+from gwc.runtime.audit.record import policy_fields, principal_fields
+from gwc.runtime.audit.shape import arguments_record
 from gwc.runtime.policy.decide import Principal, decide
 
 SERVERS, TEAMS, USERS, DAYS = 40, 8, 2000, 30
