@@ -111,7 +111,7 @@ def trail_records(bundle: Built) -> list[dict[str, Any]]:
                 "event": "approved", "approval": "ap-1", "server": "deploy", "tool": "rollback",
                 "requester": {"subject": "alice", "kind": "human", "acting_for": None},
                 "arguments_digest": "sha256:" + "0" * 64}
-    return records[:2] + [listing] + records[2:] + [approval]
+    return [*records[:2], listing, *records[2:], approval]
 
 
 async def write_trail(path: Path, records: list[dict[str, Any]], **options: Any) -> None:
@@ -273,7 +273,7 @@ def test_table_rows_are_aligned_and_name_the_agent_and_its_human(world) -> None:
 ])
 def test_a_corrupt_line_is_an_error_naming_file_and_line(world, bad, filters) -> None:
     lines = world["trail"].read_bytes().splitlines(keepends=True)
-    world["trail"].write_bytes(b"".join(lines[:3] + [bad] + lines[3:]))
+    world["trail"].write_bytes(b"".join([*lines[:3], bad, *lines[3:]]))
     result = query(world, *filters)
     assert result.exit_code == 1
     assert f"{world['trail']}:4: not a JSON record" in result.stderr

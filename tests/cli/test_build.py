@@ -238,7 +238,8 @@ def test_keygen_writes_a_private_key_with_mode_0600(tmp_path: Path) -> None:
     loaded = load_private_key(key)
     keyid = next(iter(trusted_keys([str(pub)])))
     assert f"key id {keyid}" in result.stdout
-    assert loaded.public_key().public_bytes_raw() == next(iter(trusted_keys([str(pub)]).values())).public_bytes_raw()
+    trusted = next(iter(trusted_keys([str(pub)]).values()))
+    assert loaded.public_key().public_bytes_raw() == trusted.public_bytes_raw()
 
 
 def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

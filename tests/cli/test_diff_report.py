@@ -73,7 +73,7 @@ def test_removing_a_tool(example_root: Path, new_root: Path) -> None:
     assert d["tools_removed"] == [{"server": "incidents", "tool": "get_incident", "access": "read",
                                    "mode": "enforce", "approval": False}]
     # visible to everyone: every subject loses it
-    assert all(any(l["tool"] == "get_incident" for l in a["losses"]) for a in d["access"])
+    assert all(any(loss["tool"] == "get_incident" for loss in a["losses"]) for a in d["access"])
     assert "- removed `incidents/get_incident` (read)" in render_markdown(d)
 
 
@@ -111,12 +111,12 @@ def test_group_loses_access_through_a_new_deny(example_root: Path, new_root: Pat
               rule("*", id="freeze-engineering", group="engineering", action="*", effect="deny"))
     d = diff_roots(example_root, new_root)
     eng = access_of(d, "group:engineering")
-    lost = {(l["server"], l["tool"]) for l in eng["losses"]}
+    lost = {(loss["server"], loss["tool"]) for loss in eng["losses"]}
     assert lost == {("deploy", "list_services"), ("deploy", "get_status"), ("deploy", "deploy"),
                     ("incidents", "list_incidents"), ("incidents", "get_incident"),
                     ("incidents", "create_incident")}
     assert eng["gains"] == []
-    assert next(l for l in eng["losses"] if l["tool"] == "deploy")["conditional"] is True
+    assert next(loss for loss in eng["losses"] if loss["tool"] == "deploy")["conditional"] is True
     assert [a["subject"] for a in d["access"]] == ["group:engineering"]
 
 
@@ -134,7 +134,7 @@ def test_visibility_change(example_root: Path, new_root: Path) -> None:
     d = diff_roots(example_root, new_root)
     assert d["visibility_changed"] == [{"server": "zendesk", "old": ["group:success", "group:support"],
                                         "new": ["group:support"]}]
-    assert {(l["tool"]) for l in access_of(d, "group:success")["losses"]} == {"get_ticket",
+    assert {(loss["tool"]) for loss in access_of(d, "group:success")["losses"]} == {"get_ticket",
                                                                               "search_tickets"}
 
 

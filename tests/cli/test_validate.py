@@ -577,7 +577,8 @@ def test_identity_needs_exactly_one_jwks_source(tmp_path: Path, identity: dict) 
     assert d.message == "identity needs exactly one of jwks_uri, jwks_file"
 
 
-JWKS = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}
+JWKS = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+                  "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}
 
 
 def _jwks_registry(root: Path, jwks_text: str | None, name: str = "idp/jwks.json") -> Path:

@@ -1,4 +1,5 @@
-"""`gwc verify` / gwc.runtime.bundle.read: what a runtime accepts and refuses; `gwc inspect`; runtime isolation."""
+"""`gwc verify` / gwc.runtime.bundle.read: what a runtime accepts and refuses; `gwc inspect`; runtime
+isolation."""
 from __future__ import annotations
 
 import base64
@@ -244,8 +245,8 @@ def test_inspect_json(bundle: Path, signing_key) -> None:
 # --- the runtime stays lean ----------------------------------------------------------------------------
 
 def test_runtime_never_imports_the_compiler_or_its_tooling() -> None:
-    code = ("import sys, gwc.runtime.bundle.read, gwc.runtime.policy.decide, gwc.runtime.bundle.envelope, gwc.runtime.bundle.canonical, "
-            "gwc.runtime.bundle.format\n"
+    code = ("import sys, gwc.runtime.bundle.read, gwc.runtime.policy.decide, gwc.runtime.bundle.envelope, "
+            "gwc.runtime.bundle.canonical, gwc.runtime.bundle.format\n"
             "bad = sorted(m for m in sys.modules if m.startswith('gwc.compiler') or m.split('.')[0] in "
             "('click', 'jinja2', 'jsonschema'))\n"
             "assert not bad, bad\n")

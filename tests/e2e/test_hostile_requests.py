@@ -135,7 +135,7 @@ async def test_slow_headers_are_cut_off(node) -> None:
     writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
 
     async def trickle() -> None:
-        for i in range(40):  # one header byte every 0.1 s: never complete within 4 s
+        for _ in range(40):  # one header byte every 0.1 s: never complete within 4 s
             writer.write(b"X")
             await asyncio.sleep(0.1)
 

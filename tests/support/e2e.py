@@ -206,13 +206,13 @@ async def node(tmp_path, aiohttp_server, upstream_url, signing_key) -> Node:
 
 @asynccontextmanager
 async def connect(url: str, token: str, mode: str, **client_options):
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(10.0, read=30.0)) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=mode,
-                          read_timeout_seconds=20, **client_options) as client:
-            # no silent fallback: auto must really speak the stateless era through the gateway
-            assert client.protocol_version == ("2026-07-28" if mode == "auto" else "2025-11-25")
-            yield client
+    async with (httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                   timeout=httpx2.Timeout(10.0, read=30.0)) as http,
+                Client(streamable_http_client(url, http_client=http), mode=mode,
+                       read_timeout_seconds=20, **client_options) as client):
+        # no silent fallback: auto must really speak the stateless era through the gateway
+        assert client.protocol_version == ("2026-07-28" if mode == "auto" else "2025-11-25")
+        yield client
 
 
 def text_of(result) -> str:
@@ -248,12 +248,12 @@ def unwritable_trail(node: Node) -> Iterator[Path]:
     """Every audit write fails inside the block, as on a full disk; the trail's path."""
     writer = node.gateway.auditor._writer
     good = writer._file
-    writer._file = open(good.name, "rb", buffering=0)
-    try:
-        yield Path(good.name)
-    finally:
-        writer._file.close()
-        writer._file = good
+    with open(good.name, "rb", buffering=0) as read_only:
+        writer._file = read_only
+        try:
+            yield Path(good.name)
+        finally:
+            writer._file = good
 
 
 async def echo_in_session(node: Node, token: str) -> tuple[dict, dict]:

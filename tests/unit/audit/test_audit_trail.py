@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -73,7 +74,7 @@ async def test_every_record_is_on_disk_and_chained_when_its_future_resolves(tmp_
     records = [orjson.loads(line) for line in lines(path)]
     assert records[0]["type"] == "start" and records[0]["prev"] == GENESIS
     assert [r["hash"] for r in records[1:]] == hashes
-    assert all(b["prev"] == a["hash"] for a, b in zip(records, records[1:]))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(records))
     verdict = verify([path])
     assert verdict.ok and verdict.records == 51 and verdict.from_genesis
 
@@ -460,7 +461,7 @@ async def test_checkpoints_sign_the_head_when_a_file_begins_every_n_records_and_
     assert all([orjson.loads(line)["type"] for line in lines(f)[:2]] == ["start", "checkpoint"]
                for f in files)
     assert numbers[-1] == len(records) - 1  # at shutdown
-    assert max(b - a for a, b in zip(numbers, numbers[1:])) <= 11
+    assert max(b - a for a, b in itertools.pairwise(numbers)) <= 11
     verdict = verify(files, {jwk_kid(key.public_key()): key.public_key()})
     assert verdict.ok and verdict.signed == len(numbers) and verdict.last_seq == len(records)
     checked = gwc("audit", "verify", *files, "--key", pub)
@@ -574,7 +575,7 @@ async def test_a_cut_tail_is_truncation_given_an_anchor(tmp_path) -> None:
         records[anchored - 1]["n"] = 99
     rewrite(path, edit)
     assert gwc("audit", "verify", path, "--anchor", anchor).exit_code == 1
-    _, _, stranger = generate_keypair(tmp_path / "stranger")
+    _, _, _stranger = generate_keypair(tmp_path / "stranger")
     assert gwc("audit", "verify", path, "--key", tmp_path / "stranger.pub",
                "--anchor", anchor).exit_code == 2
 

@@ -75,7 +75,7 @@ async def test_bad_bundles_are_refused_and_the_last_good_keeps_serving(
         make_bundle, signing_key, tmp_path, spoil):
     path = tmp_path / "bundle.json"
     path.write_bytes(make_bundle(1))
-    store, metrics, poller = node(signing_key, source=FileSource(path))
+    store, _metrics, poller = node(signing_key, source=FileSource(path))
     await poller.start()
     good = store.active
     stranger = generate_keypair(tmp_path / "stranger")[2]
@@ -99,7 +99,7 @@ async def test_http_source_uses_etags(make_bundle, signing_key, aiohttp_server):
     app.router.add_get("/bundle.json", serve)
     server = await aiohttp_server(app, host="127.0.0.1")
     source = HttpSource(str(server.make_url("/bundle.json")))
-    store, metrics, poller = node(signing_key, source=source)
+    store, _metrics, poller = node(signing_key, source=source)
     try:
         assert await poller.poll_once() == "activated"
         assert await poller.poll_once() == "unchanged"
@@ -174,7 +174,7 @@ async def test_restart_keeps_rollback_protection(make_bundle, signing_key, tmp_p
     state_dir = tmp_path / "state"
     path = tmp_path / "bundle.json"
     path.write_bytes(make_bundle(102))
-    first, _, poller = node(signing_key, state_dir, FileSource(path))
+    _first, _, poller = node(signing_key, state_dir, FileSource(path))
     await poller.start()
     path.write_bytes(make_bundle(100))  # the store now serves an older bundle
     second, metrics, poller = node(signing_key, state_dir, FileSource(path))

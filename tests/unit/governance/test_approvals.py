@@ -180,7 +180,8 @@ async def test_other_arguments_do_not_redeem(approvals):
     approval = (await ask(approvals)).approval
     await approvals.decide(approval.id, BOB, True)
     other = arguments_digest({"env": "prod", "version": 4})
-    for principal, tool, digest in ((ALICE, "rollback", other), (ALICE, "restart", DIGEST), (BOT, "rollback", DIGEST)):
+    for principal, tool, digest in ((ALICE, "rollback", other), (ALICE, "restart", DIGEST),
+                                    (BOT, "rollback", DIGEST)):
         assert (await approvals.redeem(principal, "deploy", tool, digest)).status == "none"
     assert (await approvals.redeem(ALICE, "deploy", "rollback", DIGEST)).status == "redeemed"
 

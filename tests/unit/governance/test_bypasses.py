@@ -72,7 +72,8 @@ async def test_open_list_close(bypasses, clock):
 
 
 @pytest.mark.parametrize("reason, ttl_s, why", [
-    ("", 60, "invalid_request"), ("   ", 60, "invalid_request"), ("x" * (MAX_REASON + 1), 60, "invalid_request"),
+    ("", 60, "invalid_request"), ("   ", 60, "invalid_request"),
+    ("x" * (MAX_REASON + 1), 60, "invalid_request"),
     (None, 60, "invalid_request"), ("ok", 0, "invalid_request"), ("ok", -5, "invalid_request"),
     ("ok", True, "invalid_request"), ("ok", 1.5, "invalid_request"), ("ok", 3601, "ttl_too_long"),
 ])

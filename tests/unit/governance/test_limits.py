@@ -4,6 +4,7 @@ killed and brought back mid-test."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -113,7 +114,7 @@ async def test_no_doubling_at_window_edges(burst):
         in_window = sum(1 for t in passed[i:] if t < start + 60)
         assert in_window <= per_minute + at_once
     assert len(passed) == 3 * per_minute + at_once - 1
-    gaps = [b - a for a, b in zip(passed[at_once:], passed[at_once + 1:])]
+    gaps = [b - a for a, b in itertools.pairwise(passed[at_once:])]
     assert min(gaps) == pytest.approx(60 / per_minute)
 
 

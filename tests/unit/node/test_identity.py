@@ -66,7 +66,7 @@ async def test_missing_or_non_bearer_credentials(auth, header) -> None:
 
 
 async def test_unknown_key_from_a_different_idp_with_the_same_kid(auth) -> None:
-    idp, authenticator = auth
+    _idp, authenticator = auth
     impostor = TestIdP().current  # also kid "k1", other key
     token = impostor.token(issuer=ISSUER, audience=AUDIENCE, subject="mallory")
     with pytest.raises(AuthError, match="invalid token"):
@@ -134,9 +134,9 @@ async def test_errors_say_whether_a_token_was_sent(auth, header, token_sent) -> 
 
 
 async def test_the_challenge_text_never_holds_what_the_caller_sent(auth) -> None:
-    idp, authenticator = auth
+    _idp, authenticator = auth
     forged = unsigned_token(claims())
-    header, _, rest = forged.partition(".")
+    _header, _, rest = forged.partition(".")
     import base64
     import json
     evil = base64.urlsafe_b64encode(json.dumps(

@@ -1,7 +1,8 @@
 """Access semantics (DESIGN.md, "Access semantics"), one rule at a time, on compiled payloads.
 
-Each test compiles a tiny registry (server ``svc`` owned by team-a) and asks gwc.runtime.policy.decide.decide or
-entitlement; nothing here reads the rules directly, so the compiler's indexes are tested too.
+Each test compiles a tiny registry (server ``svc`` owned by team-a) and asks
+gwc.runtime.policy.decide.decide or entitlement; nothing here reads the rules directly, so the
+compiler's indexes are tested too.
 """
 from __future__ import annotations
 
