@@ -6,20 +6,17 @@ approval, ...) are printed but do not fail the build.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gwc.compiler.build.diagnostics import Diagnostic
+from gwc.compiler.build.entries import RuleEntry, ServerEntry
+from gwc.compiler.build.hosts import is_loopback
 from gwc.compiler.build.models import TOOL_NAME, GatewayConfig, PolicyRule, ServerManifest
 from gwc.compiler.build.sources import Loc, SourceFile
-from gwc.runtime.policy.names import aggregate_name
-
-if TYPE_CHECKING:
-    from gwc.compiler.build.registry import RuleEntry, ServerEntry
+from gwc.runtime.policy.names import collisions
 
 AUDIENCE_KINDS = ("team", "group", "user", "agent")
 GLOBAL_FOLDER = "global"  # policies/global/ may name any server
@@ -30,15 +27,6 @@ _BAD_AUDIENCE_VALUE = re.compile(r"[\s,]")
 def _suggest(word: str, choices: Collection[str]) -> str:
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_url(url: str, source: SourceFile, loc: Loc, what: str) -> list[Diagnostic]:
@@ -296,20 +284,15 @@ def check_aggregate_names(servers: dict[str, ServerEntry]) -> list[Diagnostic]:
     """Every tool needs its own name on the aggregate endpoint /mcp (``gwc.runtime.policy.names``): refuse a
     tool whose name is already taken there, at the later declaration (in file order)."""
     diags: list[Diagnostic] = []
-    first: dict[str, tuple[str, str, ServerEntry]] = {}
-    for server, entry in servers.items():
-        for tool in entry.manifest.tools:
-            shared = aggregate_name(server, tool)
-            owner = first.setdefault(shared, (server, tool, entry))
-            if owner[:2] == (server, tool):
-                continue
-            other_server, other_tool, other = owner
-            line = other.source.position(("tools", other_tool), key=True)[0]
-            diags.append(entry.source.diag(
-                ("tools", tool), "duplicate-aggregate-name",
-                f"tool '{tool}' of server '{server}' and tool '{other_tool}' of server "
-                f"'{other_server}' ({other.source.rel}:{line}) would both be named '{shared}' on "
-                "the aggregate endpoint /mcp: rename one of them", key=True))
+    declared = ((server, tool) for server, entry in servers.items() for tool in entry.manifest.tools)
+    for shared, (other_server, other_tool), (server, tool) in collisions(declared):
+        entry, other = servers[server], servers[other_server]
+        line = other.source.position(("tools", other_tool), key=True)[0]
+        diags.append(entry.source.diag(
+            ("tools", tool), "duplicate-aggregate-name",
+            f"tool '{tool}' of server '{server}' and tool '{other_tool}' of server "
+            f"'{other_server}' ({other.source.rel}:{line}) would both be named '{shared}' on "
+            "the aggregate endpoint /mcp: rename one of them", key=True))
     return diags
 
 

@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import Any
 
 from gwc.compiler.build.models import GatewayConfig, ServerManifest
-from gwc.compiler.build.registry import Registry, RuleEntry
+from gwc.compiler.build.entries import RuleEntry
+from gwc.compiler.build.registry import Registry
 from gwc.runtime.bundle.format import FORMAT_V1, BundlePayload
 from gwc.runtime.bundle.canonical import canonical_json
 

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 
 from gwc.compiler.build import checks
 from gwc.compiler.build.diagnostics import Diagnostic
+from gwc.compiler.build.entries import RuleEntry, ServerEntry
 from gwc.compiler.build.models import GatewayConfig, PolicyRule, ServerManifest
 from gwc.compiler.build.schema_errors import validate
 from gwc.compiler.build.sources import SourceFile, load_source
@@ -22,29 +23,6 @@ from gwc.compiler.build.sources import SourceFile, load_source
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 _RULE = TypeAdapter(PolicyRule)
-
-
-@dataclass
-class ServerEntry:
-    manifest: ServerManifest
-    source: SourceFile
-
-
-@dataclass
-class RuleEntry:
-    rule: PolicyRule
-    source: SourceFile
-    index: int  # position in its file's list
-    folder: str  # the policies/<folder>/ it lives in: a team name or "global"
-    line: int  # where the rule starts, for messages and the compiled rule's source
-
-    @property
-    def rule_id(self) -> str:
-        return self.rule.id or f"{self.source.rel}#{self.index}"
-
-    @property
-    def where(self) -> str:
-        return f"{self.source.rel}:{self.line}"
 
 
 @dataclass

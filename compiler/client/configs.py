@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gwc.compiler.build.checks import is_loopback
+from gwc.compiler.build.hosts import is_loopback
 
 ENDPOINT_PATH = "/mcp"  # the runtime's aggregate endpoint, served at the root of --public-url
 DEFAULT_NAME = "gwc"

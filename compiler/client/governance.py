@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import sys
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import click
+
+from gwc.compiler.build.hosts import is_loopback
 
 TIMEOUT_S = 15.0
 
@@ -28,15 +29,6 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def _loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 class Gateway:
     """One gateway's API, called with the caller's token."""
 
@@ -44,7 +36,7 @@ class Gateway:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             _fail(f"--gateway must be an http(s) URL, not {url!r}")
-        if parts.scheme == "http" and not allow_http and not _loopback(parts.hostname):
+        if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
             _fail(f"{url} is plain http: the token would travel in clear text; use https "
                   "(or --allow-http)")
         self.url, self.token, self.fmt = url.rstrip("/"), token, fmt

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 
 from gwc.runtime.bundle.format import BundlePayload
@@ -41,18 +42,25 @@ def tool_index(payload: BundlePayload) -> dict[str, tuple[str, str]]:
             for server, spec in payload.servers.items() for tool in spec.tools}
 
 
-def name_collisions(payload: BundlePayload) -> list[tuple[str, tuple[str, str], tuple[str, str]]]:
-    """(aggregate name, first tool, second tool) for every name two tools would share."""
-    seen: dict[str, tuple[str, str]] = {}
+ToolRef = tuple[str, str]  # (server, tool)
+
+
+def collisions(tools: Iterable[ToolRef]) -> list[tuple[str, ToolRef, ToolRef]]:
+    """(aggregate name, first tool, later tool) for every name a later tool would share with an
+    earlier one: the rule the compiler refuses registries by, and bundles are checked against."""
+    seen: dict[str, ToolRef] = {}
     clashes = []
-    for server, spec in payload.servers.items():
-        for tool in spec.tools:
-            name = aggregate_name(server, tool)
-            if name in seen:
-                clashes.append((name, seen[name], (server, tool)))
-            else:
-                seen[name] = (server, tool)
+    for server, tool in tools:
+        name = aggregate_name(server, tool)
+        first = seen.setdefault(name, (server, tool))
+        if first != (server, tool):
+            clashes.append((name, first, (server, tool)))
     return clashes
+
+
+def name_collisions(payload: BundlePayload) -> list[tuple[str, ToolRef, ToolRef]]:
+    """:func:`collisions` among every declared tool of a bundle."""
+    return collisions((server, tool) for server, spec in payload.servers.items() for tool in spec.tools)
 
 
 def resource_uri(server: str, uri: str) -> str:
