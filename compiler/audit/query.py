@@ -25,8 +25,6 @@ import orjson
 from gwc.compiler.audit.trail import VERIFY_HINT, NotARecord, TrailError, TrailReader, cell, parse, user_label
 from gwc.runtime.audit.chain import TIME_FORMAT
 
-DECISIONS = ("allow", "deny", "would_deny", "not_found", "approval_required", "approved",
-             "rate_limited", "bypass")
 COLUMNS = ("time", "user", "server", "tool", "access", "decision", "outcome", "error", "latency")
 _AGE = re.compile(r"(\d+)([wdhms])")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}

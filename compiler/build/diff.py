@@ -6,7 +6,7 @@ from typing import Any
 
 import jinja2
 
-from gwc.compiler.build.report import access_matrix, audience_labels, subjects
+from gwc.compiler.build.report import access_matrix, subjects
 from gwc.runtime.bundle.format import BundlePayload
 
 _TEMPLATES = jinja2.Environment(
@@ -35,8 +35,8 @@ def diff_payloads(old: BundlePayload, new: BundlePayload) -> dict[str, Any]:
                     tools_changed.append({"server": name, "tool": tool, "field": field,
                                           "old": a[field], "new": b[field]})
     visibility_changed = [
-        {"server": n, "old": audience_labels(old.servers[n].visibility),
-         "new": audience_labels(new.servers[n].visibility)}
+        {"server": n, "old": list(old.servers[n].visibility.entries()),
+         "new": list(new.servers[n].visibility.entries())}
         for n in sorted(old_names & new_names)
         if old.servers[n].visibility != new.servers[n].visibility]
     principals = {**subjects(old), **subjects(new)}

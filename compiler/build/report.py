@@ -65,12 +65,6 @@ def one_line(payload: BundlePayload) -> str:
             f"{c['approval']} with approval), {c['rules']} rules ({c['deny_rules']} deny)")
 
 
-def audience_labels(audience: Audience) -> list[str]:
-    """An audience as the entries an owner would write (teams and groups both as ``group:``)."""
-    return ((["everyone"] if audience.everyone else []) + [f"group:{g}" for g in audience.groups]
-            + [f"user:{u}" for u in audience.users] + [f"agent:{a}" for a in audience.agents])
-
-
 def _tool_text(name: str, tool: Any) -> str:
     flags = [tool.access] + (["approval"] if tool.approval else []) + (
         ["shadow"] if tool.mode == "shadow" else [])
@@ -86,7 +80,7 @@ def summary_text(bundle: Bundle, verified: bool) -> str:
              f"identity issuer {p.gateway.identity.issuer}, audience "
              f"{', '.join(p.gateway.identity.audience)}", one_line(p), "", "Servers:"]
     for name, server in p.servers.items():
-        lines.append(f"  {name}  owner {server.owner}  visible to {', '.join(audience_labels(server.visibility)) or 'nobody'}")
+        lines.append(f"  {name}  owner {server.owner}  visible to {', '.join(server.visibility.entries()) or 'nobody'}")
         lines.append(f"      {server.upstream}")
         lines.append("      " + ", ".join(_tool_text(n, t) for n, t in server.tools.items()))
     lines += ["", "Who can call what (by that one membership alone; * = only with some arguments):"]
@@ -108,7 +102,7 @@ def summary_json(bundle: Bundle, verified: bool) -> dict[str, Any]:
         "signature": {"verified": verified, "keyid": bundle.keyid},
         "counts": counts(p),
         "servers": {name: {"owner": s.owner, "upstream": s.upstream,
-                           "visibility": audience_labels(s.visibility),
+                           "visibility": list(s.visibility.entries()),
                            "tools": {t: {"access": tool.access, "approval": tool.approval is not None,
                                          "mode": tool.mode} for t, tool in s.tools.items()}}
                     for name, s in p.servers.items()},

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from gwc.compiler.audit.jobs import Setup, default_jobs, replay_trail
-from gwc.compiler.audit.query import COLUMNS, DECISIONS, Counts, Query, parse_when, row, select
+from gwc.compiler.audit.query import COLUMNS, Counts, Query, parse_when, row, select
 from gwc.compiler.audit.replay import Totals
 from gwc.compiler.audit.report import Report, summary
 from gwc.compiler.audit.trail import Table, TrailError
@@ -19,6 +19,7 @@ from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, pu
 from gwc.compiler.cli.common import TRAIL_FILES, TRUST, batch_job, fail, payload_of
 from gwc.runtime.audit.writer import in_trail_order
 from gwc.runtime.bundle.read import BundleError, trusted_keys
+from gwc.runtime.policy.decide import DECISIONS
 
 
 @click.group()

@@ -34,6 +34,12 @@ class Audience(_Frozen):
     users: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
 
+    def entries(self) -> tuple[str, ...]:
+        """The audience as entries an owner would write (``everyone``, ``group:X`` for teams and
+        groups both, ``user:S``, ``agent:A``): for reports, diffs and an approval's approvers."""
+        return (*(("everyone",) if self.everyone else ()), *(f"group:{g}" for g in self.groups),
+                *(f"user:{u}" for u in self.users), *(f"agent:{a}" for a in self.agents))
+
     # Sets are derived lazily: a 2,000-server bundle loads without building sets it never uses.
     @cached_property
     def group_set(self) -> frozenset[str]:

@@ -71,7 +71,7 @@ from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import TOO_MANY_APPROVALS, RpcError
 
 __all__ = ["Approval", "ApprovalError", "Approvals", "Lookup", "MemoryApprovals", "Requester",
-           "StateUnavailable", "TooManyApprovals", "approval_path", "approvers_of", "arguments_digest",
+           "StateUnavailable", "TooManyApprovals", "approval_path", "arguments_digest",
            "is_own", "may_approve", "visible_to"]
 
 Status = Literal["pending", "approved", "denied", "used"]
@@ -87,12 +87,6 @@ ID_RE = re.compile(r"apv_[A-Za-z0-9_-]{16,64}")
 def arguments_digest(arguments: Any) -> str:
     """``sha256:<hex>`` of the canonical JSON of a call's arguments (absent arguments = ``{}``)."""
     return "sha256:" + sha256(canonical_json({} if arguments is None else arguments)).hexdigest()
-
-
-def approvers_of(audience: Audience) -> tuple[str, ...]:
-    """A compiled audience as entries (``everyone``, ``group:X``, ``user:S``, ``agent:A``)."""
-    return (*(("everyone",) if audience.everyone else ()), *(f"group:{g}" for g in audience.groups),
-            *(f"user:{u}" for u in audience.users), *(f"agent:{a}" for a in audience.agents))
 
 
 def approval_path(approval_id: str) -> str:
@@ -224,7 +218,7 @@ class Approvals:
 
     def _new(self, principal: Principal, server: str, tool: str, digest: str,
              approvers: Audience | Sequence[str], now: float) -> Approval:
-        entries = approvers_of(approvers) if isinstance(approvers, Audience) else tuple(approvers)
+        entries = approvers.entries() if isinstance(approvers, Audience) else tuple(approvers)
         return Approval(ID_PREFIX + secrets.token_urlsafe(18), Requester.of(principal), server, tool,
                         digest, entries, "pending", now, now + self.ttl_s)
 

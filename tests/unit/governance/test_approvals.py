@@ -18,7 +18,6 @@ from gwc.runtime.governance.approvals import (
     StateUnavailable,
     TooManyApprovals,
     approval_path,
-    approvers_of,
     arguments_digest,
 )
 from gwc.runtime.governance.approvals_redis import RedisApprovals
@@ -59,7 +58,7 @@ def test_digest_is_canonical_json():
 
 def test_approvers_are_stored_as_audience_entries():
     audience = Audience(everyone=True, groups=("ops", "sre"), users=("dana",), agents=("deployer",))
-    assert approvers_of(audience) == ("everyone", "group:ops", "group:sre", "user:dana", "agent:deployer")
+    assert audience.entries() == ("everyone", "group:ops", "group:sre", "user:dana", "agent:deployer")
 
 
 async def test_a_retry_while_pending_reuses_the_approval(approvals, clock):
