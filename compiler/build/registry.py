@@ -18,7 +18,7 @@ from gwc.compiler.build.diagnostics import Diagnostic
 from gwc.compiler.build.entries import RuleEntry, ServerEntry
 from gwc.compiler.build.models import GatewayConfig, PolicyRule, ServerManifest
 from gwc.compiler.build.schema_errors import validate
-from gwc.compiler.build.sources import SourceFile, load_source
+from gwc.compiler.build.sources import ResolvedTags, SourceFile, load_source
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
@@ -36,6 +36,8 @@ class Registry:
     rules: list[RuleEntry] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # rel path -> bytes, for the digest
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # YAML tags resolved while loading this registry's files (a memo, not a module-global cache)
+    resolved_tags: ResolvedTags = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -75,7 +77,7 @@ def _load_gateway(registry: Registry) -> None:
             "gateway.yaml", 1, 1, "error", "missing-file",
             "gateway.yaml not found at the registry root (identity settings are required)"))
         return
-    source, diags = load_source(path, "gateway.yaml")
+    source, diags = load_source(path, "gateway.yaml", registry.resolved_tags)
     registry.diagnostics.extend(diags)
     if source is None:  # None only on a syntax error; duplicate keys still get checked
         return
@@ -128,8 +130,8 @@ class _Parsed:
     rules: list[tuple[int, int, PolicyRule]] = field(default_factory=list)  # (index, line, rule)
 
 
-def _parse_manifest(path: Path, rel: str) -> _Parsed:
-    source, diags = load_source(path, rel)
+def _parse_manifest(path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
+    source, diags = load_source(path, rel, resolved)
     if source is None:
         return _Parsed(path, None, diags)
     manifest, errors = validate(source, ServerManifest, source.data)
@@ -139,8 +141,8 @@ def _parse_manifest(path: Path, rel: str) -> _Parsed:
     return _Parsed(path, source, diags, manifest)
 
 
-def _parse_policy(path: Path, rel: str) -> _Parsed:
-    source, diags = load_source(path, rel)
+def _parse_policy(path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
+    source, diags = load_source(path, rel, resolved)
     if source is None:
         return _Parsed(path, None, diags)
     parsed = _Parsed(path, source, diags)
@@ -160,8 +162,8 @@ def _parse_policy(path: Path, rel: str) -> _Parsed:
     return parsed
 
 
-def _parse(kind: str, path: Path, rel: str) -> _Parsed:
-    return (_parse_manifest if kind == "manifest" else _parse_policy)(path, rel)
+def _parse(kind: str, path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
+    return (_parse_manifest if kind == "manifest" else _parse_policy)(path, rel, resolved)
 
 
 def _discover(registry: Registry) -> list[tuple[str, Path, str]]:
@@ -207,6 +209,6 @@ def _collect(registry: Registry, results: list[_Parsed]) -> None:
 def load_registry(root: Path) -> Registry:
     """Load and check everything under ``root``; inspect ``.diagnostics`` / ``.ok`` for the verdict."""
     registry = load_gateway(root)
-    _collect(registry, [_parse(*job) for job in _discover(registry)])
+    _collect(registry, [_parse(*job, registry.resolved_tags) for job in _discover(registry)])
     registry.diagnostics.extend(checks.check_rules(registry.rules, registry.servers))
     return registry

@@ -18,22 +18,28 @@ from gwc.compiler.build.diagnostics import Diagnostic
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
-_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}
+ResolvedTags = dict[tuple[str, tuple[bool, bool]], str]  # (scalar, implicit) -> its tag
+MAX_RESOLVED = 200_000
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """The safe loader with implicit tag resolution memoized: registries repeat the same scalars
-    (access, read, write, ...) thousands of times, and PyYAML resolves each with regexes."""
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]  # PyYAML's loader classes are untyped
+    """The safe loader with implicit tag resolution memoized in ``resolved``, which the caller owns
+    (a registry load shares one across its files): registries repeat the same scalars (access,
+    read, write, ...) thousands of times, and PyYAML resolves each with regexes."""
+
+    def __init__(self, stream: str, resolved: ResolvedTags) -> None:
+        super().__init__(stream)
+        self._resolved = resolved
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is not ScalarNode:
             return super().resolve(kind, value, implicit)
         key = (value, implicit)
-        tag = _RESOLVED.get(key)
+        tag = self._resolved.get(key)
         if tag is None:
-            if len(_RESOLVED) > 200_000:
-                _RESOLVED.clear()
-            tag = _RESOLVED[key] = super().resolve(kind, value, implicit)
+            if len(self._resolved) > MAX_RESOLVED:
+                self._resolved.clear()
+            tag = self._resolved[key] = super().resolve(kind, value, implicit)
         return tag
 
     # Path resolvers are not used, so the per-node bookkeeping for them is skipped.
@@ -64,7 +70,7 @@ class SourceFile:
             # JSON allows tabs as white space where YAML does not; columns stay the same.
             text = self.text.replace("\t", " ") if self.rel.endswith(".json") else self.text
             try:
-                self._node = _compose(text)[0]
+                self._node = _compose(text, {})[0]
             except yaml.YAMLError:
                 return None
         return self._node
@@ -100,8 +106,8 @@ class SourceFile:
         return Diagnostic(self.rel, line, col, severity, code, message)  # type: ignore[arg-type]
 
 
-def _compose(text: str) -> tuple[Node | None, Any]:
-    loader = _Loader(text)
+def _compose(text: str, resolved: ResolvedTags) -> tuple[Node | None, Any]:
+    loader = _Loader(text, resolved)
     try:
         return loader.get_single_node(), loader
     finally:
@@ -145,8 +151,9 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_source(path: Path, rel: str) -> tuple[SourceFile | None, list[Diagnostic]]:
-    """Parse one file. Syntax errors and duplicate keys come back as diagnostics, never exceptions."""
+def load_source(path: Path, rel: str, resolved: ResolvedTags) -> tuple[SourceFile | None, list[Diagnostic]]:
+    """Parse one file. Syntax errors and duplicate keys come back as diagnostics, never exceptions.
+    ``resolved``: the YAML tags resolved so far, shared by the files of one load."""
     try:
         text = path.read_text("utf-8")
     except UnicodeDecodeError as exc:
@@ -162,7 +169,7 @@ def load_source(path: Path, rel: str) -> tuple[SourceFile | None, list[Diagnosti
         except _Duplicate:
             pass  # fall through to the node walk, which says where
     try:
-        node, loader = _compose(text.replace("\t", " ") if path.suffix == ".json" else text)
+        node, loader = _compose(text.replace("\t", " ") if path.suffix == ".json" else text, resolved)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
