@@ -4,8 +4,9 @@ Generates N records (default 1,000,000) shaped as the runtime writes them (docs/
 tools/call records decided by two real signed bundles (the policy changed halfway), some
 tools/list records, 2,000 users in 8 teams each working mostly with a few servers, agents acting
 for users, 30 days of traffic, files rotated at 100 MB and chained as the runtime's writer
-chains them (gwc.runtime.audit.chain.sealed_line; generation is not timed). Then runs each command as the real CLI (a fresh process) and prints
-the median of the runs and records/s; what a query prints goes to /dev/null.
+chains them (gwc.runtime.audit.chain.sealed_line; generation is not timed). Then runs each command
+as the real CLI (a fresh process) and prints the median of the runs and records/s; what a query
+prints goes to /dev/null.
 
     python bench/audit_tools.py [--records 1000000] [--runs 3] [--timeout 600] [--keep DIR]
 """

@@ -114,7 +114,7 @@ def run(source: Path, case: str, runs: int, cap: float) -> list[tuple[float, flo
 def cell(result: list[tuple[float, float, int]] | str) -> tuple[str, str, str]:
     if isinstance(result, str):
         return result, "", ""
-    build, encode, size = (statistics.median(column) for column in zip(*result))
+    build, encode, size = (statistics.median(column) for column in zip(*result, strict=True))
     return f"{build:.2f}", f"{encode:.2f}", f"{size / 1024:.1f} KB"
 
 

@@ -292,7 +292,7 @@ def main() -> None:
         live = node / "store" / "bundle.json"
         live.parent.mkdir()
         staged = [live.with_name(f".staged-{serial}.json") for serial in range(1, len(bundles) + 1)]
-        for bundle, stage in zip(bundles, staged):  # same folder as the live file: atomic rename
+        for bundle, stage in zip(bundles, staged, strict=True):  # same folder as the live file: atomic rename
             shutil.copyfile(bundle, stage)
         staged[0].replace(live)
         log_path, gwc_port = node / "gwc-runtime.log", free_port()

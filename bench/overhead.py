@@ -2,10 +2,10 @@
 
 Paths to the same fast upstream (a minimal aiohttp MCP responder, so the gateway is the
 bottleneck): direct, through a bare aiohttp forwarding hop, and through gwc (JWT check, policy
-decision, minted upstream token, metrics, the audit record fsynced to a file) on its per-server endpoint and on the
-aggregate ``/mcp``, each in both protocol eras: 2026-07-28 (stateless, the client's bytes go
-upstream as they are) and 2025-11-25 (a sealed gateway session; gwc's own pooled upstream session,
-ids rewritten). Each server runs in its own process; the load comes from this process as raw
+decision, minted upstream token, metrics, the audit record fsynced to a file) on its per-server
+endpoint and on the aggregate ``/mcp``, each in both protocol eras: 2026-07-28 (stateless, the
+client's bytes go upstream as they are) and 2025-11-25 (a sealed gateway session; gwc's own pooled
+upstream session, ids rewritten). Each server runs in its own process; the load comes from this process as raw
 JSON-RPC POSTs. Prints medians of several runs.
 
     python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
@@ -249,7 +249,7 @@ async def measure(args: argparse.Namespace, fixed: dict[str, Route], gwc_port: i
     paths = {**fixed, **await gwc_routes(gwc_port, token)}
     paths = {name: route for name, route in paths.items() if name in args.paths}
     results: dict[str, dict[str, list[float]]] = {p: {"p50": [], "p99": [], "rps": []} for p in paths}
-    for run in range(args.runs):
+    for _ in range(args.runs):
         for name, (url, headers, call) in paths.items():
             for key, value in (await measure_path(url, headers, call, args)).items():
                 results[name][key].append(value)

@@ -96,11 +96,11 @@ def demo_registry(ports: dict[str, int]) -> Path:
 
 @asynccontextmanager
 async def connect(url: str, token: str, mode: str):
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(10.0, read=30.0)) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=mode,
-                          read_timeout_seconds=20) as client:
-            yield client
+    async with (httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                   timeout=httpx2.Timeout(10.0, read=30.0)) as http,
+                Client(streamable_http_client(url, http_client=http), mode=mode,
+                       read_timeout_seconds=20) as client):
+        yield client
 
 
 async def show_tools(gateway: str, token: str, who: str, server: str, mode: str) -> None:

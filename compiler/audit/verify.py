@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gwc.runtime.audit.chain import Head, Verdict, typed_record, verify
+from gwc.runtime.audit.chain import Head, Verification, typed_record, verify
 from gwc.runtime.audit.writer import in_trail_order, trail_base
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.bundle.keys import KeyFileError, load_public_key
@@ -130,7 +130,7 @@ def check(files: list[Path], keys: dict[str, Ed25519PublicKey] | None, heads: li
     return worst
 
 
-def report(label: str, verdict: Verdict, keyed: bool, echo: Echo) -> int:
+def report(label: str, verdict: Verification, keyed: bool, echo: Echo) -> int:
     """One trail's findings (stderr) and its line (stdout); its exit code."""
     if verdict.broken is not None:
         echo(f"gwc: tampered: {verdict.broken} ({verdict.records} record(s) before it hold)",

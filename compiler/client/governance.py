@@ -29,7 +29,7 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-class Gateway:
+class GovernanceClient:
     """One gateway's API, called with the caller's token."""
 
     def __init__(self, url: str, token: str | None, allow_http: bool, fmt: str) -> None:
@@ -78,10 +78,10 @@ class Gateway:
 
 
 def gateway_options(command: Callable) -> Callable:
-    """--gateway, --token, --allow-http, --format; the command receives ``gateway: Gateway``."""
+    """--gateway, --token, --allow-http, --format; the command receives ``gateway: GovernanceClient``."""
     @functools.wraps(command)
     def build(gateway_url: str, token: str | None, allow_http: bool, fmt: str, **kwargs: Any) -> Any:
-        return command(gateway=Gateway(gateway_url, token, allow_http, fmt), **kwargs)
+        return command(gateway=GovernanceClient(gateway_url, token, allow_http, fmt), **kwargs)
 
     for option in reversed([
         click.option("--gateway", "gateway_url", envvar="GWC_GATEWAY", required=True, metavar="URL",
@@ -132,7 +132,7 @@ def approvals() -> None:
 
 @approvals.command("list")
 @gateway_options
-def approvals_list(gateway: Gateway) -> None:
+def approvals_list(gateway: GovernanceClient) -> None:
     """Pending approvals you may decide, and your own requests."""
     gateway.show_list("/v1/approvals", "approvals", _approval_line, "no approvals")
 
@@ -140,12 +140,12 @@ def approvals_list(gateway: Gateway) -> None:
 @approvals.command("show")
 @click.argument("approval_id", metavar="ID")
 @gateway_options
-def approvals_show(gateway: Gateway, approval_id: str) -> None:
+def approvals_show(gateway: GovernanceClient, approval_id: str) -> None:
     """One approval, in full."""
     gateway.show(gateway.call("GET", f"/v1/approvals/{quote(approval_id, safe='')}"), _approval_detail)
 
 
-def _decide(gateway: Gateway, approval_id: str, verb: str) -> None:
+def _decide(gateway: GovernanceClient, approval_id: str, verb: str) -> None:
     answer = gateway.call("POST", f"/v1/approvals/{quote(approval_id, safe='')}/{verb}")
     gateway.show(answer, lambda a: f"{a['status']} {a['id']}: {a['server']}/{a['tool']} requested by "
                                    f"{_who(a['requester'])}")
@@ -154,7 +154,7 @@ def _decide(gateway: Gateway, approval_id: str, verb: str) -> None:
 @approvals.command("approve")
 @click.argument("approval_id", metavar="ID")
 @gateway_options
-def approvals_approve(gateway: Gateway, approval_id: str) -> None:
+def approvals_approve(gateway: GovernanceClient, approval_id: str) -> None:
     """Approve: the requester's retry of that exact call then goes through, once."""
     _decide(gateway, approval_id, "approve")
 
@@ -162,7 +162,7 @@ def approvals_approve(gateway: Gateway, approval_id: str) -> None:
 @approvals.command("deny")
 @click.argument("approval_id", metavar="ID")
 @gateway_options
-def approvals_deny(gateway: Gateway, approval_id: str) -> None:
+def approvals_deny(gateway: GovernanceClient, approval_id: str) -> None:
     """Deny: the requester's retries are refused until the approval expires."""
     _decide(gateway, approval_id, "deny")
 
@@ -178,7 +178,7 @@ def bypass() -> None:
 @click.option("--ttl", "ttl_s", type=click.IntRange(min=1), required=True, metavar="SECONDS",
               help="How long it stays open (at most the gateway's break_glass.max_ttl_s).")
 @gateway_options
-def bypass_open(gateway: Gateway, server: str, reason: str, ttl_s: int) -> None:
+def bypass_open(gateway: GovernanceClient, server: str, reason: str, ttl_s: int) -> None:
     """Open a bypass of one server, with a reason, for a while."""
     answer = gateway.call("POST", "/v1/bypass", {"server": server, "reason": reason, "ttl_s": ttl_s})
     gateway.show(answer, lambda b: f"opened {b['id']} for {b['server']} until {b['expires']}")
@@ -186,7 +186,7 @@ def bypass_open(gateway: Gateway, server: str, reason: str, ttl_s: int) -> None:
 
 @bypass.command("list")
 @gateway_options
-def bypass_list(gateway: Gateway) -> None:
+def bypass_list(gateway: GovernanceClient) -> None:
     """The open bypasses."""
     gateway.show_list("/v1/bypass", "bypasses", _bypass_line, "no open bypasses")
 
@@ -194,7 +194,7 @@ def bypass_list(gateway: Gateway) -> None:
 @bypass.command("close")
 @click.argument("bypass_id", metavar="ID")
 @gateway_options
-def bypass_close(gateway: Gateway, bypass_id: str) -> None:
+def bypass_close(gateway: GovernanceClient, bypass_id: str) -> None:
     """Close a bypass before it expires."""
     answer = gateway.call("DELETE", f"/v1/bypass/{quote(bypass_id, safe='')}")
     gateway.show(answer, lambda b: f"closed {b['id']} ({b['server']})")

@@ -39,7 +39,7 @@ log = logging.getLogger("gwc.governance")
 
 Caller = Callable[[web.Request], Awaitable[tuple[Bundle, Principal]]]
 BaseRecord = Callable[[web.Request, Bundle, Principal, str], dict[str, Any]]
-Audit = Callable[[dict[str, Any]], Awaitable[None]]
+WriteRecord = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[["GovernanceApi", web.Request], Awaitable[web.Response]]
 BYPASS_FIELDS = {"server", "reason", "ttl_s"}
 
@@ -105,7 +105,7 @@ async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
 
 
 class GovernanceApi:
-    def __init__(self, caller: Caller, state: State, audit: Audit, base_record: BaseRecord) -> None:
+    def __init__(self, caller: Caller, state: State, audit: WriteRecord, base_record: BaseRecord) -> None:
         self._caller, self._state, self._audit, self._base = caller, state, audit, base_record
 
     def routes(self) -> list[web.RouteDef]:

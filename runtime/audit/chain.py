@@ -170,7 +170,7 @@ class Break:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Verification:
     """What one pass over a trail found. ``broken`` is tampering; ``torn`` and ``repairs`` are
     crashes; ``truncated`` says an anchored head is missing from the end."""
 
@@ -202,7 +202,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None,
-           anchors: Iterable[Head] = ()) -> Verdict:
+           anchors: Iterable[Head] = ()) -> Verification:
     """Check a trail given as its files in order (oldest first): every hash, every link, a start
     record at the top of every file, and every checkpoint: that it signs the record before it,
     that its count agrees with the records given, and (with ``keys``, by key id) its signature.
@@ -219,7 +219,7 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
     records = checkpoints = signed = 0
     repairs: list[Break] = []
 
-    def verdict(broken: Break | None = None, torn: Break | None = None) -> Verdict:
+    def verdict(broken: Break | None = None, torn: Break | None = None) -> Verification:
         last = None if offset is None else offset + records
         truncated, unplaced = None, 0
         for anchor in wanted.values():
@@ -238,11 +238,11 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
                 broken = Break(str(paths[-1]), 0, f"record {anchor.seq} is not the anchored "
                                f"head {anchor.head[:16]}…: the trail was rewritten after it "
                                "was anchored")
-        return Verdict(records, len(paths), broken, first_prev == GENESIS, node, torn,
+        return Verification(records, len(paths), broken, first_prev == GENESIS, node, torn,
                        tuple(repairs), checkpoints, signed, last, truncated,
                        len(found), unplaced)
 
-    def fail(path: Path, line: int, reason: str) -> Verdict:
+    def fail(path: Path, line: int, reason: str) -> Verification:
         return verdict(Break(str(path), line, reason))
 
     for path in paths:

@@ -94,25 +94,25 @@ class Rule(_Frozen):
     source: str
 
 
-class Limits(_Frozen):
+class LimitSettings(_Frozen):
     per_user_rpm: int | None = None
     per_user_burst: int | None = None
 
 
-class ServerLimits(Limits):
+class ServerLimitSettings(LimitSettings):
     upstream_rpm: int | None = None
     upstream_burst: int | None = None
 
 
-class Approval(_Frozen):
+class ApprovalSettings(_Frozen):
     approvers: Audience
 
 
 class Tool(_Frozen):
     access: Access
     mode: Mode
-    approval: Approval | None = None
-    limits: Limits = Limits()
+    approval: ApprovalSettings | None = None
+    limits: LimitSettings = LimitSettings()
     timeout_ms: int
     allow: tuple[int, ...] = ()
     deny: tuple[int, ...] = ()
@@ -135,7 +135,7 @@ class Server(_Frozen):
     visibility: Audience = Audience()  # empty: visible to nobody
     restricted: bool = False
     tools: dict[str, Tool] = {}
-    limits: ServerLimits = ServerLimits()
+    limits: ServerLimitSettings = ServerLimitSettings()
     timeout_ms: int
     max_concurrency: int
     upstream_auth: UpstreamAuth
@@ -163,7 +163,7 @@ class BreakGlass(_Frozen):
     max_ttl_s: int
 
 
-class Audit(_Frozen):
+class AuditSettings(_Frozen):
     sink: Literal["file", "stdout", "both"]
     path: str | None = None
     on_failure: Literal["closed", "open"]
@@ -173,7 +173,7 @@ class GatewaySettings(_Frozen):
     identity: Identity
     break_glass: BreakGlass
     default_mode: Mode
-    audit: Audit
+    audit: AuditSettings
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
 
 

@@ -19,19 +19,19 @@ request from the bundle: ``user:<subject>:server:<server>`` (per_user_rpm),
 rate_limit_per_minute) and ``server:<server>`` (upstream-wide cap). ``check_all`` checks every limit that
 applies: the call passes only if all pass, and a refused call consumes no budget of any of them.
 
-Backends share one async interface (``Limits``):
+Backends share one async interface (``RateLimiter``):
 
-- ``MemoryLimits`` (default): per node. Bounded: at most ``max_entries`` keys (a cachetools TLRUCache);
+- ``MemoryRateLimiter`` (default): per node. Bounded: at most ``max_entries`` keys (a cachetools TLRUCache);
   a key's entry expires when its TAT has passed, the moment its state equals a fresh key's, so expiry never
   changes a verdict. When the bound is hit the least recently used key is evicted (it regains its burst).
-- ``RedisLimits(client)``: the whole fleet shares one budget. Each ``check_all`` is one Lua script
+- ``RedisRateLimiter(client)``: the whole fleet shares one budget. Each ``check_all`` is one Lua script
   invocation (EVALSHA, falling back to EVAL when the script is not cached), atomic: all TATs are read,
   all limits decided, and only if all pass are the TATs written (``SET ... PX`` so idle keys expire when
   their TAT passes). Time comes from the Redis server (``TIME``), so node clocks do not matter. Keys are
   ``{gwc:rl}:<key>``: one hash slot, so the multi-key script also works on Redis Cluster.
 
 Redis unreachable (connection refused, reset, or no answer within ``socket_timeout``, 0.2 s by default):
-the check is answered by a per-node ``MemoryLimits`` instead (limits then hold per node, not fleet-wide:
+the check is answered by a per-node ``MemoryRateLimiter`` instead (limits then hold per node, not fleet-wide:
 a fleet of K nodes admits up to K times the budget) and the gateway keeps serving. The outage is logged
 once as a warning (``gwc.rate_limits``, not once per call), ``on_fallback(reason)`` is called once per
 outage (wire it to a metrics counter) and ``outages``/``fallback_checks`` count it. For ``retry_s``
@@ -67,13 +67,13 @@ REDIS_PREFIX = "{gwc:rl}:"
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class LimitCheck:
     allowed: bool
     retry_after_s: float = 0.0  # 0 when allowed; else seconds until this call would pass
     limited_by: str | None = None  # the key of the limit that refused (the one with the longest wait)
 
 
-ALLOWED = Verdict(True, 0.0, None)
+ALLOWED = LimitCheck(True, 0.0, None)
 
 
 class Limit(NamedTuple):
@@ -131,21 +131,22 @@ def _us(now: float) -> int:
     return round(now * US)
 
 
-class Limits:
+class RateLimiter:
     """The async interface of every backend."""
 
     async def check(self, key: str, per_minute: int, now: float | None = None, *,
-                    burst: int | None = None) -> Verdict:
+                    burst: int | None = None) -> LimitCheck:
         return await self.check_all([Limit(key, per_minute, burst)], now)
 
-    async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
+    async def check_all(self, limits: Iterable[Limit | tuple[str, int]],
+                        now: float | None = None) -> LimitCheck:
         raise NotImplementedError
 
     async def aclose(self) -> None:
         return None
 
 
-class MemoryLimits(Limits):
+class MemoryRateLimiter(RateLimiter):
     """Per-node GCRA limits in a bounded cache. ``clock`` gives seconds (monotonic by default)."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic):
@@ -160,10 +161,12 @@ class MemoryLimits(Limits):
         self._tats.expire()
         return len(self._tats)
 
-    async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
+    async def check_all(self, limits: Iterable[Limit | tuple[str, int]],
+                        now: float | None = None) -> LimitCheck:
         return self.check_all_sync(limits, now)
 
-    def check_all_sync(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
+    def check_all_sync(self, limits: Iterable[Limit | tuple[str, int]],
+                       now: float | None = None) -> LimitCheck:
         now_us = _us(self._clock() if now is None else now)
         self._now_us = now_us
         decided: list[tuple[str, int]] = []
@@ -176,7 +179,7 @@ class MemoryLimits(Limits):
                 worst, worst_key = wait, key
             decided.append((key, tat + interval))
         if worst_key is not None:  # refused: nothing is consumed
-            return Verdict(False, worst / US, worst_key)
+            return LimitCheck(False, worst / US, worst_key)
         for key, new_tat in decided:  # all passed: commit every limit
             self._tats[key] = new_tat
         return ALLOWED
@@ -216,7 +219,7 @@ return {1}
 GCRA = Script(GCRA_LUA)
 
 
-class RedisLimits(Limits):
+class RedisRateLimiter(RateLimiter):
     """Fleet-wide GCRA limits in Redis, with a per-node fallback while Redis is unreachable."""
 
     def __init__(
@@ -225,11 +228,11 @@ class RedisLimits(Limits):
         *,
         retry_s: float = 5.0,
         on_fallback: Callable[[str], None] | None = None,
-        fallback: MemoryLimits | None = None,
+        fallback: MemoryRateLimiter | None = None,
     ):
         # Borrowed: the node's State opens the one Redis client and closes it (gwc.runtime.governance.state).
         self._redis = client
-        self.fallback = fallback or MemoryLimits()
+        self.fallback = fallback or MemoryRateLimiter()
         self.retry_s = retry_s
         self.on_fallback = on_fallback
         self.using_fallback = False  # True from an outage's first failure until Redis answers again
@@ -237,7 +240,8 @@ class RedisLimits(Limits):
         self.outages = 0
         self.fallback_checks = 0
 
-    async def check_all(self, limits: Iterable[Limit | tuple[str, int]], now: float | None = None) -> Verdict:
+    async def check_all(self, limits: Iterable[Limit | tuple[str, int]],
+                        now: float | None = None) -> LimitCheck:
         checked = [Limit(*limit) for limit in limits]
         if not checked:
             return ALLOWED
@@ -257,7 +261,7 @@ class RedisLimits(Limits):
             log.warning("rate limits: redis reachable again, limits are fleet-wide again")
         if int(reply[0]) == 1:
             return ALLOWED
-        return Verdict(False, int(reply[1]) / US, checked[int(reply[2]) - 1].key)
+        return LimitCheck(False, int(reply[1]) / US, checked[int(reply[2]) - 1].key)
 
     def _outage(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self.retry_s
@@ -276,6 +280,6 @@ class RedisLimits(Limits):
             except Exception:  # a metrics hook must never break a call
                 log.exception("rate limits: on_fallback hook failed")
 
-    def _local(self, limits: Sequence[Limit], now: float | None) -> Verdict:
+    def _local(self, limits: Sequence[Limit], now: float | None) -> LimitCheck:
         self.fallback_checks += 1
         return self.fallback.check_all_sync(limits, now)

@@ -10,7 +10,7 @@ does when Redis is unreachable differs on purpose, and is documented in its modu
 - bypasses (``gwc.runtime.governance.bypasses``): the last snapshot is honoured until each bypass expires;
   opening and closing fail with ``StateUnavailable``.
 
-Limits, approvals and bypasses share one Redis client, which this object opens, hands to each and closes.
+Rate limits, approvals and bypasses share one Redis client, which this object opens, hands to each and closes.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from gwc.runtime.governance.approvals import DEFAULT_TTL_S, Approvals, MemoryApp
 from gwc.runtime.governance.approvals_redis import RedisApprovals
 from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.bypasses import Bypasses, MemoryBypasses, RedisBypasses
-from gwc.runtime.governance.limits import Limits, MemoryLimits, RedisLimits
+from gwc.runtime.governance.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,7 +34,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 @dataclass
 class State:
     backend: str  # "memory" or "redis"
-    limits: Limits
+    limits: RateLimiter
     approvals: Approvals
     bypasses: Bypasses
     redis: Redis | None = None  # the one client the parts share (None in memory)
@@ -47,12 +47,12 @@ class State:
         ``limit_options`` go to the rate limiter (e.g. ``on_fallback``). Raises ValueError for an
         unsupported URL."""
         if not url or url == "memory":
-            return cls("memory", MemoryLimits(), MemoryApprovals(approval_ttl_s, clock),
+            return cls("memory", MemoryRateLimiter(), MemoryApprovals(approval_ttl_s, clock),
                        MemoryBypasses(clock))
         if not url.startswith(REDIS_SCHEMES):
             raise ValueError(f"unsupported state backend {url!r} (expected memory or redis://...)")
         client = connect(url, socket_timeout=socket_timeout)
-        return cls("redis", RedisLimits(client, **limit_options),
+        return cls("redis", RedisRateLimiter(client, **limit_options),
                    RedisApprovals(client, approval_ttl_s, clock), RedisBypasses(client, clock), client)
 
     async def aclose(self) -> None:

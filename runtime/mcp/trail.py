@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gwc.runtime.audit.chain import UnencodableRecord, utc_time
 from gwc.runtime.audit.record import record_head
 from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES, AuditWriter
-from gwc.runtime.bundle.format import Audit
+from gwc.runtime.bundle.format import AuditSettings
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
@@ -57,7 +57,7 @@ class AuditTarget:
         return cls(sink, Path(path) if path else None)
 
     @classmethod
-    def of_bundle(cls, audit: Audit) -> AuditTarget:
+    def of_bundle(cls, audit: AuditSettings) -> AuditTarget:
         return cls(audit.sink, Path(audit.path) if audit.sink != "stdout" and audit.path else None)
 
 

@@ -91,7 +91,7 @@ class _Off:
 
 
 _OFF = _Off()
-Verdict = bool | None | _Off  # None: cannot be judged
+Judgement = bool | None | _Off  # None: cannot be judged
 
 # A scalar's JSON type by its Python type (arguments come from a JSON parser, so exact types).
 # No condition judges what is not here: null, objects, lists inside lists, _UNREADABLE.
@@ -111,7 +111,7 @@ MAX_READ = 4096  # a longer numeric or JSON string is not parsed: it reads as _U
 _UNREADABLE = object()  # of no known type: cannot be judged
 
 
-def _member(value: Any, kind: str, options: tuple[Any, ...]) -> Verdict:
+def _member(value: Any, kind: str, options: tuple[Any, ...]) -> Judgement:
     """Whether ``value`` equals an option of its own JSON type (``true`` is not ``1``, ``1`` is
     ``1.0``); _OFF when no option is of its type, since then nothing says what it may be."""
     comparable = False
@@ -123,7 +123,7 @@ def _member(value: Any, kind: str, options: tuple[Any, ...]) -> Verdict:
     return False if comparable else _OFF
 
 
-def _scalar_holds(cond: Condition, value: Any) -> Verdict:
+def _scalar_holds(cond: Condition, value: Any) -> Judgement:
     """Judge one reading; operators in order, the first that does not hold decides."""
     kind = _KINDS.get(type(value))
     if kind is None:
@@ -174,7 +174,7 @@ def _readings(value: Any) -> list[Any]:
     return readings
 
 
-def _combine(verdicts: list[Verdict], every: bool) -> bool | None:
+def _combine(verdicts: list[Judgement], every: bool) -> bool | None:
     """One verdict from several (a list's elements, a value's readings). With ``every`` all must
     hold, without it one suffices; what cannot be judged outweighs the rest but the decisive; an
     _OFF reading counts only when nothing else can be judged, and then it cannot be judged."""
@@ -184,7 +184,7 @@ def _combine(verdicts: list[Verdict], every: bool) -> bool | None:
     return None if None in verdicts or other not in verdicts else other
 
 
-def _reading_holds(cond: Condition, reading: Any, every: bool, top: bool) -> Verdict:
+def _reading_holds(cond: Condition, reading: Any, every: bool, top: bool) -> Judgement:
     """Judge one reading: an argument's list element by element, anything else as one value."""
     if top and isinstance(reading, list):
         return _combine([_judge(cond, element, every, False) for element in reading], every)

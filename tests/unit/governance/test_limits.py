@@ -15,8 +15,8 @@ from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.limits import (
     REDIS_PREFIX,
     Limit,
-    MemoryLimits,
-    RedisLimits,
+    MemoryRateLimiter,
+    RedisRateLimiter,
     limit_key,
     limits_for,
 )
@@ -27,7 +27,7 @@ from tests.support.helpers import compile_root, manifest, rule, write_registry
 T0 = 1_000_000.0  # an injected clock, in seconds
 
 
-class OwnRedisLimits(RedisLimits):
+class OwnRedisRateLimiter(RedisRateLimiter):
     """A limiter with a client of its own, opened and closed with it (a node's State does that)."""
 
     def __init__(self, url: str, *, socket_timeout: float = 0.2, **options) -> None:
@@ -41,10 +41,11 @@ class OwnRedisLimits(RedisLimits):
 async def limits(request):
     """Each backend, fed an injected `now` (so the Lua script is held to the same numbers)."""
     if request.param == "memory":
-        backend = MemoryLimits()
+        backend = MemoryRateLimiter()
     else:
         server = request.getfixturevalue("redis_server")
-        backend = OwnRedisLimits(server.url, on_fallback=lambda reason: pytest.fail(f"fell back: {reason}"))
+        backend = OwnRedisRateLimiter(server.url,
+                                      on_fallback=lambda reason: pytest.fail(f"fell back: {reason}"))
     yield backend
     await backend.aclose()
 
@@ -53,7 +54,7 @@ async def limits(request):
                                                (None, None), (5, 0), (5, 1.5), (5, True)])
 async def test_rate_and_burst_must_be_positive_integers(per_minute, burst):
     with pytest.raises(ValueError):
-        await MemoryLimits().check("k", per_minute, now=T0, burst=burst)
+        await MemoryRateLimiter().check("k", per_minute, now=T0, burst=burst)
 
 
 @pytest.mark.parametrize("per_minute", [1, 5, 60])
@@ -106,7 +107,7 @@ async def test_a_burst_of_one_spaces_calls_exactly(limits):
 async def test_no_doubling_at_window_edges(burst):
     # Hammer 30/min every 50 ms for 3 minutes: in every sliding minute at most N + burst calls pass,
     # and after the first burst calls are exactly 60/N s apart: over the long run N per minute.
-    limits, per_minute = MemoryLimits(), 30
+    limits, per_minute = MemoryRateLimiter(), 30
     at_once = burst or per_minute
     passed = [t / 20 for t in range(20 * 180)
               if (await limits.check("k", per_minute, now=T0 + t / 20, burst=burst)).allowed]
@@ -119,7 +120,7 @@ async def test_no_doubling_at_window_edges(burst):
 
 
 async def test_memory_is_bounded_and_idle_keys_expire():
-    limits = MemoryLimits(max_entries=100)
+    limits = MemoryRateLimiter(max_entries=100)
     for i in range(1000):
         assert (await limits.check(f"user:{i}", 6, now=T0, burst=1)).allowed
     assert len(limits) == 100
@@ -129,7 +130,7 @@ async def test_memory_is_bounded_and_idle_keys_expire():
     assert (await limits.check("user:0", 6, now=T0, burst=1)).allowed
     assert len(limits) == 100
     # ...and an idle key's entry is gone once its TAT has passed (1 s after a single 60/min call).
-    fresh = MemoryLimits(max_entries=100)
+    fresh = MemoryRateLimiter(max_entries=100)
     await fresh.check("a", 60, now=T0)
     await fresh.check("b", 6, now=T0)  # 10 s interval
     assert len(fresh) == 2
@@ -180,9 +181,9 @@ def test_limit_key_escapes_separators():
 
 
 async def test_state_from_url_opens_one_redis_client_and_closes_it():
-    assert isinstance(State.from_url(None).limits, MemoryLimits)
+    assert isinstance(State.from_url(None).limits, MemoryRateLimiter)
     state = State.from_url("redis://127.0.0.1:1/0")
-    assert isinstance(state.limits, RedisLimits)
+    assert isinstance(state.limits, RedisRateLimiter)
     # limits, approvals and bypasses borrow the one client the state opened...
     assert state.redis is not None
     assert state.limits._redis is state.approvals._redis is state.bypasses._redis is state.redis
@@ -204,7 +205,7 @@ async def test_state_from_url_opens_one_redis_client_and_closes_it():
 
 
 async def test_two_nodes_share_one_budget(redis_server):
-    a, b = OwnRedisLimits(redis_server.url), OwnRedisLimits(redis_server.url)
+    a, b = OwnRedisRateLimiter(redis_server.url), OwnRedisRateLimiter(redis_server.url)
     try:
         # Server clock (no injected now): 6/min, one at a time.
         assert (await a.check("user:alice:server:deploy", 6, burst=1)).allowed
@@ -224,13 +225,13 @@ async def test_two_nodes_share_one_budget(redis_server):
         await a.aclose()
         await b.aclose()
     # (per-node memory limits would each have allowed the call: that is what the shared budget fixes)
-    m1, m2 = MemoryLimits(), MemoryLimits()
+    m1, m2 = MemoryRateLimiter(), MemoryRateLimiter()
     assert (await m1.check("k", 6)).allowed and (await m2.check("k", 6)).allowed
 
 
 async def test_script_flushed_is_sent_again_with_eval(redis_server):
     fallbacks: list[str] = []
-    limits = OwnRedisLimits(redis_server.url, on_fallback=fallbacks.append)
+    limits = OwnRedisRateLimiter(redis_server.url, on_fallback=fallbacks.append)
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
         assert (await limits.check("k", 1)).allowed
@@ -245,8 +246,8 @@ async def test_script_flushed_is_sent_again_with_eval(redis_server):
 async def test_redis_killed_falls_back_to_local_limits_and_comes_back(redis_server, caplog):
     caplog.set_level(logging.INFO, logger="gwc.rate_limits")
     fallbacks: list[str] = []
-    limits = OwnRedisLimits(redis_server.url, retry_s=0.3, on_fallback=fallbacks.append)
-    other = OwnRedisLimits(redis_server.url)
+    limits = OwnRedisRateLimiter(redis_server.url, retry_s=0.3, on_fallback=fallbacks.append)
+    other = OwnRedisRateLimiter(redis_server.url)
     try:
         assert (await limits.check("k", 1)).allowed
         assert not (await other.check("k", 1)).allowed  # shared while Redis is up
@@ -284,7 +285,7 @@ async def test_redis_not_answering_times_out_fast(redis_server):
     import signal
     import time
 
-    limits = OwnRedisLimits(redis_server.url, socket_timeout=0.2, retry_s=60)
+    limits = OwnRedisRateLimiter(redis_server.url, socket_timeout=0.2, retry_s=60)
     try:
         assert (await limits.check("k", 1)).allowed
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
