@@ -40,7 +40,7 @@ from gwc.runtime.protocol.wire import error_response, origin_of
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
 from gwc.runtime.upstream.client import UpstreamClient
 from gwc.runtime.upstream.credentials import UpstreamCredentials
-from gwc.runtime.upstream.isolation import Upstreams
+from gwc.runtime.upstream.isolation import Connect, Upstreams, http_pool
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -55,7 +55,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Gateway:
     """One node's state. Everything request-scoped reads ``store.active`` once, at the start."""
 
-    def __init__(self, config: Config, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, config: Config, signing_key: Ed25519PrivateKey, *,
+                 connect: Connect = http_pool) -> None:
+        """``connect`` opens each upstream's HTTP pool: the transport seam, where a test puts a
+        pool of its own between the gateway and its upstreams."""
         self.config = config
         self.metrics = Metrics()
         self.store = BundleStore(trusted_keys(config.trust), config.state_dir)
@@ -70,8 +73,8 @@ class Gateway:
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
-        self.proxy = McpEndpoint(self.caller, lambda: self.store.active, UpstreamClient(
-            Upstreams(self.metrics), self.credentials, self.metrics), self.sealer, self.state,
+        self.mcp = McpEndpoint(self.caller, lambda: self.store.active, UpstreamClient(
+            Upstreams(self.metrics, connect), self.credentials, self.metrics), self.sealer, self.state,
             self.auditor, self.metrics, self.list_changed, config.public_url)
         self.store.on_activate(self.list_changed.bundle_changed)
         self.store.on_activate(self._audit_settings)
@@ -167,7 +170,7 @@ class Gateway:
         if self._poll_task is not None:
             self._poll_task.cancel()
         await self.poller.close()
-        await self.proxy.close()
+        await self.mcp.close()
         await self.state.aclose()
         self.auditor.close()
         if self._authenticator is not None:
@@ -239,8 +242,8 @@ class Gateway:
         app.router.add_get("/v1/audit/head", self.audit_head)
         GovernanceApi(self.caller, self.state, self.auditor.write,
                       self.auditor.record).add_routes(app)
-        app.router.add_route("*", "/mcp", self.proxy.handle)
-        app.router.add_route("*", "/servers/{server}/mcp", self.proxy.handle)
+        app.router.add_route("*", "/mcp", self.mcp.handle)
+        app.router.add_route("*", "/servers/{server}/mcp", self.mcp.handle)
         app.on_response_prepare.append(_stamp_request_id)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)

@@ -17,9 +17,9 @@ from gwc.compiler.audit.report import Report, summary
 from gwc.compiler.audit.trail import Table, TrailError
 from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, public_keys
 from gwc.compiler.cli.common import TRAIL_FILES, TRUST, batch_job, fail, payload_of
+from gwc.runtime.audit.record import DECISIONS
 from gwc.runtime.audit.writer import in_trail_order
 from gwc.runtime.bundle.read import BundleError, trusted_keys
-from gwc.runtime.policy.decide import DECISIONS
 
 
 @click.group()

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 from gwc.runtime.policy.decide import Decision, Principal
+
+# What a record's ``decision`` says: a policy effect, or what the gateway made of it (a shadow-mode
+# denial that went through, an approval awaited or redeemed, a rate limit, a break-glass bypass).
+RecordedDecision = Literal["allow", "deny", "would_deny", "not_found", "approval_required", "approved",
+                           "rate_limited", "bypass"]
+DECISIONS: tuple[RecordedDecision, ...] = get_args(RecordedDecision)
 
 
 class Outcome(StrEnum):
@@ -65,7 +71,7 @@ class CallRecord:
     access: str | None = None
     arguments: Any = None
     policy: Decision | None = None
-    decision: str | None = None
+    decision: RecordedDecision | None = None
     approval: str | None = None
     bypass: str | None = None
     outcome: Outcome | None = None

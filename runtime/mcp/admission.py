@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gwc.runtime.audit.chain import utc_time
+from gwc.runtime.audit.record import RecordedDecision
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import TooManyApprovals, approval_path, arguments_digest
@@ -45,7 +46,7 @@ class Verdict:
     refusal to answer with (None: go on)."""
 
     server: str  # the server decided on (AGGREGATE for a name that resolves to nothing)
-    decision: str | None  # the record's decision; None when refused before any (bad params)
+    decision: RecordedDecision | None  # the record's decision; None when refused before any (bad params)
     counted: str | None  # the decision label it is counted under; None: not counted
     tool: str | None = None  # the tool, prompt or resource decided on
     counted_tool: str = ""  # the tool label it is counted under
@@ -56,14 +57,14 @@ class Verdict:
     approval: str | None = None  # the approval it redeemed, or is waiting for
     refusal: RpcError | None = None
 
-    def refuse(self, decision: str | None, counted: str, refusal: RpcError) -> Verdict:
+    def refuse(self, decision: RecordedDecision | None, counted: str, refusal: RpcError) -> Verdict:
         if decision is not None:
             self.decision = decision
         self.counted, self.refusal = counted, refusal
         return self
 
 
-def policy_outcome(decision: Decision, bypass: Bypass | None) -> str:
+def policy_outcome(decision: Decision, bypass: Bypass | None) -> RecordedDecision:
     """What policy makes of a tools/call before limits and approvals: a bypass, a shadow-mode denial
     that goes through (``would_deny``), or the policy's own effect."""
     if bypass is not None:
@@ -176,7 +177,7 @@ class Admission:
         count against the server's limits; lists do not."""
         name, named = target.name, target.named
         bypass = await self._bypass(call.bundle, call.principal, name)
-        outcome = "bypass" if bypass is not None else "allow"
+        outcome: RecordedDecision = "bypass" if bypass is not None else "allow"
         verdict = Verdict(name, outcome, outcome, named if isinstance(named, str) else None,
                           bypass=bypass)
         if call.method in USES and bypass is None:

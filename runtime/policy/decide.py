@@ -11,16 +11,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from gwc.runtime.bundle.format import Access, BundlePayload, Condition, Mode, Rule, Server
 
 Effect = Literal["allow", "deny", "not_found"]
-# What a record's ``decision`` says: a policy effect, or what the gateway made of it (a shadow-mode
-# denial that went through, an approval awaited or redeemed, a rate limit, a break-glass bypass).
-RecordedDecision = Literal["allow", "deny", "would_deny", "not_found", "approval_required", "approved",
-                           "rate_limited", "bypass"]
-DECISIONS: tuple[RecordedDecision, ...] = get_args(RecordedDecision)
 Entitlement = Literal["allow", "conditional"]
 
 MISSING = object()  # what argument_at finds where a call has no value

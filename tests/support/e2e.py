@@ -22,6 +22,7 @@ from gwc.compiler.build.registry import load_registry
 from gwc.runtime.app import Gateway
 from gwc.runtime.config import Config
 from gwc.runtime.mcp.trail import AuditTarget
+from gwc.runtime.upstream.isolation import Connect, http_pool
 from tests.support.helpers import dump
 from tests.support.idp import AUDIENCE, ISSUER, TestIdP
 
@@ -166,14 +167,15 @@ RegistryWriter = Callable[[Path, str], Path]  # (root, jwks_uri) -> root
 
 
 async def start_node(tmp_path: Path, aiohttp_server, signing_key, write: RegistryWriter,
-                     **settings) -> Node:
+                     connect: Connect = http_pool, **settings) -> Node:
     """A gateway in this process, on a real socket, serving bundle 1 of the registry ``write``
-    makes; an IdP serving its JWKS over HTTP beside it."""
-    return (await start_fleet(tmp_path, aiohttp_server, signing_key, write, 1, **settings))[0]
+    makes; an IdP serving its JWKS over HTTP beside it. ``connect`` opens its upstream pools."""
+    return (await start_fleet(tmp_path, aiohttp_server, signing_key, write, 1, connect,
+                              **settings))[0]
 
 
 async def start_fleet(tmp_path: Path, aiohttp_server, signing_key, write: RegistryWriter,
-                      size: int, **settings) -> list[Node]:
+                      size: int, connect: Connect = http_pool, **settings) -> list[Node]:
     """``size`` gateways in this process serving the same bundle, trusting the same IdP, each
     with its own port, audit trail and gateway key (as separate machines would)."""
     idp = TestIdP()
@@ -192,7 +194,7 @@ async def start_fleet(tmp_path: Path, aiohttp_server, signing_key, write: Regist
                         state_dir=here / "state", max_body_bytes=64 * 1024,
                         **{"audit": AuditTarget("file", here / "audit" / "audit.jsonl"),
                            **settings})
-        gateway = Gateway(config, gw_key)
+        gateway = Gateway(config, gw_key, connect=connect)
         await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
         nodes.append(Node(gateway, config.public_url, idp, store, root, signing_key[2]))
     return nodes
