@@ -29,7 +29,6 @@ _RULE = TypeAdapter(PolicyRule)
 class Registry:
     root: Path
     gateway: GatewayConfig | None = None
-    gateway_source: SourceFile | None = None
     jwks: dict[str, Any] | None = None  # embedded from identity.jwks_file
     jwks_rel: str | None = None  # that file, relative to the root
     servers: dict[str, ServerEntry] = field(default_factory=dict)
@@ -82,7 +81,6 @@ def _load_gateway(registry: Registry) -> None:
     if source is None:  # None only on a syntax error; duplicate keys still get checked
         return
     registry.files[source.rel] = source.text.encode("utf-8")
-    registry.gateway_source = source
     registry.gateway, diags = validate(source, GatewayConfig, source.data)
     registry.diagnostics.extend(diags)
     if registry.gateway is not None:

@@ -12,7 +12,14 @@ from typing import Any
 from gwc.runtime.bundle.format import Tool
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.policy.decide import Principal, listed_everywhere, visible_server
-from gwc.runtime.policy.names import SEPARATOR, aggregate_name, resource_uri, split_resource_uri, tool_index
+from gwc.runtime.policy.names import (
+    SEPARATOR,
+    ToolRef,
+    aggregate_name,
+    resource_uri,
+    split_resource_uri,
+    tool_names,
+)
 from gwc.runtime.protocol.wire import LIST_METHODS, ListKind
 from gwc.runtime.upstream.catalog import UpstreamCatalog
 
@@ -32,7 +39,17 @@ def with_manifest_annotations(tool: dict[str, Any], spec: Tool, name: str) -> di
 class Aggregate:
     def __init__(self, catalog: UpstreamCatalog) -> None:
         self._catalog = catalog
-        self._index: tuple[Bundle | None, dict[str, tuple[str, str]]] = (None, {})
+        # the active bundle's declared tools by aggregate name, and the names by tool: built once
+        # per bundle, so a list or a call does not recompute names
+        self._names: tuple[Bundle | None, dict[str, ToolRef], dict[ToolRef, str]] = (None, {}, {})
+
+    def _tool_names(self, bundle: Bundle) -> tuple[dict[str, ToolRef], dict[ToolRef, str]]:
+        indexed, by_name, by_tool = self._names
+        if indexed is not bundle:
+            by_tool = tool_names(bundle.payload, by_tool)
+            by_name = {name: tool for tool, name in by_tool.items()}
+            self._names = (bundle, by_name, by_tool)
+        return by_name, by_tool
 
     async def listing(self, bundle: Bundle, principal: Principal, method: str
                       ) -> dict[str, list[dict[str, Any]]]:
@@ -53,6 +70,7 @@ class Aggregate:
     async def tools(self, bundle: Bundle, principal: Principal) -> list[dict[str, Any]]:
         entitled = self.entitled(bundle, principal)
         lists = await self._catalog.lists(bundle, list(entitled), "tools")
+        names = self._tool_names(bundle)[1]
         out = []
         for server, upstream_tools in lists.items():
             specs = bundle.payload.servers[server].tools
@@ -60,8 +78,7 @@ class Aggregate:
             for tool in upstream_tools:
                 name = tool.get("name")
                 if name in wanted:
-                    out.append(with_manifest_annotations(tool, specs[name],
-                                                         aggregate_name(server, name)))
+                    out.append(with_manifest_annotations(tool, specs[name], names[server, name]))
         return out
 
     def _visible(self, bundle: Bundle, principal: Principal) -> list[str]:
@@ -84,11 +101,7 @@ class Aggregate:
 
     def resolve_tool(self, bundle: Bundle, name: str) -> tuple[str, str] | None:
         """(server, tool) behind an aggregate tool name (visibility is the caller's to check)."""
-        indexed, index = self._index
-        if indexed is not bundle:
-            index = tool_index(bundle.payload)
-            self._index = (bundle, index)
-        return index.get(name)
+        return self._tool_names(bundle)[0].get(name)
 
     async def resolve_prompt(self, bundle: Bundle, principal: Principal, name: str
                              ) -> tuple[str, str] | None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
 
 from gwc.runtime.bundle.format import BundlePayload
 
@@ -25,9 +24,9 @@ _OUTSIDE = re.compile(r"[^A-Za-z0-9_-]")
 SEPARATOR = "__"
 HASH_HEX = 10
 RESOURCE_PREFIX = "gwc://"
+ToolRef = tuple[str, str]  # (server, tool)
 
 
-@lru_cache(maxsize=65536)
 def aggregate_name(server: str, name: str) -> str:
     plain = f"{server}{SEPARATOR}{name}"
     if AGGREGATE_NAME.fullmatch(plain):
@@ -36,18 +35,19 @@ def aggregate_name(server: str, name: str) -> str:
     return f"{_OUTSIDE.sub('-', plain)[:64 - HASH_HEX - 1]}_{digest}"
 
 
-def tool_index(payload: BundlePayload) -> dict[str, tuple[str, str]]:
-    """Aggregate tool name -> (server, tool) for every declared tool of a bundle."""
-    return {aggregate_name(server, tool): (server, tool)
+def tool_names(payload: BundlePayload, known: Mapping[ToolRef, str] | None = None
+               ) -> dict[ToolRef, str]:
+    """(server, tool) -> aggregate name for every declared tool of a bundle. Names in ``known``
+    (the last bundle's) are taken as they are: a swap to a bundle of 40,000 tools then computes
+    only the new ones, instead of hashing them all again on the event loop."""
+    known = known or {}
+    return {(server, tool): known.get((server, tool)) or aggregate_name(server, tool)
             for server, spec in payload.servers.items() for tool in spec.tools}
-
-
-ToolRef = tuple[str, str]  # (server, tool)
 
 
 def collisions(tools: Iterable[ToolRef]) -> list[tuple[str, ToolRef, ToolRef]]:
     """(aggregate name, first tool, later tool) for every name a later tool would share with an
-    earlier one: the rule the compiler refuses registries by, and bundles are checked against."""
+    earlier one: the rule ``gwc validate`` refuses registries by."""
     seen: dict[str, ToolRef] = {}
     clashes = []
     for server, tool in tools:
@@ -56,11 +56,6 @@ def collisions(tools: Iterable[ToolRef]) -> list[tuple[str, ToolRef, ToolRef]]:
         if first != (server, tool):
             clashes.append((name, first, (server, tool)))
     return clashes
-
-
-def name_collisions(payload: BundlePayload) -> list[tuple[str, ToolRef, ToolRef]]:
-    """:func:`collisions` among every declared tool of a bundle."""
-    return collisions((server, tool) for server, spec in payload.servers.items() for tool in spec.tools)
 
 
 def resource_uri(server: str, uri: str) -> str:

@@ -48,7 +48,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gwc.runtime.upstream": (BUNDLE, POLICY, PROTOCOL, *LEAVES),
     "gwc.runtime.mcp": (*BELOW_NODE, *SERVICES),
     "gwc.runtime.api": (*BELOW_NODE, *SERVICES),
-    "gwc.runtime.catalog_api": (*BELOW_NODE, *SERVICES),
     "gwc.runtime.app": RUNTIME,
     "gwc.runtime.cli": RUNTIME,
     "gwc.runtime.config": RUNTIME,

@@ -11,10 +11,10 @@ import pytest
 from gwc.runtime.bundle.format import BundlePayload, Server
 from gwc.runtime.policy.names import (
     aggregate_name,
-    name_collisions,
+    collisions,
     resource_uri,
     split_resource_uri,
-    tool_index,
+    tool_names,
 )
 from tests.support.helpers import compile_root, write_registry
 
@@ -86,7 +86,6 @@ def test_names_from_upstreams_fit_the_pattern_whatever_they_hold(tool: str) -> N
 def test_names_are_deterministic() -> None:
     args = [(LONG_SERVER, "a.b" * 40), ("s", "plain"), ("s", "x.y")]
     first = [aggregate_name(*a) for a in args]
-    aggregate_name.cache_clear()
     assert [aggregate_name(*a) for a in args] == first
     # and fixed across releases: a client's configuration names tools this way
     assert aggregate_name("s", "a.b") == "s__a-b_d53e299cbd"
@@ -105,34 +104,46 @@ def test_different_tools_get_different_names() -> None:
     assert len(names) == len(servers) * len(tools)
 
 
-# --- tool_index and name_collisions ---------------------------------------------------------------
+def collisions_in(bundle: BundlePayload) -> list[tuple[str, tuple[str, str], tuple[str, str]]]:
+    return collisions((server, tool) for server, spec in bundle.servers.items() for tool in spec.tools)
 
-def test_tool_index_maps_every_aggregate_name_back(base: BundlePayload) -> None:
+
+# --- tool_names and collisions ---------------------------------------------------------------
+
+def test_tool_names_name_every_declared_tool(base: BundlePayload) -> None:
     bundle = payload(base, {"s": ["plain", "a.b"], LONG_SERVER: ["t", "u"]})
-    index = tool_index(bundle)
-    assert index == {"s__plain": ("s", "plain"), aggregate_name("s", "a.b"): ("s", "a.b"),
-                     aggregate_name(LONG_SERVER, "t"): (LONG_SERVER, "t"),
-                     aggregate_name(LONG_SERVER, "u"): (LONG_SERVER, "u")}
-    assert name_collisions(bundle) == []
+    names = tool_names(bundle)
+    assert names == {("s", "plain"): "s__plain", ("s", "a.b"): aggregate_name("s", "a.b"),
+                     (LONG_SERVER, "t"): aggregate_name(LONG_SERVER, "t"),
+                     (LONG_SERVER, "u"): aggregate_name(LONG_SERVER, "u")}
+    assert collisions_in(bundle) == []
+
+
+def test_tool_names_reuse_the_last_bundles_names_and_compute_only_new_ones(base: BundlePayload) -> None:
+    last = tool_names(payload(base, {"s": ["plain", "a.b"]}))
+    kept = {**last, ("s", "a.b"): "as-the-last-bundle-named-it"}
+    names = tool_names(payload(base, {"s": ["a.b", "new.one"]}), kept)
+    assert names == {("s", "a.b"): "as-the-last-bundle-named-it",
+                     ("s", "new.one"): aggregate_name("s", "new.one")}
 
 
 def test_a_tool_named_like_anothers_hashed_form_collides(base: BundlePayload) -> None:
     shared = aggregate_name("s", "a.b")
     lookalike = shared[len("s__"):]
     bundle = payload(base, {"s": ["a.b", "other", lookalike]})
-    assert name_collisions(bundle) == [(shared, ("s", "a.b"), ("s", lookalike))]
-    assert len(tool_index(bundle)) == 2
+    assert collisions_in(bundle) == [(shared, ("s", "a.b"), ("s", lookalike))]
+    assert len(set(tool_names(bundle).values())) == 2
 
 
 def test_tools_of_two_servers_can_collide_by_hash_prefix(base: BundlePayload) -> None:
     (first, first_tool), (second, second_tool) = CROSS
     shared = aggregate_name(first, first_tool)
     bundle = payload(base, {first: [first_tool, "t1"], second: ["t1", second_tool]})
-    assert name_collisions(bundle) == [(shared, CROSS[0], CROSS[1])]
+    assert collisions_in(bundle) == [(shared, CROSS[0], CROSS[1])]
 
 
 def test_the_same_tool_name_on_two_servers_does_not_collide(base: BundlePayload) -> None:
-    assert name_collisions(payload(base, {"a": ["t", "x.y"], "b": ["t", "x.y"]})) == []
+    assert collisions_in(payload(base, {"a": ["t", "x.y"], "b": ["t", "x.y"]})) == []
 
 
 # --- resource URIs --------------------------------------------------------------------------------

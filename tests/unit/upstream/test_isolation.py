@@ -331,7 +331,7 @@ async def test_a_probe_cancelled_while_waiting_for_a_slot_is_given_back(
 
 async def test_a_probe_cancelled_without_a_verdict_is_given_back(pool: Upstreams,
                                                                  clock: Clock) -> None:
-    # upstream_client.exchange records no verdict when the client goes away mid-call
+    # client.exchange (runtime/upstream/client.py) records no verdict when the client goes away mid-call
     upstream = pool.get("svc", server())
     fail(upstream)
     clock.now += isolation.BREAKER_COOLDOWN_S
