@@ -10,6 +10,13 @@ JSON-RPC POSTs. Prints medians of several runs.
 
     python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
                              [--log-level info] [--paths direct,bare-hop,gwc,...]
+                             [--baseline OTHER_CHECKOUT/.venv/bin/gwc-runtime]
+
+``cpu us`` is the CPU time (user + system, from /proc) the serving process spent per call during
+the throughput phase: the upstream's for ``direct``, the hop's own for ``bare-hop``, the node's for
+gwc. On a small shared machine it is much steadier than req/s. ``--baseline`` serves the same bundle
+from a second gwc-runtime (another version's) and measures its paths too (``gwc@base``, ...),
+interleaved with this one's in every run, so two versions are compared under the same load.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -109,11 +117,13 @@ def wait_port(port: int, timeout_s: float = 30) -> None:
 
 def start_gwc(work: Path, upstream: str, port: int, log_level: str,
               neighbours: dict[str, dict] | None = None, *, bench_fields: dict | None = None,
-              runtime_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+              runtime_args: list[str] | None = None, runtime: Path | None = None,
+              launcher: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
     """A one-server registry in front of the fast upstream, built, signed and served by gwc;
     ``neighbours`` adds more servers (name -> manifest fields), visible to the same user;
     ``bench_fields`` adds manifest fields to the benchmarked server (limits); ``runtime_args``
-    are gwc-runtime flags (default: the audit trail to a file, as production runs)."""
+    are gwc-runtime flags (default: the audit trail to a file, as production runs); ``runtime`` is
+    the gwc-runtime program (default: this venv's), started through ``launcher`` (e.g. valgrind)."""
     from gwc.compiler.build.bundle import build
     from gwc.compiler.build.keys import generate_keypair
     from gwc.compiler.build.registry import load_registry
@@ -140,7 +150,8 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
     gateway_key, _, _ = generate_keypair(work / "gateway")
     build(load_registry(repo), ci_key, work / "store", 1, "bench")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(work / "store/bundle.json"),
+        [*launcher, str(runtime or Path(sys.executable).parent / "gwc-runtime"),
+         "--bundle", str(work / "store/bundle.json"),
          "--trust", str(ci_pub), "--listen", f"127.0.0.1:{port}", "--signing-key", str(gateway_key),
          "--public-url", f"http://127.0.0.1:{port}", "--log-level", log_level,
          *(runtime_args if runtime_args is not None
@@ -168,6 +179,13 @@ async def latency(url: str, headers: dict, calls: int, call: dict = CALL) -> lis
 
 async def throughput(url: str, headers: dict, concurrency: int, seconds: float,
                      call: dict = CALL) -> float:
+    done, elapsed = await load(url, headers, concurrency, seconds, call)
+    return done / elapsed
+
+
+async def load(url: str, headers: dict, concurrency: int, seconds: float,
+               call: dict = CALL) -> tuple[int, float]:
+    """(calls answered, seconds taken) with ``concurrency`` callers for about ``seconds``."""
     body = json.dumps(call).encode()
     done = 0
     deadline = time.perf_counter() + seconds
@@ -183,7 +201,16 @@ async def throughput(url: str, headers: dict, concurrency: int, seconds: float,
                 done += 1
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - start)
+        return done, time.perf_counter() - start
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc); None where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -236,35 +263,54 @@ def load_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-async def measure_path(url: str, headers: dict, call: dict,
-                       args: argparse.Namespace) -> dict[str, float]:
-    """p50 and p99 of sequential calls, and requests/s at the given concurrency."""
+async def measure_path(url: str, headers: dict, call: dict, args: argparse.Namespace,
+                       pid: int | None = None) -> dict[str, float]:
+    """p50 and p99 of sequential calls, requests/s at the given concurrency, and (given the
+    serving process) its CPU microseconds per call under that load."""
     samples = await latency(url, headers, args.calls, call)
-    return {"p50": pct(samples, 0.50), "p99": pct(samples, 0.99),
-            "rps": await throughput(url, headers, args.concurrency, args.seconds, call)}
+    before = cpu_seconds(pid) if pid is not None else None
+    done, elapsed = await load(url, headers, args.concurrency, args.seconds, call)
+    after = cpu_seconds(pid) if pid is not None else None
+    result = {"p50": pct(samples, 0.50), "p99": pct(samples, 0.99), "rps": done / elapsed}
+    if before is not None and after is not None and done:
+        result["cpu_us"] = (after - before) / done * 1e6
+    return result
 
 
-async def measure(args: argparse.Namespace, fixed: dict[str, Route], gwc_port: int,
-                  token: str) -> None:
-    paths = {**fixed, **await gwc_routes(gwc_port, token)}
-    paths = {name: route for name, route in paths.items() if name in args.paths}
-    results: dict[str, dict[str, list[float]]] = {p: {"p50": [], "p99": [], "rps": []} for p in paths}
-    for _ in range(args.runs):
-        for name, (url, headers, call) in paths.items():
-            for key, value in (await measure_path(url, headers, call, args)).items():
-                results[name][key].append(value)
+async def measure(args: argparse.Namespace, fixed: dict[str, Route], pids: dict[str, int],
+                  gwcs: list[tuple[str, int, str, int]]) -> None:
+    """``gwcs``: (suffix of its path names, port, token, pid) of each gwc node measured. With
+    several nodes, each run takes them in another order, so none is always measured last."""
+    groups = [dict(fixed)]
+    for suffix, port, token, pid in gwcs:
+        group = {}
+        for name, route in (await gwc_routes(port, token)).items():
+            group[name + suffix], pids[name + suffix] = route, pid
+        groups.append(group)
+    groups = [{name: route for name, route in group.items() if name.partition("@")[0] in args.paths}
+              for group in groups]
+    paths = {name: route for group in groups for name, route in group.items()}
+    results: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
+    for run in range(args.runs):
+        shift = run % len(gwcs)
+        for group in [groups[0], *groups[1:][shift:], *groups[1:][:shift]]:
+            for name, (url, headers, call) in group.items():
+                measured = await measure_path(url, headers, call, args, pids.get(name))
+                for key, value in measured.items():
+                    results[name].setdefault(key, []).append(value)
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     print(f"tools/call, {args.calls} sequential calls and {args.seconds:g} s at concurrency "
           f"{args.concurrency}, median of {args.runs} runs ({os.cpu_count()} cores, all on this "
           f"machine; gwc log level {args.log_level})")
     direct, hop = med.get("direct"), med.get("bare-hop")
-    print(f"{'path':15s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}"
-          f" {'+p50 ms':>8s} {'+p99 ms':>8s} {'% of hop':>9s}")
+    print(f"{'path':20s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s @' + str(args.concurrency):>12s}"
+          f" {'+p50 ms':>8s} {'+p99 ms':>8s} {'% of hop':>9s} {'cpu us':>7s}")
     for name, m in med.items():
         added = (f"{m['p50'] - direct['p50']:+8.2f} {m['p99'] - direct['p99']:+8.2f}"
                  if direct else f"{'':8s} {'':8s}")
-        share = f"{m['rps'] / hop['rps']:9.0%}" if hop else ""
-        print(f"{name:15s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f} {added} {share}")
+        share = f"{m['rps'] / hop['rps']:9.0%}" if hop else f"{'':9s}"
+        cpu = f"{m['cpu_us']:7.0f}" if "cpu_us" in m else ""
+        print(f"{name:20s} {m['p50']:8.2f} {m['p99']:8.2f} {m['rps']:12.0f} {added} {share} {cpu}")
     print("targets for gwc rows: +p50 <= 1 ms, +p99 <= 5 ms over direct; >= 70% of the bare hop")
 
 
@@ -277,13 +323,16 @@ def main() -> None:
                         "write request lines, to /dev/null here)")
     parser.add_argument("--paths", default=",".join(PATHS), type=lambda v: v.split(","),
                         help=f"comma-separated subset of {', '.join(PATHS)}")
+    parser.add_argument("--baseline", type=Path, metavar="GWC_RUNTIME",
+                        help="another gwc-runtime (e.g. another checkout's .venv/bin/gwc-runtime) "
+                             "measured beside this one, interleaved: its paths end in @base")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # child process mode
         kind, port, *rest = args.serve
         asyncio.run(serve_upstream(int(port)) if kind == "upstream" else serve_hop(int(port), rest[0]))
         return
-    up_port, hop_port, gwc_port = free_port(), free_port(), free_port()
+    up_port, hop_port, gwc_port, base_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
     me = [sys.executable, __file__, "--serve"]
     procs = [subprocess.Popen([*me, "upstream", str(up_port)]),
@@ -292,11 +341,18 @@ def main() -> None:
         try:
             gwc_proc, token = start_gwc(Path(tmp), upstream, gwc_port, args.log_level)
             procs.append(gwc_proc)
-            for port in (up_port, hop_port, gwc_port):
+            gwcs = [("", gwc_port, token, gwc_proc.pid)]
+            if args.baseline:
+                base_proc, base_token = start_gwc(Path(tmp) / "baseline", upstream, base_port,
+                                                  args.log_level, runtime=args.baseline)
+                procs.append(base_proc)
+                gwcs.append(("@base", base_port, base_token, base_proc.pid))
+            for port in (up_port, hop_port, *(port for _, port, _, _ in gwcs)):
                 wait_port(port)
             fixed = {"direct": (upstream, HEADERS, CALL),
                      "bare-hop": (f"http://127.0.0.1:{hop_port}/mcp", HEADERS, CALL)}
-            asyncio.run(measure(args, fixed, gwc_port, token))
+            pids = {"direct": procs[0].pid, "bare-hop": procs[1].pid}
+            asyncio.run(measure(args, fixed, pids, gwcs))
         finally:
             stop(procs)
 

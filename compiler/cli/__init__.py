@@ -8,8 +8,8 @@ from __future__ import annotations
 import click
 
 from gwc.compiler.cli import clients, dev, registry
+from gwc.compiler.cli.admin import approvals, bypass
 from gwc.compiler.cli.audit import audit
-from gwc.compiler.client.governance import approvals, bypass
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

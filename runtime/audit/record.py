@@ -88,7 +88,7 @@ class CallRecord:
             access=self.access, arguments=self.arguments,
             policy=policy_fields(self.policy) if self.policy is not None else None,
             decision=self.decision, approval=self.approval, bypass=self.bypass,
-            outcome=self.outcome.value if self.outcome is not None else None, error=self.error,
+            outcome=self.outcome, error=self.error,  # a StrEnum: encoded as its text
             upstream_status=self.upstream_status,
             latency_ms={"gateway": self.gateway_ms, "upstream": self.upstream_ms})
         return fields

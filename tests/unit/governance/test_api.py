@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
+from gwc.compiler.cli.admin import approvals as approvals_cli
+from gwc.compiler.cli.admin import bypass as bypass_cli
 from gwc.compiler.client.dev_idp import DevIdP
-from gwc.compiler.client.governance import approvals as approvals_cli
-from gwc.compiler.client.governance import bypass as bypass_cli
 from gwc.runtime.api.governance import GovernanceApi
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import arguments_digest
