@@ -22,6 +22,11 @@ class DevUser(BaseModel):
     groups: tuple[NonEmpty, ...] = ()
     agent: NonEmpty | None = None
 
+    @property
+    def login(self) -> str:
+        """What the login page's button sends: a user and an agent acting for them are two logins."""
+        return self.sub if self.agent is None else f"{self.agent} for {self.sub}"
+
 
 class DevClient(BaseModel):
     """An OAuth client; without ``client_secret`` it is a public client (PKCE is required of all)."""
@@ -55,8 +60,8 @@ _CLIENTS = TypeAdapter(dict[str, tuple[DevClient, ...]])
 def load_users(path: Path) -> tuple[DevUser, ...]:
     """``users: [{sub, groups, agent}]`` from a YAML or JSON file (JSON is YAML)."""
     users = _USERS.validate_python(yaml.safe_load(path.read_text())).get("users", ())
-    if not users or len({user.sub for user in users}) != len(users):
-        raise ValueError(f"{path}: users must be a non-empty list with distinct sub")
+    if not users or len({user.login for user in users}) != len(users):
+        raise ValueError(f"{path}: users must be a non-empty list, each sub (and agent) once")
     return users
 
 

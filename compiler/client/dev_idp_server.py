@@ -80,7 +80,7 @@ class DevIdPServer:
         if len({client.client_id for client in clients}) != len(clients):
             raise ValueError("client ids must be distinct")
         self.idp, self.issuer, self.groups_claim = idp, issuer.rstrip("/"), groups_claim
-        self.users = {user.sub: user for user in users}
+        self.users = {user.login: user for user in users}
         self.clients = {client.client_id: client for client in clients}
         self.pending: TTLCache[str, AuthorizationRequest] = TTLCache(MAX_PENDING, LOGIN_TTL_S)
         self.codes: TTLCache[str, Grant] = TTLCache(MAX_PENDING, CODE_TTL_S)
