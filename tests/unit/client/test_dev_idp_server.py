@@ -127,6 +127,7 @@ async def test_the_code_flow_yields_an_id_token_the_jwks_verifies(flow: Flow) ->
     assert "form-action 'self' http://127.0.0.1:9" in response.headers["Content-Security-Policy"]
     location = await flow.pick(page, "sam")
     code = parse_authorization_code_response(location, flow.state)["code"]
+    assert URL(location).query["iss"] == flow.issuer  # RFC 9207
     status, body, raw = await flow.token("authorization_code", code=code, redirect_uri=REDIRECT,
                                          code_verifier=flow.verifier)
     assert status == 200 and raw.headers["Cache-Control"] == "no-store"
