@@ -162,8 +162,8 @@ class DevIdPServer:
         """The user picked on the login page: a single-use code, redirected to the client."""
         form = await request.post()
         pending = _take(self.pending, str(form.get("request", "")))
-        if pending is None or not hmac.compare_digest(request.cookies.get(BROWSER_COOKIE, ""),
-                                                       pending.browser):
+        if pending is None or not hmac.compare_digest(request.cookies.get(BROWSER_COOKIE, "").encode(),
+                                                       pending.browser.encode()):
             raise web.HTTPBadRequest(**_page("error", error="this login form has expired or was not "
                                                             "shown to this browser: start again"))
         user = self.users.get(str(form.get("sub", "")))

@@ -245,3 +245,21 @@ async def test_the_login_post_must_carry_this_browsers_authorization_request(flo
 async def test_an_unknown_grant_type_is_refused(flow: Flow) -> None:
     status, body, _ = await flow.token("password", username="alice", password="x")
     assert (status, body["error"]) == (400, "unsupported_grant_type")
+
+
+@pytest.mark.parametrize("authorization", ["Basic !!!", "Basic " + "w6k=", "Bearer abc", "Basic"])
+async def test_a_malformed_authorization_header_is_invalid_client_not_a_crash(flow: Flow,
+                                                                             authorization: str) -> None:
+    async with flow.http.post(f"{flow.issuer}/token", data={"grant_type": "refresh_token"},
+                              headers={"Authorization": authorization}) as response:
+        assert (response.status, (await response.json())["error"]) == (401, "invalid_client")
+
+
+async def test_a_non_ascii_browser_cookie_is_refused_not_a_crash(flow: Flow) -> None:
+    _, page = await flow.login_page()
+    request_id = re.search(r'name="request" value="([^"]+)"', page)[1]
+    flow.http.cookie_jar.clear()
+    async with flow.http.post(f"{flow.issuer}/authorize", data={"request": request_id, "sub": "alice"},
+                              headers={"Cookie": "gwc_dev_idp_browser=caf\u00e9"},
+                              allow_redirects=False) as response:
+        assert response.status == 400
