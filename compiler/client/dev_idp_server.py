@@ -20,8 +20,8 @@ from urllib.parse import unquote_plus, urlsplit
 
 import jinja2
 from aiohttp import web
-from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
-from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN  # type: ignore[import-untyped]
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN
 from cachetools import TTLCache
 from yarl import URL
 
