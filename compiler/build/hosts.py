@@ -1,5 +1,6 @@
-"""Which hosts plain http may reach: loopback only (the rule for upstream URLs in manifests, and for
-the gateway URL the client commands send a token to)."""
+"""Which hosts count as this machine: loopback only. The rule for upstream URLs that may be plain
+http in manifests, for the gateway URL the client commands send a token to over http, and for where
+the development IdP may listen."""
 from __future__ import annotations
 
 import ipaddress

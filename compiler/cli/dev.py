@@ -7,16 +7,11 @@ from pathlib import Path
 import click
 
 from gwc.compiler.build.diagnostics import render
+from gwc.compiler.build.hosts import is_loopback
 from gwc.compiler.build.registry import load_gateway
 from gwc.compiler.cli.common import fail
 from gwc.compiler.client.dev_idp import DevIdP
-from gwc.compiler.client.dev_idp_config import (
-    DEFAULT_USERS,
-    is_loopback,
-    load_clients,
-    load_users,
-    parse_client,
-)
+from gwc.compiler.client.dev_idp_config import DEFAULT_USERS, load_clients, load_users, parse_client
 
 
 @click.group("dev-idp", invoke_without_command=True)

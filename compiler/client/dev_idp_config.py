@@ -5,7 +5,6 @@ usage error instead of at the first login.
 """
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -74,12 +73,3 @@ def parse_client(spec: str) -> DevClient:
     """``ID:SECRET:REDIRECT_URI`` (an empty SECRET makes a public client); the URI keeps its colons."""
     client_id, secret, redirect_uri = [*spec.split(":", 2), "", ""][:3]
     return DevClient(client_id=client_id, client_secret=secret or None, redirect_uris=(redirect_uri,))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
