@@ -2,8 +2,8 @@
 
 Markers come from where a test lives, so a new test file is marked by being put in the right folder:
 ``e2e`` (tests/e2e: real processes and SDK clients), ``fleet`` (tests/fleet: several nodes),
-``redis`` (any test that starts a real redis-server). ``pytest -m "not fleet and not e2e"`` is the
-inner loop.
+``redis`` (any test that starts a real redis-server), ``browser`` (any test that drives headless
+Chromium). ``pytest -m "not fleet and not e2e"`` is the inner loop.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gwc.compiler.build.keys import generate_keypair
+from tests.support.browser import browser  # noqa: F401  (a real headless Chromium)
 from tests.support.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
 from tests.support.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
 from tests.support.repo import REPO
@@ -26,10 +27,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.relative_to(TESTS).parts[0]
         if folder in FOLDER_MARKERS:
             item.add_marker(FOLDER_MARKERS[folder])
+        fixtures = getattr(item, "fixturenames", ())
         callspec = getattr(item, "callspec", None)
-        if "redis_server" in getattr(item, "fixturenames", ()) or (
-                callspec is not None and "redis" in callspec.id):
+        if "redis_server" in fixtures or (callspec is not None and "redis" in callspec.id):
             item.add_marker(pytest.mark.redis)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture
