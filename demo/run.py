@@ -1,17 +1,24 @@
 """`make demo`: the whole product on one machine, on embedded defaults.
 
 CI's job (keys, validate, build, verify), then a runtime node serving that bundle in front of real
-example MCP servers, with a dev identity provider; users connect with the real mcp.Client and see
-different tools, calls are allowed and refused; then governance: a rate-limited call, a shadowed
-denial, an approval round trip with a second user, a break-glass bypass, and the audit trail
-verified and queried. Everything runs on 127.0.0.1 and stops by itself.
+example MCP servers, with the development identity provider running as a real OIDC provider (the
+node fetches its JWKS over HTTP); users connect with the real mcp.Client and see different tools,
+calls are allowed and refused; then governance: a rate-limited call, a shadowed denial, an approval
+round trip with a second user, a break-glass bypass, and the audit trail verified and queried.
+Everything runs on 127.0.0.1 and stops by itself.
+
+    python demo/run.py            # the scripted run, then stop
+    python demo/run.py --serve    # the same, then keep everything running until Ctrl-C, print how to
+                                  # point a real client at it, and write .demo/endpoints.json
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,15 +76,14 @@ def wait_for(port: int, what: str, path: str | None = None, timeout_s: float = 3
     sys.exit(f"demo: {what} did not come up on port {port}")
 
 
-def demo_registry(ports: dict[str, int]) -> Path:
-    """The example registry with its upstreams on this machine and the dev IdP as identity."""
+def demo_registry(ports: dict[str, int], idp: str) -> Path:
+    """The example registry with its upstreams on this machine and the dev IdP (serving at ``idp``)
+    as identity."""
     repo = WORK / "registry-repo"
     shutil.copytree(REPO / "registry", repo / "registry")
     shutil.copytree(REPO / "policies", repo / "policies")
-    shutil.copy(WORK / "idp" / "dev.jwks.json", repo / "dev-idp.jwks.json")
     gateway = yaml.safe_load((REPO / "gateway.yaml").read_text())
-    gateway["identity"].pop("jwks_uri")
-    gateway["identity"].update(jwks_file="dev-idp.jwks.json", algorithms=["ES256"])
+    gateway["identity"].update(issuer=idp, jwks_uri=f"{idp}/jwks.json", algorithms=["ES256"])
     (repo / "gateway.yaml").write_text(yaml.safe_dump(gateway, sort_keys=False))
     for manifest in (repo / "registry").iterdir():
         text = manifest.read_text()
@@ -214,7 +220,47 @@ async def drive(gateway: str, alice: str, bob: str) -> None:
     await show_catalog(gateway, bob, "bob")
 
 
+USERS = (("alice", ["data-platform"]), ("bob", ["engineering"]), ("carol", ["success"]),
+         ("dave", ["platform"]), ("sam", ["sre", "sre-oncall"]))
+
+
+def serve(gateway: str, idp: str, users: dict[str, str], processes: list[subprocess.Popen]) -> None:
+    """Keep the node, the IdP and the upstreams running for a real client, until Ctrl-C (or
+    SIGTERM); the caller's ``finally`` stops them."""
+    tokens = WORK / "tokens"
+    tokens.mkdir()
+    for user, token in users.items():
+        (tokens / f"{user}.txt").write_text(token + "\n")
+    (WORK / "endpoints.json").write_text(json.dumps({
+        "gateway": gateway, "idp": idp,
+        "users": [{"subject": user, "groups": groups} for user, groups in USERS]}, indent=2) + "\n")
+    say("Serving until Ctrl-C. Point a client at it:")
+    print(f"""  gateway (every tool you may use): {gateway}/mcp
+  one server:                       {gateway}/servers/<name>/mcp (e.g. {gateway}/servers/deploy/mcp)
+  identity provider (dev, OIDC):    {idp}/.well-known/openid-configuration
+  a user's bearer token:            .demo/tokens/<user>.txt ({", ".join(users)}; valid an hour)
+  endpoints for scripts:            .demo/endpoints.json
+
+  curl, bob's tools:
+    curl -s {gateway}/v1/catalog -H "Authorization: Bearer $(cat .demo/tokens/bob.txt)"
+  mcp-remote (a stdio bridge for clients that only speak stdio, e.g. Claude Desktop's config):
+    npx mcp-remote {gateway}/mcp --allow-http --header "Authorization:Bearer $(cat .demo/tokens/bob.txt)"
+  MCP Inspector: npx @modelcontextprotocol/inspector, transport "Streamable HTTP", URL {gateway}/mcp,
+    header Authorization = "Bearer " + .demo/tokens/bob.txt""")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops it as cleanly as Ctrl-C
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        sys.exit("demo: a process of the demo stopped (see .demo/*.log)")
+    except KeyboardInterrupt:
+        print()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="keep everything running for a real "
+                        "client until Ctrl-C, and write .demo/endpoints.json")
+    args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     processes: list[subprocess.Popen] = []
@@ -223,10 +269,18 @@ def main() -> None:
         run("gwc", "keygen", "--out", "keys/ci")
         run("gwc", "keygen", "--out", "keys/gateway")
         run("gwc", "dev-idp", "--out", "idp/dev")
+        idp_port = free_port()
+        idp = f"http://127.0.0.1:{idp_port}"
+        processes.append(subprocess.Popen(
+            [str(BIN / "gwc"), "dev-idp", "serve", "--idp", "idp/dev.key", "--listen",
+             f"127.0.0.1:{idp_port}"], cwd=WORK, stdout=(WORK / "idp.log").open("w"),
+            stderr=subprocess.STDOUT))
+        wait_for(idp_port, "the dev identity provider", "/.well-known/openid-configuration")
+        print(f"  dev identity provider (OpenID Connect, not for production) at {idp}")
 
         ports = {name: free_port() for name in
                  ("data-catalog", "deploy", "incidents", "postgres-prod", "zendesk")}
-        repo = demo_registry(ports)
+        repo = demo_registry(ports, idp)
         say("2. CI: validate, build and verify the registry (upstreams point at this machine)")
         print(run("gwc", "validate", repo).strip())
         print(run("gwc", "build", repo, "--key", "keys/ci.key", "--out", "store",
@@ -256,9 +310,7 @@ def main() -> None:
         users = {user: run("gwc", "dev-token", "--idp", "idp/dev.key", "--sub", user,
                            *[arg for group in groups for arg in ("--group", group)],
                            "--root", repo).strip()
-                 for user, groups in (("alice", ["data-platform"]), ("bob", ["engineering"]),
-                                      ("carol", ["success"]), ("dave", ["platform"]),
-                                      ("sam", ["sre", "sre-oncall"]))}
+                 for user, groups in USERS}
         say("What a user pastes into Claude Desktop (gwc client-config)")
         print(run("gwc", "client-config", "--gateway", gateway, "--client", "claude-desktop"))
         asyncio.run(drive(gateway, users["alice"], users["bob"]))
@@ -268,6 +320,8 @@ def main() -> None:
         print(run("gwc", "audit", "verify", "audit/audit.jsonl", "--jwks",
                   f"{gateway}/.well-known/jwks.json").rstrip())
         print(run("gwc", "audit", "query", "audit/audit.jsonl", "--user", "bob").rstrip())
+        if args.serve:
+            serve(gateway, idp, users, processes)
         say(f"Done. Logs in .demo/runtime.log, the trail in .demo/audit/; metrics at "
             f"{gateway}/metrics while running.")
     finally:
