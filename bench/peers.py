@@ -1,4 +1,5 @@
 """gwc against the Python MCP proxies a user might pick instead, on the same load and upstream.
+(Long because it installs, configures and drives each peer itself, so one command reproduces the table.)
 
 Paths, all to one fast upstream (an aiohttp MCP responder defined here that speaks initialize,
 sessions, tools/list and tools/call in both protocol eras, so the proxies, not the upstream, are

@@ -1,5 +1,7 @@
 """`gwc audit query` and `gwc audit replay` on real trails: records made by the runtime's own
-policy and audit helpers, written by the real AuditWriter, decided by real signed bundles."""
+policy and audit helpers, written by the real AuditWriter, decided by real signed bundles.
+Long because query and replay share the one realistic trail built here (every filter, every finding).
+"""
 from __future__ import annotations
 
 import asyncio

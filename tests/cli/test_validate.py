@@ -1,4 +1,5 @@
-"""`gwc validate`: every check, its position, its message, and the CLI's exit codes and formats."""
+"""`gwc validate`: every check, its position, its message, and the CLI's exit codes and formats.
+Long because it holds one case per diagnostic code (docs/validation.md), as a reviewer looks them up."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,9 @@
 """The audit trail: chained records written off the event loop, rotation, and `gwc audit verify`
 finding any edit, deletion or reordering (runtime/audit/chain.py, runtime/audit/writer.py); hostile
 arguments that never cost a record, torn writes a restart repairs, signed checkpoints, anchors
-that show a cut tail, one trail per node, and a node that says when its trail fails."""
+that show a cut tail, one trail per node, and a node that says when its trail fails. Long because
+these share one writer set-up and one tamper toolkit; each test stays short.
+"""
 from __future__ import annotations
 
 import asyncio

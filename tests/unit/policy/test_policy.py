@@ -2,7 +2,8 @@
 
 Each test compiles a tiny registry (server ``svc`` owned by team-a) and asks
 gwc.runtime.policy.decide.decide or entitlement; nothing here reads the rules directly, so the
-compiler's indexes are tested too.
+compiler's indexes are tested too. Long because it is one short test per rule of the semantics, in
+the order DESIGN.md gives them; split, the order would be lost.
 """
 from __future__ import annotations
 
