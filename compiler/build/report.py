@@ -5,7 +5,7 @@ from typing import Any
 
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.bundle.format import Audience, BundlePayload
-from gwc.runtime.policy.decide import Entitlement, Principal, entitlement
+from gwc.runtime.policy.decide import Entitlement, Principal, entitlement_on, visible_server
 
 ToolKey = tuple[str, str]  # (server, tool)
 
@@ -41,9 +41,10 @@ def access_matrix(payload: BundlePayload,
     matrix: dict[str, dict[ToolKey, Entitlement]] = {}
     for label, principal in principals.items():
         row = {}
-        for server_name, server in payload.servers.items():
-            for tool_name in server.tools:
-                ent = entitlement(payload, principal, server_name, tool_name)
+        for server_name in payload.servers:
+            server = visible_server(payload, principal, server_name)
+            for tool_name in server.tools if server is not None else ():
+                ent = entitlement_on(payload, server, principal, tool_name)
                 if ent is not None:
                     row[(server_name, tool_name)] = ent
         matrix[label] = row

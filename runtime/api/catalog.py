@@ -8,19 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.policy.decide import Principal, entitlement, visible_server
+from gwc.runtime.policy.decide import Principal, entitlement_on, visible_server
 from gwc.runtime.policy.names import aggregate_name
 
 
 def catalog(bundle: Bundle, principal: Principal, public_url: str) -> dict[str, Any]:
     payload = bundle.payload
     servers = []
-    for name, server in payload.servers.items():
-        if visible_server(payload, principal, name) is None:
+    for name in payload.servers:
+        server = visible_server(payload, principal, name)
+        if server is None:
             continue
         tools = []
         for tool_name, tool in server.tools.items():
-            granted = entitlement(payload, principal, name, tool_name)
+            granted = entitlement_on(payload, server, principal, tool_name)
             if granted is None and tool.mode != "shadow":
                 continue
             tools.append({"name": tool_name, "aggregate_name": aggregate_name(name, tool_name),

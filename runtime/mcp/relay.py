@@ -22,7 +22,7 @@ from gwc.runtime.mcp.recording import Recording
 from gwc.runtime.mcp.routes import Call, Target
 from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
-from gwc.runtime.policy.decide import listed_tools
+from gwc.runtime.policy.decide import listed_on
 from gwc.runtime.protocol.errors import UPSTREAM_UNAVAILABLE, RpcError
 from gwc.runtime.protocol.sse import EventRewriter, Rewrite
 from gwc.runtime.protocol.wire import NAMED_PARAM, encode_header_value, error_response
@@ -56,7 +56,7 @@ class Relay:
         rewrite = target.rewrite
         if call.method == "tools/list":  # only on a per-server endpoint: the aggregate lists here
             rewrite = _tools_filter(server, set(server.tools) if verdict.bypass else set(
-                listed_tools(call.bundle.payload, call.principal, target.name)))
+                listed_on(call.bundle.payload, target.visible, call.principal)))
         return await self._forward(call, target.name, server, target.message, None,
                                    server.timeout_ms, rewrite)
 

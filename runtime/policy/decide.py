@@ -262,13 +262,14 @@ def decide_on(payload: BundlePayload, server: Server | None, principal: Principa
                     limited.id if limited else None)
 
 
-def entitlement(payload: BundlePayload, principal: Principal, server_name: str,
-                tool_name: str) -> Entitlement | None:
-    """What a principal may do with a tool regardless of arguments: for reports and access diffs.
+def entitlement_on(payload: BundlePayload, server: Server | None, principal: Principal,
+                   tool_name: str) -> Entitlement | None:
+    """What a principal may do with a tool of ``server`` (the server as :func:`visible_server`
+    found it for the principal, or None) regardless of arguments: for lists, catalogs and reports.
 
     ``allow``: always granted; ``conditional``: granted only for some arguments; None: never.
+    Taking the visible server, not its name, lets a loop over its tools check visibility once.
     """
-    server = visible_server(payload, principal, server_name)
     tool = server.tools.get(tool_name) if server is not None else None
     if server is None or tool is None:
         return None
@@ -300,8 +301,12 @@ def listed_everywhere(payload: BundlePayload, principal: Principal
 def listed_tools(payload: BundlePayload, principal: Principal, server_name: str) -> list[str]:
     """The declared tools a principal sees in ``tools/list``: the ones it may call with some
     arguments, plus, in shadow mode, every tool (the call goes through, its denial is recorded)."""
-    server = visible_server(payload, principal, server_name)
+    return listed_on(payload, visible_server(payload, principal, server_name), principal)
+
+
+def listed_on(payload: BundlePayload, server: Server | None, principal: Principal) -> list[str]:
+    """:func:`listed_tools` on a server already found visible to the principal (or None)."""
     if server is None:
         return []
     return [name for name, tool in server.tools.items()
-            if tool.mode == "shadow" or entitlement(payload, principal, server_name, name)]
+            if tool.mode == "shadow" or entitlement_on(payload, server, principal, name)]

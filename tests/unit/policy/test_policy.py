@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 
 from gwc.runtime.bundle.format import BundlePayload
-from gwc.runtime.policy.decide import Principal, decide, entitlement
+from gwc.runtime.policy.decide import Entitlement, Principal, decide, entitlement_on, visible_server
 from tests.support.helpers import GATEWAY, compile_root, manifest, rule, write_registry
+
+
+def entitlement(payload: BundlePayload, principal: Principal, server: str, tool: str
+                ) -> Entitlement | None:
+    """What the principal may do with the tool, as every list and report asks it."""
+    return entitlement_on(payload, visible_server(payload, principal, server), principal, tool)
+
 
 TOOLS = {
     "query": {"access": "read"},
