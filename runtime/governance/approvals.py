@@ -304,9 +304,6 @@ class Approvals:
                        if is_own(a, principal) or (a.status == "pending" and may_approve(a, principal))),
                       key=lambda a: (a.created, a.id))
 
-    async def aclose(self) -> None:
-        return None
-
     # Backend primitives, each atomic.
     async def _lookup(self, key: str, now: float, consume: bool,
                       new: Approval | None) -> tuple[str, Approval | None]:

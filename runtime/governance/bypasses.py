@@ -171,9 +171,6 @@ class Bypasses:
         """The open bypass of ``server`` (the one lasting longest), or None. Hot path: see above."""
         return self._open.active(server, self._clock())
 
-    async def aclose(self) -> None:
-        return None
-
     async def _add(self, bypass: Bypass, now: float) -> bool:
         """Store it unless ``max_open`` are open (False)."""
         live = self._open.live(now)

@@ -142,9 +142,6 @@ class RateLimiter:
                         now: float | None = None) -> LimitCheck:
         raise NotImplementedError
 
-    async def aclose(self) -> None:
-        return None
-
 
 class MemoryRateLimiter(RateLimiter):
     """Per-node GCRA limits in a bounded cache. ``clock`` gives seconds (monotonic by default)."""

@@ -56,8 +56,6 @@ class State:
                    RedisApprovals(client, approval_ttl_s, clock), RedisBypasses(client, clock), client)
 
     async def aclose(self) -> None:
-        await self.approvals.aclose()
-        await self.bypasses.aclose()
-        await self.limits.aclose()
-        if self.redis is not None:  # last: the parts above borrow it
+        """Close the one Redis client; the limiter, approvals and bypasses only borrow it."""
+        if self.redis is not None:
             await self.redis.aclose()
