@@ -7,7 +7,8 @@ hide in a lazy import path. The layers, lowest first:
 - ``gwc.runtime.bundle``: the contract between compiler and nodes; imports nothing else of gwc.
 - ``gwc.runtime.protocol``, and the node's leaves ``metrics``, ``logs``, ``request_keys``: nothing.
 - ``gwc.runtime.policy`` → bundle. ``gwc.runtime.audit`` → bundle, policy.
-- ``gwc.runtime.identity``, ``gwc.runtime.governance``, ``gwc.runtime.upstream`` → the layers above.
+- ``gwc.runtime.identity``, ``gwc.runtime.governance``, ``gwc.runtime.upstream`` → the layers above;
+  ``gwc.runtime.auth`` (the authorization server) → those and identity, governance.
 - ``gwc.runtime.mcp`` and the node's HTTP APIs → any of those.
 - ``gwc.runtime.app|cli|config`` (wiring a node) → anything in the runtime.
 - ``gwc.compiler.build`` → bundle, policy; ``gwc.compiler.audit`` → bundle, policy, audit;
@@ -31,7 +32,8 @@ BUNDLE, POLICY, AUDIT, PROTOCOL = ("gwc.runtime.bundle", "gwc.runtime.policy", "
                                    "gwc.runtime.protocol")
 LEAVES = ("gwc.runtime.metrics", "gwc.runtime.logs", "gwc.runtime.request_keys")
 BELOW_NODE = (BUNDLE, POLICY, AUDIT, PROTOCOL, *LEAVES)
-SERVICES = ("gwc.runtime.identity", "gwc.runtime.governance", "gwc.runtime.upstream")
+SERVICES = ("gwc.runtime.identity", "gwc.runtime.governance", "gwc.runtime.upstream",
+            "gwc.runtime.auth")
 RUNTIME = ("gwc.runtime",)
 OFFLINE = (BUNDLE, POLICY, AUDIT)
 
@@ -46,6 +48,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gwc.runtime.identity": (BUNDLE, POLICY, PROTOCOL, *LEAVES),
     "gwc.runtime.governance": (BUNDLE, POLICY, AUDIT, PROTOCOL, *LEAVES),
     "gwc.runtime.upstream": (BUNDLE, POLICY, PROTOCOL, *LEAVES),
+    "gwc.runtime.auth": (BUNDLE, POLICY, PROTOCOL, "gwc.runtime.identity", "gwc.runtime.governance",
+                         *LEAVES),
     "gwc.runtime.mcp": (*BELOW_NODE, *SERVICES),
     "gwc.runtime.api": (*BELOW_NODE, *SERVICES),
     "gwc.runtime.app": RUNTIME,
