@@ -91,7 +91,8 @@ def _gateway(gateway: GatewayConfig, registry: Registry) -> Data:
         "break_glass": gateway.break_glass.model_dump(exclude_none=True),
         "default_mode": gateway.default_mode,
         "audit": gateway.audit.model_dump(exclude_none=True),
-        **_compact({"allowed_origins": sorted(set(gateway.allowed_origins))})}
+        **_compact({"allowed_origins": sorted(set(gateway.allowed_origins)),
+                    "sign_in": gateway.sign_in.model_dump() if gateway.sign_in else None})}
 
 
 def compile_data(registry: Registry, serial: int, revision: str) -> Data:

@@ -264,6 +264,54 @@ class AuditSettings(Strict):
         return self
 
 
+LOOPBACK_REDIRECT = r"^http://(127\.0\.0\.1|\[::1\]|localhost)(:[0-9]{1,5})?(/[^#]*)?$"
+HTTPS_REDIRECT = r"^https://[^/#?\s]+(/[^#\s]*)?$"
+HOST_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+
+
+class OAuthClientSettings(Strict):
+    client_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="What the client sends "
+                           "as client_id (not a URL: URLs are Client ID Metadata Documents).")
+    client_name: str = Field(min_length=1, max_length=200)
+    redirect_uris: list[Annotated[str, Field(pattern=f"{LOOPBACK_REDIRECT}|{HTTPS_REDIRECT}")]] = Field(
+        min_length=1, description="Exact redirect URIs: https, or http on loopback (any port matches "
+        "there, RFC 8252).")
+
+
+class SignInSettings(Strict):
+    idp_client_id: str = Field(min_length=1, description="The gateway's client id at the company IdP "
+                               "(a confidential OIDC client; its secret is GWC_IDP_CLIENT_SECRET on "
+                               "each node, never in the registry).")
+    idp_scopes: list[Annotated[str, Field(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]] = Field(
+        default_factory=lambda: ["openid", "profile", "offline_access"],
+        description="Scopes asked of the IdP; openid is required, offline_access lets the gateway "
+        "re-check the user at each refresh.")
+    access_token_ttl_s: int = Field(default=900, ge=60, le=3600, description="Lifetime of the "
+                                    "gateway's access tokens: how long a user removed at the IdP "
+                                    "keeps access at most.")
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=3600, le=90 * 86_400)
+    consent_ttl_s: int = Field(default=30 * 86_400, ge=0, le=365 * 86_400, description="How long a "
+                               "user's consent to a client is remembered (0: ask every time).")
+    client_id_metadata_documents: bool = Field(default=True, description="Accept https client_id "
+                                               "URLs (Client ID Metadata Documents).")
+    dynamic_registration: Literal["open", "off"] = Field(default="open", description="RFC 7591 "
+                                                         "registration at /oauth/register.")
+    redirect_hosts: list[Annotated[str, Field(pattern=HOST_NAME)]] = Field(
+        default_factory=list, description="When set, clients from metadata documents or dynamic "
+        "registration may redirect only to loopback or to these hosts.")
+    clients: list[OAuthClientSettings] = Field(default_factory=list,
+                                               description="Pre-registered clients.")
+
+    @model_validator(mode="after")
+    def _openid_scope(self) -> SignInSettings:
+        if "openid" not in self.idp_scopes:
+            raise ValueError("sign_in.idp_scopes must include openid")
+        ids = [c.client_id for c in self.clients]
+        if len(ids) != len(set(ids)):
+            raise ValueError("sign_in.clients: a client_id is listed twice")
+        return self
+
+
 class GatewayConfig(Strict):
     schema_: str | None = Field(default=None, alias="$schema")
     identity: IdentitySettings
@@ -276,9 +324,12 @@ class GatewayConfig(Strict):
         default_factory=list, description="Browser origins (e.g. https://inspector.acme.example) "
         "allowed to call the MCP endpoints and APIs; a request with any other Origin header is "
         "refused (DNS rebinding). Requests without Origin are not affected.")
+    sign_in: SignInSettings | None = Field(default=None, description="The gateway's own "
+                                           "authorization server: MCP clients sign in through "
+                                           "it, users log in at the IdP (docs/security.md).")
 
 
 ALL_FIELD_NAMES = sorted({name for model in (
     ServerManifest, ToolManifest, ServerLimits, ModeByAccess, StaticEnvAuth, ConditionOps, Conditions,
     RuleSubject, RuleResource, PolicyRule, IdentitySettings, BreakGlassSettings, AuditSettings,
-    GatewayConfig) for name in model.model_fields} | {"in", "$schema"})
+    GatewayConfig, SignInSettings, OAuthClientSettings) for name in model.model_fields} | {"in", "$schema"})

@@ -169,12 +169,35 @@ class AuditSettings(_Frozen):
     on_failure: Literal["closed", "open"]
 
 
+class OAuthClient(_Frozen):
+    """A client pre-registered in gateway.yaml (a public client: PKCE, no secret)."""
+
+    client_id: str
+    client_name: str
+    redirect_uris: tuple[str, ...]
+
+
+class SignIn(_Frozen):
+    """The gateway's authorization server (gwc.runtime.auth); absent: clients bring IdP tokens."""
+
+    idp_client_id: str  # the gateway's client at the company IdP; its secret is in the node's env
+    idp_scopes: tuple[str, ...]
+    access_token_ttl_s: int
+    refresh_token_ttl_s: int
+    consent_ttl_s: int
+    client_id_metadata_documents: bool
+    dynamic_registration: Literal["open", "off"]
+    redirect_hosts: tuple[str, ...] = ()  # non-empty: CIMD/DCR redirects only to loopback or these
+    clients: tuple[OAuthClient, ...] = ()
+
+
 class GatewaySettings(_Frozen):
     identity: Identity
     break_glass: BreakGlass
     default_mode: Mode
     audit: AuditSettings
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
+    sign_in: SignIn | None = None
 
 
 class BundlePayload(_Frozen):
