@@ -70,7 +70,8 @@ def _server(manifest: ServerManifest, source: str, gateway: GatewayConfig, rules
             "limits": _compact(spec.limits.model_dump()) if spec.limits else None,
             "timeout_ms": spec.timeout_ms or manifest.timeout_ms,
             "allow": [i for i in applicable if rules[i]["effect"] == "allow"],
-            "deny": [i for i in applicable if rules[i]["effect"] == "deny"]})
+            "deny": [i for i in applicable if rules[i]["effect"] == "deny"],
+            "sensitive": sorted(set(spec.sensitive))})
     return _compact({
         "owner": manifest.owner, "upstream": manifest.upstream, "description": manifest.description,
         "source": source, "visibility": audience(manifest.visibility),

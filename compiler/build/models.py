@@ -92,6 +92,9 @@ class ToolManifest(Strict):
     limits: ToolLimits | None = None
     mode: Mode | None = None
     timeout_ms: int | None = Field(default=None, ge=100, le=300_000)
+    sensitive: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, description="Top-level argument names whose values approvers never "
+        "see: an approval stores the call's arguments with these replaced by \"***\".")
 
 
 class GatewayJwtAuth(Strict):

@@ -116,6 +116,7 @@ class Tool(_Frozen):
     timeout_ms: int
     allow: tuple[int, ...] = ()
     deny: tuple[int, ...] = ()
+    sensitive: tuple[str, ...] = ()  # top-level argument names masked in what approvals store
 
 
 class UpstreamAuth(_Frozen):
