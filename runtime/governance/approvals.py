@@ -7,6 +7,11 @@ Life of an approval (``apv_<random>``, unguessable; ``status`` in ``pending|appr
   call: the requester's identity (subject, kind, acting_for), server, tool and the digest of its
   arguments (:func:`arguments_digest`, sha256 over canonical JSON). A retry while it is still pending
   reuses it (same id), so retries do not pile up approvals.
+- What approvers are shown of the call is kept with it (:func:`shown_arguments`): the arguments'
+  canonical JSON with the values of the tool's ``sensitive`` top-level arguments replaced by
+  ``"***"`` before anything is stored (no backend ever holds them), or nothing when that is over
+  :data:`MAX_SHOWN_ARGUMENTS` bytes (the approver then has only the digest). The digest is always of
+  the real arguments: it is what a retry must match.
 - An approver decides it (:meth:`Approvals.decide`). Who may: the tool's ``approval.approvers``
   audience, copied into the approval when it is created (a policy change later does not silently
   change who may approve a request already waiting; the approval records who could). Humans match
@@ -70,9 +75,10 @@ from gwc.runtime.governance.backend import Refusal, StateUnavailable
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import TOO_MANY_APPROVALS, RpcError
 
-__all__ = ["Approval", "ApprovalError", "Approvals", "Lookup", "MemoryApprovals", "Requester",
-           "StateUnavailable", "TooManyApprovals", "approval_path", "arguments_digest",
-           "is_own", "may_approve", "visible_to"]
+__all__ = ["MASK", "MAX_SHOWN_ARGUMENTS", "Approval", "ApprovalError", "Approvals", "Lookup",
+           "MemoryApprovals", "Requester", "StateUnavailable", "TooManyApprovals", "approval_page_path",
+           "approval_path", "arguments_digest", "is_own", "may_approve", "shown_arguments",
+           "visible_to"]
 
 Status = Literal["pending", "approved", "denied", "used"]
 DEFAULT_TTL_S = 900.0
@@ -82,6 +88,8 @@ CLAIM_LEASE_S = 10.0  # how long one approver's decision in progress holds off t
 LIST_MAX = 1000  # at most this many approvals are read for one listing
 ID_PREFIX = "apv_"
 ID_RE = re.compile(r"apv_[A-Za-z0-9_-]{16,64}")
+MAX_SHOWN_ARGUMENTS = 16 * 1024  # bytes of canonical JSON an approval keeps to show its approvers
+MASK = "***"  # what a sensitive argument's value is replaced by
 
 
 def arguments_digest(arguments: Any) -> str:
@@ -89,9 +97,25 @@ def arguments_digest(arguments: Any) -> str:
     return "sha256:" + sha256(canonical_json({} if arguments is None else arguments)).hexdigest()
 
 
+def shown_arguments(arguments: Any, sensitive: Sequence[str] = ()) -> str | None:
+    """What an approval keeps of a call's arguments for its approvers: their canonical JSON, the
+    values of the ``sensitive`` top-level arguments replaced by :data:`MASK`; None when that is
+    over :data:`MAX_SHOWN_ARGUMENTS` bytes."""
+    value = {} if arguments is None else arguments
+    if sensitive and isinstance(value, dict):
+        value = {name: MASK if name in sensitive else item for name, item in value.items()}
+    text = canonical_json(value)
+    return text.decode() if len(text) <= MAX_SHOWN_ARGUMENTS else None
+
+
 def approval_path(approval_id: str) -> str:
-    """Where an approval is read and decided on the gateway (``/approve``, ``/deny`` below it)."""
+    """Where an approval is read and decided over the API (``/approve``, ``/deny`` below it)."""
     return f"/v1/approvals/{approval_id}"
+
+
+def approval_page_path(approval_id: str) -> str:
+    """The approval's page, where an approver signed in with a browser reads and decides it."""
+    return f"/approvals/{approval_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +148,9 @@ class Approval:
     decided_by: str | None = None
     decided_at: float | None = None
     used_at: float | None = None
+    # the canonical JSON of the call's arguments, sensitive ones masked (:func:`shown_arguments`);
+    # None when they were too large to keep
+    arguments: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +244,19 @@ class Approvals:
         self.ttl_s, self._clock, self.max_pending = float(ttl_s), clock, max_pending
 
     def _new(self, principal: Principal, server: str, tool: str, digest: str,
-             approvers: Audience | Sequence[str], now: float) -> Approval:
+             approvers: Audience | Sequence[str], now: float, shown: str | None) -> Approval:
         entries = approvers.entries() if isinstance(approvers, Audience) else tuple(approvers)
         return Approval(ID_PREFIX + secrets.token_urlsafe(18), Requester.of(principal), server, tool,
-                        digest, entries, "pending", now, now + self.ttl_s)
+                        digest, entries, "pending", now, now + self.ttl_s, arguments=shown)
 
     async def _find(self, principal: Principal, server: str, tool: str, digest: str, consume: bool,
-                    approvers: Audience | Sequence[str] | None) -> Lookup:
+                    approvers: Audience | Sequence[str] | None, arguments: Any = None,
+                    sensitive: Sequence[str] = ()) -> Lookup:
         now = self._clock()
-        new = None if approvers is None else self._new(principal, server, tool, digest, approvers, now)
+        new = None
+        if approvers is not None:
+            shown = None if arguments is None else shown_arguments(arguments, sensitive)
+            new = self._new(principal, server, tool, digest, approvers, now, shown)
         key = _request_key(Requester.of(principal), server, tool, digest)
         code, approval = await self._lookup(key, now, consume, new)
         if code == "created":
@@ -243,20 +274,25 @@ class Approvals:
         return Lookup(code, approval)  # type: ignore[arg-type]
 
     async def redeem_or_request(self, principal: Principal, server: str, tool: str, digest: str,
-                                approvers: Audience | Sequence[str]) -> Lookup:
+                                approvers: Audience | Sequence[str], *, arguments: Any = None,
+                                sensitive: Sequence[str] = ()) -> Lookup:
         """The gateway's one call for an approval-required call: ``redeemed``, ``denied``, or
-        ``pending`` (the waiting one, or a new one with ``created``). One round trip."""
-        return await self._find(principal, server, tool, digest, True, approvers)
+        ``pending`` (the waiting one, or a new one with ``created``). One round trip. A new one
+        keeps ``arguments`` (those ``digest`` is of) with the ``sensitive`` ones masked."""
+        return await self._find(principal, server, tool, digest, True, approvers, arguments,
+                                sensitive)
 
     async def redeem(self, principal: Principal, server: str, tool: str, digest: str) -> Lookup:
         """Consume an approved approval for this call; else say what there is (never creates)."""
         return await self._find(principal, server, tool, digest, True, None)
 
     async def request(self, principal: Principal, server: str, tool: str, digest: str,
-                      approvers: Audience | Sequence[str]) -> Lookup:
+                      approvers: Audience | Sequence[str], *, arguments: Any = None,
+                      sensitive: Sequence[str] = ()) -> Lookup:
         """The open approval for this call (pending, approved or denied), or a new pending one.
         Never redeems."""
-        return await self._find(principal, server, tool, digest, False, approvers)
+        return await self._find(principal, server, tool, digest, False, approvers, arguments,
+                                sensitive)
 
     async def get(self, approval_id: str) -> Approval | None:
         """The approval, or None when unknown or expired."""

@@ -31,7 +31,7 @@ def _to_hash(approval: Approval) -> list[str]:
               "acting_for": req.acting_for or "", "server": approval.server, "tool": approval.tool,
               "digest": approval.arguments_digest, "approvers": json.dumps(list(approval.approvers)),
               "status": approval.status, "created": repr(approval.created),
-              "expires": repr(approval.expires)}
+              "expires": repr(approval.expires), "arguments": approval.arguments or ""}
     return [part for item in fields.items() for part in item]
 
 
@@ -45,7 +45,7 @@ def _from_hash(h: dict[str, str]) -> Approval | None:
     return Approval(h["id"], Requester(h["subject"], h["kind"], h["acting_for"] or None), h["server"],
                     h["tool"], h["digest"], tuple(json.loads(h["approvers"])), h["status"],  # type: ignore[arg-type]
                     float(h["created"]), float(h["expires"]), h.get("decided_by") or None,
-                    opt_time("decided_at"), opt_time("used_at"))
+                    opt_time("decided_at"), opt_time("used_at"), h.get("arguments") or None)
 
 
 # KEYS: the request's index key, the listing zset, the requester's zset of approvals that may still

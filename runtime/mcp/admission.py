@@ -137,11 +137,13 @@ class Admission:
         """Go on only with an approval granted for exactly this call (used up by going on);
         otherwise refuse, with the pending approval the caller's approvers must decide."""
         name = verdict.server
-        spec = call.bundle.payload.servers[name].tools[tool].approval
+        declared = call.bundle.payload.servers[name].tools[tool]
+        spec = declared.approval
         assert spec is not None
         try:
             found = await self._state.approvals.redeem_or_request(
-                call.principal, name, tool, arguments_digest(arguments), spec.approvers)
+                call.principal, name, tool, arguments_digest(arguments), spec.approvers,
+                arguments=arguments, sensitive=declared.sensitive)
         except TooManyApprovals as exc:  # answered as it is
             verdict.refuse(None, "too_many_approvals", exc)
             return
