@@ -14,8 +14,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gwc.runtime.api.approval_pages import ApprovalPages
 from gwc.runtime.api.catalog import catalog
 from gwc.runtime.api.governance import GovernanceApi
+from gwc.runtime.auth.browser import BrowserSessions
+from gwc.runtime.auth.client_metadata import ClientMetadataFetcher
+from gwc.runtime.auth.clients import ClientDirectory
+from gwc.runtime.auth.context import AuthContext
+from gwc.runtime.auth.server import AuthorizationServer
+from gwc.runtime.auth.store import store_for
+from gwc.runtime.auth.tokens import AccessTokens
 from gwc.runtime.bundle.poller import BundlePoller
 from gwc.runtime.bundle.read import Bundle, trusted_keys
 from gwc.runtime.bundle.source import source_for
@@ -70,6 +78,15 @@ class Gateway:
                                self.metrics, config.audit_failure or "closed", signing_key)
         self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
                                     on_fallback=self._state_fallback)
+        self.auth_store = store_for(self.state.redis)
+        self.browser = BrowserSessions(self.auth_store, config.public_url)
+        self.access_tokens = AccessTokens(signing_key, config.public_url)
+        self.client_metadata = ClientMetadataFetcher(allow_private=config.dev_client_metadata,
+                                                     allow_http=config.dev_client_metadata)
+        self.authorization_server = AuthorizationServer(AuthContext(
+            config.public_url, lambda: self.store.active, self.auth_store, self.browser,
+            self.access_tokens, ClientDirectory(self.auth_store, self.client_metadata),
+            config.idp_client_secret))
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
@@ -87,7 +104,8 @@ class Gateway:
         if bundle is not self._auth_bundle:
             identity = bundle.payload.gateway.identity
             if self._authenticator is None or self._authenticator.identity != identity:
-                old, self._authenticator = self._authenticator, Authenticator(identity)
+                old, self._authenticator = self._authenticator, Authenticator(
+                    identity, gateway_tokens=self.access_tokens.verifier())
                 if old is not None:
                     asyncio.get_running_loop().create_task(old.close())
             self._auth_bundle = bundle
@@ -126,9 +144,12 @@ class Gateway:
         bundle = self.store.active
         if bundle is None:
             raise RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid bundle yet", 503)
+        path = request.path
+        resource = (self.config.public_url + path
+                    if path == "/mcp" or path.startswith("/servers/") else None)
         try:
             return bundle, await self.authenticator(bundle).authenticate(
-                request.headers.get("Authorization"))
+                request.headers.get("Authorization"), resource)
         except AuthError as exc:
             raise RpcError(UNAUTHENTICATED, str(exc), 401, headers={
                 "WWW-Authenticate": self._challenge(request, exc)}) from None
@@ -175,6 +196,8 @@ class Gateway:
         self.auditor.close()
         if self._authenticator is not None:
             await self._authenticator.close()
+        await self.authorization_server.close()
+        await self.client_metadata.close()
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -218,9 +241,11 @@ class Gateway:
         if bundle is None:
             return web.json_response({"error": "not ready"}, status=503)
         path = request.match_info.get("path", "")
+        gateway = bundle.payload.gateway
         return web.json_response({
             "resource": f"{self.config.public_url}/{path}".rstrip("/"),
-            "authorization_servers": [bundle.payload.gateway.identity.issuer],
+            "authorization_servers": [self.config.public_url if gateway.sign_in is not None
+                                      else gateway.identity.issuer],
             "bearer_methods_supported": ["header"]})
 
     def app(self) -> web.Application:
@@ -238,10 +263,14 @@ class Gateway:
         app.router.add_get("/.well-known/oauth-protected-resource", self.protected_resource)
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",
                            self.protected_resource)
+        self.authorization_server.add_routes(app)
         app.router.add_get("/v1/catalog", self.catalog)
         app.router.add_get("/v1/audit/head", self.audit_head)
-        GovernanceApi(self.caller, self.state, self.auditor.write,
-                      self.auditor.record).add_routes(app)
+        governance = GovernanceApi(self.caller, self.state, self.auditor.write, self.auditor.record)
+        governance.add_routes(app)
+        # Approval pages: a browser session, and the API's one way of deciding.
+        ApprovalPages(self.browser, self.state.approvals, governance.decide,
+                      lambda: self.store.active).add_routes(app)
         app.router.add_route("*", "/mcp", self.mcp.handle)
         app.router.add_route("*", "/servers/{server}/mcp", self.mcp.handle)
         app.on_response_prepare.append(_stamp_request_id)

@@ -51,6 +51,8 @@ class Config:
     node_id: str = ""  # "": this machine's hostname and the listen port
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idp_client_secret: str | None = None  # the gateway's secret at the IdP (sign-in)
+    dev_client_metadata: bool = False  # client metadata documents over http and from private hosts
 
 
 def _env(name: str) -> str | None:
@@ -104,7 +106,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=float, help="Seconds a request's body may take to "
                    "arrive; a slower one is answered 408 and its connection closed "
                    f"(GWC_BODY_TIMEOUT, default {DEFAULT_BODY_TIMEOUT_S:g}).")
+    p.add_argument("--idp-client-secret-file", help="File holding the gateway's client secret at "
+                   "the company IdP, for gateway.yaml sign_in (GWC_IDP_CLIENT_SECRET_FILE; or the "
+                   "secret itself in GWC_IDP_CLIENT_SECRET, never a flag).")
+    p.add_argument("--dev-client-metadata", action="store_true", default=None,
+                   help="Development only: fetch client ID metadata documents over http and from "
+                   "loopback or private addresses (GWC_DEV_CLIENT_METADATA=1).")
     return p
+
+
+def _idp_client_secret(path: str | None) -> str | None:
+    if path is None:
+        return _env("idp-client-secret")
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --idp-client-secret-file {path}: "
+                          f"{exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(f"--idp-client-secret-file {path} is empty")
+    return secret
 
 
 def load(argv: list[str] | None = None) -> Config:
@@ -177,4 +198,7 @@ def load(argv: list[str] | None = None) -> Config:
                   session_max_age_s=max_age, event_loop=event_loop, audit=audit,
                   audit_failure=audit_failure, audit_max_bytes=audit_max, state=state,
                   approval_ttl_s=approval_ttl, node_id=pick("node-id") or "",
-                  header_timeout_s=header_timeout, body_timeout_s=body_timeout)
+                  header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                  idp_client_secret=_idp_client_secret(pick("idp-client-secret-file")),
+                  dev_client_metadata=(args.dev_client_metadata
+                                       or _env("dev-client-metadata") in ("1", "true", "yes")))

@@ -8,6 +8,13 @@ seconds, so a key rotation at the IdP is picked up without letting garbage token
 
 A token with an RFC 8693 ``act`` claim is an agent's: the caller is the actor (``act.sub``), acting
 for the token's subject.
+
+Beside the IdP's tokens, a node accepts the access tokens of the gateway's own authorization
+server (``gwc.runtime.auth``): RFC 9068 JWTs (``typ: at+jwt``) signed with the gateway's key,
+issued by its public URL, whose ``aud`` is the one resource they were requested for (RFC 8707):
+the aggregate ``/mcp``, one ``/servers/<name>/mcp``, or the gateway itself (every endpoint). Used
+on another endpoint they are refused. The upstream tokens the gateway mints with the same key are
+not access tokens (no ``at+jwt``) and are refused too.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Any
 import aiohttp
 import jwt
 from cachetools import LRUCache
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.runtime.bundle.format import Identity
 from gwc.runtime.policy.decide import Principal
@@ -29,6 +37,8 @@ ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "E
 JWKS_MIN_REFRESH_S = 5.0
 JWKS_MAX_AGE_S = 600.0
 TOKEN_CACHE_SIZE = 50_000
+ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068: what sets the gateway's access tokens apart
+GATEWAY_GROUPS_CLAIM = "groups"  # where the gateway's own tokens carry the caller's groups
 
 
 class AuthError(Exception):
@@ -43,17 +53,55 @@ class AuthError(Exception):
         self.challenge, self.token_sent = challenge, token_sent
 
 
+def covers(audience: str, resource: str | None, root: str) -> bool:
+    """Whether a gateway token issued for ``audience`` may be used at ``resource`` (None: an API
+    of the gateway itself, which any of its tokens may call)."""
+    return resource is None or audience in (resource, root)
+
+
+class GatewayTokens:
+    """Checks the access tokens the gateway's authorization server issued
+    (``gwc.runtime.auth.tokens`` mints them with the private half of ``key``)."""
+
+    def __init__(self, issuer: str, key: Ed25519PublicKey, kid: str, leeway_s: int = 30) -> None:
+        self.issuer, self.kid = issuer, kid
+        self._key, self._leeway_s = key, leeway_s
+
+    def is_ours(self, header: dict[str, Any]) -> bool:
+        return header.get("typ") == ACCESS_TOKEN_TYPE and header.get("kid") == self.kid
+
+    def verify(self, token: str) -> tuple[Principal, float, str]:
+        """(principal, expiry, the resource the token is for), or :class:`AuthError`."""
+        try:
+            claims = jwt.decode(token, key=self._key, algorithms=["EdDSA"], issuer=self.issuer,
+                                leeway=self._leeway_s, options={
+                                    "require": ["exp", "sub", "iss", "aud", "client_id"],
+                                    "verify_aud": False})
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError("invalid token", message=f"invalid token: {exc}") from None
+        audience = claims["aud"]
+        if not isinstance(audience, str) or not (audience == self.issuer
+                                                 or audience.startswith(self.issuer + "/")):
+            raise AuthError("token audience is not this gateway")
+        return _principal(claims, GATEWAY_GROUPS_CLAIM), float(claims["exp"]), audience
+
+
 class Authenticator:
-    def __init__(self, identity: Identity, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, identity: Identity, session: aiohttp.ClientSession | None = None, *,
+                 gateway_tokens: GatewayTokens | None = None) -> None:
         self.identity = identity
+        self.gateway_tokens = gateway_tokens
         self._algorithms = [a for a in identity.algorithms if a in ASYMMETRIC]
         self._audience = list(identity.audience)
         self._session = session
         self._keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}  # kid -> (key, declared alg)
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
-        # token -> (principal, expiry, kid of the key that signed it)
-        self._cache: LRUCache[str, tuple[Principal, float, str]] = LRUCache(TOKEN_CACHE_SIZE)
+        # token -> (principal, expiry, kid of the key that signed it, resource of a gateway token)
+        self._cache: LRUCache[str, tuple[Principal, float, str, str | None]] = LRUCache(
+            TOKEN_CACHE_SIZE)
         self._refreshing: asyncio.Task | None = None
         if identity.jwks is not None:
             self._keys = self._parse_jwks(identity.jwks)
@@ -92,8 +140,10 @@ class Authenticator:
                 return
             self._keys = keys
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The principal behind an ``Authorization`` header value, or :class:`AuthError`."""
+    async def authenticate(self, authorization: str | None, resource: str | None = None
+                           ) -> Principal:
+        """The principal behind an ``Authorization`` header value, or :class:`AuthError`.
+        ``resource``: the URL of the endpoint called, which a gateway token must be for."""
         if not authorization:
             raise AuthError("missing bearer token", token_sent=False)
         scheme, _, token = authorization.partition(" ")
@@ -101,14 +151,20 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             raise AuthError("expected 'Authorization: Bearer <token>'", token_sent=False)
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > time.time():
-            self._keep_keys_fresh()
-            if cached[2] in self._keys:
-                return cached[0]
-            del self._cache[token]  # its key left the JWKS: the token is checked again, and fails
-        principal, expires, kid = await self._verify(token)
-        self._cache[token] = (principal, expires, kid)
-        return principal
+        if cached is None or cached[1] <= time.time() or not self._key_alive(cached[2]):
+            cached = self._cache[token] = await self._verify(token)
+        if cached[3] is not None and self.gateway_tokens is not None and not covers(
+                cached[3], resource, self.gateway_tokens.issuer):
+            raise AuthError("token was issued for another resource")
+        return cached[0]
+
+    def _key_alive(self, kid: str) -> bool:
+        """A cached token stays good while its key does; one whose key left the JWKS is checked
+        again (and fails)."""
+        if self.gateway_tokens is not None and kid == self.gateway_tokens.kid:
+            return True
+        self._keep_keys_fresh()
+        return kid in self._keys
 
     def _keep_keys_fresh(self) -> None:
         """Cached tokens need no keys, so without this a node serving only cached tokens would
@@ -118,11 +174,28 @@ class Authenticator:
                 and (self._refreshing is None or self._refreshing.done())):
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh(force=False))
 
-    async def _verify(self, token: str) -> tuple[Principal, float, str]:
+    async def _verify(self, token: str) -> tuple[Principal, float, str, str | None]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             raise AuthError("malformed token") from None
+        if self.gateway_tokens is not None and self.gateway_tokens.is_ours(header):
+            principal, expires, resource = self.gateway_tokens.verify(token)
+            return principal, expires, self.gateway_tokens.kid, resource
+        claims, kid = await self._claims(token, header, self._audience)
+        return _principal(claims, self.identity.groups_claim), float(claims["exp"]), kid, None
+
+    async def id_token_claims(self, token: str, client_id: str) -> dict[str, Any]:
+        """The verified claims of an OIDC ID token the IdP issued to ``client_id`` (the gateway's
+        login at the IdP): the same keys, algorithms and issuer as its access tokens."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise AuthError("malformed token") from None
+        return (await self._claims(token, header, [client_id]))[0]
+
+    async def _claims(self, token: str, header: dict[str, Any], audience: list[str]
+                      ) -> tuple[dict[str, Any], str]:
         alg = header.get("alg")
         if alg not in self._algorithms:
             raise AuthError("token algorithm is not accepted",
@@ -139,7 +212,7 @@ class Authenticator:
         if declared_alg is not None and declared_alg != alg:
             raise AuthError("token algorithm does not match its key")
         try:
-            claims = jwt.decode(token, key=key.key, algorithms=[alg], audience=self._audience,
+            claims = jwt.decode(token, key=key.key, algorithms=[alg], audience=audience,
                                 issuer=self.identity.issuer, leeway=self.identity.leeway_s,
                                 options={"require": ["exp", "sub", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
@@ -150,21 +223,27 @@ class Authenticator:
             raise AuthError("token issuer is not trusted") from None
         except jwt.PyJWTError as exc:
             raise AuthError("invalid token", message=f"invalid token: {exc}") from None
-        return self._principal(claims), float(claims["exp"]), kid
-
-    def _principal(self, claims: dict[str, Any]) -> Principal:
-        raw = claims.get(self.identity.groups_claim, [])
-        groups = frozenset(raw.split() if isinstance(raw, str) else
-                           (g for g in raw if isinstance(g, str)) if isinstance(raw, list) else ())
-        subject = str(claims["sub"])
-        actor = claims.get("act")
-        if isinstance(actor, dict) and isinstance(actor.get("sub"), str):
-            agent = actor["sub"]
-            return Principal(agent, groups, "agent", None if agent == subject else subject)
-        return Principal(subject, groups)
+        return claims, kid
 
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
         if self._session is not None:
             await self._session.close()
+
+
+def groups_of(claims: dict[str, Any], groups_claim: str) -> frozenset[str]:
+    """Groups from a claim that is a list of strings or one space-separated string."""
+    raw = claims.get(groups_claim, [])
+    return frozenset(raw.split() if isinstance(raw, str) else
+                     (g for g in raw if isinstance(g, str)) if isinstance(raw, list) else ())
+
+
+def _principal(claims: dict[str, Any], groups_claim: str) -> Principal:
+    groups = groups_of(claims, groups_claim)
+    subject = str(claims["sub"])
+    actor = claims.get("act")
+    if isinstance(actor, dict) and isinstance(actor.get("sub"), str):
+        agent = actor["sub"]
+        return Principal(agent, groups, "agent", None if agent == subject else subject)
+    return Principal(subject, groups)

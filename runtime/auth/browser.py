@@ -86,14 +86,22 @@ class BrowserSessions:
         return BrowserUser(record["subject"], frozenset(record["groups"]), record["csrf"])
 
     async def start(self, response: web.StreamResponse, principal: Principal) -> BrowserUser:
-        """Sign ``principal`` in on this browser (a fresh session id: no fixation)."""
+        """Sign ``principal`` in on the browser ``response`` goes to."""
+        user, value = await self.begin(principal)
+        self.attach(response, value)
+        return user
+
+    async def begin(self, principal: Principal) -> tuple[BrowserUser, str]:
+        """A new session (a fresh id: no fixation) and its cookie value, for :meth:`attach`."""
         value, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
         await self._store.put("session", secret_key(value), {
             "subject": principal.subject, "groups": sorted(principal.groups), "csrf": csrf},
             self._ttl_s)
+        return BrowserUser(principal.subject, principal.groups, csrf), value
+
+    def attach(self, response: web.StreamResponse, value: str) -> None:
         response.set_cookie(self.cookie, value, max_age=int(self._ttl_s), path="/", httponly=True,
                             secure=self.secure, samesite="Lax")
-        return BrowserUser(principal.subject, principal.groups, csrf)
 
     async def end(self, request: web.Request, response: web.StreamResponse) -> None:
         value = request.cookies.get(self.cookie)
@@ -108,7 +116,7 @@ class BrowserSessions:
         return isinstance(sent, str) and hmac.compare_digest(sent.encode(), user.csrf.encode())
 
     @staticmethod
-    def login_redirect(request: web.Request) -> web.HTTPFound:
+    def login_redirect(request: web.Request) -> web.Response:
         """Send an anonymous browser to sign in, coming back to this page afterwards."""
-        return web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}",
-                             headers=PAGE_HEADERS)
+        return web.Response(status=303, headers={
+            **PAGE_HEADERS, "Location": f"/login?next={quote(request.path_qs, safe='')}"})

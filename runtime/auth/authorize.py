@@ -1,0 +1,277 @@
+"""The browser's side of signing in: the authorization endpoint, the return from the IdP, the
+consent page, and the plain ``/login`` of the gateway's own pages.
+
+Order of trust at ``/oauth/authorize``: until the client and its redirect URI are known to match,
+every problem is shown on a page of the gateway (never a redirect: that would be an open
+redirector); after that, problems go back to the client as OAuth errors with ``state`` and ``iss``.
+
+A login at the IdP is bound to the browser that started it: a cookie named after the login holds a
+random value whose hash the login record keeps, so an IdP answer (``code`` and ``state``) replayed
+into another browser is refused (login CSRF). The login record is taken once: a second return with
+the same ``state`` finds nothing.
+"""
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gwc.runtime.auth.browser import BrowserSessions, error_page, page, safe_next
+from gwc.runtime.auth.client_metadata import ClientMetadataError
+from gwc.runtime.auth.clients import LOOPBACK_HOSTS, host_of
+from gwc.runtime.auth.context import CODE_TTL_S, LOGIN_TTL_S, AuthContext, log, see_other
+from gwc.runtime.auth.idp import IdpError
+from gwc.runtime.auth.store import secret_key
+from gwc.runtime.auth.tokens import new_secret
+from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.governance.backend import StateUnavailable
+from gwc.runtime.policy.decide import visible_server
+
+S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+MAX_PARAM_CHARS = 2000
+BINDER_COOKIE = "gwc_login_"
+
+
+class ClientRefusal(Exception):
+    """An OAuth error for the client, sent to its (trusted) redirect URI."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error, self.description = error, description
+
+
+def _binder_cookie(login_id: str) -> str:
+    return BINDER_COOKIE + secret_key(login_id)[:16]
+
+
+def consent_key(subject: str, client_id: str, redirect_uri: str, resource: str) -> str:
+    """Consent is remembered per user, client, where it redirects and which resource. A loopback
+    redirect counts as one place whatever its port (native apps get a new port each time)."""
+    parts = urlsplit(redirect_uri)
+    target = ("loopback" if parts.scheme == "http" and host_of(parts.netloc).lower() in LOOPBACK_HOSTS
+              else f"{parts.scheme}://{parts.netloc}")
+    return secret_key("\0".join((subject, client_id, target, resource)))
+
+
+class Authorization:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/oauth/authorize", self.authorize),
+                web.get("/oauth/callback", self.callback),
+                web.post("/oauth/consent", self.consent),
+                web.get("/login", self.login),
+                web.post("/logout", self.logout)]
+
+    def _settings(self) -> tuple[Bundle, Any]:
+        found = self.ctx.settings()
+        if found is None:
+            raise web.HTTPNotFound(text="sign-in is not enabled on this gateway (gateway.yaml "
+                                   "sign_in)")
+        return found
+
+    async def authorize(self, request: web.Request) -> web.StreamResponse:
+        bundle, settings = self._settings()
+        query = request.query
+        repeated = [k for k in set(query) if len(query.getall(k)) > 1]
+        client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+        if not client_id or len(client_id) > MAX_PARAM_CHARS:
+            return error_page("This sign-in link is incomplete", "The request names no client "
+                              "(client_id). Start again from your MCP client.")
+        try:
+            client = await self.ctx.clients.find(client_id, settings)
+        except ClientMetadataError as exc:
+            return error_page("This application cannot sign in here",
+                              f"Its client metadata document cannot be used: {exc}")
+        except StateUnavailable:
+            return error_page("Signing in is unavailable", "The gateway's shared state cannot "
+                              "be reached. Try again in a minute.", status=503)
+        if client is None:
+            return error_page("Unknown application", "No application with this client_id is "
+                              "registered with this gateway (invalid_client).")
+        if not redirect_uri or not client.redirect_allowed(redirect_uri):
+            return error_page("This sign-in link is not valid", "The redirect_uri is not one "
+                              "this application registered, so the gateway will not send you "
+                              "there.")
+        state = query.get("state")
+        try:
+            if "client_id" in repeated or "redirect_uri" in repeated or repeated:
+                raise ClientRefusal("invalid_request", f"parameters given more than once: "
+                                    f"{', '.join(sorted(repeated))}")
+            if query.get("response_type") != "code":
+                raise ClientRefusal("unsupported_response_type", "only response_type=code")
+            if query.get("code_challenge_method") != "S256":
+                raise ClientRefusal("invalid_request", "PKCE is required with "
+                                    "code_challenge_method=S256")
+            if not S256_CHALLENGE.fullmatch(query.get("code_challenge", "")):
+                raise ClientRefusal("invalid_request", "code_challenge must be the 43-character "
+                                    "S256 challenge")
+            resource = query.get("resource") or self.ctx.public_url + "/mcp"
+            if resource not in self.ctx.resources(bundle):
+                raise ClientRefusal("invalid_target", "resource is not an MCP endpoint of this "
+                                    "gateway")
+            if any(len(v) > MAX_PARAM_CHARS for v in query.values()):
+                raise ClientRefusal("invalid_request", "a parameter is too long")
+            login_id, binder = new_secret(), new_secret()
+            nonce, verifier = new_secret(), new_secret()
+            await self.ctx.store.put("login", secret_key(login_id), {
+                "kind": "client", "binder": secret_key(binder), "nonce": nonce,
+                "verifier": verifier, "client_id": client.client_id,
+                "client_name": client.client_name, "client_origin": client.origin,
+                "redirect_uri": redirect_uri, "state": state,
+                "code_challenge": query["code_challenge"], "resource": resource,
+                "scope": query.get("scope", "")}, LOGIN_TTL_S)
+            target = await self.ctx.idp(bundle).authorization_url(login_id, nonce, verifier)
+        except ClientRefusal as refusal:
+            return self.ctx.redirect(redirect_uri, error=refusal.error,
+                                    error_description=refusal.description, state=state)
+        except (StateUnavailable, IdpError) as exc:
+            log.warning("sign-in could not start", extra={"reason": str(exc)})
+            return self.ctx.redirect(redirect_uri, error="temporarily_unavailable",
+                                    error_description="signing in is unavailable right now",
+                                    state=state)
+        return self._to_idp(target, login_id, binder)
+
+    def _to_idp(self, target: str, login_id: str, binder: str) -> web.Response:
+        response = see_other(target, status=302)
+        response.set_cookie(_binder_cookie(login_id), binder, max_age=LOGIN_TTL_S,
+                            path="/oauth/callback", httponly=True, secure=self.ctx.sessions.secure,
+                            samesite="Lax")
+        return response
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """Sign in to the gateway's own pages (approvals), then go back to ``next``."""
+        bundle, _ = self._settings()
+        next_path = safe_next(request.query.get("next"))
+        if await self.ctx.sessions.user(request) is not None:
+            return see_other(next_path)
+        login_id, binder, nonce, verifier = new_secret(), new_secret(), new_secret(), new_secret()
+        try:
+            await self.ctx.store.put("login", secret_key(login_id), {
+                "kind": "browser", "binder": secret_key(binder), "nonce": nonce,
+                "verifier": verifier, "next": next_path}, LOGIN_TTL_S)
+            target = await self.ctx.idp(bundle).authorization_url(login_id, nonce, verifier)
+        except (StateUnavailable, IdpError):
+            return error_page("Signing in is unavailable", "The identity provider or the "
+                              "gateway's shared state cannot be reached. Try again in a "
+                              "minute.", status=503)
+        return self._to_idp(target, login_id, binder)
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        user = await self.ctx.sessions.user(request)
+        form = await request.post()
+        if user is not None and not BrowserSessions.form_is_genuine(user, form):
+            return error_page("This form has expired", "Reload the page and try again.",
+                              status=403)
+        response = page("signed_out", title="Signed out")
+        await self.ctx.sessions.end(request, response)
+        return response
+
+    async def callback(self, request: web.Request) -> web.StreamResponse:
+        """The IdP sends the browser back here with a code (or an error) for one login."""
+        bundle, settings = self._settings()
+        query = request.query
+        state = query.get("state", "")
+        try:
+            login = (await self.ctx.store.take("login", secret_key(state))
+                     if 0 < len(state) <= MAX_PARAM_CHARS else None)
+        except StateUnavailable:
+            return error_page("Signing in is unavailable", "The gateway's shared state cannot "
+                              "be reached. Try again in a minute.", status=503)
+        if login is None:
+            return error_page("This sign-in has expired", "It took too long, or this page was "
+                              "already used. Start again from your application.")
+        binder = request.cookies.get(_binder_cookie(state), "")
+        if not hmac.compare_digest(secret_key(binder), login["binder"]):
+            log.warning("sign-in returned to another browser than the one that started it")
+            return error_page("This sign-in was started elsewhere", "It was started in another "
+                              "browser, so it cannot be finished here. Start again from your "
+                              "application.", status=403)
+        refusal: tuple[str, str] | None = None
+        if query.get("iss") not in (None, bundle.payload.gateway.identity.issuer):
+            refusal = ("access_denied", "the answer did not come from the identity provider")
+        elif "error" in query or not query.get("code"):
+            refusal = ("access_denied", "the identity provider did not sign you in")
+        else:
+            try:
+                signed_in = await self.ctx.idp(bundle).redeem(query["code"], login["verifier"],
+                                                              login["nonce"])
+            except IdpError as exc:
+                log.warning("IdP login failed", extra={"reason": str(exc)})
+                refusal = ("access_denied" if exc.refused else "temporarily_unavailable", str(exc))
+        if refusal is not None:
+            if login["kind"] == "browser":
+                return error_page("You are not signed in", refusal[1], status=403)
+            return self.ctx.redirect(login["redirect_uri"], error=refusal[0],
+                                    error_description=refusal[1], state=login["state"])
+        principal = signed_in.principal
+        if login["kind"] == "browser":
+            response = see_other(login["next"])
+            await self.ctx.sessions.start(response, principal)
+            return response
+        server = self.ctx.server_of(login["resource"])
+        if server is not None and visible_server(bundle.payload, principal, server) is None:
+            return self.ctx.redirect(login["redirect_uri"], error="invalid_target",
+                                    error_description="resource is not an MCP endpoint of this "
+                                    "gateway", state=login["state"])
+        grant = {**{k: login[k] for k in ("client_id", "client_name", "client_origin",
+                                          "redirect_uri", "state", "code_challenge", "resource",
+                                          "scope")},
+                 "subject": principal.subject, "groups": sorted(principal.groups),
+                 "idp_refresh": signed_in.refresh_token}
+        key = consent_key(principal.subject, grant["client_id"], grant["redirect_uri"],
+                          grant["resource"])
+        user, cookie = await self.ctx.sessions.begin(principal)
+        if settings.consent_ttl_s and await self.ctx.store.get("consent", key) is not None:
+            response = await self._issue_code(grant)
+        else:
+            grant_id = new_secret()
+            await self.ctx.store.put("consent_pending", secret_key(grant_id), grant, LOGIN_TTL_S)
+            target = urlsplit(grant["redirect_uri"])
+            response = page("consent", title="Allow access?", user=user, grant=grant_id,
+                            client_name=grant["client_name"], client_id=grant["client_id"],
+                            client_origin=grant["client_origin"],
+                            redirect_host=target.netloc or target.scheme + ":",
+                            resource=grant["resource"], groups=sorted(principal.groups))
+        self.ctx.sessions.attach(response, cookie)
+        return response
+
+    async def consent(self, request: web.Request) -> web.StreamResponse:
+        _, settings = self._settings()
+        form = await request.post()
+        user = await self.ctx.sessions.user(request)
+        if user is None:
+            return error_page("You are not signed in", "Your sign-in session has ended. Start "
+                              "again from your application.", status=403)
+        if not BrowserSessions.form_is_genuine(user, form):
+            return error_page("This form has expired", "It was not sent by a page of this "
+                              "sign-in. Start again from your application.", status=403)
+        grant_id = str(form.get("grant", ""))
+        grant = (await self.ctx.store.take("consent_pending", secret_key(grant_id))
+                 if grant_id else None)
+        if grant is None or grant["subject"] != user.subject:
+            return error_page("This request has expired", "It took too long or was already "
+                              "answered. Start again from your application.")
+        if form.get("decision") != "allow":
+            log.info("consent denied", extra={"subject": user.subject,
+                                              "client_id": grant["client_id"]})
+            return self.ctx.redirect(grant["redirect_uri"], error="access_denied",
+                                    error_description="the user did not allow access",
+                                    state=grant["state"])
+        if settings.consent_ttl_s:
+            await self.ctx.store.put("consent", consent_key(
+                user.subject, grant["client_id"], grant["redirect_uri"], grant["resource"]),
+                {"at": grant["client_id"]}, settings.consent_ttl_s)
+        return await self._issue_code(grant)
+
+    async def _issue_code(self, grant: dict[str, Any]) -> web.Response:
+        code = new_secret()
+        await self.ctx.store.put("code", secret_key(code), grant, CODE_TTL_S)
+        log.info("authorization code issued", extra={"subject": grant["subject"],
+                                                     "client_id": grant["client_id"],
+                                                     "resource": grant["resource"]})
+        return self.ctx.redirect(grant["redirect_uri"], code=code, state=grant["state"])

@@ -1,0 +1,235 @@
+"""The client's side of signing in: redeeming a code, refreshing, revoking, registering.
+
+Every answer is JSON with ``Cache-Control: no-store``; every refusal an RFC 6749 §5.2 error
+(``invalid_request``, ``invalid_client``, ``invalid_grant``, ``invalid_target``,
+``unsupported_grant_type``, ``temporarily_unavailable``), never a 500.
+
+A code is taken from the store before it is checked, so a wrong verifier or redirect burns it: the
+client starts over, an attacker gets one guess. A code presented twice revokes the refresh tokens
+issued from it (RFC 6749 §4.1.2). A refresh token presented twice revokes its family.
+"""
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from gwc.runtime.auth.clients import RegistrationError
+from gwc.runtime.auth.context import NO_STORE, AuthContext, OAuthError, log
+from gwc.runtime.auth.idp import IdpError
+from gwc.runtime.auth.store import secret_key
+from gwc.runtime.auth.tokens import new_secret
+from gwc.runtime.bundle.format import SignIn
+from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.governance.backend import StateUnavailable
+from gwc.runtime.policy.decide import Principal
+
+VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 §4.1
+USED_MARK_TTL_S = 3600  # how long a used code or refresh token is remembered, to detect reuse
+MAX_TOKEN_CHARS = 512
+
+
+class TokenEndpoint:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/oauth/token", self.token), web.post("/oauth/revoke", self.revoke),
+                web.post("/oauth/register", self.register)]
+
+    def _settings(self) -> tuple[Bundle, SignIn]:
+        found = self.ctx.settings()
+        if found is None:
+            raise OAuthError("invalid_request", "sign-in is not enabled on this gateway", 404)
+        return found
+
+    async def _form(self, request: web.Request) -> dict[str, str]:
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise OAuthError("invalid_request", "send the parameters as "
+                             "application/x-www-form-urlencoded")
+        if request.headers.get("Authorization", "").lower().startswith("basic "):
+            raise OAuthError("invalid_client", "this gateway's clients are public: send "
+                             "client_id, no secret", 401)
+        form = await request.post()
+        repeated = sorted(k for k in set(form) if len(form.getall(k)) > 1)
+        if repeated:
+            raise OAuthError("invalid_request", f"parameters given more than once: "
+                             f"{', '.join(repeated)}")
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+    async def token(self, request: web.Request) -> web.Response:
+        try:
+            bundle, settings = self._settings()
+            form = await self._form(request)
+            grant_type = form.get("grant_type")
+            if grant_type == "authorization_code":
+                answer = await self._redeem_code(form, bundle, settings)
+            elif grant_type == "refresh_token":
+                answer = await self._refresh(form, bundle, settings)
+            else:
+                raise OAuthError("unsupported_grant_type", "grant_type must be "
+                                 "authorization_code or refresh_token")
+        except OAuthError as refusal:
+            log.info("token request refused", extra={"error": refusal.error,
+                                                     "reason": refusal.description})
+            return refusal.response()
+        except StateUnavailable:
+            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
+                              "reached", 503).response()
+        return web.json_response(answer, headers=NO_STORE)
+
+    async def _redeem_code(self, form: dict[str, str], bundle: Bundle, settings: SignIn
+                           ) -> dict[str, Any]:
+        code, verifier = form.get("code", ""), form.get("code_verifier", "")
+        if not code or not form.get("client_id") or len(code) > MAX_TOKEN_CHARS:
+            raise OAuthError("invalid_request", "code and client_id are required")
+        key = secret_key(code)
+        grant = await self.ctx.store.take("code", key)
+        if grant is None:
+            used = await self.ctx.store.get("code_used", key)
+            if used is not None:
+                await self.ctx.store.delete("family", used["family"])
+                log.warning("authorization code used twice: its tokens are revoked",
+                            extra={"client_id": used.get("client_id")})
+            raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
+        family = new_secret()
+        await self.ctx.store.put("code_used", key, {"family": family,
+                                                    "client_id": grant["client_id"]},
+                                 USED_MARK_TTL_S)
+        if not hmac.compare_digest(form["client_id"], grant["client_id"]):
+            raise OAuthError("invalid_grant", "the code was issued to another client")
+        if form.get("redirect_uri") != grant["redirect_uri"]:
+            raise OAuthError("invalid_grant", "redirect_uri differs from the authorization "
+                             "request's")
+        if not VERIFIER.fullmatch(verifier) or not hmac.compare_digest(
+                create_s256_code_challenge(verifier), grant["code_challenge"]):
+            raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+        if form.get("resource", grant["resource"]) != grant["resource"]:
+            raise OAuthError("invalid_target", "resource differs from the authorization "
+                             "request's")
+        if grant["resource"] not in self.ctx.resources(bundle):
+            raise OAuthError("invalid_target", "resource is no longer served by this gateway")
+        principal = Principal(grant["subject"], frozenset(grant["groups"]))
+        expires = time.time() + settings.refresh_token_ttl_s
+        return await self._issue(grant, principal, family, expires, grant["idp_refresh"],
+                                 settings)
+
+    async def _issue(self, grant: dict[str, Any], principal: Principal, family: str,
+                     family_expires: float, idp_refresh: str | None, settings: SignIn
+                     ) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "access_token": self.ctx.tokens.mint(principal, client_id=grant["client_id"],
+                                                 resource=grant["resource"],
+                                                 scope=grant["scope"],
+                                                 ttl_s=settings.access_token_ttl_s),
+            "token_type": "Bearer", "expires_in": settings.access_token_ttl_s}
+        if grant["scope"]:
+            answer["scope"] = grant["scope"]
+        left = family_expires - time.time()
+        if idp_refresh is not None and left > 0:
+            refresh = new_secret()
+            await self.ctx.store.put("family", family, {"subject": principal.subject}, left)
+            await self.ctx.store.put("refresh", secret_key(refresh), {
+                "family": family, "family_expires": family_expires,
+                "client_id": grant["client_id"], "resource": grant["resource"],
+                "scope": grant["scope"], "subject": principal.subject,
+                "groups": sorted(principal.groups), "idp_refresh": idp_refresh}, left)
+            answer["refresh_token"] = refresh
+        log.info("tokens issued", extra={"subject": principal.subject,
+                                         "client_id": grant["client_id"],
+                                         "resource": grant["resource"]})
+        return answer
+
+    async def _refresh(self, form: dict[str, str], bundle: Bundle, settings: SignIn
+                       ) -> dict[str, Any]:
+        token = form.get("refresh_token", "")
+        if not token or not form.get("client_id") or len(token) > MAX_TOKEN_CHARS:
+            raise OAuthError("invalid_request", "refresh_token and client_id are required")
+        key = secret_key(token)
+        record = await self.ctx.store.take("refresh", key)
+        if record is None:
+            used = await self.ctx.store.get("refresh_used", key)
+            if used is not None:
+                await self.ctx.store.delete("family", used["family"])
+                log.warning("refresh token used twice: its sign-in is revoked",
+                            extra={"subject": used.get("subject")})
+                raise OAuthError("invalid_grant", "the refresh token was already used; this "
+                                 "sign-in is revoked, sign in again")
+            raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
+        left = record["family_expires"] - time.time()
+        await self.ctx.store.put("refresh_used", key, {"family": record["family"],
+                                                       "subject": record["subject"]},
+                                 max(left, 1))
+        if await self.ctx.store.get("family", record["family"]) is None:
+            raise OAuthError("invalid_grant", "this sign-in was revoked; sign in again")
+        if not hmac.compare_digest(form["client_id"], record["client_id"]):
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if form.get("resource", record["resource"]) != record["resource"]:
+            raise OAuthError("invalid_target", "resource differs from the one signed in for")
+        known = Principal(record["subject"], frozenset(record["groups"]))
+        try:
+            login = await self.ctx.idp(bundle).refresh(record["idp_refresh"], known)
+        except IdpError as exc:
+            if exc.refused:
+                await self.ctx.store.delete("family", record["family"])
+                raise OAuthError("invalid_grant", "the identity provider no longer accepts "
+                                 "this sign-in; sign in again") from None
+            await self.ctx.store.delete("refresh_used", key)  # not the client's fault: retry
+            await self.ctx.store.put("refresh", key, record, max(left, 1))
+            raise OAuthError("temporarily_unavailable", "the identity provider cannot be "
+                             "reached; try again", 503) from None
+        return await self._issue(record, login.principal, record["family"],
+                                 record["family_expires"], login.refresh_token, settings)
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """RFC 7009: revoking a refresh token ends its whole sign-in; anything else is a no-op
+        (access tokens are short-lived and not tracked). Always 200, so nothing is learnt."""
+        try:
+            self._settings()
+            form = await self._form(request)
+            token = form.get("token", "")
+            if not token:
+                raise OAuthError("invalid_request", "token is required")
+            record = await self.ctx.store.take("refresh", secret_key(token))
+            if record is not None and hmac.compare_digest(form.get("client_id", ""),
+                                                          record["client_id"]):
+                await self.ctx.store.delete("family", record["family"])
+                log.info("sign-in revoked", extra={"subject": record["subject"],
+                                                   "client_id": record["client_id"]})
+            elif record is not None:  # another client's token: leave it as it was
+                await self.ctx.store.put("refresh", secret_key(token), record,
+                                         max(record["family_expires"] - time.time(), 1))
+        except OAuthError as refusal:
+            return refusal.response()
+        except StateUnavailable:
+            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
+                              "reached", 503).response()
+        return web.Response(status=200, headers=NO_STORE)
+
+    async def register(self, request: web.Request) -> web.Response:
+        try:
+            _, settings = self._settings()
+            if settings.dynamic_registration != "open":
+                raise OAuthError("access_denied", "dynamic client registration is off on this "
+                                 "gateway; use a pre-registered client or a client ID metadata "
+                                 "document", 403)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise OAuthError("invalid_client_metadata", "the body must be JSON") from None
+            try:
+                answer = await self.ctx.clients.register(body, settings)
+            except RegistrationError as exc:
+                raise OAuthError(exc.error, exc.description) from None
+        except OAuthError as refusal:
+            return refusal.response()
+        except StateUnavailable:
+            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
+                              "reached", 503).response()
+        log.info("client registered", extra={"client_id": answer["client_id"],
+                                             "redirect_uris": answer["redirect_uris"]})
+        return web.json_response(answer, status=201, headers=NO_STORE)
