@@ -1,8 +1,11 @@
 """The HTTP API of approvals and break-glass bypasses, for the ``gwc`` CLI and portals.
 
 - ``GET /v1/approvals``: pending approvals the caller may decide, and the caller's own requests.
-- ``GET /v1/approvals/{id}``: one, to its requester or its approvers (404 to anyone else).
+- ``GET /v1/approvals/{id}``: one, to its requester or its approvers (404 to anyone else), with the
+  call's arguments (sensitive ones masked).
 - ``POST /v1/approvals/{id}/approve`` and ``.../deny``: by an approver, never the requester.
+  :meth:`GovernanceApi.decide` is the one path of a decision, shared with the approval pages
+  (``approval_pages``): the approval record written, then the decision committed.
 - ``POST /v1/bypass`` ``{"server", "reason", "ttl_s"}`` -> 201; ``GET /v1/bypass``;
   ``DELETE /v1/bypass/{id}`` (or ``POST /v1/bypass/{id}/close``): break-glass members only.
 
@@ -41,6 +44,8 @@ Caller = Callable[[web.Request], Awaitable[tuple[Bundle, Principal]]]
 BaseRecord = Callable[[web.Request, Bundle, Principal, str], dict[str, Any]]
 WriteRecord = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[["GovernanceApi", web.Request], Awaitable[web.Response]]
+# (request, bundle, decider, approval id, approve?) -> the decided approval; raises as Approvals.decide
+Decide = Callable[[web.Request, Bundle, Principal, str, bool], Awaitable[Approval]]
 BYPASS_FIELDS = {"server", "reason", "ttl_s"}
 
 
@@ -73,7 +78,10 @@ def _time(ts: float | None) -> str | None:
     return None if ts is None else utc_time(ts)
 
 
-def approval_json(approval: Approval, viewer: Principal | None = None) -> dict[str, Any]:
+def approval_json(approval: Approval, viewer: Principal | None = None, *,
+                  arguments: bool = False) -> dict[str, Any]:
+    """An approval as the API answers it; with ``arguments``, the call's arguments as kept (sensitive
+    ones ``"***"``; null when they were too large to keep: the digest is all there is)."""
     out: dict[str, Any] = {"id": approval.id, "status": approval.status, "server": approval.server,
                            "tool": approval.tool, "arguments_digest": approval.arguments_digest,
                            "requester": approval.requester.as_dict(), "approvers": list(approval.approvers),
@@ -82,6 +90,8 @@ def approval_json(approval: Approval, viewer: Principal | None = None) -> dict[s
                            "used_at": _time(approval.used_at), "path": approval_path(approval.id)}
     if viewer is not None:
         out["can_decide"] = approval.status == "pending" and may_approve(approval, viewer)
+    if arguments:
+        out["arguments"] = None if approval.arguments is None else json.loads(approval.arguments)
     return out
 
 
@@ -145,12 +155,14 @@ class GovernanceApi:
         approval = await self._state.approvals.get(approval_id)
         if approval is None or not visible_to(approval, principal):
             raise Refusal(404, "not_found", f"no approval {approval_id} (or it expired)")
-        return web.json_response(approval_json(approval, principal))
+        return web.json_response(approval_json(approval, principal, arguments=True))
 
-    async def _decide(self, request: web.Request, approve: bool) -> web.Response:
-        bundle, principal = await self._caller(request)
-        await _json_body(request, required=False)
-
+    async def decide(self, request: web.Request, bundle: Bundle, principal: Principal,
+                     approval_id: str, approve: bool) -> Approval:
+        """Approve or deny as ``principal``: the one way a decision is made, over the API or on
+        the approval pages. Its ``approval`` record is written before it takes effect; raises
+        ``ApprovalError`` (a ``Refusal``), ``Refusal`` 503 ``audit_unavailable`` (or the
+        auditor's ``RpcError``) and ``StateUnavailable``, and then nothing changed."""
         async def audit(decided: Approval) -> None:
             await self._write({**self._base(request, bundle, principal, "approval"),
                                "event": decided.status, "approval": decided.id,
@@ -158,9 +170,13 @@ class GovernanceApi:
                                "requester": decided.requester.as_dict(),
                                "arguments_digest": decided.arguments_digest})
 
-        decided = await self._state.approvals.decide(request.match_info["id"], principal, approve,
-                                                     audit=audit)
-        return web.json_response(approval_json(decided, principal))
+        return await self._state.approvals.decide(approval_id, principal, approve, audit=audit)
+
+    async def _decide(self, request: web.Request, approve: bool) -> web.Response:
+        bundle, principal = await self._caller(request)
+        await _json_body(request, required=False)
+        decided = await self.decide(request, bundle, principal, request.match_info["id"], approve)
+        return web.json_response(approval_json(decided, principal, arguments=True))
 
     @_answers_errors
     async def approve(self, request: web.Request) -> web.Response:

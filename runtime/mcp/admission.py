@@ -14,7 +14,7 @@ from gwc.runtime.audit.chain import utc_time
 from gwc.runtime.audit.record import RecordedDecision
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.governance.approvals import TooManyApprovals, approval_path, arguments_digest
+from gwc.runtime.governance.approvals import TooManyApprovals, approval_page_path, arguments_digest
 from gwc.runtime.governance.backend import StateUnavailable
 from gwc.runtime.governance.bypasses import Bypass, is_break_glass
 from gwc.runtime.governance.limits import limits_for
@@ -166,12 +166,12 @@ class Admission:
                 f"{approval.decided_by}", approval_id=approval.id))
             return
         assert approval is not None
-        url = self._public_url + approval_path(approval.id)
+        url = self._public_url + approval_page_path(approval.id)
         verdict.refuse("approval_required", "approval_required", RpcError(
             APPROVAL_REQUIRED, f"{tool} on {name} needs an approval: ask one of "
-            f"{', '.join(approval.approvers)} to approve {approval.id} (POST {url}/approve or "
+            f"{', '.join(approval.approvers)} to approve {approval.id} (at {url} or with "
             f"`gwc approvals approve {approval.id}`), then call again with the same arguments",
-            approval_id=approval.id, approve_url=url + "/approve",
+            approval_id=approval.id, approve_url=url,
             approvers=list(approval.approvers), expires_at=utc_time(approval.expires)))
 
     async def _passed(self, call: Call, target: Target) -> Verdict:
