@@ -233,6 +233,8 @@ class Authorization:
             await self.ctx.store.put("consent_pending", secret_key(grant_id), grant, LOGIN_TTL_S)
             target = urlsplit(grant["redirect_uri"])
             response = page("consent", title="Allow access?", user=user, grant=grant_id,
+                            form_target=(f"{target.scheme}://{target.netloc}" if target.netloc
+                                         else f"{target.scheme}:"),
                             client_name=grant["client_name"], client_id=grant["client_id"],
                             client_origin=grant["client_origin"],
                             redirect_host=target.netloc or target.scheme + ":",

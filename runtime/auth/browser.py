@@ -10,6 +10,7 @@ session's CSRF token, compared in constant time; SameSite alone is not relied on
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,11 @@ from gwc.runtime.auth.store import AuthStore, secret_key
 from gwc.runtime.policy.decide import Principal
 
 SESSION_TTL_S = 8 * 3600
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; "
+       "frame-ancestors 'none'; base-uri 'none'")
+SOURCE = re.compile(r"[a-z][a-z0-9+.-]*:(//[A-Za-z0-9.\-\[\]:]+)?")  # a CSP source: no injection
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' "
-                               "https: http:; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": CSP.format(form_action="'self'"),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -49,11 +52,16 @@ class BrowserUser:
 
 
 def page(name: str, *, status: int = 200, user: BrowserUser | None = None,
-         **context: Any) -> web.Response:
-    """A rendered page (``templates/<name>.html.j2``) with the headers every gateway page sends."""
+         form_target: str | None = None, **context: Any) -> web.Response:
+    """A rendered page (``templates/<name>.html.j2``) with the headers every gateway page sends.
+    Its forms post to the gateway only; ``form_target`` (an origin or a scheme) is where a form's
+    answer may redirect besides (browsers check form-action on redirects too)."""
     body = _PAGES.get_template(f"{name}.html.j2").render(
         user=user.subject if user else None, csrf=user.csrf if user else "", **context)
-    return web.Response(text=body, status=status, content_type="text/html", headers=PAGE_HEADERS)
+    headers = PAGE_HEADERS if form_target is None or not SOURCE.fullmatch(form_target) else {
+        **PAGE_HEADERS, "Content-Security-Policy": CSP.format(
+            form_action=f"'self' {form_target}")}
+    return web.Response(text=body, status=status, content_type="text/html", headers=headers)
 
 
 def error_page(title: str, message: str, *, status: int = 400) -> web.Response:

@@ -158,6 +158,11 @@ class ClientMetadataFetcher:
         self._inflight: dict[str, asyncio.Task[ClientMetadata | str]] = {}
         self._http: aiohttp.ClientSession | None = None
 
+    @property
+    def allow_http(self) -> bool:
+        """Whether http client_id URLs count as metadata documents (development only)."""
+        return self._allow_http
+
     async def fetch(self, client_id: str) -> ClientMetadata:
         """The client's metadata; raises ClientMetadataError with a reason fit for an error page."""
         if not is_metadata_client_id(client_id, allow_http=self._allow_http):

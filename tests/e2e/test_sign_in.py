@@ -1,0 +1,274 @@
+"""Signing in through the gateway's own authorization server, with real parts: the SDK's
+``OAuthClientProvider``, a real ``gwc dev-idp serve`` doing the login, a scripted browser
+submitting the login and consent forms, and a real upstream."""
+from __future__ import annotations
+
+import time
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.support.e2e import INITIALIZE, MODES, free_port
+from tests.support.sign_in import (CALLBACK, SignInWorld, raw_login, redeem, refresh, register,
+                                   sdk_provider, start_sign_in_world)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWorld:
+    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+
+
+async def tool_names(url: str, provider, mode: str) -> set[str]:
+    async with (httpx2.AsyncClient(auth=provider, timeout=20) as http,
+                Client(streamable_http_client(url, http_client=http), mode=mode,
+                       read_timeout_seconds=20) as client):
+        return {tool.name for tool in (await client.list_tools()).tools}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_sdk_client_signs_in_and_sees_its_users_tools(world: SignInWorld, mode: str):
+    provider, storage = sdk_provider(world.url + "/mcp", "erin")
+    names = await tool_names(world.url + "/mcp", provider, mode)
+    assert "tools__echo" in names and not any(n.startswith("hidden__") for n in names)
+    assert storage.client is not None and storage.client.client_id.startswith("gwc-")
+    assert storage.tokens is not None and storage.tokens.refresh_token
+
+    # another user, another client: olga (ops) sees what ops may, not erin's
+    other, _ = sdk_provider(world.url + "/mcp", "nina")
+    assert not any(n.startswith("tools__") for n in await tool_names(world.url + "/mcp", other,
+                                                                    mode))
+
+
+async def test_the_sdk_refreshes_an_expired_token_without_a_new_login(world: SignInWorld):
+    provider, storage = sdk_provider(world.url + "/servers/tools/mcp", "erin")
+    await tool_names(world.url + "/servers/tools/mcp", provider, "auto")
+    first = storage.tokens
+    provider.context.token_expiry_time = time.time() - 1  # as if an access token lifetime went by
+    provider.context.lock = type(provider.context.lock)()
+    assert "echo" in await tool_names(world.url + "/servers/tools/mcp", provider, "auto")
+    assert storage.tokens.access_token != first.access_token
+    assert storage.tokens.refresh_token != first.refresh_token  # rotated
+
+
+async def test_a_token_works_only_for_the_resource_it_was_issued_for(world: SignInWorld):
+    login = await raw_login(world, resource=f"{world.url}/servers/tools/mcp")
+    tokens = (await redeem(world.url + "/oauth/token", login)).json()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}",
+              "Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        here = await http.post(f"{world.url}/servers/tools/mcp", json=INITIALIZE, headers=bearer)
+        there = await http.post(f"{world.url}/mcp", json=INITIALIZE, headers=bearer)
+    assert here.status_code == 200, here.text
+    assert there.status_code == 401 and "another resource" in there.headers["WWW-Authenticate"]
+
+
+async def test_metadata_names_the_gateway_as_the_authorization_server(world: SignInWorld):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        resource = (await http.get(
+            f"{world.url}/.well-known/oauth-protected-resource/servers/tools/mcp")).json()
+        server = (await http.get(f"{world.url}/.well-known/oauth-authorization-server")).json()
+        oidc = (await http.get(f"{world.url}/.well-known/openid-configuration")).json()
+    assert resource["authorization_servers"] == [world.url]
+    assert resource["resource"] == f"{world.url}/servers/tools/mcp"
+    assert server == oidc and server["issuer"] == world.url
+    assert server["code_challenge_methods_supported"] == ["S256"]
+    assert server["client_id_metadata_document_supported"] is True
+    assert server["authorization_response_iss_parameter_supported"] is True
+    assert server["registration_endpoint"] == f"{world.url}/oauth/register"
+
+
+async def test_a_refresh_token_used_twice_revokes_the_whole_sign_in(world: SignInWorld):
+    login = await raw_login(world)
+    token_url = world.url + "/oauth/token"
+    first = (await redeem(token_url, login)).json()
+    second = await refresh(token_url, login.client_id, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    reused = await refresh(token_url, login.client_id, first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    # the family is gone: even the newest refresh token no longer works
+    newest = await refresh(token_url, login.client_id, second.json()["refresh_token"])
+    assert newest.status_code == 400 and newest.json()["error"] == "invalid_grant"
+
+
+async def test_a_user_the_idp_no_longer_accepts_loses_access_at_the_next_refresh(
+        world: SignInWorld):
+    login = await raw_login(world)
+    token_url = world.url + "/oauth/token"
+    tokens = (await redeem(token_url, login)).json()
+    world.idp.refresh_tokens.clear()  # the IdP ended the user's session (disabled, logged out)
+    answer = await refresh(token_url, login.client_id, tokens["refresh_token"])
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    assert "identity provider" in answer.json()["error_description"]
+
+
+async def test_logging_out_revokes_the_refresh_token(world: SignInWorld):
+    login = await raw_login(world)
+    token_url = world.url + "/oauth/token"
+    tokens = (await redeem(token_url, login)).json()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        revoked = await http.post(world.url + "/oauth/revoke", data={
+            "token": tokens["refresh_token"], "client_id": login.client_id})
+    assert revoked.status_code == 200
+    answer = await refresh(token_url, login.client_id, tokens["refresh_token"])
+    assert answer.json()["error"] == "invalid_grant"
+
+
+async def test_a_wrong_verifier_is_refused_and_burns_the_code(world: SignInWorld):
+    login = await raw_login(world)
+    wrong = await redeem(world.url + "/oauth/token", login, code_verifier="x" * 43)
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    right = await redeem(world.url + "/oauth/token", login)
+    assert right.json()["error"] == "invalid_grant"  # one guess only
+
+
+async def test_a_code_redeemed_twice_is_refused_and_revokes_what_it_gave(world: SignInWorld):
+    login = await raw_login(world)
+    token_url = world.url + "/oauth/token"
+    tokens = (await redeem(token_url, login)).json()
+    again = await redeem(token_url, login)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    answer = await refresh(token_url, login.client_id, tokens["refresh_token"])
+    assert answer.json()["error"] == "invalid_grant"
+
+
+async def test_a_code_is_bound_to_its_client_and_redirect(world: SignInWorld):
+    login = await raw_login(world)
+    other = await redeem(world.url + "/oauth/token", login,
+                         redirect_uri=CALLBACK.format(port=free_port()))
+    assert other.json()["error"] == "invalid_grant"
+
+
+async def test_consent_denied_sends_the_client_access_denied(world: SignInWorld):
+    login = await raw_login(world, consent="deny")
+    assert login.landed["error"] == "access_denied" and login.landed["iss"] == world.url
+    assert "code" not in login.landed
+
+
+async def test_a_resource_that_is_not_this_gateways_is_refused(world: SignInWorld):
+    login = await raw_login(world, resource="https://mcp.elsewhere.example/mcp")
+    assert login.landed["error"] == "invalid_target"
+    hidden = await raw_login(world, resource=f"{world.url}/servers/hidden/mcp")
+    assert hidden.landed["error"] == "invalid_target"  # invisible to erin: as if it did not exist
+
+
+async def test_authorization_answers_carry_state_and_iss(world: SignInWorld):
+    login = await raw_login(world, state="my-state")
+    assert login.landed["state"] == "my-state" and login.landed["iss"] == world.url
+
+
+async def test_an_unregistered_client_or_redirect_gets_a_page_never_a_redirect(
+        world: SignInWorld):
+    redirect = CALLBACK.format(port=free_port())
+    client_id = (await register(world.url, redirect)).json()["client_id"]
+    async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as http:
+        unknown = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": "nobody", "redirect_uri": "https://evil.example/cb",
+            "response_type": "code"})
+        elsewhere = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": client_id, "redirect_uri": "https://evil.example/cb",
+            "response_type": "code"})
+    for answer in (unknown, elsewhere):
+        assert answer.status_code == 400 and "location" not in answer.headers
+        assert answer.headers["X-Frame-Options"] == "DENY"
+    assert "Unknown application" in unknown.text
+
+
+async def test_a_loopback_redirect_matches_on_any_port(world: SignInWorld):
+    client_id = (await register(world.url, "http://127.0.0.1:1/callback")).json()["client_id"]
+    async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as http:
+        answer = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": client_id, "redirect_uri": "http://127.0.0.1:45678/callback",
+            "response_type": "code", "code_challenge": "x" * 43,
+            "code_challenge_method": "S256", "state": "s"})
+        wrong_path = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": client_id, "redirect_uri": "http://127.0.0.1:45678/other",
+            "response_type": "code"})
+    assert answer.status_code == 302 and answer.headers["location"].startswith(world.idp.issuer)
+    assert wrong_path.status_code == 400
+
+
+async def test_pkce_plain_is_refused(world: SignInWorld):
+    redirect = CALLBACK.format(port=free_port())
+    client_id = (await register(world.url, redirect)).json()["client_id"]
+    async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as http:
+        answer = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": client_id, "redirect_uri": redirect, "response_type": "code",
+            "code_challenge": "x" * 43, "code_challenge_method": "plain", "state": "s"})
+    assert answer.status_code == 302
+    assert "error=invalid_request" in answer.headers["location"]
+    assert answer.headers["location"].startswith(redirect)
+
+
+async def test_a_forged_or_replayed_state_is_refused(world: SignInWorld):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        forged = await http.get(f"{world.url}/oauth/callback",
+                                params={"state": "made-up", "code": "x"})
+    assert forged.status_code == 400 and "expired" in forged.text
+
+    # a real login's answer from the IdP, replayed into another browser (no binding cookie)
+    redirect = CALLBACK.format(port=free_port())
+    client_id = (await register(world.url, redirect)).json()["client_id"]
+    from demo.browser import ScriptedBrowser
+    from tests.support.sign_in import authorize_url
+    browser = ScriptedBrowser([("sub", "erin")])
+    try:
+        callback = await browser.sign_in(authorize_url(world.url, client_id, redirect, "v" * 43),
+                                         until=world.url + "/oauth/callback")
+    finally:
+        await browser.close()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        replayed = await http.get(callback)
+    assert replayed.status_code == 403 and "started elsewhere" in replayed.text
+
+
+async def test_dynamic_registration_refuses_bad_redirects(world: SignInWorld):
+    for uri in ("http://evil.example/cb", "javascript:alert(1)", "https://a.example/cb#frag",
+                "https://user@a.example/cb"):
+        answer = await register(world.url, uri)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_redirect_uri", uri
+
+
+async def test_registration_can_be_switched_off_and_restricted(tmp_path, aiohttp_server,
+                                                               upstream_url, signing_key):
+    off = await start_sign_in_world(tmp_path / "off", aiohttp_server, signing_key, upstream_url,
+                                    dynamic_registration="off")
+    answer = await register(off.url, CALLBACK.format(port=free_port()))
+    assert answer.status_code == 403 and answer.json()["error"] == "access_denied"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        metadata = (await http.get(f"{off.url}/.well-known/oauth-authorization-server")).json()
+    assert "registration_endpoint" not in metadata
+
+    narrow = await start_sign_in_world(tmp_path / "narrow", aiohttp_server, signing_key,
+                                       upstream_url, redirect_hosts=["vscode.dev"])
+    assert (await register(narrow.url, "https://vscode.dev/redirect")).status_code == 201
+    assert (await register(narrow.url, "http://127.0.0.1:1/cb")).status_code == 201
+    assert (await register(narrow.url, "https://evil.example/cb")).status_code == 400
+
+
+async def test_a_metadata_document_on_a_private_address_is_refused(tmp_path, aiohttp_server,
+                                                                  upstream_url, signing_key):
+    world = await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+    for gateway in world.nodes:  # production setting: no private addresses, https only
+        gateway.client_metadata._allow_private = gateway.client_metadata._allow_http = False
+    async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as http:
+        answer = await http.get(f"{world.url}/oauth/authorize", params={
+            "client_id": "https://127.0.0.1:9/client.json", "response_type": "code",
+            "redirect_uri": "http://127.0.0.1:1/cb"})
+    assert answer.status_code == 400 and "location" not in answer.headers
+    assert "metadata document" in answer.text
+
+
+async def test_a_token_the_gateway_minted_for_an_upstream_is_no_access_token(world: SignInWorld):
+    from gwc.runtime.policy.decide import Principal
+    # same key, same issuer, even an audience that names the gateway: still not an access token
+    minted = world.nodes[0].credentials.token(world.url + "/mcp", Principal("erin",
+                                                                            frozenset({"eng"})),
+                                              None)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answer = await http.post(world.url + "/mcp", json=INITIALIZE, headers={
+            "Authorization": f"Bearer {minted}", "Accept": "application/json, text/event-stream"})
+    assert answer.status_code == 401
