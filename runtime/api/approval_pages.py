@@ -139,7 +139,8 @@ class ApprovalPages:
 
     def _row(self, approval: Approval, now: float) -> dict[str, Any]:
         return {"id": approval.id, "server": approval.server, "tool": approval.tool,
-                "requester": requester_text(approval), "status": approval.status,
+                "requester": requester_text(approval),
+                "status_text": STATUS_TEXT.get(approval.status, approval.status),
                 "expires": _when(approval.expires), "expires_in": _in(approval.expires, now),
                 "link": approval_page_path(approval.id)}
 

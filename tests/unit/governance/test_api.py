@@ -163,6 +163,24 @@ async def test_an_approver_approves_over_the_api(node, http, token):
     assert (await error(await http.post(missing, headers=bearer(bob)), 404))[0] == "not_found"
 
 
+async def test_the_api_shows_an_approvals_arguments_as_kept(node, http, token):
+    arguments = {"version": 41, "password": "never-stored"}
+    pending = (await node.state.approvals.redeem_or_request(
+        ALICE, "deploy", "rollback", arguments_digest(arguments), ["group:ops"], arguments=arguments,
+        sensitive=["password"])).approval
+    bob = bearer(token("bob", "ops"))
+    shown = await answer(await http.get(f"/v1/approvals/{pending.id}", headers=bob), 200)
+    assert shown["arguments"] == {"version": 41, "password": "***"}
+    listed = (await answer(await http.get("/v1/approvals", headers=bob), 200))["approvals"]
+    assert "arguments" not in listed[0]  # a listing stays small
+    decided = await answer(await http.post(f"/v1/approvals/{pending.id}/deny", headers=bob), 200)
+    assert decided["arguments"] == shown["arguments"]
+    big = (await node.state.approvals.redeem_or_request(
+        ALICE, "deploy", "rollback", DIGEST, ["group:ops"], arguments={"blob": "x" * 20_000})).approval
+    too_large = await answer(await http.get(f"/v1/approvals/{big.id}", headers=bob), 200)
+    assert too_large["arguments"] is None and too_large["arguments_digest"] == DIGEST
+
+
 async def test_no_decision_without_its_audit_record(node, http, token):
     pending = (await node.state.approvals.redeem_or_request(ALICE, "deploy", "rollback", DIGEST,
                                                             ["group:ops"])).approval
