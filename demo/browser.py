@@ -1,6 +1,7 @@
-"""A scripted browser for the demo and the tests: follows redirects, keeps cookies, and submits the
-HTML forms of the sign-in pages by pressing a named button, as a person would, until the browser is
-sent to the client's redirect URI. No JavaScript, no DOM: the pages need neither."""
+"""What the demo and the tests sign in with, in place of a person: a scripted browser that follows
+redirects, keeps cookies, and submits the HTML forms of the sign-in pages by pressing a named
+button, until it is sent to the client's redirect URI (no JavaScript, no DOM: the pages need
+neither); and the token storage the SDK's OAuth client keeps its registration and tokens in."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin
 
 import aiohttp
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 MAX_STEPS = 20
 
@@ -80,13 +82,38 @@ class ScriptedBrowser:
         await self.session.close()
 
 
-def _text(html: str) -> str:
-    class Text(HTMLParser):
-        parts: list[str] = []
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
 
-        def handle_data(self, data: str) -> None:
+    def handle_data(self, data: str) -> None:
+        if data.strip():
             self.parts.append(data.strip())
-    parser = Text()
-    parser.parts = []
+
+
+def _text(html: str) -> str:
+    """A page's words, for an error message."""
+    parser = _Text()
     parser.feed(html)
-    return " ".join(p for p in parser.parts if p)
+    return " ".join(parser.parts)
+
+
+class MemoryTokens:
+    """The SDK's ``TokenStorage``, in memory (a demo or a test ends with its process)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info

@@ -26,11 +26,15 @@ import time
 import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import yaml
+from browser import MemoryTokens, ScriptedBrowser  # demo/browser.py, beside this script
 from mcp import Client, MCPError
+from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -220,6 +224,50 @@ async def drive(gateway: str, alice: str, bob: str) -> None:
     await show_catalog(gateway, bob, "bob")
 
 
+IDP_CLIENT_SECRET = "demo-only-gateway-secret"
+
+
+async def sign_in(gateway: str, idp: str) -> None:
+    """What an MCP client does on first connect: the SDK's own OAuth client finds the gateway's
+    authorization server from the 401, registers itself, and sends the user's browser (here a
+    scripted one pressing buttons) to log in at the IdP and consent; then it has tokens."""
+    say("Signing in the way an MCP client does (the SDK's OAuthClientProvider, a scripted browser)")
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    browser = ScriptedBrowser([("sub", "bob"), ("decision", "allow")])
+    landed: asyncio.Queue[str] = asyncio.Queue()
+
+    async def open_browser(url: str) -> None:
+        print(f"  client opens the browser at the gateway: {url.split('?')[0]}?…")
+        await landed.put(await browser.sign_in(url, until=redirect))
+        print(f"  browser: the dev IdP's login page ({idp}/authorize), bob pressed; "
+              "the gateway's consent page, Allow pressed")
+
+    async def come_back() -> AuthorizationCodeResult:
+        query = parse_qs(urlsplit(await landed.get()).query)
+        print(f"  back at the client's loopback redirect with a code (iss={query['iss'][0]})")
+        return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0],
+                                       iss=query["iss"][0])
+
+    storage = MemoryTokens()
+    provider = OAuthClientProvider(f"{gateway}/mcp", OAuthClientMetadata(
+        client_name="gwc demo client", redirect_uris=[redirect],
+        grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+        token_endpoint_auth_method="none"), storage, open_browser, come_back)
+    try:
+        async with (httpx2.AsyncClient(auth=provider, timeout=30) as http,
+                    Client(streamable_http_client(f"{gateway}/mcp", http_client=http),
+                           read_timeout_seconds=20) as client):
+            tools = [tool.name for tool in (await client.list_tools()).tools]
+            assert storage.client is not None and storage.tokens is not None
+            print(f"  registered as {storage.client.client_id}; access token for "
+                  f"{storage.tokens.expires_in} s, refresh token kept")
+            print(f"  bob's tools on {gateway}/mcp: {', '.join(tools)}")
+            result = await client.call_tool("deploy__get_status", {"service": "api"})
+            print(f"  deploy__get_status -> {result.content[0].text[:80]}")
+    finally:
+        await browser.close()
+
+
 USERS = (("alice", ["data-platform"]), ("bob", ["engineering"]), ("carol", ["success"]),
          ("dave", ["platform"]), ("sam", ["sre", "sre-oncall"]))
 
@@ -241,12 +289,14 @@ def serve(gateway: str, idp: str, users: dict[str, str], processes: list[subproc
   a user's bearer token:            .demo/tokens/<user>.txt ({", ".join(users)}; valid an hour)
   endpoints for scripts:            .demo/endpoints.json
 
-  curl, bob's tools:
+  Clients sign in through the gateway: it sends your browser to the dev IdP (press a user's
+  button), asks your consent once, and hands the client its own tokens. For example:
+    npx mcp-remote {gateway}/mcp --allow-http          (a stdio bridge, e.g. for Claude Desktop)
+    npx @modelcontextprotocol/inspector                (transport "Streamable HTTP", URL {gateway}/mcp)
+    approvals in a browser:                            {gateway}/approvals
+  Or skip signing in with a bearer token from the dev IdP:
     curl -s {gateway}/v1/catalog -H "Authorization: Bearer $(cat .demo/tokens/bob.txt)"
-  mcp-remote (a stdio bridge for clients that only speak stdio, e.g. Claude Desktop's config):
-    npx mcp-remote {gateway}/mcp --allow-http --header "Authorization:Bearer $(cat .demo/tokens/bob.txt)"
-  MCP Inspector: npx @modelcontextprotocol/inspector, transport "Streamable HTTP", URL {gateway}/mcp,
-    header Authorization = "Bearer " + .demo/tokens/bob.txt""")
+    npx mcp-remote {gateway}/mcp --allow-http --header "Authorization:Bearer $(cat .demo/tokens/bob.txt)\"""")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops it as cleanly as Ctrl-C
     try:
         while all(process.poll() is None for process in processes):
@@ -269,12 +319,14 @@ def main() -> None:
         run("gwc", "keygen", "--out", "keys/ci")
         run("gwc", "keygen", "--out", "keys/gateway")
         run("gwc", "dev-idp", "--out", "idp/dev")
-        idp_port = free_port()
-        idp = f"http://127.0.0.1:{idp_port}"
+        idp_port, gateway_port = free_port(), free_port()
+        idp, gateway = f"http://127.0.0.1:{idp_port}", f"http://127.0.0.1:{gateway_port}"
+        # the gateway is one confidential client of the IdP: users log in there through it
         processes.append(subprocess.Popen(
             [str(BIN / "gwc"), "dev-idp", "serve", "--idp", "idp/dev.key", "--listen",
-             f"127.0.0.1:{idp_port}"], cwd=WORK, stdout=(WORK / "idp.log").open("w"),
-            stderr=subprocess.STDOUT))
+             f"127.0.0.1:{idp_port}", "--client",
+             f"gwc-gateway:{IDP_CLIENT_SECRET}:{gateway}/oauth/callback"],
+            cwd=WORK, stdout=(WORK / "idp.log").open("w"), stderr=subprocess.STDOUT))
         wait_for(idp_port, "the dev identity provider", "/.well-known/openid-configuration")
         print(f"  dev identity provider (OpenID Connect, not for production) at {idp}")
 
@@ -292,8 +344,6 @@ def main() -> None:
             processes.append(subprocess.Popen(
                 [sys.executable, str(REPO / "demo" / "upstreams.py"), name, str(port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        gateway_port = free_port()
-        gateway = f"http://127.0.0.1:{gateway_port}"
         log = (WORK / "runtime.log").open("w")
         session_key = run("gwc", "session-key").strip()  # a fleet shares it: any node, any request
         processes.append(subprocess.Popen(
@@ -301,7 +351,8 @@ def main() -> None:
              "--listen", f"127.0.0.1:{gateway_port}", "--signing-key", "keys/gateway.key",
              "--public-url", gateway, "--state-dir", "state", "--audit", "file:audit/audit.jsonl"],
             cwd=WORK, stdout=log, stderr=log, env={**os.environ, "PG_MCP_TOKEN": "demo-secret",
-                                                   "GWC_SESSION_KEYS": session_key}))
+                                                   "GWC_SESSION_KEYS": session_key,
+                                                   "GWC_IDP_CLIENT_SECRET": IDP_CLIENT_SECRET}))
         for name, port in ports.items():
             wait_for(port, f"upstream {name}")
         wait_for(gateway_port, "the gwc runtime", "/readyz")
@@ -313,6 +364,7 @@ def main() -> None:
                  for user, groups in USERS}
         say("What a user pastes into Claude Desktop (gwc client-config)")
         print(run("gwc", "client-config", "--gateway", gateway, "--client", "claude-desktop"))
+        asyncio.run(sign_in(gateway, idp))
         asyncio.run(drive(gateway, users["alice"], users["bob"]))
         governance(gateway, users)
         say("The audit trail: every request above, hash-chained, its head signed by the "

@@ -11,8 +11,16 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.e2e import INITIALIZE, MODES, free_port
-from tests.support.sign_in import (CALLBACK, SignInWorld, raw_login, redeem, refresh, register,
-                                   sdk_provider, start_sign_in_world)
+from tests.support.sign_in import (
+    CALLBACK,
+    SignInWorld,
+    raw_login,
+    redeem,
+    refresh,
+    register,
+    sdk_provider,
+    start_sign_in_world,
+)
 
 pytestmark = pytest.mark.e2e
 

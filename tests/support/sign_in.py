@@ -14,9 +14,9 @@ import yaml
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from mcp.client.auth import OAuthClientProvider
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
-from demo.browser import ScriptedBrowser
+from demo.browser import MemoryTokens, ScriptedBrowser
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.keys import generate_keypair
 from gwc.compiler.build.registry import load_registry
@@ -77,26 +77,6 @@ async def start_sign_in_world(tmp_path: Path, aiohttp_server: Any, signing_key: 
         await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
         gateways.append(gateway)
     return SignInWorld(public, gateways, [f"http://127.0.0.1:{p}" for p in ports], idp, root)
-
-
-class MemoryTokens:
-    """The SDK's token storage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 def sdk_provider(server_url: str, user: str, *, consent: str = "allow",
