@@ -46,7 +46,8 @@ from gwc.runtime.protocol.errors import RpcError
 
 log = logging.getLogger("gwc.governance")
 
-PageHandler = Callable[["ApprovalPages", web.Request], Awaitable[web.StreamResponse]]
+PageHandler = Callable[["ApprovalPages", web.Request, BrowserUser], Awaitable[web.StreamResponse]]
+Page = Callable[["ApprovalPages", web.Request], Awaitable[web.StreamResponse]]
 DECISIONS = {"approve": True, "deny": False}
 # Characters shown escaped (\uXXXX) in arguments: controls, format characters (bidirectional
 # overrides, zero-width ones), separators and unassigned or private code points, so what an approver
@@ -94,22 +95,37 @@ def requester_text(approval: Approval) -> str:
     return text if req.acting_for is None else f"{text} for {req.acting_for}"
 
 
-def _shows_refusals(handler: PageHandler) -> PageHandler:
-    """Answer every refusal the handlers know as a page with its status, never a trace."""
+STATE_UNAVAILABLE = ("The gateway's shared state is unreachable, so approvals cannot be read or "
+                     "decided right now. Nothing was changed.")
+
+
+def _signed_in_page(handler: PageHandler) -> Page:
+    """For the signed-in user only (anyone else is sent to sign in), and every refusal the handler
+    knows answered as a page with its status, never a trace."""
     @functools.wraps(handler)
     async def guarded(self: ApprovalPages, request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(self, request)
+            user = await self._sessions.user(request)
+        except StateUnavailable as exc:  # the sessions' store is the same shared state
+            log.warning("approval pages: %s", exc)
+            return error_page(TITLES[503], STATE_UNAVAILABLE, status=503)
+        if user is None:
+            return self._sessions.login_redirect(request)
+        try:
+            return await handler(self, request, user)
         except Refusal as exc:
-            return error_page(TITLES.get(exc.status, "Refused"), exc.message, status=exc.status)
+            return _refused(user, exc.status, exc.message)
         except RpcError as exc:  # the auditor's own error (503 audit_unavailable)
-            status = exc.http_status if exc.http_status >= 400 else 503
-            return error_page(TITLES.get(status, "Refused"), exc.message, status=status)
+            return _refused(user, exc.http_status if exc.http_status >= 400 else 503, exc.message)
         except StateUnavailable as exc:
             log.warning("approval pages: %s", exc)
-            return error_page(TITLES[503], "The gateway's shared state is unreachable, so approvals "
-                              "cannot be read or decided right now. Nothing was changed.", status=503)
+            return _refused(user, 503, STATE_UNAVAILABLE)
     return guarded
+
+
+def _refused(user: BrowserUser, status: int, message: str) -> web.Response:
+    title = TITLES.get(status, "Refused")
+    return page("approvals", status=status, user=user, title=title, error=(title, message))
 
 
 class ApprovalPages:
@@ -144,11 +160,8 @@ class ApprovalPages:
                 "expires": _when(approval.expires), "expires_in": _in(approval.expires, now),
                 "link": approval_page_path(approval.id)}
 
-    @_shows_refusals
-    async def list_page(self, request: web.Request) -> web.StreamResponse:
-        user = await self._sessions.user(request)
-        if user is None:
-            return self._sessions.login_redirect(request)
+    @_signed_in_page
+    async def list_page(self, request: web.Request, user: BrowserUser) -> web.StreamResponse:
         principal, now = user.principal, self._clock()
         found = await self._approvals.list_for(principal)
         return page("approvals", user=user, title="Approvals",
@@ -171,18 +184,12 @@ class ApprovalPages:
             can_decide=approval.status == "pending" and may_approve(approval, principal),
             action=approval_page_path(approval.id), error=error)
 
-    @_shows_refusals
-    async def approval_page(self, request: web.Request) -> web.StreamResponse:
-        user = await self._sessions.user(request)
-        if user is None:
-            return self._sessions.login_redirect(request)
+    @_signed_in_page
+    async def approval_page(self, request: web.Request, user: BrowserUser) -> web.StreamResponse:
         return self._show(await self._visible(request.match_info["id"], user), user)
 
-    @_shows_refusals
-    async def decide_page(self, request: web.Request) -> web.StreamResponse:
-        user = await self._sessions.user(request)
-        if user is None:
-            return self._sessions.login_redirect(request)
+    @_signed_in_page
+    async def decide_page(self, request: web.Request, user: BrowserUser) -> web.StreamResponse:
         form = await request.post()
         if not BrowserSessions.form_is_genuine(user, form):
             raise Refusal(403, "csrf", "This form was not sent from a page the gateway showed you "

@@ -15,7 +15,7 @@ from aiohttp import web
 from gwc.runtime.api.approval_pages import ApprovalPages, pretty_arguments
 from gwc.runtime.api.governance import GovernanceApi
 from gwc.runtime.auth.browser import BrowserSessions
-from gwc.runtime.auth.store import MemoryAuthStore
+from gwc.runtime.auth.store import MemoryAuthStore, RedisAuthStore
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import Approval, MemoryApprovals, arguments_digest
 from gwc.runtime.governance.approvals_redis import RedisApprovals
@@ -192,6 +192,7 @@ async def test_the_requester_sees_their_request_but_no_buttons_and_strangers_see
                  "/approvals/not-an-id"):
         hidden = await page_of(await http.get(path, headers=carol), 404)
         assert "rollback" not in hidden and "alice" not in hidden
+        assert "Approval not found" in hidden and 'href="/approvals"' in hidden
     # deciding is no different: invisible = not found (the API says 403 not_an_approver)
     refused = await http.post(f"/approvals/{pending.id}", headers=carol,
                               data={"decision": "approve", "csrf": carol_csrf})
@@ -298,6 +299,11 @@ async def test_unreachable_state_is_a_page_not_a_trace(tmp_path, aiohttp_client)
                          await http.post("/approvals/apv_0123456789abcdef0123", headers=bob,
                                          data={"decision": "approve", "csrf": csrf})):
             assert "shared state is unreachable" in await page_of(response, 503)
+        # sessions live in the same shared state: without it nobody is known, and nothing is shown
+        node.sessions = BrowserSessions(RedisAuthStore(client), "http://127.0.0.1")
+        http = await aiohttp_client(node.app())
+        response = await http.get("/approvals", headers=bob, allow_redirects=False)
+        assert "shared state is unreachable" in await page_of(response, 503)
     finally:
         await client.aclose()
 
