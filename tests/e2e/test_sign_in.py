@@ -280,3 +280,36 @@ async def test_a_token_the_gateway_minted_for_an_upstream_is_no_access_token(wor
         answer = await http.post(world.url + "/mcp", json=INITIALIZE, headers={
             "Authorization": f"Bearer {minted}", "Accept": "application/json, text/event-stream"})
     assert answer.status_code == 401
+
+
+async def test_a_client_identified_by_its_metadata_document_signs_in(world: SignInWorld,
+                                                                     aiohttp_server):
+    from aiohttp import web
+    from authlib.common.security import generate_token
+    from demo.browser import ScriptedBrowser
+    from tests.support.sign_in import authorize_url
+
+    redirect = CALLBACK.format(port=free_port())
+    document: dict = {"client_name": "Documented Client", "redirect_uris": [redirect],
+                      "token_endpoint_auth_method": "none"}
+    app = web.Application()
+
+    async def serve_document(request: web.Request) -> web.Response:
+        return web.json_response(document)
+    app.router.add_get("/oauth/client.json", serve_document)
+    served = await aiohttp_server(app, host="127.0.0.1")
+    client_id = document["client_id"] = str(served.make_url("/oauth/client.json"))  # http: dev
+    verifier = generate_token(48)
+    browser = ScriptedBrowser([("sub", "erin"), ("decision", "allow")])
+    try:
+        landed = await browser.sign_in(authorize_url(world.url, client_id, redirect, verifier),
+                                       until=redirect)
+    finally:
+        await browser.close()
+    assert "Documented Client" in browser.pages[-1] and "metadata document" in browser.pages[-1]
+    code = dict(pair.split("=", 1) for pair in landed.split("?", 1)[1].split("&"))["code"]
+    async with httpx2.AsyncClient(timeout=10) as http:
+        tokens = await http.post(world.url + "/oauth/token", data={
+            "grant_type": "authorization_code", "code": code, "client_id": client_id,
+            "redirect_uri": redirect, "code_verifier": verifier})
+    assert tokens.status_code == 200, tokens.text
