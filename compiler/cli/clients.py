@@ -21,8 +21,9 @@ def client_config_cmd(gateway: str, client: str, name: str, allow_http: bool) ->
     """Print the config entry that connects an MCP client.
 
     The entry names the gateway's aggregate endpoint, <URL>/mcp. stdout is only the JSON; a hint on
-    stderr says which file it goes into. No token goes in it:
-    clients that implement MCP authorization log in through the company IdP on first use.
+    stderr says which file it goes into. No token goes in it: clients that implement MCP
+    authorization sign in through the gateway on first use (it sends the browser to the company
+    IdP, then asks for consent once).
     """
     try:
         endpoint = client_config.endpoint(gateway, name, allow_http)
