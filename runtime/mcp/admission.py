@@ -14,7 +14,12 @@ from gwc.runtime.audit.chain import utc_time
 from gwc.runtime.audit.record import RecordedDecision
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.governance.approvals import TooManyApprovals, approval_page_path, arguments_digest
+from gwc.runtime.governance.approvals import (
+    TooManyApprovals,
+    approval_page_path,
+    approval_path,
+    arguments_digest,
+)
 from gwc.runtime.governance.backend import StateUnavailable
 from gwc.runtime.governance.bypasses import Bypass, is_break_glass
 from gwc.runtime.governance.limits import limits_for
@@ -166,10 +171,17 @@ class Admission:
                 f"{approval.decided_by}", approval_id=approval.id))
             return
         assert approval is not None
-        url = self._public_url + approval_page_path(approval.id)
+        # Where approvers go: the approval's page, when the gateway signs browsers in (sign_in);
+        # without it a page could not know who they are, so the API's approve URL.
+        if call.bundle.payload.gateway.sign_in is not None:
+            url = self._public_url + approval_page_path(approval.id)
+            where = f"at {url}"
+        else:
+            url = self._public_url + approval_path(approval.id) + "/approve"
+            where = f"POST {url}"
         verdict.refuse("approval_required", "approval_required", RpcError(
             APPROVAL_REQUIRED, f"{tool} on {name} needs an approval: ask one of "
-            f"{', '.join(approval.approvers)} to approve {approval.id} (at {url} or with "
+            f"{', '.join(approval.approvers)} to approve {approval.id} ({where} or "
             f"`gwc approvals approve {approval.id}`), then call again with the same arguments",
             approval_id=approval.id, approve_url=url,
             approvers=list(approval.approvers), expires_at=utc_time(approval.expires)))

@@ -195,7 +195,7 @@ async def test_an_approval_round_trip_goes_through_once(governed) -> None:
     waiting = await call_tool(governed, "ops", alice, "write_thing", args)
     assert waiting.code == -32030 and waiting.data["reason"] == "approval_required"
     approval = waiting.data["approval_id"]
-    assert waiting.data["approve_url"] == f"{governed.url}/approvals/{approval}"  # the page; the API below
+    assert waiting.data["approve_url"] == f"{governed.url}/v1/approvals/{approval}/approve"  # no sign_in
     assert waiting.data["approvers"] == ["group:sre"]  # teams are IdP groups
     again = await call_tool(governed, "ops", alice, "write_thing", args)
     assert again.data["approval_id"] == approval  # retries do not pile up approvals

@@ -9,7 +9,9 @@ import json
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from gwc.runtime.api.approval_pages import ApprovalPages, pretty_arguments
@@ -23,12 +25,14 @@ from gwc.runtime.governance.backend import connect
 from gwc.runtime.governance.state import State
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import UNAUTHENTICATED, RpcError
-from tests.support.e2e import free_port
+from tests.support.e2e import free_port, start_node, write_governed_registry
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.helpers import compile_root, manifest, write_registry
 from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, redis_clients_fixture  # noqa: F401
+from tests.unit.mcp.test_pipeline import call_tool
 
 SECRET = "s3cr3t-token-value"
-ARGS = {"version": 41, "env": "prod", "token": SECRET}
+ARGS = {"version": 41, "env": "prod", "target": "prod", "token": SECRET}
 OLGA = Principal("olga", frozenset({"ops"}))  # another approver
 
 
@@ -327,3 +331,47 @@ async def test_arguments_too_large_to_keep_show_the_digest(node, http):
     bob, _ = await node.session(BOB)
     page = await page_of(await http.get(f"/approvals/{pending.id}", headers=bob), 200)
     assert "arguments too large to show" in page and arguments_digest(big) in page and "zzzz" not in page
+
+
+def with_sign_in(root: Path, jwks: str, upstream: str) -> Path:
+    """The governed registry with sign-in on (browser sessions) and ops/write_thing's token sensitive."""
+    write_governed_registry(root, jwks, upstream)
+    settings = yaml.safe_load((root / "gateway.yaml").read_text())
+    settings["sign_in"] = {"idp_client_id": "gwc-gateway", "idp_scopes": ["openid", "groups"]}
+    (root / "gateway.yaml").write_text(yaml.safe_dump(settings))
+    ops = yaml.safe_load((root / "registry" / "ops.yaml").read_text())
+    ops["tools"]["write_thing"]["sensitive"] = ["token"]
+    (root / "registry" / "ops.yaml").write_text(yaml.safe_dump(ops))
+    return root
+
+
+async def test_a_gateway_sends_approvers_to_the_page_and_decides_there(tmp_path, aiohttp_server,
+                                                                       signing_key):
+    """The node as app.py wires it: approve_url is the page when the gateway signs browsers in; the
+    page reads the approval admission created, deciding there writes the node's trail."""
+    fake = FakeUpstream()
+    upstream = str((await aiohttp_server(fake.app(), host="127.0.0.1")).make_url("/mcp"))
+    node = await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: with_sign_in(root, jwks, upstream),
+                            idp_client_secret="not-used-here")
+    alice = node.idp.token("alice", ["eng"])
+    waiting = await call_tool(node, "ops", "write_thing", ARGS, alice)
+    data = waiting["error"]["data"]
+    assert data["approve_url"] == f"{node.url}/approvals/{data['approval_id']}"
+    assert data["approve_url"] in waiting["error"]["message"]
+
+    response = web.Response()
+    csrf = (await node.gateway.browser.start(response, Principal("sam", frozenset({"sre"})))).csrf
+    sam = {"Cookie": f"{node.gateway.browser.cookie}={response.cookies[node.gateway.browser.cookie].value}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(data["approve_url"], headers=sam) as answer:
+            page = html.unescape(await page_of(answer, 200))
+        assert '"token": "***"' in page and SECRET not in page and '"target": "prod"' in page
+        async with http.post(data["approve_url"], headers=sam, allow_redirects=False,
+                             data={"decision": "approve", "csrf": csrf}) as answer:
+            assert answer.status == 303
+    done = await call_tool(node, "ops", "write_thing", ARGS, alice)
+    assert json.loads(done["result"]["content"][0]["text"])["arguments"] == ARGS
+    records = [json.loads(line) for line in node.audit_path.read_text().splitlines()]
+    assert [(r["event"], r["principal"]["subject"]) for r in records if r["type"] == "approval"] == [
+        ("approved", "sam")]
