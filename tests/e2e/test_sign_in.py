@@ -7,13 +7,18 @@ import time
 
 import httpx2
 import pytest
+from aiohttp import web
+from authlib.common.security import generate_token
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from demo.browser import ScriptedBrowser
+from gwc.runtime.policy.decide import Principal
 from tests.support.e2e import INITIALIZE, MODES, free_port
 from tests.support.sign_in import (
     CALLBACK,
     SignInWorld,
+    authorize_url,
     raw_login,
     redeem,
     refresh,
@@ -220,8 +225,6 @@ async def test_a_forged_or_replayed_state_is_refused(world: SignInWorld):
     # a real login's answer from the IdP, replayed into another browser (no binding cookie)
     redirect = CALLBACK.format(port=free_port())
     client_id = (await register(world.url, redirect)).json()["client_id"]
-    from demo.browser import ScriptedBrowser
-    from tests.support.sign_in import authorize_url
     browser = ScriptedBrowser([("sub", "erin")])
     try:
         callback = await browser.sign_in(authorize_url(world.url, client_id, redirect, "v" * 43),
@@ -271,7 +274,6 @@ async def test_a_metadata_document_on_a_private_address_is_refused(tmp_path, aio
 
 
 async def test_a_token_the_gateway_minted_for_an_upstream_is_no_access_token(world: SignInWorld):
-    from gwc.runtime.policy.decide import Principal
     # same key, same issuer, even an audience that names the gateway: still not an access token
     minted = world.nodes[0].credentials.token(world.url + "/mcp", Principal("erin",
                                                                             frozenset({"eng"})),
@@ -284,11 +286,6 @@ async def test_a_token_the_gateway_minted_for_an_upstream_is_no_access_token(wor
 
 async def test_a_client_identified_by_its_metadata_document_signs_in(world: SignInWorld,
                                                                      aiohttp_server):
-    from aiohttp import web
-    from authlib.common.security import generate_token
-    from demo.browser import ScriptedBrowser
-    from tests.support.sign_in import authorize_url
-
     redirect = CALLBACK.format(port=free_port())
     document: dict = {"client_name": "Documented Client", "redirect_uris": [redirect],
                       "token_endpoint_auth_method": "none"}
@@ -313,3 +310,44 @@ async def test_a_client_identified_by_its_metadata_document_signs_in(world: Sign
             "grant_type": "authorization_code", "code": code, "client_id": client_id,
             "redirect_uri": redirect, "code_verifier": verifier})
     assert tokens.status_code == 200, tokens.text
+
+
+async def test_consent_is_remembered_for_the_same_user_and_client(world: SignInWorld):
+    redirect = CALLBACK.format(port=free_port())
+    client_id = (await register(world.url, redirect)).json()["client_id"]
+    for press in ([("sub", "erin"), ("decision", "allow")], [("sub", "erin")]):
+        browser = ScriptedBrowser(press)  # the second time there is no consent page to answer
+        try:
+            landed = await browser.sign_in(authorize_url(world.url, client_id, redirect,
+                                                         generate_token(48)), until=redirect)
+        finally:
+            await browser.close()
+        assert "code=" in landed
+    browser = ScriptedBrowser([("sub", "olga")])  # another user is asked
+    try:
+        with pytest.raises(Exception, match="no button to press"):
+            await browser.sign_in(authorize_url(world.url, client_id, redirect,
+                                                generate_token(48)), until=redirect)
+    finally:
+        await browser.close()
+
+
+@pytest.mark.parametrize(("data", "headers", "status", "error"), [
+    ({"grant_type": "password", "username": "a"}, {}, 400, "unsupported_grant_type"),
+    ({"grant_type": "authorization_code"}, {}, 400, "invalid_request"),
+    ({"grant_type": "refresh_token", "refresh_token": "x" * 5000, "client_id": "c"}, {}, 400,
+     "invalid_request"),
+    ({"grant_type": "authorization_code", "code": "c", "client_id": "x"},
+     {"Authorization": "Basic eDp5"}, 401, "invalid_client"),
+])
+async def test_hostile_token_requests_get_oauth_errors(world: SignInWorld, data, headers, status,
+                                                       error):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answer = await http.post(world.url + "/oauth/token", data=data, headers=headers)
+        as_json = await http.post(world.url + "/oauth/token", json=data)
+        repeated = await http.post(world.url + "/oauth/token", content=b"grant_type=a&grant_type=b",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (answer.status_code, answer.json()["error"]) == (status, error)
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert (as_json.status_code, as_json.json()["error"]) == (400, "invalid_request")
+    assert repeated.json()["error"] == "invalid_request"
