@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus, urlsplit
@@ -194,6 +194,11 @@ class DevIdPServer:
                 grant = _take(self.refresh_tokens, form.get("refresh_token", ""))
                 if grant is None or grant.client_id != client.client_id:
                     raise OAuthError("invalid_grant", "unknown, used or expired refresh token")
+                # as a real IdP: a refresh answers for the user as they are now
+                user = self.users.get(grant.user.login)
+                if user is None:
+                    raise OAuthError("invalid_grant", "the user no longer exists")
+                grant = replace(grant, user=user)
             else:
                 raise OAuthError("unsupported_grant_type", "authorization_code or refresh_token")
         except OAuthError as exc:

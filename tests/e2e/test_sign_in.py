@@ -13,6 +13,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from demo.browser import ScriptedBrowser
+from gwc.compiler.client.dev_idp_config import DevUser
 from gwc.runtime.policy.decide import Principal
 from tests.support.e2e import INITIALIZE, MODES, free_port
 from tests.support.sign_in import (
@@ -61,7 +62,6 @@ async def test_the_sdk_refreshes_an_expired_token_without_a_new_login(world: Sig
     await tool_names(world.url + "/servers/tools/mcp", provider, "auto")
     first = storage.tokens
     provider.context.token_expiry_time = time.time() - 1  # as if an access token lifetime went by
-    provider.context.lock = type(provider.context.lock)()
     assert "echo" in await tool_names(world.url + "/servers/tools/mcp", provider, "auto")
     assert storage.tokens.access_token != first.access_token
     assert storage.tokens.refresh_token != first.refresh_token  # rotated
@@ -351,3 +351,18 @@ async def test_hostile_token_requests_get_oauth_errors(world: SignInWorld, data,
     assert answer.headers["Cache-Control"] == "no-store"
     assert (as_json.status_code, as_json.json()["error"]) == (400, "invalid_request")
     assert repeated.json()["error"] == "invalid_request"
+
+
+async def test_a_group_change_at_the_idp_reaches_the_gateway_at_the_next_refresh(
+        world: SignInWorld):
+    provider, storage = sdk_provider(world.url + "/mcp", "erin")
+    assert "tools__echo" in await tool_names(world.url + "/mcp", provider, "auto")
+    world.idp.users["erin"] = DevUser(sub="erin", groups=("sales",))  # moved out of eng
+    provider.context.token_expiry_time = time.time() - 1  # an access-token lifetime later
+    assert not any(name.startswith("tools__") for name in await tool_names(
+        world.url + "/mcp", provider, "auto"))
+
+    del world.idp.users["erin"]  # and then removed at the IdP
+    answer = await refresh(world.url + "/oauth/token", storage.client.client_id,
+                           storage.tokens.refresh_token)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
