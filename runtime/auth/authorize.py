@@ -29,6 +29,7 @@ from gwc.runtime.auth.tokens import new_secret
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.backend import StateUnavailable
 from gwc.runtime.policy.decide import visible_server
+from gwc.runtime.protocol.errors import RpcError
 
 S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 MAX_PARAM_CHARS = 2000
@@ -243,7 +244,7 @@ class Authorization:
         return response
 
     async def consent(self, request: web.Request) -> web.StreamResponse:
-        _, settings = self._settings()
+        bundle, settings = self._settings()
         form = await request.post()
         user = await self.ctx.sessions.user(request)
         if user is None:
@@ -258,7 +259,16 @@ class Authorization:
         if grant is None or grant["subject"] != user.subject:
             return error_page("This request has expired", "It took too long or was already "
                               "answered. Start again from your application.")
-        if form.get("decision") != "allow":
+        decision = "consent_granted" if form.get("decision") == "allow" else "consent_denied"
+        try:
+            await self.ctx.audit(request, bundle, user.principal, decision,
+                                 client_id=grant["client_id"], resource=grant["resource"],
+                                 redirect_uri=grant["redirect_uri"])
+        except RpcError:
+            return error_page("Signing in is unavailable", "The gateway cannot write its audit "
+                              "trail right now, so it gives no access. Try again in a minute.",
+                              status=503)
+        if decision == "consent_denied":
             log.info("consent denied", extra={"subject": user.subject,
                                               "client_id": grant["client_id"]})
             return self.ctx.redirect(grant["redirect_uri"], error="access_denied",

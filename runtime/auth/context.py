@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any
 
 from aiohttp import web
@@ -18,11 +19,14 @@ from gwc.runtime.auth.store import AuthStore
 from gwc.runtime.auth.tokens import AccessTokens
 from gwc.runtime.bundle.format import SignIn
 from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.policy.decide import Principal
 
 log = logging.getLogger("gwc.auth")
 LOGIN_TTL_S = 600  # a login at the IdP, and a consent page, must be finished within this
 CODE_TTL_S = 60  # an authorization code is redeemed within this (RFC 6749 §4.1.2: at most 10 min)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+BaseRecord = Callable[[web.Request, Bundle, Principal, str], dict[str, Any]]
+WriteRecord = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class OAuthError(Exception):
@@ -49,7 +53,17 @@ class AuthContext:
     tokens: AccessTokens
     clients: ClientDirectory
     idp_client_secret: str | None
+    write_record: WriteRecord
+    base_record: BaseRecord
     _idp: IdentityProvider | None = field(default=None, repr=False)
+
+    async def audit(self, request: web.Request, bundle: Bundle, principal: Principal, event: str,
+                    **fields: Any) -> None:
+        """A ``sign_in`` record in the audit trail: who let which client in, for what, when a
+        sign-in was refreshed, reused or revoked. Raises when the trail fails closed, so the step
+        that needed it does not happen."""
+        await self.write_record({**self.base_record(request, bundle, principal, "sign_in"),
+                                 "event": event, **fields})
 
     def settings(self) -> tuple[Bundle, SignIn] | None:
         bundle = self.active()
@@ -89,6 +103,11 @@ class AuthContext:
     async def close(self) -> None:
         if self._idp is not None:
             await self._idp.close()
+
+
+def sign_in_id(family: str) -> str:
+    """What the trail calls one sign-in (a refresh-token family): not the family's key itself."""
+    return sha256(b"gwc-sign-in:" + family.encode()).hexdigest()[:24]
 
 
 def see_other(location: str, status: int = 303) -> web.Response:

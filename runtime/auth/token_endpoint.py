@@ -19,7 +19,7 @@ from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from gwc.runtime.auth.clients import RegistrationError
-from gwc.runtime.auth.context import NO_STORE, AuthContext, OAuthError, log
+from gwc.runtime.auth.context import NO_STORE, AuthContext, OAuthError, log, sign_in_id
 from gwc.runtime.auth.idp import IdpError
 from gwc.runtime.auth.store import secret_key
 from gwc.runtime.auth.tokens import new_secret
@@ -27,6 +27,7 @@ from gwc.runtime.bundle.format import SignIn
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.backend import StateUnavailable
 from gwc.runtime.policy.decide import Principal
+from gwc.runtime.protocol.errors import RpcError
 
 VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 §4.1
 USED_MARK_TTL_S = 3600  # how long a used code or refresh token is remembered, to detect reuse
@@ -67,9 +68,9 @@ class TokenEndpoint:
             form = await self._form(request)
             grant_type = form.get("grant_type")
             if grant_type == "authorization_code":
-                answer = await self._redeem_code(form, bundle, settings)
+                answer = await self._redeem_code(request, form, bundle, settings)
             elif grant_type == "refresh_token":
-                answer = await self._refresh(form, bundle, settings)
+                answer = await self._refresh(request, form, bundle, settings)
             else:
                 raise OAuthError("unsupported_grant_type", "grant_type must be "
                                  "authorization_code or refresh_token")
@@ -80,10 +81,22 @@ class TokenEndpoint:
         except StateUnavailable:
             return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
                               "reached", 503).response()
+        except RpcError:  # the audit trail fails closed: no tokens without their record
+            return OAuthError("temporarily_unavailable", "the audit trail cannot be written",
+                              503).response()
         return web.json_response(answer, headers=NO_STORE)
 
-    async def _redeem_code(self, form: dict[str, str], bundle: Bundle, settings: SignIn
-                           ) -> dict[str, Any]:
+    async def _note(self, request: web.Request, bundle: Bundle, subject: str, event: str,
+                    **fields: Any) -> None:
+        """A record of something that went wrong for a sign-in; written if the trail can, as
+        what it records (a revocation) has happened either way."""
+        try:
+            await self.ctx.audit(request, bundle, Principal(subject), event, **fields)
+        except Exception as exc:  # the revocation stands; its record is what was lost
+            log.error("sign-in record not written", extra={"event": event, "reason": str(exc)})
+
+    async def _redeem_code(self, request: web.Request, form: dict[str, str], bundle: Bundle,
+                           settings: SignIn) -> dict[str, Any]:
         code, verifier = form.get("code", ""), form.get("code_verifier", "")
         if not code or not form.get("client_id") or len(code) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "code and client_id are required")
@@ -94,10 +107,12 @@ class TokenEndpoint:
             if used is not None:
                 await self.ctx.store.delete("family", used["family"])
                 log.warning("authorization code used twice: its tokens are revoked",
-                            extra={"client_id": used.get("client_id")})
+                            extra={"client_id": used["client_id"]})
+                await self._note(request, bundle, used["subject"], "code_reused",
+                                 client_id=used["client_id"], sign_in=sign_in_id(used["family"]))
             raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
         family = new_secret()
-        await self.ctx.store.put("code_used", key, {"family": family,
+        await self.ctx.store.put("code_used", key, {"family": family, "subject": grant["subject"],
                                                     "client_id": grant["client_id"]},
                                  USED_MARK_TTL_S)
         if not hmac.compare_digest(form["client_id"], grant["client_id"]):
@@ -114,6 +129,9 @@ class TokenEndpoint:
         if grant["resource"] not in self.ctx.resources(bundle):
             raise OAuthError("invalid_target", "resource is no longer served by this gateway")
         principal = Principal(grant["subject"], frozenset(grant["groups"]))
+        await self.ctx.audit(request, bundle, principal, "tokens_issued",
+                             grant_type="authorization_code", client_id=grant["client_id"],
+                             resource=grant["resource"], sign_in=sign_in_id(family))
         expires = time.time() + settings.refresh_token_ttl_s
         return await self._issue(grant, principal, family, expires, grant["idp_refresh"],
                                  settings)
@@ -144,8 +162,8 @@ class TokenEndpoint:
                                          "resource": grant["resource"]})
         return answer
 
-    async def _refresh(self, form: dict[str, str], bundle: Bundle, settings: SignIn
-                       ) -> dict[str, Any]:
+    async def _refresh(self, request: web.Request, form: dict[str, str], bundle: Bundle,
+                       settings: SignIn) -> dict[str, Any]:
         token = form.get("refresh_token", "")
         if not token or not form.get("client_id") or len(token) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "refresh_token and client_id are required")
@@ -156,7 +174,9 @@ class TokenEndpoint:
             if used is not None:
                 await self.ctx.store.delete("family", used["family"])
                 log.warning("refresh token used twice: its sign-in is revoked",
-                            extra={"subject": used.get("subject")})
+                            extra={"subject": used["subject"]})
+                await self._note(request, bundle, used["subject"], "refresh_reused",
+                                 sign_in=sign_in_id(used["family"]))
                 raise OAuthError("invalid_grant", "the refresh token was already used; this "
                                  "sign-in is revoked, sign in again")
             raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
@@ -176,12 +196,18 @@ class TokenEndpoint:
         except IdpError as exc:
             if exc.refused:
                 await self.ctx.store.delete("family", record["family"])
+                await self._note(request, bundle, record["subject"], "idp_refused",
+                                 client_id=record["client_id"],
+                                 sign_in=sign_in_id(record["family"]))
                 raise OAuthError("invalid_grant", "the identity provider no longer accepts "
                                  "this sign-in; sign in again") from None
             await self.ctx.store.delete("refresh_used", key)  # not the client's fault: retry
             await self.ctx.store.put("refresh", key, record, max(left, 1))
             raise OAuthError("temporarily_unavailable", "the identity provider cannot be "
                              "reached; try again", 503) from None
+        await self.ctx.audit(request, bundle, login.principal, "tokens_issued",
+                             grant_type="refresh_token", client_id=record["client_id"],
+                             resource=record["resource"], sign_in=sign_in_id(record["family"]))
         return await self._issue(record, login.principal, record["family"],
                                  record["family_expires"], login.refresh_token, settings)
 
@@ -189,7 +215,7 @@ class TokenEndpoint:
         """RFC 7009: revoking a refresh token ends its whole sign-in; anything else is a no-op
         (access tokens are short-lived and not tracked). Always 200, so nothing is learnt."""
         try:
-            self._settings()
+            bundle, _ = self._settings()
             form = await self._form(request)
             token = form.get("token", "")
             if not token:
@@ -200,6 +226,9 @@ class TokenEndpoint:
                 await self.ctx.store.delete("family", record["family"])
                 log.info("sign-in revoked", extra={"subject": record["subject"],
                                                    "client_id": record["client_id"]})
+                await self._note(request, bundle, record["subject"], "revoked",
+                                 client_id=record["client_id"],
+                                 sign_in=sign_in_id(record["family"]))
             elif record is not None:  # another client's token: leave it as it was
                 await self.ctx.store.put("refresh", secret_key(token), record,
                                          max(record["family_expires"] - time.time(), 1))

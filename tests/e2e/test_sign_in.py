@@ -3,7 +3,9 @@
 submitting the login and consent forms, and a real upstream."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -16,6 +18,7 @@ from demo.browser import ScriptedBrowser
 from gwc.compiler.client.dev_idp_config import DevUser
 from gwc.runtime.policy.decide import Principal
 from tests.support.e2e import INITIALIZE, MODES, free_port
+from tests.support.helpers import gwc
 from tests.support.sign_in import (
     CALLBACK,
     SignInWorld,
@@ -366,3 +369,23 @@ async def test_a_group_change_at_the_idp_reaches_the_gateway_at_the_next_refresh
     answer = await refresh(world.url + "/oauth/token", storage.client.client_id,
                            storage.tokens.refresh_token)
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+
+
+async def test_the_audit_trail_says_who_let_which_client_in_and_what_went_wrong(
+        world: SignInWorld):
+    login = await raw_login(world)
+    token_url = world.url + "/oauth/token"
+    first = (await redeem(token_url, login)).json()
+    await refresh(token_url, login.client_id, first["refresh_token"])
+    await refresh(token_url, login.client_id, first["refresh_token"])  # reused
+    trail = Path(world.nodes[0].config.audit.path)
+    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    sign_ins = [(r["event"], r["principal"]["subject"], r.get("grant_type"))
+                for r in records if r["type"] == "sign_in"]
+    assert sign_ins == [("consent_granted", "erin", None),
+                        ("tokens_issued", "erin", "authorization_code"),
+                        ("tokens_issued", "erin", "refresh_token"),
+                        ("refresh_reused", "erin", None)]
+    ids = {r["sign_in"] for r in records if r["type"] == "sign_in" and "sign_in" in r}
+    assert len(ids) == 1 and first["refresh_token"] not in json.dumps(records)
+    assert gwc("audit", "verify", trail).exit_code == 0
