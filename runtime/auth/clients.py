@@ -26,7 +26,7 @@ from gwc.runtime.bundle.format import SignIn
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "[::1]", "localhost"})
 FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp",
                                "ws", "wss"})
-REGISTRATION_TTL_S = 180 * 86_400
+REGISTRATION_TTL_S = 90 * 86_400  # from the registration's last use: unused ones go away
 MAX_REDIRECT_URIS = 10
 MAX_URI_CHARS = 2000
 Origin = Literal["registered", "metadata_document", "dynamic"]
@@ -119,6 +119,7 @@ class ClientDirectory:
         record = await self._store.get("client", client_id)
         if record is None:
             return None
+        await self._store.put("client", client_id, record, REGISTRATION_TTL_S)  # still in use
         return Client(client_id, record["client_name"], tuple(record["redirect_uris"]), "dynamic")
 
     async def register(self, body: Any, settings: SignIn) -> dict[str, Any]:

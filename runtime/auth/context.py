@@ -19,6 +19,7 @@ from gwc.runtime.auth.store import AuthStore
 from gwc.runtime.auth.tokens import AccessTokens
 from gwc.runtime.bundle.format import SignIn
 from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.governance.limits import RateLimiter
 from gwc.runtime.policy.decide import Principal
 
 log = logging.getLogger("gwc.auth")
@@ -55,6 +56,7 @@ class AuthContext:
     idp_client_secret: str | None
     write_record: WriteRecord
     base_record: BaseRecord
+    limits: RateLimiter
     _idp: IdentityProvider | None = field(default=None, repr=False)
 
     async def audit(self, request: web.Request, bundle: Bundle, principal: Principal, event: str,

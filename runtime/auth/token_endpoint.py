@@ -32,6 +32,9 @@ from gwc.runtime.protocol.errors import RpcError
 VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 §4.1
 USED_MARK_TTL_S = 3600  # how long a used code or refresh token is remembered, to detect reuse
 MAX_TOKEN_CHARS = 512
+# Dynamic registrations the whole gateway (every node, with Redis) accepts a minute: enough for
+# a company's people adding clients, not for filling the store.
+REGISTRATIONS_PER_MINUTE = 120
 
 
 class TokenEndpoint:
@@ -246,6 +249,12 @@ class TokenEndpoint:
                 raise OAuthError("access_denied", "dynamic client registration is off on this "
                                  "gateway; use a pre-registered client or a client ID metadata "
                                  "document", 403)
+            limit = await self.ctx.limits.check("oauth:register", REGISTRATIONS_PER_MINUTE)
+            if not limit.allowed:
+                return web.json_response({"error": "temporarily_unavailable", "error_description":
+                                          "too many client registrations; try again shortly"},
+                                         status=429, headers={**NO_STORE, "Retry-After": str(
+                                             max(1, round(limit.retry_after_s)))})
             try:
                 body = await request.json()
             except ValueError:

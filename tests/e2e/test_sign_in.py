@@ -389,3 +389,12 @@ async def test_the_audit_trail_says_who_let_which_client_in_and_what_went_wrong(
     ids = {r["sign_in"] for r in records if r["type"] == "sign_in" and "sign_in" in r}
     assert len(ids) == 1 and first["refresh_token"] not in json.dumps(records)
     assert gwc("audit", "verify", trail).exit_code == 0
+
+
+async def test_dynamic_registrations_are_rate_limited(world: SignInWorld, monkeypatch):
+    from gwc.runtime.auth import token_endpoint
+    monkeypatch.setattr(token_endpoint, "REGISTRATIONS_PER_MINUTE", 3)
+    answers = [await register(world.url, CALLBACK.format(port=1)) for _ in range(4)]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    assert answers[-1].json()["error"] == "temporarily_unavailable"
+    assert int(answers[-1].headers["Retry-After"]) >= 1
