@@ -86,7 +86,8 @@ class Gateway:
         self.authorization_server = AuthorizationServer(AuthContext(
             config.public_url, lambda: self.store.active, self.auth_store, self.browser,
             self.access_tokens, ClientDirectory(self.auth_store, self.client_metadata),
-            config.idp_client_secret, self.auditor.write, self.auditor.record, self.state.limits))
+            config.idp_client_secret, self.auditor.write, self.auditor.record, self.state.limits,
+            self.metrics))
         self._authenticator: Authenticator | None = None
         self._auth_bundle: Bundle | None = None
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)

@@ -62,6 +62,11 @@ class Metrics:
                                        "backend (Redis) during which rate limits held per node.",
                                        ["what"], registry=r)
 
+        self.sign_in = Counter("gwc_sign_in_total", "Steps of signing in through the gateway by "
+                               "step (authorize, callback, consent, token, refresh, register, "
+                               "revoke) and outcome (ok, or the OAuth error answered).",
+                               ["step", "outcome"], registry=r)
+
         # Label lookups take a lock and build a tuple each time; the hot path reuses the children.
         self._children: dict[tuple[object, ...], Any] = {}
 
@@ -74,6 +79,9 @@ class Metrics:
 
     def count_request(self, server: str, method: str, tool: str, decision: str) -> None:
         self._child(self.requests, server, method, tool, decision).inc()
+
+    def count_sign_in(self, step: str, outcome: str) -> None:
+        self._child(self.sign_in, step, outcome).inc()
 
     def count_upstream_error(self, server: str, reason: str) -> None:
         self._child(self.upstream_errors, server, reason).inc()

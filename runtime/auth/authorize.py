@@ -128,11 +128,11 @@ class Authorization:
                 "scope": query.get("scope", "")}, LOGIN_TTL_S)
             target = await self.ctx.idp(bundle).authorization_url(login_id, nonce, verifier)
         except ClientRefusal as refusal:
-            return self.ctx.redirect(redirect_uri, error=refusal.error,
+            return self.ctx.redirect(redirect_uri, step="authorize", error=refusal.error,
                                     error_description=refusal.description, state=state)
         except (StateUnavailable, IdpError) as exc:
             log.warning("sign-in could not start", extra={"reason": str(exc)})
-            return self.ctx.redirect(redirect_uri, error="temporarily_unavailable",
+            return self.ctx.redirect(redirect_uri, step="authorize", error="temporarily_unavailable",
                                     error_description="signing in is unavailable right now",
                                     state=state)
         return self._to_idp(target, login_id, binder)
@@ -207,7 +207,7 @@ class Authorization:
         if refusal is not None:
             if login["kind"] == "browser":
                 return error_page("You are not signed in", refusal[1], status=403)
-            return self.ctx.redirect(login["redirect_uri"], error=refusal[0],
+            return self.ctx.redirect(login["redirect_uri"], step="callback", error=refusal[0],
                                     error_description=refusal[1], state=login["state"])
         principal = signed_in.principal
         if login["kind"] == "browser":
@@ -216,7 +216,7 @@ class Authorization:
             return response
         server = self.ctx.server_of(login["resource"])
         if server is not None and visible_server(bundle.payload, principal, server) is None:
-            return self.ctx.redirect(login["redirect_uri"], error="invalid_target",
+            return self.ctx.redirect(login["redirect_uri"], step="callback", error="invalid_target",
                                     error_description="resource is not an MCP endpoint of this "
                                     "gateway", state=login["state"])
         grant = {**{k: login[k] for k in ("client_id", "client_name", "client_origin",
@@ -271,7 +271,7 @@ class Authorization:
         if decision == "consent_denied":
             log.info("consent denied", extra={"subject": user.subject,
                                               "client_id": grant["client_id"]})
-            return self.ctx.redirect(grant["redirect_uri"], error="access_denied",
+            return self.ctx.redirect(grant["redirect_uri"], step="consent", error="access_denied",
                                     error_description="the user did not allow access",
                                     state=grant["state"])
         if settings.consent_ttl_s:
@@ -286,4 +286,5 @@ class Authorization:
         log.info("authorization code issued", extra={"subject": grant["subject"],
                                                      "client_id": grant["client_id"],
                                                      "resource": grant["resource"]})
-        return self.ctx.redirect(grant["redirect_uri"], code=code, state=grant["state"])
+        return self.ctx.redirect(grant["redirect_uri"], step="code", code=code,
+                                 state=grant["state"])

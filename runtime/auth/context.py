@@ -20,6 +20,7 @@ from gwc.runtime.auth.tokens import AccessTokens
 from gwc.runtime.bundle.format import SignIn
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.limits import RateLimiter
+from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 
 log = logging.getLogger("gwc.auth")
@@ -57,6 +58,7 @@ class AuthContext:
     write_record: WriteRecord
     base_record: BaseRecord
     limits: RateLimiter
+    metrics: Metrics
     _idp: IdentityProvider | None = field(default=None, repr=False)
 
     async def audit(self, request: web.Request, bundle: Bundle, principal: Principal, event: str,
@@ -97,8 +99,10 @@ class AuthContext:
         prefix = self.public_url + "/servers/"
         return resource[len(prefix):-len("/mcp")] if resource.startswith(prefix) else None
 
-    def redirect(self, redirect_uri: str, **params: str | None) -> web.Response:
-        """Back to the client, with ``iss`` (RFC 9207) and whatever else the step answers."""
+    def redirect(self, redirect_uri: str, *, step: str, **params: str | None) -> web.Response:
+        """Back to the client, with ``iss`` (RFC 9207) and whatever else the ``step`` answers
+        (counted in gwc_sign_in_total by its error, or ok)."""
+        self.metrics.count_sign_in(step, params.get("error") or "ok")
         pairs = [(k, v) for k, v in params.items() if v is not None] + [("iss", self.public_url)]
         return see_other(add_params_to_uri(redirect_uri, pairs), status=302)
 

@@ -80,6 +80,7 @@ class TokenEndpoint:
         except OAuthError as refusal:
             log.info("token request refused", extra={"error": refusal.error,
                                                      "reason": refusal.description})
+            self.ctx.metrics.count_sign_in("token", refusal.error)
             return refusal.response()
         except StateUnavailable:
             return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
@@ -87,6 +88,7 @@ class TokenEndpoint:
         except RpcError:  # the audit trail fails closed: no tokens without their record
             return OAuthError("temporarily_unavailable", "the audit trail cannot be written",
                               503).response()
+        self.ctx.metrics.count_sign_in("token", "ok")
         return web.json_response(answer, headers=NO_STORE)
 
     async def _note(self, request: web.Request, bundle: Bundle, subject: str, event: str,
@@ -268,6 +270,7 @@ class TokenEndpoint:
         except StateUnavailable:
             return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
                               "reached", 503).response()
+        self.ctx.metrics.count_sign_in("register", "ok")
         log.info("client registered", extra={"client_id": answer["client_id"],
                                              "redirect_uris": answer["redirect_uris"]})
         return web.json_response(answer, status=201, headers=NO_STORE)

@@ -398,3 +398,15 @@ async def test_dynamic_registrations_are_rate_limited(world: SignInWorld, monkey
     assert [a.status_code for a in answers] == [201, 201, 201, 429]
     assert answers[-1].json()["error"] == "temporarily_unavailable"
     assert int(answers[-1].headers["Retry-After"]) >= 1
+
+
+async def test_sign_in_steps_are_counted_in_metrics(world: SignInWorld):
+    login = await raw_login(world)
+    await redeem(world.url + "/oauth/token", login)
+    await redeem(world.url + "/oauth/token", login)  # reused: invalid_grant
+    async with httpx2.AsyncClient(timeout=10) as http:
+        metrics = (await http.get(world.url + "/metrics")).text
+    assert 'gwc_sign_in_total{outcome="ok",step="code"} 1.0' in metrics
+    assert 'gwc_sign_in_total{outcome="ok",step="token"} 1.0' in metrics
+    assert 'gwc_sign_in_total{outcome="invalid_grant",step="token"} 1.0' in metrics
+    assert 'gwc_sign_in_total{outcome="ok",step="register"} 1.0' in metrics

@@ -13,6 +13,8 @@ from aiohttp import web
 from authlib.common.security import generate_token
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.sign_in import SignInWorld, authorize_url, register, start_sign_in_world
 
@@ -36,7 +38,11 @@ async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWo
 
 
 async def click(browser: WebDriver, css: str) -> None:
-    element = await asyncio.to_thread(browser.find_element, By.CSS_SELECTOR, css)
+    """Press a button once the page that has it has loaded (a form's answer loads on its own
+    time: a redirect or two later)."""
+    element = await asyncio.to_thread(WebDriverWait(browser, 20).until,
+                                      expected_conditions.element_to_be_clickable(
+                                          (By.CSS_SELECTOR, css)))
     await asyncio.to_thread(element.click)
 
 
@@ -56,6 +62,8 @@ async def open_consent(world: SignInWorld, browser: WebDriver, aiohttp_server: A
 async def test_a_user_logs_in_and_allows_a_client_in_a_real_browser(
         world: SignInWorld, browser: WebDriver, aiohttp_server: Any) -> None:
     callback, client_id, redirect, verifier = await open_consent(world, browser, aiohttp_server)
+    await asyncio.to_thread(WebDriverWait(browser, 20).until,
+                            expected_conditions.title_contains("Allow access"))
     consent = await asyncio.to_thread(lambda: browser.page_source)
     assert "Allow raw test to use your tools?" in consent
     assert "erin" in consent and f"{world.url}/mcp" in consent and "127.0.0.1" in consent
