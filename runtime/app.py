@@ -104,9 +104,12 @@ class Gateway:
         """The authenticator for the bundle's identity settings (rebuilt only when they change)."""
         if bundle is not self._auth_bundle:
             identity = bundle.payload.gateway.identity
-            if self._authenticator is None or self._authenticator.identity != identity:
+            # the gateway's own tokens count only while gateway.yaml has sign_in on
+            signs_in = bundle.payload.gateway.sign_in is not None
+            if (self._authenticator is None or self._authenticator.identity != identity
+                    or (self._authenticator.gateway_tokens is not None) != signs_in):
                 old, self._authenticator = self._authenticator, Authenticator(
-                    identity, gateway_tokens=self.access_tokens.verifier())
+                    identity, gateway_tokens=self.access_tokens.verifier() if signs_in else None)
                 if old is not None:
                     asyncio.get_running_loop().create_task(old.close())
             self._auth_bundle = bundle

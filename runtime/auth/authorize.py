@@ -112,7 +112,7 @@ class Authorization:
                 raise ClientRefusal("invalid_request", "code_challenge must be the 43-character "
                                     "S256 challenge")
             resource = query.get("resource") or self.ctx.public_url + "/mcp"
-            if resource not in self.ctx.resources(bundle):
+            if not self.ctx.looks_like_resource(resource):
                 raise ClientRefusal("invalid_target", "resource is not an MCP endpoint of this "
                                     "gateway")
             if any(len(v) > MAX_PARAM_CHARS for v in query.values()):
@@ -216,6 +216,7 @@ class Authorization:
             return response
         server = self.ctx.server_of(login["resource"])
         if server is not None and visible_server(bundle.payload, principal, server) is None:
+            # a server that does not exist answers exactly as one this user may not see
             return self.ctx.redirect(login["redirect_uri"], step="callback", error="invalid_target",
                                     error_description="resource is not an MCP endpoint of this "
                                     "gateway", state=login["state"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -94,10 +95,21 @@ class AuthContext:
         return {self.public_url, self.public_url + "/mcp", *(
             f"{self.public_url}/servers/{name}/mcp" for name in bundle.payload.servers)}
 
+    def looks_like_resource(self, resource: str) -> bool:
+        """Whether ``resource`` has the shape of one of this gateway's resources. Before the
+        user is known, only the shape is checked: whether the server exists (and is visible to
+        them) is judged after login, so nobody learns server names from this endpoint."""
+        if resource in (self.public_url, self.public_url + "/mcp"):
+            return True
+        name = self.server_of(resource)
+        return name is not None and SERVER_NAME.fullmatch(name) is not None
+
     def server_of(self, resource: str) -> str | None:
         """The server a per-server resource names, None for the gateway and /mcp."""
         prefix = self.public_url + "/servers/"
-        return resource[len(prefix):-len("/mcp")] if resource.startswith(prefix) else None
+        if not resource.startswith(prefix) or not resource.endswith("/mcp"):
+            return None
+        return resource[len(prefix):-len("/mcp")]
 
     def redirect(self, redirect_uri: str, *, step: str, **params: str | None) -> web.Response:
         """Back to the client, with ``iss`` (RFC 9207) and whatever else the ``step`` answers
@@ -109,6 +121,9 @@ class AuthContext:
     async def close(self) -> None:
         if self._idp is not None:
             await self._idp.close()
+
+
+SERVER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # as manifests name servers
 
 
 def sign_in_id(family: str) -> str:

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import yaml
 from aiohttp import web
 from authlib.common.security import generate_token
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from demo.browser import ScriptedBrowser
+from gwc.compiler.build.bundle import build
+from gwc.compiler.build.registry import load_registry
 from gwc.compiler.client.dev_idp_config import DevUser
+from gwc.runtime.auth import token_endpoint
 from gwc.runtime.policy.decide import Principal
 from tests.support.e2e import INITIALIZE, MODES, free_port
 from tests.support.helpers import gwc
@@ -168,7 +172,11 @@ async def test_a_resource_that_is_not_this_gateways_is_refused(world: SignInWorl
     login = await raw_login(world, resource="https://mcp.elsewhere.example/mcp")
     assert login.landed["error"] == "invalid_target"
     hidden = await raw_login(world, resource=f"{world.url}/servers/hidden/mcp")
-    assert hidden.landed["error"] == "invalid_target"  # invisible to erin: as if it did not exist
+    missing = await raw_login(world, resource=f"{world.url}/servers/nonexistent/mcp")
+    # invisible to erin answers as a server that does not exist, and both only after login:
+    # nobody learns server names from the authorization endpoint
+    assert hidden.landed == {**missing.landed, "state": hidden.landed["state"]}
+    assert hidden.landed["error"] == "invalid_target"
 
 
 async def test_authorization_answers_carry_state_and_iss(world: SignInWorld):
@@ -392,7 +400,6 @@ async def test_the_audit_trail_says_who_let_which_client_in_and_what_went_wrong(
 
 
 async def test_dynamic_registrations_are_rate_limited(world: SignInWorld, monkeypatch):
-    from gwc.runtime.auth import token_endpoint
     monkeypatch.setattr(token_endpoint, "REGISTRATIONS_PER_MINUTE", 3)
     answers = [await register(world.url, CALLBACK.format(port=1)) for _ in range(4)]
     assert [a.status_code for a in answers] == [201, 201, 201, 429]
@@ -410,3 +417,22 @@ async def test_sign_in_steps_are_counted_in_metrics(world: SignInWorld):
     assert 'gwc_sign_in_total{outcome="ok",step="token"} 1.0' in metrics
     assert 'gwc_sign_in_total{outcome="invalid_grant",step="token"} 1.0' in metrics
     assert 'gwc_sign_in_total{outcome="ok",step="register"} 1.0' in metrics
+
+
+async def test_turning_sign_in_off_stops_the_gateways_own_tokens(world: SignInWorld,
+                                                                   signing_key, tmp_path):
+    tokens = (await redeem(world.url + "/oauth/token", await raw_login(world))).json()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}",
+              "Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        assert (await http.post(world.url + "/mcp", json=INITIALIZE, headers=bearer)
+                ).status_code == 200
+        settings = yaml.safe_load((world.root / "gateway.yaml").read_text())
+        del settings["sign_in"]
+        (world.root / "gateway.yaml").write_text(yaml.safe_dump(settings))
+        build(load_registry(world.root), signing_key[2], tmp_path / "store", 2, "r2")
+        assert await world.nodes[0].poller.poll_once() == "activated"
+        refused = await http.post(world.url + "/mcp", json=INITIALIZE, headers=bearer)
+        metadata = await http.get(world.url + "/.well-known/oauth-authorization-server")
+    assert refused.status_code == 401
+    assert metadata.status_code == 404
