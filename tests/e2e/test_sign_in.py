@@ -436,3 +436,31 @@ async def test_turning_sign_in_off_stops_the_gateways_own_tokens(world: SignInWo
         metadata = await http.get(world.url + "/.well-known/oauth-authorization-server")
     assert refused.status_code == 401
     assert metadata.status_code == 404
+
+
+async def test_a_client_pre_registered_in_gateway_yaml_signs_in(tmp_path, aiohttp_server,
+                                                                upstream_url, signing_key):
+    world = await start_sign_in_world(
+        tmp_path, aiohttp_server, signing_key, upstream_url, client_id_metadata_documents=False,
+        clients=[{"client_id": "acme-desktop", "client_name": "Acme Desktop",
+                  "redirect_uris": ["http://127.0.0.1/oauth/callback"]}])
+    redirect = f"http://127.0.0.1:{free_port()}/oauth/callback"
+    verifier = generate_token(48)
+    browser = ScriptedBrowser([("sub", "erin"), ("decision", "allow")])
+    try:
+        landed = await browser.sign_in(authorize_url(world.url, "acme-desktop", redirect,
+                                                     verifier), until=redirect)
+        assert "registered by the gateway" in browser.pages[-1]
+        documented = authorize_url(world.url, "https://apps.example/client.json", redirect,
+                                   verifier)
+        async with httpx2.AsyncClient(timeout=10) as http:
+            refused = await http.get(documented)  # metadata documents are off here
+    finally:
+        await browser.close()
+    code = dict(pair.split("=", 1) for pair in landed.split("?", 1)[1].split("&"))["code"]
+    async with httpx2.AsyncClient(timeout=10) as http:
+        tokens = await http.post(world.url + "/oauth/token", data={
+            "grant_type": "authorization_code", "code": code, "client_id": "acme-desktop",
+            "redirect_uri": redirect, "code_verifier": verifier})
+    assert tokens.status_code == 200, tokens.text
+    assert refused.status_code == 400 and "Unknown application" in refused.text
