@@ -63,8 +63,8 @@ class Metrics:
                                        ["what"], registry=r)
 
         self.sign_in = Counter("gwc_sign_in_total", "Steps of signing in through the gateway by "
-                               "step (authorize, callback, consent, token, refresh, register, "
-                               "revoke) and outcome (ok, or the OAuth error answered).",
+                               "step (authorize, callback, consent, code: a code issued, token, "
+                               "register) and outcome (ok, or the OAuth error answered).",
                                ["step", "outcome"], registry=r)
 
         # Label lookups take a lock and build a tuple each time; the hot path reuses the children.

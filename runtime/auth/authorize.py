@@ -44,6 +44,10 @@ class ClientRefusal(Exception):
         self.error, self.description = error, description
 
 
+def _unavailable(why: str) -> web.Response:
+    return error_page("Signing in is unavailable", f"{why} Try again in a minute.", status=503)
+
+
 def _binder_cookie(login_id: str) -> str:
     return BINDER_COOKIE + secret_key(login_id)[:16]
 
@@ -89,8 +93,7 @@ class Authorization:
             return error_page("This application cannot sign in here",
                               f"Its client metadata document cannot be used: {exc}")
         except StateUnavailable:
-            return error_page("Signing in is unavailable", "The gateway's shared state cannot "
-                              "be reached. Try again in a minute.", status=503)
+            return _unavailable("The gateway's shared state cannot be reached.")
         if client is None:
             return error_page("Unknown application", "No application with this client_id is "
                               "registered with this gateway (invalid_client).")
@@ -157,9 +160,8 @@ class Authorization:
                 "verifier": verifier, "next": next_path}, LOGIN_TTL_S)
             target = await self.ctx.idp(bundle).authorization_url(login_id, nonce, verifier)
         except (StateUnavailable, IdpError):
-            return error_page("Signing in is unavailable", "The identity provider or the "
-                              "gateway's shared state cannot be reached. Try again in a "
-                              "minute.", status=503)
+            return _unavailable("The identity provider or the gateway's shared state cannot "
+                                "be reached.")
         return self._to_idp(target, login_id, binder)
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
@@ -181,8 +183,7 @@ class Authorization:
             login = (await self.ctx.store.take("login", secret_key(state))
                      if 0 < len(state) <= MAX_PARAM_CHARS else None)
         except StateUnavailable:
-            return error_page("Signing in is unavailable", "The gateway's shared state cannot "
-                              "be reached. Try again in a minute.", status=503)
+            return _unavailable("The gateway's shared state cannot be reached.")
         if login is None:
             return error_page("This sign-in has expired", "It took too long, or this page was "
                               "already used. Start again from your application.")
@@ -266,9 +267,8 @@ class Authorization:
                                  client_id=grant["client_id"], resource=grant["resource"],
                                  redirect_uri=grant["redirect_uri"])
         except RpcError:
-            return error_page("Signing in is unavailable", "The gateway cannot write its audit "
-                              "trail right now, so it gives no access. Try again in a minute.",
-                              status=503)
+            return _unavailable("The gateway cannot write its audit trail right now, so it "
+                                "gives no access.")
         if decision == "consent_denied":
             log.info("consent denied", extra={"subject": user.subject,
                                               "client_id": grant["client_id"]})

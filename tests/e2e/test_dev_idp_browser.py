@@ -9,7 +9,6 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 from authlib.common.security import generate_token
 from authlib.oauth2.client import OAuth2Client
 from selenium.webdriver.common.by import By
@@ -18,24 +17,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from gwc.compiler.client.dev_idp import DevIdP
 from gwc.compiler.client.dev_idp_config import DEFAULT_USERS, DevClient
 from gwc.compiler.client.dev_idp_server import DevIdPServer
+from tests.support.browser import Callback
 
 SECRET = "s3cret"
-
-
-class Callback:
-    """The client's redirect URI: keeps what the browser brought back, shows a plain page."""
-
-    def __init__(self) -> None:
-        self.arrived: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await self.arrived.put(dict(request.query))
-        return web.Response(text="signed in", content_type="text/html")
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/callback", self.handle)
-        return app
 
 
 @pytest.fixture

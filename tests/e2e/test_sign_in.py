@@ -32,6 +32,7 @@ from tests.support.sign_in import (
     refresh,
     register,
     sdk_provider,
+    signed_in,
     start_sign_in_world,
 )
 
@@ -102,9 +103,8 @@ async def test_metadata_names_the_gateway_as_the_authorization_server(world: Sig
 
 
 async def test_a_refresh_token_used_twice_revokes_the_whole_sign_in(world: SignInWorld):
-    login = await raw_login(world)
+    login, first = await signed_in(world)
     token_url = world.url + "/oauth/token"
-    first = (await redeem(token_url, login)).json()
     second = await refresh(token_url, login.client_id, first["refresh_token"])
     assert second.status_code == 200, second.text
     reused = await refresh(token_url, login.client_id, first["refresh_token"])
@@ -116,9 +116,8 @@ async def test_a_refresh_token_used_twice_revokes_the_whole_sign_in(world: SignI
 
 async def test_a_user_the_idp_no_longer_accepts_loses_access_at_the_next_refresh(
         world: SignInWorld):
-    login = await raw_login(world)
+    login, tokens = await signed_in(world)
     token_url = world.url + "/oauth/token"
-    tokens = (await redeem(token_url, login)).json()
     world.idp.refresh_tokens.clear()  # the IdP ended the user's session (disabled, logged out)
     answer = await refresh(token_url, login.client_id, tokens["refresh_token"])
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
@@ -126,9 +125,8 @@ async def test_a_user_the_idp_no_longer_accepts_loses_access_at_the_next_refresh
 
 
 async def test_logging_out_revokes_the_refresh_token(world: SignInWorld):
-    login = await raw_login(world)
+    login, tokens = await signed_in(world)
     token_url = world.url + "/oauth/token"
-    tokens = (await redeem(token_url, login)).json()
     async with httpx2.AsyncClient(timeout=10) as http:
         revoked = await http.post(world.url + "/oauth/revoke", data={
             "token": tokens["refresh_token"], "client_id": login.client_id})
@@ -146,9 +144,8 @@ async def test_a_wrong_verifier_is_refused_and_burns_the_code(world: SignInWorld
 
 
 async def test_a_code_redeemed_twice_is_refused_and_revokes_what_it_gave(world: SignInWorld):
-    login = await raw_login(world)
+    login, tokens = await signed_in(world)
     token_url = world.url + "/oauth/token"
-    tokens = (await redeem(token_url, login)).json()
     again = await redeem(token_url, login)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     answer = await refresh(token_url, login.client_id, tokens["refresh_token"])
@@ -381,9 +378,8 @@ async def test_a_group_change_at_the_idp_reaches_the_gateway_at_the_next_refresh
 
 async def test_the_audit_trail_says_who_let_which_client_in_and_what_went_wrong(
         world: SignInWorld):
-    login = await raw_login(world)
+    login, first = await signed_in(world)
     token_url = world.url + "/oauth/token"
-    first = (await redeem(token_url, login)).json()
     await refresh(token_url, login.client_id, first["refresh_token"])
     await refresh(token_url, login.client_id, first["refresh_token"])  # reused
     trail = Path(world.nodes[0].config.audit.path)

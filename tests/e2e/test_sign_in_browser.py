@@ -9,27 +9,16 @@ from typing import Any
 
 import httpx2
 import pytest
-from aiohttp import web
 from authlib.common.security import generate_token
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.support.browser import Callback
 from tests.support.sign_in import SignInWorld, authorize_url, register, start_sign_in_world
 
 pytestmark = pytest.mark.e2e
-
-
-class Callback:
-    """The native client's loopback redirect: keeps what the browser brought back."""
-
-    def __init__(self) -> None:
-        self.arrived: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await self.arrived.put(dict(request.query))
-        return web.Response(text="back in the client", content_type="text/html")
 
 
 @pytest.fixture
@@ -49,9 +38,7 @@ async def click(browser: WebDriver, css: str) -> None:
 async def open_consent(world: SignInWorld, browser: WebDriver, aiohttp_server: Any
                        ) -> tuple[Callback, str, str, str]:
     callback = Callback()
-    app = web.Application()
-    app.router.add_get("/callback", callback.handle)
-    redirect = str((await aiohttp_server(app, host="127.0.0.1")).make_url("/callback"))
+    redirect = str((await aiohttp_server(callback.app(), host="127.0.0.1")).make_url("/callback"))
     client_id = (await register(world.url, redirect)).json()["client_id"]
     verifier = generate_token(48)
     await asyncio.to_thread(browser.get, authorize_url(world.url, client_id, redirect, verifier))

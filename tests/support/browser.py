@@ -7,12 +7,14 @@ they fail: ``.ci/run`` installs it.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -42,3 +44,19 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+class Callback:
+    """A client's redirect URI for a browser to land on: keeps what the browser brought back."""
+
+    def __init__(self) -> None:
+        self.arrived: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await self.arrived.put(dict(request.query))
+        return web.Response(text="back in the client", content_type="text/html")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/callback", self.handle)
+        return app

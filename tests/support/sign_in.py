@@ -157,6 +157,14 @@ async def redeem(token_url: str, login: Login, **overrides: str) -> httpx2.Respo
             "code_verifier": login.verifier, **overrides})
 
 
+async def signed_in(world: SignInWorld, **extra: str) -> tuple[Login, dict[str, Any]]:
+    """A raw login as erin, its code redeemed: the login and the token answer."""
+    login = await raw_login(world, **extra)
+    answer = await redeem(world.url + "/oauth/token", login)
+    assert answer.status_code == 200, answer.text
+    return login, answer.json()
+
+
 async def refresh(token_url: str, client_id: str, refresh_token: str) -> httpx2.Response:
     async with httpx2.AsyncClient(timeout=10) as http:
         return await http.post(token_url, data={"grant_type": "refresh_token",

@@ -18,6 +18,24 @@ BOT = Principal("bot", frozenset({"eng", "ops"}), "agent", "alice")  # an agent 
 SRE = Principal("sam", frozenset({"sre-oncall"}))  # break-glass member
 
 
+class AuditList:
+    """An audit trail for the governance API's tests: records kept in a list, and a switch that
+    makes writing fail (``audit_fails``: the exception to raise)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.audit_fails: Exception | None = None
+
+    async def audit(self, record: dict) -> None:
+        if self.audit_fails is not None:
+            raise self.audit_fails
+        self.records.append(record)
+
+    def base_record(self, request, bundle, principal, type_) -> dict:
+        return {"type": type_, "bundle": {"digest": bundle.digest, "serial": bundle.serial},
+                "principal": {"subject": principal.subject, "kind": principal.kind}}
+
+
 class Clock:
     """Epoch seconds that move only when told."""
 

@@ -385,34 +385,20 @@ async def test_no_store_is_not_cached(
     assert site.hits[PATH] == 2
 
 
-async def test_the_cache_expires(site: Site, make_fetcher: Make) -> None:
-    url = site.serve()
-    fetcher = make_fetcher(cache_ttl_s=0.2)
+@pytest.mark.parametrize(("headers", "options", "hits"), [
+    ({}, {"cache_ttl_s": 0.2}, 2),  # the default time to keep a document runs out
+    ({"Cache-Control": "public, max-age=86400"}, {"max_cache_ttl_s": 0.2}, 2),  # max-age capped
+    ({"Cache-Control": "max-age=0"}, {"cache_ttl_s": 0.1}, 1),  # a short max-age: a minute
+], ids=["default-ttl", "long-max-age-cut", "short-max-age-raised"])
+async def test_how_long_the_cache_keeps_a_document(site: Site, make_fetcher: Make, headers: dict,
+                                                  options: dict, hits: int) -> None:
+    url = site.serve(**headers)
+    fetcher = make_fetcher(**options)
     await fetcher.fetch(url)
     await fetcher.fetch(url)
     await asyncio.sleep(0.3)
     await fetcher.fetch(url)
-    assert site.hits[PATH] == 2
-
-
-async def test_a_short_max_age_is_raised_to_a_minute(
-        site: Site, make_fetcher: Make) -> None:
-    url = site.serve(**{"Cache-Control": "max-age=0"})
-    fetcher = make_fetcher(cache_ttl_s=0.1)
-    await fetcher.fetch(url)
-    await asyncio.sleep(0.2)
-    await fetcher.fetch(url)
-    assert site.hits[PATH] == 1
-
-
-async def test_a_long_max_age_is_cut_to_the_maximum(
-        site: Site, make_fetcher: Make) -> None:
-    url = site.serve(**{"Cache-Control": "public, max-age=86400"})
-    fetcher = make_fetcher(max_cache_ttl_s=0.2)
-    await fetcher.fetch(url)
-    await asyncio.sleep(0.3)
-    await fetcher.fetch(url)
-    assert site.hits[PATH] == 2
+    assert site.hits[PATH] == hits
 
 
 async def test_concurrent_fetches_share_one_request(

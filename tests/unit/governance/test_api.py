@@ -22,6 +22,7 @@ from gwc.runtime.identity import Authenticator, AuthError
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import UNAUTHENTICATED, RpcError
 from tests.support.helpers import compile_root, manifest, write_registry
+from tests.support.state_fixtures import AuditList
 
 ISSUER, AUDIENCE = "https://idp.gov.test", "gwc-gov"
 DIGEST = arguments_digest({"version": 41})
@@ -42,13 +43,12 @@ def compiled(root: Path, idp: DevIdP, break_glass: dict | None) -> Bundle:
     return Bundle(compile_root(root), "sha256:" + "ab" * 32, None)
 
 
-class Node:
+class Node(AuditList):
     """A small real app: the governance routes, a JWT caller on the active bundle, an audit list."""
 
     def __init__(self, bundle: Bundle, state: State) -> None:
         self.bundle, self.state = bundle, state
-        self.records: list[dict] = []
-        self.audit_fails: Exception | None = None
+        super().__init__()
         self.auth = Authenticator(bundle.payload.gateway.identity)
 
     async def caller(self, request: web.Request) -> tuple[Bundle, Principal]:
@@ -57,15 +57,6 @@ class Node:
         except AuthError as exc:
             raise RpcError(UNAUTHENTICATED, str(exc), 401,
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-
-    async def audit(self, record: dict) -> None:
-        if self.audit_fails is not None:
-            raise self.audit_fails
-        self.records.append(record)
-
-    def base_record(self, request, bundle, principal, type_) -> dict:
-        return {"type": type_, "bundle": {"digest": bundle.digest, "serial": bundle.serial},
-                "principal": {"subject": principal.subject, "kind": principal.kind}}
 
     def app(self) -> web.Application:
         app = web.Application()

@@ -28,7 +28,7 @@ from gwc.runtime.protocol.errors import UNAUTHENTICATED, RpcError
 from tests.support.e2e import free_port, start_node, write_governed_registry
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.helpers import compile_root, manifest, write_registry
-from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, redis_clients_fixture  # noqa: F401
+from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, AuditList, redis_clients_fixture  # noqa: F401
 from tests.unit.mcp.test_pipeline import call_tool
 
 SECRET = "s3cr3t-token-value"
@@ -45,26 +45,16 @@ def compiled(root: Path) -> Bundle:
     return Bundle(compile_root(root), "sha256:" + "ab" * 32, None)
 
 
-class Node:
+class Node(AuditList):
     """The governance API and the approval pages on one app, sharing one decide; an audit list."""
 
     def __init__(self, bundle: Bundle | None, state: State) -> None:
         self.bundle, self.state = bundle, state
-        self.records: list[dict] = []
-        self.audit_fails: Exception | None = None
+        super().__init__()
         self.sessions = BrowserSessions(MemoryAuthStore(), "http://127.0.0.1")
 
     async def caller(self, request: web.Request) -> tuple[Bundle, Principal]:
         raise RpcError(UNAUTHENTICATED, "these tests use the pages", 401)
-
-    async def audit(self, record: dict) -> None:
-        if self.audit_fails is not None:
-            raise self.audit_fails
-        self.records.append(record)
-
-    def base_record(self, request, bundle, principal, type_) -> dict:
-        return {"type": type_, "bundle": {"digest": bundle.digest, "serial": bundle.serial},
-                "principal": {"subject": principal.subject, "kind": principal.kind}}
 
     def app(self) -> web.Application:
         app = web.Application()
