@@ -21,7 +21,7 @@ from gwc.runtime.auth.browser import BrowserSessions
 from gwc.runtime.auth.client_metadata import ClientMetadataFetcher
 from gwc.runtime.auth.clients import ClientDirectory
 from gwc.runtime.auth.context import AuthContext
-from gwc.runtime.auth.server import AuthorizationServer
+from gwc.runtime.auth.server import AuthorizationServer, cors_for_browser_clients
 from gwc.runtime.auth.store import store_for
 from gwc.runtime.auth.tokens import AccessTokens
 from gwc.runtime.bundle.poller import BundlePoller
@@ -255,7 +255,8 @@ class Gateway:
     def app(self) -> web.Application:
         # keepalive_timeout is also how long a connection may take to send a request's headers:
         # aiohttp closes a connection still waiting for them when it runs out.
-        app = web.Application(middlewares=[request_ids, origin_guard(self.allowed_origins),
+        app = web.Application(middlewares=[request_ids, cors_for_browser_clients,
+                                           origin_guard(self.allowed_origins),
                                            body_within_timeout],
                               client_max_size=self.config.max_body_bytes,
                               handler_args={"keepalive_timeout": self.config.header_timeout_s})

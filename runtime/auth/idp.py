@@ -65,9 +65,11 @@ class IdentityProvider:
         return self._session
 
     async def _json(self, response: aiohttp.ClientResponse) -> Any:
-        body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise ValueError("answer too large")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_RESPONSE_BYTES:
+                raise ValueError("answer too large")
         return json.loads(body)
 
     async def metadata(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 endpoint, on the node's own HTTP server (``Gateway.app`` adds the routes)."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from gwc.runtime.auth.authorize import Authorization
@@ -9,6 +11,26 @@ from gwc.runtime.auth.context import AuthContext, metadata
 from gwc.runtime.auth.token_endpoint import TokenEndpoint
 
 WELL_KNOWN = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+# What a client running in a browser page (MCP Inspector) fetches itself while signing in: the
+# metadata, registration, token and revocation. No cookie is involved in any of them (public
+# clients, PKCE), so any origin may read the answers; the pages (authorize, consent) are not here.
+CORS_PATHS = ("/.well-known/", "/oauth/token", "/oauth/register", "/oauth/revoke")
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, MCP-Protocol-Version",
+                "Access-Control-Max-Age": "600"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def cors_for_browser_clients(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(CORS_PATHS):
+        return await handler(request)
+    if request.method == "OPTIONS":  # a preflight: answered before routing, which knows no OPTIONS
+        return web.Response(status=204, headers=CORS_HEADERS)
+    response = await handler(request)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 class AuthorizationServer:

@@ -460,3 +460,23 @@ async def test_a_client_pre_registered_in_gateway_yaml_signs_in(tmp_path, aiohtt
             "redirect_uri": redirect, "code_verifier": verifier})
     assert tokens.status_code == 200, tokens.text
     assert refused.status_code == 400 and "Unknown application" in refused.text
+
+
+async def test_a_client_in_a_browser_page_may_read_the_metadata_and_token_answers(
+        world: SignInWorld):
+    origin = {"Origin": "http://localhost:6274"}  # MCP Inspector's page
+    async with httpx2.AsyncClient(timeout=10) as http:
+        preflight = await http.options(world.url + "/oauth/token", headers={
+            **origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        metadata = await http.get(world.url + "/.well-known/oauth-protected-resource/mcp",
+                                  headers=origin)
+        token = await http.post(world.url + "/oauth/token", data={"grant_type": "x"},
+                                headers=origin)
+        page = await http.get(world.url + "/oauth/authorize", headers=origin)
+    assert preflight.status_code == 204
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "content-type" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    for answer in (preflight, metadata, token):
+        assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Origin" not in page.headers  # the pages are not for scripts
