@@ -149,11 +149,10 @@ class Gateway:
         if bundle is None:
             raise RpcError(UPSTREAM_UNAVAILABLE, "the gateway has no valid bundle yet", 503)
         path = request.path
-        resource = (self.config.public_url + path
-                    if path == "/mcp" or path.startswith("/servers/") else None)
         try:
             return bundle, await self.authenticator(bundle).authenticate(
-                request.headers.get("Authorization"), resource)
+                request.headers.get("Authorization"),
+                path if path == "/mcp" or path.startswith("/servers/") else None)
         except AuthError as exc:
             raise RpcError(UNAUTHENTICATED, str(exc), 401, headers={
                 "WWW-Authenticate": self._challenge(request, exc)}) from None

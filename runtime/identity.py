@@ -53,10 +53,13 @@ class AuthError(Exception):
         self.challenge, self.token_sent = challenge, token_sent
 
 
-def covers(audience: str, resource: str | None, root: str) -> bool:
-    """Whether a gateway token issued for ``audience`` may be used at ``resource`` (None: an API
-    of the gateway itself, which any of its tokens may call)."""
-    return resource is None or audience in (resource, root)
+def covers(audience: str, path: str | None, root: str) -> bool:
+    """Whether a gateway token issued for ``audience`` may be used at the endpoint ``path``
+    (``root`` + ``path`` is its resource; None: an API of the gateway itself, which any of its
+    tokens may call). Compared in place: no string is built per request."""
+    return (path is None or audience == root
+            or (len(audience) == len(root) + len(path) and audience.startswith(root)
+                and audience.endswith(path)))
 
 
 class GatewayTokens:
@@ -140,10 +143,11 @@ class Authenticator:
                 return
             self._keys = keys
 
-    async def authenticate(self, authorization: str | None, resource: str | None = None
+    async def authenticate(self, authorization: str | None, path: str | None = None
                            ) -> Principal:
         """The principal behind an ``Authorization`` header value, or :class:`AuthError`.
-        ``resource``: the URL of the endpoint called, which a gateway token must be for."""
+        ``path``: the MCP endpoint called (``/mcp``, ``/servers/<name>/mcp``), whose resource a
+        gateway token must be for; None for the gateway's other APIs."""
         if not authorization:
             raise AuthError("missing bearer token", token_sent=False)
         scheme, _, token = authorization.partition(" ")
@@ -154,7 +158,7 @@ class Authenticator:
         if cached is None or cached[1] <= time.time() or not self._key_alive(cached[2]):
             cached = self._cache[token] = await self._verify(token)
         if cached[3] is not None and self.gateway_tokens is not None and not covers(
-                cached[3], resource, self.gateway_tokens.issuer):
+                cached[3], path, self.gateway_tokens.issuer):
             raise AuthError("token was issued for another resource")
         return cached[0]
 

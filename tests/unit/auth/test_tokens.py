@@ -32,19 +32,20 @@ def mint(tokens: AccessTokens, resource: str = GATEWAY + "/mcp", ttl_s: int = 30
 
 async def test_a_gateway_token_names_its_user_and_groups(key) -> None:
     tokens = AccessTokens(key, GATEWAY)
-    principal = await authenticator(tokens).authenticate("Bearer " + mint(tokens), GATEWAY + "/mcp")
+    principal = await authenticator(tokens).authenticate("Bearer " + mint(tokens), "/mcp")
     assert principal == ERIN
     header = jwt.get_unverified_header(mint(tokens))
     assert header["typ"] == "at+jwt" and header["alg"] == "EdDSA"
 
 
 @pytest.mark.parametrize(("issued_for", "used_at", "ok"), [
-    (GATEWAY + "/mcp", GATEWAY + "/mcp", True),
-    (GATEWAY + "/servers/a/mcp", GATEWAY + "/servers/a/mcp", True),
-    (GATEWAY + "/servers/a/mcp", GATEWAY + "/servers/b/mcp", False),
-    (GATEWAY + "/servers/a/mcp", GATEWAY + "/mcp", False),
-    (GATEWAY + "/mcp", GATEWAY + "/servers/a/mcp", False),
-    (GATEWAY, GATEWAY + "/servers/a/mcp", True),  # the gateway itself: every endpoint
+    (GATEWAY + "/mcp", "/mcp", True),
+    (GATEWAY + "/servers/a/mcp", "/servers/a/mcp", True),
+    (GATEWAY + "/servers/a/mcp", "/servers/b/mcp", False),
+    (GATEWAY + "/servers/a/mcp", "/mcp", False),
+    (GATEWAY + "/mcp", "/servers/a/mcp", False),
+    (GATEWAY + "/servers/ab/mcp", "/servers/a/mcp", False),
+    (GATEWAY, "/servers/a/mcp", True),  # the gateway itself: every endpoint
     (GATEWAY + "/servers/a/mcp", None, True),  # the gateway's APIs take any of its tokens
 ])
 async def test_a_token_is_good_only_for_its_resource(key, issued_for, used_at, ok) -> None:
@@ -61,9 +62,9 @@ async def test_a_token_is_good_only_for_its_resource(key, issued_for, used_at, o
 async def test_a_cached_token_is_still_checked_against_each_resource(key) -> None:
     tokens = AccessTokens(key, GATEWAY)
     auth, token = authenticator(tokens), "Bearer " + mint(tokens, GATEWAY + "/servers/a/mcp")
-    assert await auth.authenticate(token, GATEWAY + "/servers/a/mcp") == ERIN
+    assert await auth.authenticate(token, "/servers/a/mcp") == ERIN
     with pytest.raises(AuthError, match="another resource"):  # the cache keeps no verdict
-        await auth.authenticate(token, GATEWAY + "/servers/b/mcp")
+        await auth.authenticate(token, "/servers/b/mcp")
 
 
 async def test_an_expired_token_is_refused(key) -> None:
@@ -84,17 +85,25 @@ async def test_an_upstream_token_from_the_same_key_is_no_access_token(key) -> No
     tokens = AccessTokens(key, GATEWAY)
     upstream = UpstreamCredentials(key, GATEWAY).token(GATEWAY + "/mcp", ERIN, None)
     with pytest.raises(AuthError):
-        await authenticator(tokens).authenticate("Bearer " + upstream, GATEWAY + "/mcp")
+        await authenticator(tokens).authenticate("Bearer " + upstream, "/mcp")
 
 
 async def test_without_sign_in_a_node_takes_no_gateway_tokens(key) -> None:
     tokens = AccessTokens(key, GATEWAY)
     with pytest.raises(AuthError):
-        await Authenticator(IDENTITY).authenticate("Bearer " + mint(tokens), GATEWAY + "/mcp")
+        await Authenticator(IDENTITY).authenticate("Bearer " + mint(tokens), "/mcp")
 
 
-async def test_a_token_for_another_gateway_is_refused(key) -> None:
+@pytest.mark.parametrize("audience", ["https://mcp.other.example/mcp",
+                                      GATEWAY + "x/mcp"])  # a host that starts like this one
+async def test_a_token_for_another_gateway_is_refused(key, audience) -> None:
+    tokens = AccessTokens(key, GATEWAY)
+    with pytest.raises(AuthError, match="not this gateway"):
+        await authenticator(tokens).authenticate("Bearer " + mint(tokens, audience), "/mcp")
+
+
+async def test_a_token_issued_by_another_gateway_with_this_key_is_refused(key) -> None:
     elsewhere = AccessTokens(key, "https://mcp.other.example")
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError, match="invalid token"):  # the issuer is checked
         await authenticator(AccessTokens(key, GATEWAY)).authenticate(
-            "Bearer " + mint(elsewhere, "https://mcp.other.example/mcp"))
+            "Bearer " + mint(elsewhere, GATEWAY + "/mcp"), "/mcp")
