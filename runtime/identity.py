@@ -12,8 +12,8 @@ for the token's subject.
 Beside the IdP's tokens, a node accepts the access tokens of the gateway's own authorization
 server (``gwc.runtime.auth``): RFC 9068 JWTs (``typ: at+jwt``) signed with the gateway's key,
 issued by its public URL, whose ``aud`` is the one resource they were requested for (RFC 8707):
-the aggregate ``/mcp``, one ``/servers/<name>/mcp``, or the gateway itself (every endpoint). Used
-on another endpoint they are refused. The upstream tokens the gateway mints with the same key are
+the aggregate ``/mcp``, one ``/servers/<name>/mcp``, or the gateway itself (every endpoint and its
+APIs). Used anywhere else they are refused. The upstream tokens the gateway mints with the same key are
 not access tokens (no ``at+jwt``) and are refused too.
 """
 from __future__ import annotations
@@ -55,11 +55,11 @@ class AuthError(Exception):
 
 def covers(audience: str, path: str | None, root: str) -> bool:
     """Whether a gateway token issued for ``audience`` may be used at the endpoint ``path``
-    (``root`` + ``path`` is its resource; None: an API of the gateway itself, which any of its
-    tokens may call). Compared in place: no string is built per request."""
-    return (path is None or audience == root
-            or (len(audience) == len(root) + len(path) and audience.startswith(root)
-                and audience.endswith(path)))
+    (``root`` + ``path`` is its resource; None: the gateway's own APIs, approvals and bypasses
+    among them, which only a token for the gateway itself may call: a client let in to one
+    MCP endpoint cannot approve). Compared in place: no string is built per request."""
+    return audience == root or (path is not None and len(audience) == len(root) + len(path)
+                                and audience.startswith(root) and audience.endswith(path))
 
 
 class GatewayTokens:

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from gwc.runtime.api.governance import Decide
-from gwc.runtime.auth.browser import PAGE_HEADERS, BrowserSessions, BrowserUser, error_page, page
+from gwc.runtime.auth.browser import PAGE_HEADERS, BrowserSessions, BrowserUser, error_page, form_of, page
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.approvals import (
     MAX_SHOWN_ARGUMENTS,
@@ -190,8 +190,8 @@ class ApprovalPages:
 
     @_signed_in_page
     async def decide_page(self, request: web.Request, user: BrowserUser) -> web.StreamResponse:
-        form = await request.post()
-        if not BrowserSessions.form_is_genuine(user, form):
+        form = await form_of(request)
+        if form is None or not BrowserSessions.form_is_genuine(user, form):
             raise Refusal(403, "csrf", "This form was not sent from a page the gateway showed you "
                           "in this browser session, so nothing was decided. Open the approval again "
                           "and decide there.")

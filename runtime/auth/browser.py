@@ -69,11 +69,21 @@ def error_page(title: str, message: str, *, status: int = 400) -> web.Response:
 
 
 def safe_next(path: str | None) -> str:
-    """Where to go after signing in: a path on this gateway only, never another site."""
-    if not path or not path.startswith("/") or path.startswith(("//", "/\\")) or any(
-            c in path for c in "\r\n\\"):
+    """Where to go after signing in: a path on this gateway only, never another site (and
+    nothing a Location header cannot carry)."""
+    if (not path or len(path) > 2000 or not path.startswith("/") or path.startswith("//")
+            or "\\" in path or not path.isascii() or not path.isprintable()):
         return "/approvals"
     return path
+
+
+async def form_of(request: web.Request) -> Any | None:
+    """A posted form, or None when its body cannot be read as one (a bogus charset, bad
+    encoding): the caller answers with a page, not a stack trace."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError):
+        return None
 
 
 class BrowserSessions:

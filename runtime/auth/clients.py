@@ -26,7 +26,11 @@ from gwc.runtime.bundle.format import SignIn
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "[::1]", "localhost"})
 FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp",
                                "ws", "wss"})
-REGISTRATION_TTL_S = 90 * 86_400  # from the registration's last use: unused ones go away
+# A registration lives a day until a user signs in with it, then 90 days from its last sign-in:
+# registrations nobody uses go away, and a flood of them cannot fill the store.
+UNUSED_REGISTRATION_TTL_S = 86_400
+REGISTRATION_TTL_S = 90 * 86_400
+MAX_REDIRECT_CHARS = 4000  # all of a registration's redirect URIs together
 MAX_REDIRECT_URIS = 10
 MAX_URI_CHARS = 2000
 Origin = Literal["registered", "metadata_document", "dynamic"]
@@ -61,17 +65,29 @@ def host_of(netloc: str) -> str:
 def redirect_matches(registered: str, presented: str) -> bool:
     if registered == presented:
         return True
-    a, b = urlsplit(registered), urlsplit(presented)
-    return (a.scheme == b.scheme == "http" and host_of(a.netloc).lower() in LOOPBACK_HOSTS
-            and host_of(a.netloc).lower() == host_of(b.netloc).lower() and "@" not in b.netloc
+    if not presented.isprintable() or "\\" in presented:
+        return False
+    try:
+        a, b = urlsplit(registered), urlsplit(presented)
+        port = b.port  # a number, or none at all: nothing else may follow the host
+    except ValueError:
+        return False
+    host = host_of(a.netloc).lower()
+    return (a.scheme == b.scheme == "http" and host in LOOPBACK_HOSTS
+            and b.netloc.lower() in (host, f"{host}:{port}")
             and (a.path or "/") == (b.path or "/") and a.query == b.query and not b.fragment)
 
 
 def redirect_uri_problem(uri: Any, redirect_hosts: tuple[str, ...]) -> str | None:
     """Why ``uri`` cannot be a redirect URI of an unvetted client, or None."""
-    if not isinstance(uri, str) or not uri or len(uri) > MAX_URI_CHARS or not uri.isprintable():
+    if (not isinstance(uri, str) or not uri or len(uri) > MAX_URI_CHARS or not uri.isprintable()
+            or "\\" in uri):
         return "a redirect URI must be a string of at most 2000 printable characters"
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return f"redirect URI {uri!r} is not a valid URI"
     if parts.fragment or "#" in uri:
         return f"redirect URI {uri!r} has a fragment"
     if "@" in parts.netloc:
@@ -117,26 +133,36 @@ class ClientDirectory:
         if len(client_id) > 128 or settings.dynamic_registration == "off":
             return None
         record = await self._store.get("client", client_id)
-        if record is None:
-            return None
-        await self._store.put("client", client_id, record, REGISTRATION_TTL_S)  # still in use
+        if record is None or any(redirect_uri_problem(uri, settings.redirect_hosts)
+                                 for uri in record["redirect_uris"]):
+            return None  # gateway.yaml's redirect_hosts apply to earlier registrations too
         return Client(client_id, record["client_name"], tuple(record["redirect_uris"]), "dynamic")
+
+    async def signed_in_with(self, client_id: str, origin: str) -> None:
+        """A user signed in with a registered client: it stays registered for a while yet."""
+        if origin == "dynamic":
+            record = await self._store.get("client", client_id)
+            if record is not None:
+                await self._store.put("client", client_id, record, REGISTRATION_TTL_S)
 
     async def register(self, body: Any, settings: SignIn) -> dict[str, Any]:
         """RFC 7591 registration of a public client; the answer's metadata, or RegistrationError."""
         if not isinstance(body, dict):
             raise RegistrationError("invalid_client_metadata", "the body must be a JSON object")
         uris = body.get("redirect_uris")
-        if not isinstance(uris, list) or not uris or len(uris) > MAX_REDIRECT_URIS:
+        if (not isinstance(uris, list) or not uris or len(uris) > MAX_REDIRECT_URIS
+                or sum(len(u) if isinstance(u, str) else MAX_REDIRECT_CHARS for u in uris)
+                > MAX_REDIRECT_CHARS):
             raise RegistrationError("invalid_redirect_uri", "redirect_uris must list 1 to "
-                                    f"{MAX_REDIRECT_URIS} redirect URIs")
+                                    f"{MAX_REDIRECT_URIS} redirect URIs of at most "
+                                    f"{MAX_REDIRECT_CHARS} characters together")
         for uri in uris:
             problem = redirect_uri_problem(uri, settings.redirect_hosts)
             if problem is not None:
                 raise RegistrationError("invalid_redirect_uri", problem)
         grants = body.get("grant_types", ["authorization_code"])
-        if not isinstance(grants, list) or not set(grants) <= {"authorization_code",
-                                                               "refresh_token"}:
+        if not isinstance(grants, list) or not all(
+                grant in ("authorization_code", "refresh_token") for grant in grants):
             raise RegistrationError("invalid_client_metadata", "grant_types may be "
                                     "authorization_code and refresh_token only")
         if body.get("response_types", ["code"]) != ["code"]:
@@ -149,7 +175,7 @@ class ClientDirectory:
         client_id = "gwc-" + new_secret()[:22]
         record = {"client_name": shown_name or urlsplit(uris[0]).netloc or uris[0],
                   "redirect_uris": uris}
-        await self._store.put("client", client_id, record, REGISTRATION_TTL_S)
+        await self._store.put("client", client_id, record, UNUSED_REGISTRATION_TTL_S)
         return {"client_id": client_id, "client_id_issued_at": int(time.time()),
                 "client_name": record["client_name"], "redirect_uris": uris,
                 "grant_types": grants, "response_types": ["code"],

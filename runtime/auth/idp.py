@@ -167,11 +167,13 @@ class IdentityProvider:
         if not isinstance(answer, dict):
             raise IdpError("the identity provider's token answer is not a JSON object",
                            refused=False)
-        if status >= 500:
-            raise IdpError(f"the identity provider failed ({status})", refused=False)
         if status != 200:
+            # only invalid_grant says the login is over (user disabled, session revoked); any
+            # other refusal (invalid_client after a secret rotation, a 429, a 5xx) is the
+            # gateway's or the IdP's trouble, and must not end everyone's sign-in
             error = str(answer.get("error", "error"))[:64]
-            raise IdpError(f"the identity provider refused: {error}", refused=True)
+            raise IdpError(f"the identity provider refused: {error} ({status})",
+                           refused=error == "invalid_grant")
         return answer
 
     async def close(self) -> None:

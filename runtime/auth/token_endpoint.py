@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from gwc.runtime.auth.browser import form_of
 from gwc.runtime.auth.clients import RegistrationError
 from gwc.runtime.auth.context import NO_STORE, AuthContext, OAuthError, log, sign_in_id
 from gwc.runtime.auth.idp import IdpError
@@ -35,6 +36,11 @@ MAX_TOKEN_CHARS = 512
 # Dynamic registrations the whole gateway (every node, with Redis) accepts a minute: enough for
 # a company's people adding clients, not for filling the store.
 REGISTRATIONS_PER_MINUTE = 120
+
+
+def same(sent: str, kept: str) -> bool:
+    """Constant-time equality of any two texts (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(sent.encode(), kept.encode())
 
 
 class TokenEndpoint:
@@ -58,7 +64,9 @@ class TokenEndpoint:
         if request.headers.get("Authorization", "").lower().startswith("basic "):
             raise OAuthError("invalid_client", "this gateway's clients are public: send "
                              "client_id, no secret", 401)
-        form = await request.post()
+        form = await form_of(request)
+        if form is None:
+            raise OAuthError("invalid_request", "the form cannot be read (its charset?)")
         repeated = sorted(k for k in set(form) if len(form.getall(k)) > 1)
         if repeated:
             raise OAuthError("invalid_request", f"parameters given more than once: "
@@ -100,33 +108,46 @@ class TokenEndpoint:
         except Exception as exc:  # the revocation stands; its record is what was lost
             log.error("sign-in record not written", extra={"event": event, "reason": str(exc)})
 
+    async def _reused(self, request: web.Request, bundle: Bundle, used: dict[str, Any],
+                      event: str) -> OAuthError:
+        """A code or refresh token presented again: its sign-in is revoked (it leaked, or a
+        copy is in use), the trail says so, and the answer is ``invalid_grant``."""
+        await self.ctx.store.delete("family", used["family"])
+        log.warning("a code or refresh token was used twice: its sign-in is revoked",
+                    extra={"subject": used["subject"], "event": event})
+        await self._note(request, bundle, used["subject"], event, client_id=used["client_id"],
+                         sign_in=sign_in_id(used["family"]))
+        return OAuthError("invalid_grant", "this code or refresh token was already used; its "
+                          "sign-in is revoked, sign in again")
+
     async def _redeem_code(self, request: web.Request, form: dict[str, str], bundle: Bundle,
                            settings: SignIn) -> dict[str, Any]:
         code, verifier = form.get("code", ""), form.get("code_verifier", "")
         if not code or not form.get("client_id") or len(code) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "code and client_id are required")
         key = secret_key(code)
-        grant = await self.ctx.store.take("code", key)
+        grant = await self.ctx.store.get("code", key)
         if grant is None:
             used = await self.ctx.store.get("code_used", key)
             if used is not None:
-                await self.ctx.store.delete("family", used["family"])
-                log.warning("authorization code used twice: its tokens are revoked",
-                            extra={"client_id": used["client_id"]})
-                await self._note(request, bundle, used["subject"], "code_reused",
-                                 client_id=used["client_id"], sign_in=sign_in_id(used["family"]))
+                raise await self._reused(request, bundle, used, "code_reused")
             raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
         family = new_secret()
-        await self.ctx.store.put("code_used", key, {"family": family, "subject": grant["subject"],
-                                                    "client_id": grant["client_id"]},
-                                 USED_MARK_TTL_S)
-        if not hmac.compare_digest(form["client_id"], grant["client_id"]):
+        used = {"family": family, "subject": grant["subject"], "client_id": grant["client_id"]}
+        # the sign-in exists before its code is taken, so a reuse at any moment can revoke it
+        await self.ctx.store.put("family", family, {"subject": grant["subject"]},
+                                 settings.refresh_token_ttl_s)
+        # taken and marked used in one step: from here on, any other presentation is a reuse
+        if await self.ctx.store.take("code", key, mark=("code_used", used,
+                                                        USED_MARK_TTL_S)) is None:
+            raise await self._reused(request, bundle, used, "code_reused")
+        if not same(form["client_id"], grant["client_id"]):
             raise OAuthError("invalid_grant", "the code was issued to another client")
         if form.get("redirect_uri") != grant["redirect_uri"]:
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization "
                              "request's")
-        if not VERIFIER.fullmatch(verifier) or not hmac.compare_digest(
-                create_s256_code_challenge(verifier), grant["code_challenge"]):
+        if not VERIFIER.fullmatch(verifier) or not same(create_s256_code_challenge(verifier),
+                                                        grant["code_challenge"]):
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         if form.get("resource", grant["resource"]) != grant["resource"]:
             raise OAuthError("invalid_target", "resource differs from the authorization "
@@ -155,12 +176,14 @@ class TokenEndpoint:
         left = family_expires - time.time()
         if idp_refresh is not None and left > 0:
             refresh = new_secret()
-            await self.ctx.store.put("family", family, {"subject": principal.subject}, left)
-            await self.ctx.store.put("refresh", secret_key(refresh), {
-                "family": family, "family_expires": family_expires,
-                "client_id": grant["client_id"], "resource": grant["resource"],
-                "scope": grant["scope"], "subject": principal.subject,
-                "groups": sorted(principal.groups), "idp_refresh": idp_refresh}, left)
+            # only while the sign-in stands: a revocation during this refresh is not undone
+            if not await self.ctx.store.put_while("refresh", secret_key(refresh), {
+                    "family": family, "family_expires": family_expires,
+                    "client_id": grant["client_id"], "resource": grant["resource"],
+                    "scope": grant["scope"], "subject": principal.subject,
+                    "groups": sorted(principal.groups), "idp_refresh": idp_refresh}, left,
+                    exists=("family", family)):
+                raise OAuthError("invalid_grant", "this sign-in was revoked; sign in again")
             answer["refresh_token"] = refresh
         log.info("tokens issued", extra={"subject": principal.subject,
                                          "client_id": grant["client_id"],
@@ -173,28 +196,24 @@ class TokenEndpoint:
         if not token or not form.get("client_id") or len(token) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "refresh_token and client_id are required")
         key = secret_key(token)
-        record = await self.ctx.store.take("refresh", key)
+        record = await self.ctx.store.get("refresh", key)
         if record is None:
             used = await self.ctx.store.get("refresh_used", key)
             if used is not None:
-                await self.ctx.store.delete("family", used["family"])
-                log.warning("refresh token used twice: its sign-in is revoked",
-                            extra={"subject": used["subject"]})
-                await self._note(request, bundle, used["subject"], "refresh_reused",
-                                 sign_in=sign_in_id(used["family"]))
-                raise OAuthError("invalid_grant", "the refresh token was already used; this "
-                                 "sign-in is revoked, sign in again")
+                raise await self._reused(request, bundle, used, "refresh_reused")
             raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
-        left = record["family_expires"] - time.time()
-        await self.ctx.store.put("refresh_used", key, {"family": record["family"],
-                                                       "subject": record["subject"]},
-                                 max(left, 1))
-        if await self.ctx.store.get("family", record["family"]) is None:
-            raise OAuthError("invalid_grant", "this sign-in was revoked; sign in again")
-        if not hmac.compare_digest(form["client_id"], record["client_id"]):
+        # a refusal here leaves the token as it was: the client may try again, correctly
+        if not same(form["client_id"], record["client_id"]):
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         if form.get("resource", record["resource"]) != record["resource"]:
             raise OAuthError("invalid_target", "resource differs from the one signed in for")
+        left = max(record["family_expires"] - time.time(), 1)
+        used = {"family": record["family"], "subject": record["subject"],
+                "client_id": record["client_id"]}
+        if await self.ctx.store.take("refresh", key, mark=("refresh_used", used, left)) is None:
+            raise await self._reused(request, bundle, used, "refresh_reused")  # a concurrent use
+        if await self.ctx.store.get("family", record["family"]) is None:
+            raise OAuthError("invalid_grant", "this sign-in was revoked; sign in again")
         known = Principal(record["subject"], frozenset(record["groups"]))
         try:
             login = await self.ctx.idp(bundle).refresh(record["idp_refresh"], known)
@@ -206,15 +225,26 @@ class TokenEndpoint:
                                  sign_in=sign_in_id(record["family"]))
                 raise OAuthError("invalid_grant", "the identity provider no longer accepts "
                                  "this sign-in; sign in again") from None
-            await self.ctx.store.delete("refresh_used", key)  # not the client's fault: retry
-            await self.ctx.store.put("refresh", key, record, max(left, 1))
+            await self._restore(key, record, left)
             raise OAuthError("temporarily_unavailable", "the identity provider cannot be "
                              "reached; try again", 503) from None
-        await self.ctx.audit(request, bundle, login.principal, "tokens_issued",
-                             grant_type="refresh_token", client_id=record["client_id"],
-                             resource=record["resource"], sign_in=sign_in_id(record["family"]))
-        return await self._issue(record, login.principal, record["family"],
-                                 record["family_expires"], login.refresh_token, settings)
+        try:
+            await self.ctx.audit(request, bundle, login.principal, "tokens_issued",
+                                 grant_type="refresh_token", client_id=record["client_id"],
+                                 resource=record["resource"], sign_in=sign_in_id(record["family"]))
+            return await self._issue(record, login.principal, record["family"],
+                                     record["family_expires"], login.refresh_token, settings)
+        except (RpcError, StateUnavailable):  # not the client's fault: its token stays good
+            await self._restore(key, {**record, "idp_refresh": login.refresh_token}, left)
+            raise
+
+    async def _restore(self, key: str, record: dict[str, Any], left: float) -> None:
+        """Put a refresh token back as unused, after a failure that was not the client's."""
+        try:
+            await self.ctx.store.delete("refresh_used", key)
+            await self.ctx.store.put("refresh", key, record, left)
+        except StateUnavailable:
+            log.error("a refresh token could not be restored; its user signs in again")
 
     async def revoke(self, request: web.Request) -> web.Response:
         """RFC 7009: revoking a refresh token ends its whole sign-in; anything else is a no-op
@@ -225,18 +255,15 @@ class TokenEndpoint:
             token = form.get("token", "")
             if not token:
                 raise OAuthError("invalid_request", "token is required")
-            record = await self.ctx.store.take("refresh", secret_key(token))
-            if record is not None and hmac.compare_digest(form.get("client_id", ""),
-                                                          record["client_id"]):
+            record = await self.ctx.store.get("refresh", secret_key(token))
+            if record is not None and same(form.get("client_id", ""), record["client_id"]):
+                await self.ctx.store.delete("refresh", secret_key(token))
                 await self.ctx.store.delete("family", record["family"])
                 log.info("sign-in revoked", extra={"subject": record["subject"],
                                                    "client_id": record["client_id"]})
                 await self._note(request, bundle, record["subject"], "revoked",
                                  client_id=record["client_id"],
                                  sign_in=sign_in_id(record["family"]))
-            elif record is not None:  # another client's token: leave it as it was
-                await self.ctx.store.put("refresh", secret_key(token), record,
-                                         max(record["family_expires"] - time.time(), 1))
         except OAuthError as refusal:
             return refusal.response()
         except StateUnavailable:
@@ -259,7 +286,7 @@ class TokenEndpoint:
                                              max(1, round(limit.retry_after_s)))})
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise OAuthError("invalid_client_metadata", "the body must be JSON") from None
             try:
                 answer = await self.ctx.clients.register(body, settings)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -120,8 +121,10 @@ async def test_an_approver_signs_in_reads_the_call_and_approves_it_in_a_real_bro
     approve = await asyncio.to_thread(browser.find_element, By.CSS_SELECTOR,
                                       'button[name="decision"][value="approve"]')
     await asyncio.to_thread(approve.click)
-    await asyncio.to_thread(WebDriverWait(browser, 20).until,
-                            lambda b: "You approved this request" in text_of(b))
+    # the page is replaced as it is read: an element gone stale means "look again"
+    await asyncio.to_thread(WebDriverWait(browser, 20, ignored_exceptions=(
+        StaleElementReferenceException,)).until, lambda b: "You approved this request" in
+        text_of(b))
     assert (await asyncio.to_thread(lambda: browser.current_url)) == data["approve_url"]
     assert "approved, not used yet" in await asyncio.to_thread(text_of, browser)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gwc.runtime.auth.clients import redirect_matches, redirect_uri_problem
+from gwc.runtime.auth.client_metadata import ClientMetadataFetcher
+from gwc.runtime.auth.clients import ClientDirectory, redirect_matches, redirect_uri_problem
+from gwc.runtime.auth.store import MemoryAuthStore
+from gwc.runtime.bundle.format import SignIn
 
 
 @pytest.mark.parametrize(("registered", "presented", "ok"), [
@@ -24,6 +27,10 @@ from gwc.runtime.auth.clients import redirect_matches, redirect_uri_problem
     ("http://127.0.0.1/callback", "http://127.0.0.1:5/callback#x", False),
     ("http://127.0.0.1/callback", "https://127.0.0.1:5/callback", False),
     ("cursor://anysphere.cursor/oauth", "cursor://anysphere.cursor/oauth", True),
+    ("http://127.0.0.1:5555/callback", "http://127.0.0.1:5555\\evil.com/callback", False),
+    ("http://127.0.0.1/callback", "http://127.0.0.1:abc/callback", False),
+    ("http://127.0.0.1/callback", "http://[::1/callback", False),
+    ("http://127.0.0.1/callback", "http://127.0.0.1:5/call\x0bback", False),
 ])
 def test_redirects_match_exactly_except_the_loopback_port(registered, presented, ok) -> None:
     assert redirect_matches(registered, presented) is ok
@@ -50,3 +57,18 @@ def test_redirects_match_exactly_except_the_loopback_port(registered, presented,
 def test_what_an_unvetted_client_may_register(uri, hosts, problem) -> None:
     found = redirect_uri_problem(uri, hosts)
     assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+async def test_a_registration_that_gateway_yaml_no_longer_allows_is_unknown() -> None:
+    store = MemoryAuthStore()
+    directory = ClientDirectory(store, ClientMetadataFetcher())
+    open_settings = SignIn(idp_client_id="gw", idp_scopes=("openid",), access_token_ttl_s=900,
+                           refresh_token_ttl_s=86_400, consent_ttl_s=0,
+                           client_id_metadata_documents=True, dynamic_registration="open")
+    answer = await directory.register({"redirect_uris": ["https://app.example/cb"]},
+                                      open_settings)
+    assert await directory.find(answer["client_id"], open_settings) is not None
+    narrowed = open_settings.model_copy(update={"redirect_hosts": ("vscode.dev",)})
+    assert await directory.find(answer["client_id"], narrowed) is None
+    switched_off = open_settings.model_copy(update={"dynamic_registration": "off"})
+    assert await directory.find(answer["client_id"], switched_off) is None

@@ -46,7 +46,9 @@ async def test_a_gateway_token_names_its_user_and_groups(key) -> None:
     (GATEWAY + "/mcp", "/servers/a/mcp", False),
     (GATEWAY + "/servers/ab/mcp", "/servers/a/mcp", False),
     (GATEWAY, "/servers/a/mcp", True),  # the gateway itself: every endpoint
-    (GATEWAY + "/servers/a/mcp", None, True),  # the gateway's APIs take any of its tokens
+    (GATEWAY + "/servers/a/mcp", None, False),  # the gateway's APIs (approvals, bypasses)
+    (GATEWAY + "/mcp", None, False),
+    (GATEWAY, None, True),  # take only a token for the gateway itself
 ])
 async def test_a_token_is_good_only_for_its_resource(key, issued_for, used_at, ok) -> None:
     tokens = AccessTokens(key, GATEWAY)
