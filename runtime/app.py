@@ -160,7 +160,9 @@ class Gateway:
     def _challenge(self, request: web.Request, exc: AuthError) -> str:
         """RFC 6750 §3: where to get a token, and ``error`` only when a token was sent (§3.1).
         The description is a fixed text per kind of failure: nothing of the token is echoed."""
-        challenge = f'Bearer resource_metadata="{self.resource_metadata_url(request.path)}"'
+        path = request.path  # the gateway's own APIs are the gateway's resource, not their path
+        resource_path = path if path == "/mcp" or path.startswith("/servers/") else ""
+        challenge = f'Bearer resource_metadata="{self.resource_metadata_url(resource_path)}"'
         if exc.token_sent:
             challenge += f', error="invalid_token", error_description="{exc.challenge}"'
         return challenge

@@ -120,18 +120,26 @@ class TokenEndpoint:
         return OAuthError("invalid_grant", "this code or refresh token was already used; its "
                           "sign-in is revoked, sign in again")
 
+    async def _unused(self, request: web.Request, bundle: Bundle, kind: str, key: str
+                      ) -> dict[str, Any]:
+        """The code's or refresh token's record; ``invalid_grant`` when it is unknown, expired or
+        used (and then, if it was used, its sign-in is revoked)."""
+        found = await self.ctx.store.get(kind, key)
+        if found is not None:
+            return found
+        used = await self.ctx.store.get(f"{kind}_used", key)
+        if used is not None:
+            raise await self._reused(request, bundle, used, f"{kind}_reused")
+        raise OAuthError("invalid_grant", f"the {kind.replace('_', ' ')} is unknown, expired or "
+                         "already used")
+
     async def _redeem_code(self, request: web.Request, form: dict[str, str], bundle: Bundle,
                            settings: SignIn) -> dict[str, Any]:
         code, verifier = form.get("code", ""), form.get("code_verifier", "")
         if not code or not form.get("client_id") or len(code) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "code and client_id are required")
         key = secret_key(code)
-        grant = await self.ctx.store.get("code", key)
-        if grant is None:
-            used = await self.ctx.store.get("code_used", key)
-            if used is not None:
-                raise await self._reused(request, bundle, used, "code_reused")
-            raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
+        grant = await self._unused(request, bundle, "code", key)
         family = new_secret()
         used = {"family": family, "subject": grant["subject"], "client_id": grant["client_id"]}
         # the sign-in exists before its code is taken, so a reuse at any moment can revoke it
@@ -140,7 +148,9 @@ class TokenEndpoint:
         # taken and marked used in one step: from here on, any other presentation is a reuse
         if await self.ctx.store.take("code", key, mark=("code_used", used,
                                                         USED_MARK_TTL_S)) is None:
-            raise await self._reused(request, bundle, used, "code_reused")
+            # another redemption took it first: the sign-in to revoke is the one it started
+            winner = await self.ctx.store.get("code_used", key)
+            raise await self._reused(request, bundle, winner or used, "code_reused")
         if not same(form["client_id"], grant["client_id"]):
             raise OAuthError("invalid_grant", "the code was issued to another client")
         if form.get("redirect_uri") != grant["redirect_uri"]:
@@ -196,12 +206,7 @@ class TokenEndpoint:
         if not token or not form.get("client_id") or len(token) > MAX_TOKEN_CHARS:
             raise OAuthError("invalid_request", "refresh_token and client_id are required")
         key = secret_key(token)
-        record = await self.ctx.store.get("refresh", key)
-        if record is None:
-            used = await self.ctx.store.get("refresh_used", key)
-            if used is not None:
-                raise await self._reused(request, bundle, used, "refresh_reused")
-            raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
+        record = await self._unused(request, bundle, "refresh", key)
         # a refusal here leaves the token as it was: the client may try again, correctly
         if not same(form["client_id"], record["client_id"]):
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")

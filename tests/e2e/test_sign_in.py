@@ -34,14 +34,11 @@ from tests.support.sign_in import (
     sdk_provider,
     signed_in,
     start_sign_in_world,
+    world,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWorld:
-    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+__all__ = ["world"]  # the fixture, from tests.support.sign_in
 
 
 async def tool_names(url: str, provider, mode: str) -> set[str]:

@@ -16,14 +16,10 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.browser import Callback
-from tests.support.sign_in import SignInWorld, authorize_url, register, start_sign_in_world
+from tests.support.sign_in import SignInWorld, authorize_url, register, world
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWorld:
-    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+__all__ = ["world"]  # the fixture, from tests.support.sign_in
 
 
 async def click(browser: WebDriver, css: str) -> None:

@@ -20,15 +20,11 @@ from tests.support.sign_in import (
     refresh,
     register,
     signed_in,
-    start_sign_in_world,
+    world,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWorld:
-    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+__all__ = ["world"]  # the fixture, from tests.support.sign_in
 
 
 async def get(url: str, **params: str) -> httpx2.Response:
@@ -172,3 +168,15 @@ async def test_the_login_binding_cookie_is_cleared_when_the_login_returns(world:
     finally:
         await browser.close()
     assert "gwc_session" in names and not any(n.startswith("gwc_login_") for n in names)
+
+
+async def test_a_401_from_the_gateways_apis_points_at_the_gateways_own_resource(
+        world: SignInWorld):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        refused = await http.get(world.url + "/v1/approvals")
+        challenge = refused.headers["WWW-Authenticate"]
+        metadata_url = challenge.split('resource_metadata="')[1].split('"')[0]
+        metadata = (await http.get(metadata_url)).json()
+    assert refused.status_code == 401 and metadata["resource"] == world.url
+    _, tokens = await signed_in(world, resource=metadata["resource"])  # what a client asks for
+    assert tokens["access_token"]

@@ -12,14 +12,10 @@ import pytest
 from demo.browser import ScriptedBrowser
 from tests.support.e2e import free_port
 from tests.support.node_packages import SCRIPTS
-from tests.support.sign_in import CALLBACK, SignInWorld, start_sign_in_world
+from tests.support.sign_in import CALLBACK, SignInWorld, world
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def world(tmp_path, aiohttp_server, upstream_url, signing_key) -> SignInWorld:
-    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
+__all__ = ["world"]  # the fixture, from tests.support.sign_in
 
 
 async def sign_in_with_the_ts_sdk(ts_sdk, server_url: str, user: str) -> dict:

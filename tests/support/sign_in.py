@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
+import pytest
 import yaml
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -77,6 +78,13 @@ async def start_sign_in_world(tmp_path: Path, aiohttp_server: Any, signing_key: 
         await aiohttp_server(gateway.app(), host="127.0.0.1", port=port)
         gateways.append(gateway)
     return SignInWorld(public, gateways, [f"http://127.0.0.1:{p}" for p in ports], idp, root)
+
+
+@pytest.fixture
+async def world(tmp_path: Path, aiohttp_server: Any, upstream_url: str, signing_key: Any
+                ) -> SignInWorld:
+    """One gateway with sign-in on, its dev IdP and the test upstream (import it to use it)."""
+    return await start_sign_in_world(tmp_path, aiohttp_server, signing_key, upstream_url)
 
 
 def sdk_provider(server_url: str, user: str, *, consent: str = "allow",
