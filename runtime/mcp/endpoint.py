@@ -53,9 +53,10 @@ class McpEndpoint:
                  sealer: SessionSealer, state: State, auditor: Auditor, metrics: Metrics,
                  list_changed: ListChangedStreams, public_url: str) -> None:
         self._caller, self._sealer, self._list_changed = caller, sealer, list_changed
-        self.aggregate = Aggregate(UpstreamCatalog(client, metrics))
+        catalog = UpstreamCatalog(client, metrics)
+        self.aggregate = Aggregate(catalog)
         self.recording = Recording(auditor, metrics, active)
-        self.handshake = Handshake(sealer, self.recording)
+        self.handshake = Handshake(sealer, self.recording, catalog)
         self.routes = Routes(self.aggregate)
         self.admission = Admission(state, public_url)
         self.relay = Relay(client, self.recording, auditor, metrics)
@@ -148,7 +149,7 @@ class McpEndpoint:
     async def call(self, call: Call, version: str) -> web.StreamResponse:
         """The phases of a request: the gateway's own answers; else resolve its target, admit it
         (one verdict), record the verdict, and forward it and relay the answer."""
-        answer = self.handshake.answer(call, version)
+        answer = await self.handshake.answer(call, version)
         if answer is not None:
             return answer
         if self.routes.lists_here(call):

@@ -14,10 +14,15 @@ from gwc.runtime.mcp.routes import Call
 from gwc.runtime.mcp.sealed_sessions import Session, SessionSealer, SessionTooLarge
 from gwc.runtime.protocol.errors import INVALID_PARAMS, RpcError
 from gwc.runtime.protocol.wire import result_response
+from gwc.runtime.upstream.catalog import UpstreamCatalog
 
-SERVER_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
-                       "completions": {}, "logging": {}}
+# What the aggregate endpoint serves itself: tools (it says when they change), resources and
+# prompts from every upstream. A per-server endpoint has tools always (it says when the bundle
+# changes them) and, of the rest, what its upstream announced that the gateway relays:
+# completions, logging, resources and prompts, without their subscribe or listChanged features
+# (those travel on the upstream's own stream, which the gateway does not relay).
 AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {}}
+RELAYED_CAPABILITIES = ("completions", "logging", "prompts", "resources")
 SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"
 CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
@@ -33,21 +38,38 @@ def built_result(call: Call, result: dict[str, Any]) -> web.Response:
     return result_response(call.id, result)
 
 
-class Handshake:
-    def __init__(self, sealer: SessionSealer, recording: Recording) -> None:
-        self._sealer, self._recording = sealer, recording
+def server_capabilities(upstream: dict[str, Any] | None) -> dict[str, Any]:
+    """A per-server endpoint's capabilities from its upstream's (None: not known)."""
+    capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
+    for name in RELAYED_CAPABILITIES:
+        if upstream is not None and isinstance(upstream.get(name), dict):
+            capabilities[name] = {}
+    return capabilities
 
-    def answer(self, call: Call, version: str) -> web.Response | None:
+
+class Handshake:
+    def __init__(self, sealer: SessionSealer, recording: Recording,
+                 catalog: UpstreamCatalog) -> None:
+        self._sealer, self._recording, self._catalog = sealer, recording, catalog
+
+    async def answer(self, call: Call, version: str) -> web.Response | None:
         """The gateway's own answer to ``call``, or None when the call is not one it answers."""
         if call.method == "initialize":
-            return self._initialize(call, version)
+            return self._initialize(call, version, await self._capabilities(call))
         if call.method == "ping":
             return result_response(call.id, {})
         if call.method == "server/discover":
-            return built_result(call, self._discover(call))
+            return built_result(call, self._discover(call, await self._capabilities(call)))
         return None
 
-    def _initialize(self, call: Call, version: str) -> web.Response:
+    async def _capabilities(self, call: Call) -> dict[str, Any]:
+        """What this endpoint offers: exactly what it can serve (an upstream that cannot be
+        reached in time gets tools only, which every upstream has)."""
+        if not call.endpoint:
+            return AGGREGATE_CAPABILITIES
+        return server_capabilities(await self._catalog.capabilities(call.bundle, call.endpoint))
+
+    def _initialize(self, call: Call, version: str, offered: dict[str, Any]) -> web.Response:
         principal, params = call.principal, call.params
         # What upstream sessions are opened with. The aggregate endpoint does not relay an
         # upstream's requests (elicitation, sampling) back, so upstreams must not think they
@@ -63,7 +85,7 @@ class Handshake:
             sealed = self._sealer.seal(session)
         except SessionTooLarge as exc:
             raise RpcError(INVALID_PARAMS, str(exc), 400) from None
-        result = {"protocolVersion": version, "capabilities": _capabilities(call),
+        result = {"protocolVersion": version, "capabilities": offered,
                   "serverInfo": _server_info(call)}
         instructions = _instructions(call)
         if instructions:
@@ -72,9 +94,9 @@ class Handshake:
         return result_response(call.id, result, {SESSION_HEADER: sealed})
 
     @staticmethod
-    def _discover(call: Call) -> dict[str, Any]:
+    def _discover(call: Call, offered: dict[str, Any]) -> dict[str, Any]:
         result = {"supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
-                  "capabilities": _capabilities(call),
+                  "capabilities": offered,
                   "_meta": {SERVER_INFO_META: _server_info(call)}}
         instructions = _instructions(call)
         if instructions:
@@ -91,6 +113,3 @@ def _instructions(call: Call) -> str | None:
         return call.bundle.payload.servers[call.endpoint].description or None
     return AGGREGATE_INSTRUCTIONS
 
-
-def _capabilities(call: Call) -> dict[str, Any]:
-    return SERVER_CAPABILITIES if call.endpoint else AGGREGATE_CAPABILITIES

@@ -63,6 +63,48 @@ class UpstreamCatalog:
         self._metrics = metrics
         self._entries: dict[tuple[str, str], Entry] = {}
         self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
+        # server -> (its capabilities, the bundle digest and time they were learnt under)
+        self._capabilities: dict[str, tuple[dict[str, Any], str, float]] = {}
+        self._learning: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def capabilities(self, bundle: Bundle, name: str) -> dict[str, Any] | None:
+        """The server capabilities the upstream announced in its own ``initialize`` answer (to
+        the gateway's session), or None when it does not answer within ``LIST_DEADLINE_S``.
+        Learnt once per bundle and ``LIST_TTL_S``; one handshake at a time per upstream."""
+        known = self._capabilities.get(name)
+        if (known is not None and known[1] == bundle.digest
+                and time.monotonic() - known[2] < LIST_TTL_S):
+            return known[0]
+        task = self._learning.get(name)
+        if task is None:
+            task = self._learning[name] = asyncio.get_running_loop().create_task(
+                self._learn(bundle, name, bundle.payload.servers[name]))
+            task.add_done_callback(lambda done: self._learnt(name, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), LIST_DEADLINE_S)
+        except (TimeoutError, UpstreamFailure):
+            return None
+
+    def _learnt(self, name: str, task: asyncio.Task[dict[str, Any]]) -> None:
+        self._learning.pop(name, None)
+        if not task.cancelled():
+            task.exception()  # logged in _learn
+
+    async def _learn(self, bundle: Bundle, name: str, server: Server) -> dict[str, Any]:
+        message = {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {}}
+        out = Outgoing("ping", message, GATEWAY_SESSION, f"capabilities-{name}",
+                       headers={"Accept": "application/json, text/event-stream",
+                                "Content-Type": "application/json"})
+        try:
+            async with self._client.exchange(name, server, GATEWAY, out, server.timeout_ms) as answer:
+                await answer.response.read()
+                capabilities = answer.session.capabilities if answer.session else {}
+        except UpstreamFailure as exc:
+            log.warning("upstream capabilities unknown", extra={"server": name,
+                                                                "reason": exc.message})
+            raise
+        self._capabilities[name] = (capabilities, bundle.digest, time.monotonic())
+        return capabilities
 
     async def lists(self, bundle: Bundle, names: list[str], kind: ListKind
                     ) -> dict[str, tuple[dict[str, Any], ...]]:

@@ -78,6 +78,7 @@ class Answer:
     upstream_id: Any = None  # set when the id was replaced on the way up
     broken: bool = False  # the upstream failed while its answer was being relayed
     upstream_s: float = 0.0  # from sending the request to the upstream's response headers
+    session: UpstreamSession | None = None  # the 2025-era upstream session it went through
 
     @property
     def rewrites_id(self) -> bool:
@@ -197,7 +198,7 @@ class UpstreamClient:
                 self._sessions.forget(key, session)
                 self._metrics.upstream_sessions.labels(upstream.name, "expired").inc()
                 continue
-            answer.response = response
+            answer.response, answer.session = response, session
             return answer
         raise AssertionError("unreachable")
 
@@ -226,7 +227,9 @@ class UpstreamClient:
             notify["Mcp-Session-Id"] = session_id
         initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         (await self._post(upstream, orjson.dumps(initialized), notify, timeout)).release()
-        return UpstreamSession(session_id, version)
+        capabilities = result.get("capabilities") if isinstance(result, dict) else None
+        return UpstreamSession(session_id, version,
+                               capabilities if isinstance(capabilities, dict) else {})
 
     async def close(self) -> None:
         await self._upstreams.close()

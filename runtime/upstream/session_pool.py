@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ CLIENT_INFO = {"name": "gwc", "version": "1"}
 class UpstreamSession:
     session_id: str | None  # None: the upstream runs without sessions
     protocol_version: str
+    capabilities: dict[str, Any] = field(default_factory=dict, compare=False)  # the upstream's own
 
 
 SessionKey = tuple[str, str, str, str, str | None, str, str]
