@@ -29,6 +29,7 @@ from gwc.runtime.policy.decide import Decision, Principal, decide_on, visible_se
 from gwc.runtime.protocol.errors import (
     APPROVAL_REQUIRED,
     DENIED,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     NOT_FOUND,
     RATE_LIMITED,
@@ -43,6 +44,14 @@ log = logging.getLogger("gwc.mcp")
 USES = frozenset(NAMED_PARAM)
 NOT_FOUND_MESSAGES = {"tools/call": "Unknown tool: {}", "resources/read": "Resource not found: {}",
                       "prompts/get": "Unknown prompt: {}"}
+# An unknown tool is a protocol error with code -32602 (the MCP specification, tools); reason
+# not_found all the same. Resources and prompts keep -32002.
+NOT_FOUND_CODES = {"tools/call": INVALID_PARAMS}
+
+
+def not_found(method: str, name: object) -> RpcError:
+    return RpcError(NOT_FOUND_CODES.get(method, NOT_FOUND), NOT_FOUND_MESSAGES[method].format(name),
+                    reason="not_found")
 
 
 @dataclass(slots=True)
@@ -100,7 +109,7 @@ class Admission:
             named = call.params.get(NAMED_PARAM[call.method])  # the name as the caller gave it
             return Verdict(AGGREGATE, "not_found", "not_found",
                            tool=named if isinstance(named, str) else None,
-                           refusal=RpcError(NOT_FOUND, NOT_FOUND_MESSAGES[call.method].format(named)))
+                           refusal=not_found(call.method, named))
         if call.method == "tools/call":
             return await self._tool(call, target)
         return await self._passed(call, target)
@@ -125,7 +134,7 @@ class Admission:
             return verdict
         if decision.effect == "not_found":
             verdict.counted_tool = ""
-            return verdict.refuse(None, "not_found", RpcError(NOT_FOUND, f"Unknown tool: {tool}"))
+            return verdict.refuse(None, "not_found", not_found(call.method, tool))
         if outcome == "deny":
             return verdict.refuse(None, "deny", RpcError(
                 DENIED, f"{principal.subject} may not call {tool} on {name}",

@@ -25,6 +25,7 @@ from gwc.runtime.mcp.aggregate import Aggregate
 from gwc.runtime.mcp.handshake import SESSION_HEADER, Handshake, built_result
 from gwc.runtime.mcp.list_changed import ListChangedStreams
 from gwc.runtime.mcp.recording import Recording
+from gwc.runtime.mcp.refusals import readable
 from gwc.runtime.mcp.relay import Relay
 from gwc.runtime.mcp.routes import AGGREGATE, Call, Routes
 from gwc.runtime.mcp.sealed_sessions import Session, SessionSealer
@@ -143,12 +144,15 @@ class McpEndpoint:
         except RpcError as exc:
             if call is not None and call.record is not None:
                 await self.recording.settle(call, Outcome.REFUSED, exc)
+            if call is not None and (result := readable(call, exc)) is not None:
+                return result
             request_id = message.get("id") if isinstance(message, dict) else None
             return error_response(exc, request_id if isinstance(request_id, (str, int)) else None)
 
     async def call(self, call: Call, version: str) -> web.StreamResponse:
         """The phases of a request: the gateway's own answers; else resolve its target, admit it
-        (one verdict), record the verdict, and forward it and relay the answer."""
+        (one verdict), record the verdict, and forward it and relay the answer. A tools/call refused by
+        policy, an approval or a limit is answered as a tool result (``refusals.py``)."""
         answer = await self.handshake.answer(call, version)
         if answer is not None:
             return answer
