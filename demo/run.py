@@ -132,24 +132,28 @@ async def show_tools(gateway: str, token: str, who: str, server: str, mode: str)
 
 
 async def call(gateway: str, token: str, who: str, server: str, tool: str, args: dict,
-               quiet: bool = False) -> MCPError | None:
-    """One tools/call on a server's endpoint, or on the aggregate one (server ''); the refusal,
-    if it was refused. ``quiet`` prints only a refusal."""
+               quiet: bool = False) -> dict | None:
+    """One tools/call on a server's endpoint, or on the aggregate one (server ''); the refusal
+    (its structured content), if it was refused. A refusal the model should read (policy, an
+    approval, a limit) is a tool result with isError; an unknown tool is a protocol error.
+    ``quiet`` prints only a refusal."""
     url = f"{gateway}/servers/{server}/mcp" if server else f"{gateway}/mcp"
     name = f"{server}/{tool}" if server else tool
+    shown = f"  {who} calls {name}({json.dumps(args)})"
     async with connect(url, token, "auto") as client:
         try:
             result = await client.call_tool(tool, args)
-            if not quiet:
-                print(f"  {who} calls {name}({json.dumps(args)}): allowed -> "
-                      f"{result.content[0].text}")
-            return None
         except MCPError as error:
-            extra = "".join(f", {key}: {error.data[key]}" for key in ("retry_after_s",)
-                            if key in error.data)
-            print(f"  {who} calls {name}({json.dumps(args)}): refused -> {error.message} "
-                  f"(reason: {error.data['reason']}{extra})")
-            return error
+            print(f"{shown}: error -> {error.message} (reason: {error.data['reason']})")
+            return dict(error.data)
+        if result.is_error and result.structured_content:
+            refusal = result.structured_content
+            print(f"{shown}: refused -> the model reads: {result.content[0].text}\n"
+                  f"    (reason: {refusal['reason']})")
+            return refusal
+        if not quiet:
+            print(f"{shown}: allowed -> {result.content[0].text}")
+        return None
 
 
 async def show_catalog(gateway: str, token: str, who: str) -> None:
@@ -180,7 +184,7 @@ def governance(gateway: str, users: dict[str, str]) -> None:
     deploy = {"service": "api", "env": "staging"}
     waiting = asyncio.run(call(gateway, bob, "bob", "deploy", "deploy", deploy))
     assert waiting is not None, "deploy should wait for an approval"
-    approval = waiting.data["approval_id"]
+    approval = waiting["approval_id"]
     dave = ("dave", users["dave"])
     print(run("gwc", "approvals", "list", "--gateway", gateway, as_user=dave).rstrip())
     print(run("gwc", "approvals", "approve", approval, "--gateway", gateway,

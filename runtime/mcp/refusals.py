@@ -30,8 +30,7 @@ from gwc.runtime.protocol.wire import result_response
 NEXT_STEP = {
     DENIED: "The gateway's policy does not allow this call; tell the user. Calling again with "
             "the same arguments will be refused again.",
-    APPROVAL_REQUIRED: "Tell the user that a person must approve it first; once approved, call "
-                       "the tool again with exactly the same arguments.",
+    APPROVAL_REQUIRED: "Tell the user that a person must approve it first.",
     RATE_LIMITED: "Wait as long as it says before calling this tool again.",
     TOO_MANY_APPROVALS: "Tell the user: approvals they asked for must be decided or expire "
                         "before they can ask for another.",
