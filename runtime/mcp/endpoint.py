@@ -6,8 +6,8 @@ A request goes through named phases: authenticate; on a per-server endpoint, the
 and the wire checks (``protocol/wire.py``); then :meth:`McpEndpoint.call` — the gateway's own
 answers (``handshake.py``), resolve the target (``routes.py``), admit (``admission.py``: one
 verdict), record (``recording.py``: the record, the counts, the refusal), forward and relay
-(``relay.py``). Client notifications end here (202); nothing of a client's session reaches an
-upstream.
+(``relay.py``). Client notifications end here (202), except a 2025-era cancellation, which follows
+its call to the upstream; nothing else of a client's session reaches an upstream.
 """
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ class McpEndpoint:
                 check_session_version(request, version)
             check_routing_headers(request, method, params, version)
             validate(method, params, version, notification="id" not in message)
-            if "id" not in message:
+            if "id" not in message:  # a notification: only a cancellation goes on, to the upstream
+                if method == "notifications/cancelled" and session is not None:
+                    await self.relay.cancel(request, session, params)
                 return web.Response(status=202)
             call = Call(request, bundle, principal, endpoint, message, method, params, session, body,
                         visible)

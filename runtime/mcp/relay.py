@@ -18,16 +18,23 @@ from gwc.runtime.audit.record import Outcome
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.mcp.admission import Verdict
 from gwc.runtime.mcp.aggregate import with_manifest_annotations
+from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.mcp.recording import Recording
 from gwc.runtime.mcp.routes import Call, Target
 from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
-from gwc.runtime.policy.decide import listed_on
+from gwc.runtime.policy.decide import Principal, listed_on
 from gwc.runtime.protocol.errors import UPSTREAM_UNAVAILABLE, RpcError
 from gwc.runtime.protocol.sse import EventRewriter, Rewrite
 from gwc.runtime.protocol.wire import NAMED_PARAM, encode_header_value, error_response
 from gwc.runtime.request_keys import REQUEST_ID, STARTED
-from gwc.runtime.upstream.client import Answer, Outgoing, UpstreamClient, UpstreamFailure
+from gwc.runtime.upstream.client import (
+    Answer,
+    ClientTerms,
+    Outgoing,
+    UpstreamClient,
+    UpstreamFailure,
+)
 
 log = logging.getLogger("gwc.mcp")
 # Client headers a stateless (2026-07-28) request keeps on its way upstream; everything else (cookies,
@@ -40,11 +47,40 @@ RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
 RESPONSE_KEYS = (b'"result"', b'"error"')
 
 
+# A 2025-era request in flight on this node, by (the client's session id, its request id): where
+# it went and under which upstream id, so the client's notifications/cancelled can follow it.
+InFlight = tuple[str, Server, Principal, ClientTerms, int]
+CANCEL_TIMEOUT_MS = 5000
+
+
 class Relay:
     def __init__(self, client: UpstreamClient, recording: Recording, auditor: Auditor,
                  metrics: Metrics) -> None:
         self.client = client
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
+        self._in_flight: dict[tuple[str, Any], InFlight] = {}
+
+    async def cancel(self, request: web.Request, session: ClientTerms,
+                     params: dict[str, Any]) -> None:
+        """A client's ``notifications/cancelled`` (2025 era), to the upstream running the call,
+        under the id the gateway sent it with. A call this node is not running (finished, or on
+        another node) is left alone: the client stops waiting either way."""
+        key = (request.headers.get(SESSION_HEADER, ""), params.get("requestId"))
+        found = self._in_flight.get(key)
+        if found is None:
+            return
+        name, server, principal, terms, upstream_id = found
+        reason = params.get("reason")
+        message = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
+            "requestId": upstream_id, **({"reason": reason} if isinstance(reason, str) else {})}}
+        out = Outgoing("notifications/cancelled", message, terms, request[REQUEST_ID], headers={
+            "Accept": "application/json, text/event-stream", "Content-Type": "application/json"})
+        try:
+            async with self.client.exchange(name, server, principal, out, CANCEL_TIMEOUT_MS):
+                pass
+        except UpstreamFailure as exc:
+            log.info("cancellation not delivered", extra={"request_id": request[REQUEST_ID],
+                                                          "server": name, "reason": exc.message})
 
     async def forward(self, call: Call, target: Target, verdict: Verdict) -> web.StreamResponse:
         """An admitted request to its server; the answer back."""
@@ -93,9 +129,14 @@ class Relay:
         request = call.request
         if call.record is not None:
             self._auditor.check_ready()
+        out = self._outgoing(call, message, tool)
+        key = None
+        if call.session is not None and call.method and call.id is not None:
+            out.upstream_id = self.client.new_id()
+            key = (request.headers.get(SESSION_HEADER, ""), call.id)
+            self._in_flight[key] = (name, server, call.principal, call.session, out.upstream_id)
         try:
-            async with self.client.exchange(name, server, call.principal,
-                                            self._outgoing(call, message, tool),
+            async with self.client.exchange(name, server, call.principal, out,
                                             timeout_ms) as answer:
                 response = await self._relay(call, answer, transform, name, timeout_ms)
         except UpstreamFailure as exc:
@@ -106,6 +147,8 @@ class Relay:
             return error_response(exc, call.id)
         finally:
             self._metrics.observe_latency(name, time.perf_counter() - request[STARTED])
+            if key is not None:
+                self._in_flight.pop(key, None)
         # A plain answer is sent once the handler returns: its record is durable before that.
         # A streamed one was settled before its last bytes (_relay_stream).
         await self._recording.settle(call, Outcome.FORWARDED, None, answer)

@@ -69,6 +69,7 @@ class Outgoing:
     tool: str | None = None  # scope of the minted upstream token
     body: bytes | None = None  # the client's own bytes, when they can go unchanged (stateless)
     headers: dict[str, str] = field(default_factory=dict)  # client headers to pass on
+    upstream_id: int | None = None  # the id it goes up with in a 2025 session (None: a new one)
 
 
 @dataclass(slots=True)
@@ -113,6 +114,10 @@ class UpstreamClient:
         self._metrics = metrics
         self._sessions = UpstreamSessions()
         self._ids = itertools.count(1)
+
+    def new_id(self) -> int:
+        """An id for a request in an upstream session, known before it is sent (to cancel it)."""
+        return next(self._ids)
 
     @asynccontextmanager
     async def exchange(self, name: str, server: Server, principal: Principal, out: Outgoing,
@@ -181,7 +186,7 @@ class UpstreamClient:
                           terms.protocol_version, terms.capabilities)
         message, answer = out.message, Answer(None, out.message.get("id"))  # type: ignore[arg-type]
         if out.method and "id" in message:
-            answer.upstream_id = next(self._ids)
+            answer.upstream_id = out.upstream_id if out.upstream_id is not None else next(self._ids)
             message = {**message, "id": answer.upstream_id}
         body = orjson.dumps(message)
         for attempt in (1, 2):

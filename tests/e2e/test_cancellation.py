@@ -1,0 +1,69 @@
+"""A call the client cancels stops at the upstream too: in the 2025 era the client's
+``notifications/cancelled`` follows the call, under the id the gateway sent it with."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx2
+import pytest
+import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.support.e2e import open_session, raw, running_upstream, start_node, write_test_registry
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cancel_upstream():
+    with running_upstream("cancel_upstream.py") as url:
+        yield url
+
+
+def with_wait_tool(root, jwks: str, upstream: str):
+    write_test_registry(root, jwks, upstream)
+    manifest = root / "registry" / "tools.yaml"
+    spec = yaml.safe_load(manifest.read_text())
+    spec["tools"]["wait"] = {"access": "read"}
+    manifest.write_text(yaml.safe_dump(spec))
+    return root
+
+
+async def cancellations(upstream: str) -> int:
+    async with (httpx2.AsyncClient(timeout=10) as http,
+                Client(streamable_http_client(upstream, http_client=http)) as client):
+        result = await client.call_tool("cancelled", {})
+    return int(result.content[0].text)
+
+
+async def test_a_cancelled_call_is_cancelled_upstream(tmp_path, aiohttp_server, signing_key,
+                                                      cancel_upstream) -> None:
+    node = await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: with_wait_tool(root, jwks, cancel_upstream))
+    token = node.idp.token("alice", ["eng"])
+    session = await open_session(node, "/servers/tools/mcp", token)
+    headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    call = asyncio.create_task(raw(node, "/servers/tools/mcp", {
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "wait", "arguments": {"seconds": 20}}}, token, headers))
+    try:
+        await asyncio.sleep(1.0)
+        assert await cancellations(cancel_upstream) == 0
+        cancel = await raw(node, "/servers/tools/mcp", {
+            "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 7, "reason": "the user pressed stop"}}, token, headers)
+        assert cancel.status_code == 202
+        for _ in range(50):
+            if await cancellations(cancel_upstream) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await cancellations(cancel_upstream) == 1
+        # another session's cancellation of "7" touches nothing of this one
+        other = await open_session(node, "/servers/tools/mcp", token)
+        await raw(node, "/servers/tools/mcp", {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                               "params": {"requestId": 7}}, token,
+                  {**headers, "Mcp-Session-Id": other})
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
