@@ -1,7 +1,8 @@
 """``gwc approvals`` and ``gwc bypass``: the gateway's approval and break-glass API from a shell.
 
 Each command talks to one gateway (``--gateway URL`` or env ``GWC_GATEWAY``) with the caller's own
-bearer token (``--token`` or env ``GWC_TOKEN``; never printed or logged), through
+bearer token (``--token`` or env ``GWC_TOKEN``; never printed or logged; without one, the sign-in
+``gwc login`` stored, refreshed as needed), through
 :class:`~gwc.compiler.client.governance.GovernanceClient`. Output is readable text or, with
 ``--format json``, the gateway's JSON answer. A refusal prints the gateway's message and reason
 (``gwc: ... (not_an_approver, HTTP 403)``) and exits 1.
@@ -54,7 +55,8 @@ def gateway_options(command: Callable) -> Callable:
         click.option("--gateway", "gateway_url", envvar="GWC_GATEWAY", required=True, metavar="URL",
                      help="The gateway's base URL (env GWC_GATEWAY)."),
         click.option("--token", envvar="GWC_TOKEN", default=None, metavar="TOKEN",
-                     help="Your bearer token (env GWC_TOKEN); never printed."),
+                     help="Your bearer token (env GWC_TOKEN); never printed. Without it, the "
+                          "sign-in of `gwc login`."),
         click.option("--allow-http", is_flag=True,
                      help="Allow plain http to a host that is not loopback (the token travels in clear)."),
         click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
