@@ -43,7 +43,10 @@ log = logging.getLogger("gwc.mcp")
 # Requests that use an upstream (as opposed to listing it): they count against rate limits.
 USES = frozenset(NAMED_PARAM)
 NOT_FOUND_MESSAGES = {"tools/call": "Unknown tool: {}", "resources/read": "Resource not found: {}",
-                      "prompts/get": "Unknown prompt: {}"}
+                      "prompts/get": "Unknown prompt: {}",
+                      "resources/subscribe": "Resource not found: {}",
+                      "resources/unsubscribe": "Resource not found: {}",
+                      "completion/complete": "Unknown prompt or resource: {}"}
 # An unknown tool is a protocol error with code -32602 (the MCP specification, tools); reason
 # not_found all the same. Resources and prompts keep -32002.
 NOT_FOUND_CODES = {"tools/call": INVALID_PARAMS}
@@ -106,7 +109,8 @@ class Admission:
         if target.found and not target.seen:  # an aggregate tool name, resolved but not judged
             target.visible, target.seen = await self.wall(call.bundle, call.principal, target.name)
         if not target.seen:
-            named = call.params.get(NAMED_PARAM[call.method])  # the name as the caller gave it
+            named = (call.params.get(NAMED_PARAM[call.method]) if call.method in NAMED_PARAM
+                     else target.named)  # the name as the caller gave it
             return Verdict(AGGREGATE, "not_found", "not_found",
                            tool=named if isinstance(named, str) else None,
                            refusal=not_found(call.method, named))

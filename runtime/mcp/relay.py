@@ -118,7 +118,7 @@ class Relay:
                             headers=headers)
         headers = {h: v for h in STATELESS_HEADERS if (v := request.headers.get(h))}
         unchanged = message is call.message
-        if not unchanged and "Mcp-Name" in headers:
+        if not unchanged and "Mcp-Name" in headers and call.method in NAMED_PARAM:
             headers["Mcp-Name"] = encode_header_value(message["params"][NAMED_PARAM[call.method]])
         return Outgoing(call.method, message, None, request[REQUEST_ID], tool,
                         body=call.body if unchanged else None, headers=headers)

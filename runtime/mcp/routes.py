@@ -15,11 +15,13 @@ from gwc.runtime.mcp.aggregate import Aggregate
 from gwc.runtime.mcp.sealed_sessions import Session
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.policy.names import resource_uri
-from gwc.runtime.protocol.errors import METHOD_NOT_FOUND, RpcError
+from gwc.runtime.protocol.errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from gwc.runtime.protocol.sse import Rewrite
 from gwc.runtime.protocol.wire import LIST_METHODS, NAMED_PARAM
 
 AGGREGATE = ""  # the endpoint name of /mcp
+SUBSCRIPTIONS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+COMPLETION_REFS = {"ref/prompt": "name", "ref/resource": "uri"}  # what a completion's ref names
 # Methods a caller who sees a server may use on its per-server endpoint without a tool decision.
 PASSED_METHODS = frozenset({
     "tools/list", "resources/list", "resources/templates/list", "resources/read",
@@ -76,6 +78,12 @@ class Routes:
             return Target(call.endpoint, call.bundle.payload.servers[call.endpoint],
                           call.params.get(NAMED_PARAM.get(call.method, "")), call.message,
                           call.visible)
+        if call.method == "completion/complete":
+            return await self._completion(call)
+        if call.method in SUBSCRIPTIONS:  # to the upstream that owns the namespaced URI
+            uri = call.params.get("uri")
+            return self._renamed(call, self._aggregate.resolve_resource(
+                call.bundle, call.principal, str(uri)), uri, "uri")
         if call.method not in NAMED_PARAM:
             raise RpcError(METHOD_NOT_FOUND, f"method '{call.method}' is not supported on the "
                            "aggregate endpoint", 404)
@@ -92,6 +100,26 @@ class Routes:
             return target
         found = await self._aggregate.resolve_prompt(bundle, principal, str(asked))
         return self._renamed(call, found, asked, field)
+
+    async def _completion(self, call: Call) -> Target:
+        """``completion/complete`` on the aggregate: to the server behind the namespaced prompt
+        or resource its ``ref`` names, with the upstream's own name put back."""
+        ref = call.params.get("ref")
+        kind = ref.get("type") if isinstance(ref, dict) else None
+        if not isinstance(ref, dict) or kind not in COMPLETION_REFS:
+            raise RpcError(INVALID_PARAMS, "completion/complete needs params.ref of type "
+                           "ref/prompt or ref/resource", 400)
+        field = COMPLETION_REFS[kind]
+        asked = ref.get(field)
+        found = (await self._aggregate.resolve_prompt(call.bundle, call.principal, str(asked))
+                 if kind == "ref/prompt" else
+                 self._aggregate.resolve_resource(call.bundle, call.principal, str(asked)))
+        if found is None:
+            return Target(AGGREGATE, None, asked, call.message, seen=False, found=False)
+        name, upstream_name = found
+        server = call.bundle.payload.servers[name]
+        message = {**call.message, "params": {**call.params, "ref": {**ref, field: upstream_name}}}
+        return Target(name, server, upstream_name, message, server)
 
     @staticmethod
     def _renamed(call: Call, found: tuple[str, str] | None, asked: Any, field: str,

@@ -1,7 +1,8 @@
 """A real upstream MCP server for the end-to-end tests: `python tests/support/upstream_server.py PORT`.
 
 Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
-write_thing (write) and secret_tool (deliberately not declared in the test manifest). A request whose
+write_thing (write) and secret_tool (deliberately not declared in the test manifest); a resource,
+a prompt (review) and completions of its argument. A request whose
 body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a caller's input would.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import anyio
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.types import ToolAnnotations
+from mcp.types import Completion, ToolAnnotations
 
 server = MCPServer("test-upstream", version="1.0.0")
 FAIL_MARKER = b"please-answer-500"
@@ -93,6 +94,14 @@ def greeting() -> str:
 @server.prompt(description="Review some code")
 def review(code: str) -> str:
     return f"Please review:\n{code}"
+
+
+@server.completion()
+async def complete(ref: Any, argument: Any, context: Any) -> Completion | None:
+    """Completes the review prompt's code argument, naming the prompt it was asked about."""
+    if getattr(ref, "name", None) == "review":
+        return Completion(values=[f"{argument.value}-for-review"])
+    return None
 
 
 if __name__ == "__main__":
