@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from mcp import MCPError
 
-from tests.support.e2e import INITIALIZE, LIST, MODES, Node, connect, raw, text_of
+from tests.support.e2e import INITIALIZE, LIST, MODES, Node, connect, raw, refusal, text_of
 from tests.support.helpers import dump
 
 ALICE_TOOLS = {"tools__echo", "tools__whoami", "tools__slow_count", "tools__write_thing",
@@ -33,13 +33,15 @@ async def test_one_url_lists_every_entitled_tool_and_routes_calls(node, mode) ->
         assert text_of(await client.call_tool("tools__echo", {"text": "hi"})) == "echo: hi"
         assert text_of(await client.call_tool("tools__write_thing", {
             "target": "x", "env": "staging"})) == "wrote x in staging"
-        with pytest.raises(MCPError) as denied:
-            await client.call_tool("tools__write_thing", {"target": "x", "env": "production"})
-        assert denied.value.data == {"reason": "denied", "rules": []}
+        denied = await client.call_tool("tools__write_thing", {"target": "x", "env": "production"})
+        assert refusal(denied) == {"reason": "denied", "rules": []}
+        assert denied.structured_content["message"] == "alice may not call write_thing on tools"
+        # an unknown tool is a protocol error: -32602, reason not_found
         with pytest.raises(MCPError) as invisible:
             await client.call_tool("hidden__echo", {"text": "x"})
         with pytest.raises(MCPError) as missing:
             await client.call_tool("nope__echo", {"text": "x"})
+        assert invisible.value.code == missing.value.code == -32602
         assert invisible.value.data == missing.value.data == {"reason": "not_found"}
         assert invisible.value.message == "Unknown tool: hidden__echo"
 

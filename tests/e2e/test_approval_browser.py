@@ -83,7 +83,7 @@ async def world(tmp_path: Path, aiohttp_server: Any, signing_key: Any) -> World:
 
 
 async def call_tool(world: World, tool: str, arguments: dict, token: str) -> dict:
-    """A stateless tools/call on the ops server; the JSON-RPC answer."""
+    """A stateless tools/call on the ops server; the JSON-RPC answer (a 200, refused or not)."""
     body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
         "name": tool, "arguments": arguments,
         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -91,7 +91,19 @@ async def call_tool(world: World, tool: str, arguments: dict, token: str) -> dic
                   "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"}}}}
     response = await raw(world, "/servers/ops/mcp", body, token, {  # type: ignore[arg-type]
         "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool})
+    assert response.status_code == 200, response.text
     return response.json()
+
+
+def refused(answer: dict) -> dict:
+    """The refusal a tools/call came to, as the tool result (isError) the model reads: its text
+    starts with the refusal's message; its structured content is the refusal's reason and ids."""
+    assert "error" not in answer, answer
+    result = answer["result"]
+    assert result["isError"] is True
+    data = result["structuredContent"]
+    assert result["content"][0]["text"].startswith(data["message"] + ". ")
+    return data
 
 
 def text_of(browser: WebDriver) -> str:
@@ -102,7 +114,7 @@ async def test_an_approver_signs_in_reads_the_call_and_approves_it_in_a_real_bro
         world: World, browser: WebDriver) -> None:
     alice = world.token("alice", "eng")
     waiting = await call_tool(world, "write_thing", ARGS, alice)
-    data = waiting["error"]["data"]
+    data = refused(waiting)
     assert data["reason"] == "approval_required"
     approval = data["approval_id"]
     assert data["approve_url"] == f"{world.url}/approvals/{approval}"
@@ -146,7 +158,9 @@ async def test_the_requester_sees_their_request_but_cannot_approve_it_in_a_real_
         world: World, browser: WebDriver) -> None:
     """A session set straight in the browser (no IdP round trip): alice, on her own request."""
     waiting = await call_tool(world, "write_thing", ARGS, world.token("alice", "eng"))
-    url = waiting["error"]["data"]["approve_url"]
+    data = refused(waiting)
+    assert data["reason"] == "approval_required"
+    url = data["approve_url"]
     response = web.Response()
     await world.gateway.browser.start(response, Principal("alice", frozenset({"eng", "sre"})))
     cookie = response.cookies[world.gateway.browser.cookie]

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 import pytest
-from mcp import Client, MCPError
+from mcp import Client
 
 from gwc.runtime.audit.writer import trail
-from tests.support.e2e import MODES, Node, connect, running_upstream, start_node, text_of
+from tests.support.e2e import MODES, Node, connect, refusal, running_upstream, start_node, text_of
 from tests.support.helpers import dump
 from tests.support.idp import AUDIENCE, ISSUER
 
@@ -64,11 +64,13 @@ async def fleet(tmp_path, aiohttp_server, coercing_upstream, signing_key) -> Nod
 
 
 async def run(client: Client, tool: str, arguments: dict[str, Any]) -> str:
-    """What a call came to: the upstream's answer, or the gateway's refusal and its rules."""
-    try:
-        return text_of(await client.call_tool(tool, arguments))
-    except MCPError as error:
-        return f"{error.data['reason']}: {','.join(error.data.get('rules', []))}"
+    """What a call came to: the upstream's answer, or the gateway's refusal (a tool result with
+    isError) and its rules."""
+    result = await client.call_tool(tool, arguments)
+    if not result.is_error:
+        return text_of(result)
+    data = refusal(result)
+    return f"{data['reason']}: {','.join(data.get('rules', []))}"
 
 
 async def test_the_upstream_really_runs_what_the_bypasses_ask(coercing_upstream) -> None:

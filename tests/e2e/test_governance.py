@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 import httpx2
 import orjson
@@ -23,6 +24,7 @@ from tests.support.e2e import (
     connect,
     echo_in_session,
     raw,
+    refusal,
     start_node,
     text_of,
     unwritable_trail,
@@ -56,7 +58,9 @@ async def test_every_call_leaves_one_record_and_the_chain_holds(node) -> None:
                  + [client.call_tool("write_thing", {"target": secret, "env": "production"})
                     for _ in range(10)])
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    assert sum(isinstance(o, MCPError) for o in outcomes) == 10
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    refused = [refusal(o) for o in outcomes if o.is_error]  # refusals are tool results
+    assert refused == [{"reason": "denied", "rules": []}] * 10
 
     calls = records(node, type="call", method="tools/call")
     assert len(calls) == 30
@@ -107,12 +111,10 @@ async def test_rate_limits_refuse_with_retry_after_per_user(governed) -> None:
     async with connect(governed.endpoint("ops"), governed.idp.token("alice", ["eng"]),
                        "auto") as client:
         assert text_of(await client.call_tool("echo", {"text": "1"})) == "echo: 1"
-        with pytest.raises(MCPError) as limited:  # 6/min, one at a time: 10 s apart
-            await client.call_tool("echo", {"text": "2"})
+        limited = await client.call_tool("echo", {"text": "2"})  # 6/min, one at a time: 10 s apart
         assert text_of(await client.call_tool("whoami", {}))  # other tools have no limit
-    assert limited.value.code == -32029
-    assert limited.value.data["reason"] == "rate_limited"
-    assert 5 < limited.value.data["retry_after_s"] <= 10
+    assert refusal(limited)["reason"] == "rate_limited"
+    assert 5 < limited.structured_content["retry_after_s"] <= 10
     async with connect(governed.endpoint("ops"), governed.idp.token("bob", ["eng"]),
                        "legacy") as client:
         assert text_of(await client.call_tool("echo", {"text": "b"})) == "echo: b"
@@ -123,10 +125,9 @@ async def test_rate_limits_refuse_with_retry_after_per_user(governed) -> None:
 async def test_shadow_per_access_class_records_would_deny_and_lets_writes_through(governed) -> None:
     async with connect(governed.endpoint("legacy"), governed.idp.token("mallory", ["eng"]),
                        "auto") as client:
-        with pytest.raises(MCPError) as denied:  # reads are enforced
-            await client.call_tool("echo", {"text": "x"})
+        denied = await client.call_tool("echo", {"text": "x"})  # reads are enforced
         assert "wrote" in text_of(await client.call_tool("write_thing", {"target": "t"}))
-    assert denied.value.data["reason"] == "denied"
+    assert refusal(denied) == {"reason": "denied", "rules": ["legacy-no-mallory"]}
     async with connect(governed.endpoint("legacy"), governed.idp.token("alice", ["eng"]),
                        "auto") as client:  # alice is granted reads only: her write is shadowed
         assert "wrote" in text_of(await client.call_tool("write_thing", {"target": "t"}))
@@ -179,13 +180,20 @@ async def api(node: Node, method: str, path: str, token: str, body: dict | None 
                                   headers={"Authorization": f"Bearer {token}"})
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A tools/call the gateway refused, as the tool result (isError) it answered."""
+    data: dict  # reason, ids and numbers: what a JSON-RPC error's data had
+    message: str
+
+
 async def call_tool(node: Node, server: str, token: str, tool: str, arguments: dict):
-    """One stateless tools/call; the result text, or the MCPError it raised."""
+    """One stateless tools/call; the result text, or the refusal it came to."""
     async with connect(node.endpoint(server), token, "auto") as client:
-        try:
-            return text_of(await client.call_tool(tool, arguments))
-        except MCPError as error:
-            return error
+        result = await client.call_tool(tool, arguments)
+    if result.is_error:
+        return Refused(refusal(result), result.structured_content["message"])
+    return text_of(result)
 
 
 async def test_an_approval_round_trip_goes_through_once(governed) -> None:
@@ -193,7 +201,8 @@ async def test_an_approval_round_trip_goes_through_once(governed) -> None:
     bob = governed.idp.token("bob", ["eng"])
     args = {"target": "prod-db", "env": "production"}
     waiting = await call_tool(governed, "ops", alice, "write_thing", args)
-    assert waiting.code == -32030 and waiting.data["reason"] == "approval_required"
+    assert waiting.data["reason"] == "approval_required"
+    assert set(waiting.data) == {"reason", "approval_id", "approve_url", "approvers", "expires_at"}
     approval = waiting.data["approval_id"]
     assert waiting.data["approve_url"] == f"{governed.url}/v1/approvals/{approval}/approve"  # no sign_in
     assert waiting.data["approvers"] == ["group:sre"]  # teams are IdP groups
@@ -229,13 +238,11 @@ async def test_a_flood_of_approvals_is_capped_per_requester(node) -> None:
     alice, carol = node.idp.token("alice", ["eng"]), node.idp.token("carol", ["eng"])
     async with connect(node.endpoint("guarded"), alice, "auto") as client:
         for i in range(MAX_PENDING + 1):
-            with pytest.raises(MCPError) as refused:
-                await client.call_tool("write_thing", {"target": f"t{i}"})
+            refused = refusal(await client.call_tool("write_thing", {"target": f"t{i}"}))
             if i < MAX_PENDING:
-                assert refused.value.data["reason"] == "approval_required"
-    assert refused.value.code == -32033
-    assert refused.value.data["reason"] == "too_many_approvals"
-    assert 800 < refused.value.data["retry_after_s"] <= 900  # when her oldest approval expires
+                assert refused["reason"] == "approval_required"
+    assert refused["reason"] == "too_many_approvals"
+    assert 800 < refused["retry_after_s"] <= 900  # when her oldest approval expires
     # another caller is unaffected
     waiting = await call_tool(node, "guarded", carol, "write_thing", {"target": "c"})
     assert waiting.data["reason"] == "approval_required"
@@ -291,11 +298,8 @@ async def test_replaying_a_real_trail_finds_no_difference_and_previews_a_policy_
         node, signing_key) -> None:
     token = node.idp.token("alice", ["eng"])
     async with connect(node.endpoint(), token, "auto") as client:
-        for env in ("staging", "production", "staging"):
-            try:
-                await client.call_tool("write_thing", {"target": "t", "env": env})
-            except MCPError:
-                pass
+        for env in ("staging", "production", "staging"):  # production: refused, a tool result
+            await client.call_tool("write_thing", {"target": "t", "env": env})
     trail_files = [str(p) for p in trail(node.audit_path)]
     trust = ["--trust", str(signing_key[1])]
     replay = CliRunner().invoke(main, ["audit", "replay", *trail_files, "--bundles",

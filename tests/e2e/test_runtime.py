@@ -15,7 +15,7 @@ import pytest
 from mcp import MCPError
 
 from gwc.compiler.client.dev_idp import DevIdP
-from tests.support.e2e import LIST, MODES, connect, open_session, raw, text_of
+from tests.support.e2e import LIST, MODES, connect, open_session, raw, refusal, text_of
 from tests.support.idp import AUDIENCE, ISSUER, claims, hs256_with_public_key, unsigned_token
 
 
@@ -52,30 +52,28 @@ async def test_policy_is_enforced_before_the_upstream(node, mode) -> None:
     async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), mode) as client:
         assert text_of(await client.call_tool("write_thing", {"target": "x", "env": "staging"})) \
             == "wrote x in staging"
-        with pytest.raises(MCPError) as denied:
-            await client.call_tool("write_thing", {"target": "x", "env": "production"})
-        assert denied.value.code == -32003 and denied.value.data["reason"] == "denied"
-        with pytest.raises(MCPError) as missing:  # a missing argument fails the condition
-            await client.call_tool("write_thing", {"target": "x"})
-        assert missing.value.data["reason"] == "denied"
+        # a refusal is a tool result the model reads (isError), no longer a JSON-RPC error
+        denied = await client.call_tool("write_thing", {"target": "x", "env": "production"})
+        assert refusal(denied) == {"reason": "denied", "rules": []}
+        assert denied.content[0].text.startswith("alice may not call write_thing on tools. ")
+        # a missing argument fails the condition
+        missing = await client.call_tool("write_thing", {"target": "x"})
+        assert refusal(missing)["reason"] == "denied"
     async with connect(node.endpoint(), node.idp.token("bob", ["ops"]), mode) as client:
         assert "production" in text_of(await client.call_tool(
             "write_thing", {"target": "x", "env": "production"}))
     async with connect(node.endpoint(), node.idp.token("mallory", ["ops"]), mode) as client:
-        with pytest.raises(MCPError) as deny_rule:
-            await client.call_tool("echo", {"text": "x"})
-        assert deny_rule.value.data == {"reason": "denied", "rules": ["no-mallory"]}
+        deny_rule = await client.call_tool("echo", {"text": "x"})
+        assert refusal(deny_rule) == {"reason": "denied", "rules": ["no-mallory"]}
 
 
 async def test_shadow_mode_lets_denied_calls_through_but_never_skips_approvals(node) -> None:
     async with connect(node.endpoint("guarded"), node.idp.token("mallory", ["eng"]), "auto") as client:
         assert text_of(await client.call_tool("echo", {"text": "x"})) == "echo: x"  # would_deny
-        with pytest.raises(MCPError) as shadowed:
-            await client.call_tool("write_thing", {"target": "x"})
+        shadowed = await client.call_tool("write_thing", {"target": "x"})
     async with connect(node.endpoint("guarded"), node.idp.token("alice", ["eng"]), "auto") as client:
-        with pytest.raises(MCPError) as granted:
-            await client.call_tool("write_thing", {"target": "x"})
-    assert shadowed.value.data["reason"] == granted.value.data["reason"] == "approval_required"
+        granted = await client.call_tool("write_thing", {"target": "x"})
+    assert refusal(shadowed)["reason"] == refusal(granted)["reason"] == "approval_required"
     metrics = node.gateway.metrics.registry
     assert metrics.get_sample_value("gwc_requests_total", {
         "server": "guarded", "method": "tools/call", "tool": "echo", "decision": "would_deny"}) == 1
@@ -88,8 +86,9 @@ async def test_undeclared_tools_do_not_exist(node, mode) -> None:
             await client.call_tool("secret_tool", {})
         with pytest.raises(MCPError) as nonexistent:
             await client.call_tool("no_such_tool", {})
+    # an unknown tool is a protocol error: -32602 (INVALID_PARAMS), as the MCP specification says
     assert (undeclared.value.code, undeclared.value.data) == \
-        (nonexistent.value.code, nonexistent.value.data) == (-32002, {"reason": "not_found"})
+        (nonexistent.value.code, nonexistent.value.data) == (-32602, {"reason": "not_found"})
     assert undeclared.value.message == "Unknown tool: secret_tool"
 
 

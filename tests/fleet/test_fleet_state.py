@@ -7,9 +7,10 @@ import asyncio
 import time
 
 import pytest
+from mcp import MCPError
 
 from tests.e2e.test_governance import api, call_tool
-from tests.support.e2e import LIST, Node, raw, start_fleet, write_governed_registry
+from tests.support.e2e import LIST, Node, connect, raw, start_fleet, write_governed_registry
 
 
 @pytest.fixture
@@ -87,6 +88,9 @@ async def test_without_redis_nodes_keep_serving_with_local_limits(fleet, redis_s
     fallbacks = b.gateway.metrics.registry.get_sample_value(
         "gwc_state_fallbacks_total", {"what": "rate_limits"})
     assert fallbacks == 1  # one outage, counted once
-    # Approvals fail closed: nothing is approved or redeemed from one node's memory.
-    closed = await call_tool(a, "ops", alice, "write_thing", {"target": "t"})
-    assert closed.data["reason"] == "state_unavailable"
+    # Approvals fail closed: nothing is approved or redeemed from one node's memory. The gateway's
+    # own trouble is a protocol error, not a refusal the model reads: a JSON-RPC error still.
+    async with connect(a.endpoint("ops"), alice, "auto") as client:
+        with pytest.raises(MCPError) as closed:
+            await client.call_tool("write_thing", {"target": "t"})
+    assert closed.value.code == -32032 and closed.value.data == {"reason": "state_unavailable"}

@@ -221,6 +221,21 @@ def text_of(result) -> str:
     return result.content[0].text
 
 
+def refusal(result) -> dict:
+    """What a refused tools/call came to, as an SDK client reads the tool result the gateway answers
+    a denial, an approval to wait for, a rate limit or too many approvals with: isError, one text
+    for the model that starts with the refusal's message, and as structured content the reason, ids
+    and numbers a JSON-RPC error's data had, with the message. Returns that data, without the
+    message (so, what error.data was)."""
+    assert result.is_error is True, result
+    data = dict(result.structured_content or {})
+    message = data.pop("message")
+    assert isinstance(data.get("reason"), str), data
+    [content] = result.content
+    assert content.type == "text" and content.text.startswith(f"{message}. "), content.text
+    return data
+
+
 async def raw(node: Node, path: str, body: bytes | dict, token: str | None = None,
               headers: dict | None = None) -> httpx2.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

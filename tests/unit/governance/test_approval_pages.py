@@ -29,7 +29,7 @@ from tests.support.e2e import free_port, start_node, write_governed_registry
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.helpers import compile_root, manifest, write_registry
 from tests.support.state_fixtures import ALICE, BOB, BOT, CAROL, AuditList, redis_clients_fixture  # noqa: F401
-from tests.unit.mcp.test_pipeline import call_tool
+from tests.unit.mcp.test_pipeline import call_tool, refused
 
 SECRET = "s3cr3t-token-value"
 ARGS = {"version": 41, "env": "prod", "target": "prod", "token": SECRET}
@@ -346,9 +346,11 @@ async def test_a_gateway_sends_approvers_to_the_page_and_decides_there(tmp_path,
                             idp_client_secret="not-used-here")
     alice = node.idp.token("alice", ["eng"])
     waiting = await call_tool(node, "ops", "write_thing", ARGS, alice)
-    data = waiting["error"]["data"]
+    data = refused(waiting)  # a tool result the model reads, the page's URL in its text
+    assert data["reason"] == "approval_required"
     assert data["approve_url"] == f"{node.url}/approvals/{data['approval_id']}"
-    assert data["approve_url"] in waiting["error"]["message"]
+    assert data["approve_url"] in data["message"]
+    assert data["approve_url"] in waiting["result"]["content"][0]["text"]
 
     response = web.Response()
     csrf = (await node.gateway.browser.start(response, Principal("sam", frozenset({"sre"})))).csrf
