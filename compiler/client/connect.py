@@ -8,9 +8,8 @@ Each message from the client is one POST, in the protocol era the message itself
 - 2025-era (``initialize`` first): the session the gateway gives at ``initialize``
   (``Mcp-Session-Id``) and the negotiated ``MCP-Protocol-Version`` go on every later POST; once the
   client says ``notifications/initialized``, a GET stream carries what the gateway sends on its own
-  (``notifications/tools/list_changed``); ``notifications/cancelled`` is posted, and the request's
-  own POST is closed as well (the gateway stops the upstream call when its client goes away);
-  stdin's end deletes the session.
+  (``notifications/tools/list_changed``); ``notifications/cancelled`` is posted (the gateway passes
+  it to the upstream call), then the request's POST is closed; stdin's end deletes the session.
 - 2026-07-28 (a protocol version in the request's ``_meta``): no session and no GET stream; the
   ``MCP-Protocol-Version`` is the message's; ``notifications/cancelled`` is not posted, closing the
   request's POST is the cancellation.
@@ -96,11 +95,6 @@ class _Transient(Exception):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(eq=False)
-class InFlight:
-    task: asyncio.Task[None]
-    stateless: bool
-    cancelled: bool = False  # by the client's notifications/cancelled: no answer is due
 
 
 @dataclass
@@ -110,8 +104,8 @@ class Exchange:
     message: dict[str, Any]
     deliver: Send  # where the gateway's messages go (the client, or the bridge itself)
     internal: bool = False  # the bridge's own (a re-initialize): not the client's handshake
-    relayed: bool = False  # something of the answer already reached the client
     answered: bool = False
+    cancelled: bool = False  # by the client's notifications/cancelled: nothing more is owed
     method: str | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +115,13 @@ class Exchange:
     @property
     def is_request(self) -> bool:
         return self.method is not None and "id" in self.message
+
+
+@dataclass(eq=False)
+class InFlight:
+    task: asyncio.Task[None]
+    exchange: Exchange
+    stateless: bool
 
 
 def stateless_version(message: dict[str, Any]) -> str | None:
@@ -199,14 +200,15 @@ class Bridge:
     def _request(self, exchange: Exchange) -> None:
         key = id_key(exchange.message["id"])
         task = self._spawn(self._answer_request(exchange, key))
-        self._in_flight[key] = InFlight(task, stateless_version(exchange.message) is not None)
+        self._in_flight[key] = InFlight(task, exchange,
+                                        stateless_version(exchange.message) is not None)
 
     async def _answer_request(self, exchange: Exchange, key: str) -> None:
         entry = self._in_flight.get(key)  # recorded by _request before this task first runs
         try:
             await self._exchange(exchange)
         except asyncio.CancelledError:
-            if entry is not None and entry.cancelled:
+            if exchange.cancelled:
                 return  # the client gave up on it: nothing is owed
             raise
         except BridgeError as exc:
@@ -238,13 +240,20 @@ class Bridge:
         request_id = params.get("requestId") if isinstance(params, dict) else None
         entry = self._in_flight.get(id_key(request_id)) if request_id is not None else None
         if entry is not None:
-            entry.cancelled = True
-            entry.task.cancel()  # closes its POST: how 2026-07-28 cancels
+            entry.exchange.cancelled = True  # whatever still comes for it stays here
             if entry.stateless:
+                entry.task.cancel()  # closing its POST is how 2026-07-28 cancels
                 return
         elif stateless_version(message) is not None or not self.session_id:
             return  # nothing in flight and no session to tell
-        self._spawn(self._one_way(Exchange(message, self.send)))
+        self._spawn(self._cancel_2025(Exchange(message, self.send), entry))
+
+    async def _cancel_2025(self, notice: Exchange, entry: InFlight | None) -> None:
+        """The notification first (the gateway passes it to the upstream call it names), then
+        the request's POST closed: its answer is no longer wanted."""
+        await self._one_way(notice)
+        if entry is not None:
+            entry.task.cancel()
 
     async def _reply(self, error: BridgeError, request_id: Any) -> None:
         await self.send(error.body(request_id))
@@ -340,8 +349,8 @@ class Bridge:
                 reason, wait = f"{type(exc).__name__}: {exc}", None
             except (aiohttp.ClientError, OSError, TimeoutError, EventStreamError) as exc:
                 # the connection broke after the request went out: it may have been carried out
-                if exchange.relayed or exchange.answered or (
-                        exchange.is_request and exchange.method not in SAFE_TO_REPEAT):
+                if exchange.answered or (exchange.is_request
+                                         and exchange.method not in SAFE_TO_REPEAT):
                     raise BridgeError(GATEWAY_UNREACHABLE, f"the connection to the gateway at "
                                       f"{self.gateway} broke during {exchange.method} ("
                                       f"{type(exc).__name__}); it may have been carried out: "
@@ -438,10 +447,10 @@ class Bridge:
         final = "method" not in message and message.get("id") == exchange.message.get("id")
         if final and exchange.method == "initialize" and isinstance(message.get("result"), dict):
             self._opened(exchange, message["result"], response.headers.get(SESSION_HEADER))
+        if exchange.cancelled:
+            return
         if final:
             exchange.answered = True
-        else:
-            exchange.relayed = True
         await exchange.deliver(message)
 
     def _opened(self, exchange: Exchange, result: dict[str, Any], session_id: str | None) -> None:
