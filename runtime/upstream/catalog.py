@@ -32,6 +32,8 @@ GATEWAY_SUBJECT = "gwc"  # who upstreams see asking for their lists
 # kind "service" keeps it apart from an IdP user who happens to be called "gwc": in upstream
 # tokens (the "kind" claim) and in the pool of upstream sessions
 GATEWAY = Principal(subject=GATEWAY_SUBJECT, kind="service")
+UNKNOWN: dict[str, Any] = {}  # an upstream's capabilities that could not be learnt (by identity)
+UNKNOWN_RETRY_S = 30.0  # how soon capabilities that could not be learnt are asked for again
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ class UpstreamCatalog:
         known = self._capabilities.get(name)
         if (known is not None and known[1] == bundle.digest
                 and time.monotonic() - known[2] < LIST_TTL_S):
-            return known[0]
+            return None if known[0] is UNKNOWN else known[0]
         task = self._learning.get(name)
         if task is None:
             task = self._learning[name] = asyncio.get_running_loop().create_task(
@@ -92,9 +94,10 @@ class UpstreamCatalog:
 
     async def _learn(self, bundle: Bundle, name: str, server: Server) -> dict[str, Any]:
         message = {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {}}
+        # a probe for metadata: what callers' calls do to the upstream is what judges it
         out = Outgoing("ping", message, GATEWAY_SESSION, f"capabilities-{name}",
                        headers={"Accept": "application/json, text/event-stream",
-                                "Content-Type": "application/json"})
+                                "Content-Type": "application/json"}, judges=False)
         try:
             async with self._client.exchange(name, server, GATEWAY, out, server.timeout_ms) as answer:
                 await answer.response.read()
@@ -102,6 +105,10 @@ class UpstreamCatalog:
         except UpstreamFailure as exc:
             log.warning("upstream capabilities unknown", extra={"server": name,
                                                                 "reason": exc.message})
+            # not asked again for a while: an endpoint whose upstream is down still answers
+            # initialize at once (with tools only)
+            self._capabilities[name] = (
+                UNKNOWN, bundle.digest, time.monotonic() - LIST_TTL_S + UNKNOWN_RETRY_S)
             raise
         self._capabilities[name] = (capabilities, bundle.digest, time.monotonic())
         return capabilities

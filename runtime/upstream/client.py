@@ -70,6 +70,7 @@ class Outgoing:
     body: bytes | None = None  # the client's own bytes, when they can go unchanged (stateless)
     headers: dict[str, str] = field(default_factory=dict)  # client headers to pass on
     upstream_id: int | None = None  # the id it goes up with in a 2025 session (None: a new one)
+    judges: bool = True  # whether its outcome counts toward the upstream's circuit breaker
 
 
 @dataclass(slots=True)
@@ -147,7 +148,7 @@ class UpstreamClient:
                     healthy = None  # the client went away: no verdict on the upstream
                     raise
                 finally:
-                    if healthy is not None:
+                    if healthy is not None and out.judges:
                         upstream.record(healthy, caller)
         except UpstreamUnavailable as exc:
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "rejected", str(exc)) from None
