@@ -5,14 +5,23 @@ HTTP). No token goes in the entry. The gateway answers an unauthenticated reques
 RFC 9728 ``WWW-Authenticate: Bearer resource_metadata=...`` challenge, so a client that implements
 MCP authorization finds the company IdP and logs the user in by itself. Every client wants that
 entry in its own file and shape; :data:`CLIENTS` is the one table of those shapes.
+
+A client that starts only local (stdio) servers, Claude Desktop, gets a bridge instead: by default
+``gwc connect <gateway URL>`` (this package's ``connect.py``), named by the absolute path of the
+running ``gwc``, since such clients start servers without the user's shell PATH; or the npm
+``mcp-remote``. Other clients take a bridge entry too when asked (``--bridge``).
 """
 from __future__ import annotations
 
 import base64
+import os
 import re
 import secrets
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,19 +59,30 @@ class Endpoint:
         """Bearer tokens would cross a network unencrypted (allowed only with --allow-http)."""
         return self.plain_http and not self.loopback
 
+    @property
+    def gateway(self) -> str:
+        """The gateway's base URL, what ``gwc connect`` takes."""
+        return self.url.removesuffix(ENDPOINT_PATH)
+
+
+BRIDGES = ("gwc", "mcp-remote")  # what a stdio entry starts: gwc connect, or the npm bridge
+
 
 @dataclass(frozen=True)
 class ClientShape:
-    """How one client wants a remote Streamable HTTP server described.
+    """How one client wants a remote server described.
 
     ``servers_key`` is the object that maps names to entries in the client's file (None: the entry
-    stands alone); ``entry`` builds one entry; ``where`` is the one-line hint printed to stderr.
+    stands alone); ``entry`` builds the entry of the Streamable HTTP endpoint, None for a client
+    that starts only local servers; ``stdio`` wraps a bridge's command and args in the client's
+    stdio entry; ``where`` is the one-line hint printed to stderr.
     """
 
     title: str
     where: str
     servers_key: str | None
-    entry: Callable[[Endpoint], dict[str, Any]]
+    entry: Callable[[Endpoint], dict[str, Any]] | None
+    stdio: Callable[[Endpoint, dict[str, Any]], dict[str, Any]]
 
 
 def _mcp_remote(endpoint: Endpoint) -> dict[str, Any]:
@@ -73,35 +93,61 @@ def _mcp_remote(endpoint: Endpoint) -> dict[str, Any]:
     return {"command": "npx", "args": ["-y", "mcp-remote", endpoint.url, *allow_http]}
 
 
+def _gwc_connect(endpoint: Endpoint, command: str) -> dict[str, Any]:
+    # gwc connect applies the same rule as client-config: plain http only to loopback hosts,
+    # unless told otherwise.
+    allow_http = ["--allow-http"] if endpoint.cleartext else []
+    return {"command": command, "args": ["connect", endpoint.gateway, *allow_http]}
+
+
+def running_gwc() -> str:
+    """The absolute path of the ``gwc`` being run: Claude Desktop starts servers without the
+    shell's PATH, so a bare ``gwc`` is often not found. Falls back to the one beside this Python
+    (a virtualenv's), then to PATH, then to plain ``gwc``."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name in ("gwc", "gwc.exe") and script.is_file():
+        return os.path.abspath(script)  # not resolved: a pipx or Homebrew link survives upgrades
+    beside = Path(sys.executable).parent / ("gwc.exe" if sys.platform == "win32" else "gwc")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("gwc")
+    return os.path.abspath(found) if found else "gwc"
+
+
 CLIENTS: dict[str, ClientShape] = {
-    # claude_desktop_config.json only launches local stdio servers: a remote one goes through the
-    # mcp-remote bridge (npm), which also runs the OAuth login (Settings > Connectors is the other
-    # way; it connects from Anthropic's cloud, so the gateway must be reachable from the internet).
+    # claude_desktop_config.json only launches local stdio servers: a remote one goes through a
+    # bridge, gwc connect by default or the mcp-remote bridge (npm); Settings > Connectors is the
+    # other way (it connects from Anthropic's cloud, so the gateway must be reachable from the
+    # internet).
     "claude-desktop": ClientShape(
         title="Claude Desktop",
         where="merge into claude_desktop_config.json (Settings > Developer > Edit Config), "
-              "then quit and restart Claude Desktop; needs Node.js for npx",
+              "then quit and restart Claude Desktop",
         servers_key="mcpServers",
-        entry=_mcp_remote),
+        entry=None,
+        stdio=lambda ep, bridge: bridge),
     # Cursor speaks Streamable HTTP and MCP OAuth natively: a "url" entry is a remote server.
     "cursor": ClientShape(
         title="Cursor",
         where="merge into ~/.cursor/mcp.json (all projects) or .cursor/mcp.json (one project)",
         servers_key="mcpServers",
-        entry=lambda ep: {"url": ep.url}),
+        entry=lambda ep: {"url": ep.url},
+        stdio=lambda ep, bridge: bridge),
     # VS Code's mcp.json uses "servers" (not "mcpServers") and wants the transport in "type".
     "vscode": ClientShape(
         title="VS Code",
         where="merge into .vscode/mcp.json (workspace) or the user mcp.json "
               "(command MCP: Open User Configuration)",
         servers_key="servers",
-        entry=lambda ep: {"type": "http", "url": ep.url}),
+        entry=lambda ep: {"type": "http", "url": ep.url},
+        stdio=lambda ep, bridge: {"type": "stdio", **bridge}),
     # No standard file exists for other clients: name, transport and URL are what any needs.
     "generic": ClientShape(
         title="any MCP client",
         where="a Streamable HTTP server with OAuth; configure these values in your client",
         servers_key=None,
-        entry=lambda ep: {"name": ep.name, "transport": "streamable-http", "url": ep.url}),
+        entry=lambda ep: {"name": ep.name, "transport": "streamable-http", "url": ep.url},
+        stdio=lambda ep, bridge: {"name": ep.name, "transport": "stdio", **bridge}),
 }
 
 
@@ -146,10 +192,21 @@ def endpoint(gateway: str, name: str = DEFAULT_NAME, allow_http: bool = False) -
                     plain_http=parts.scheme == "http", loopback=loopback)
 
 
-def render(client: str, ep: Endpoint) -> dict[str, Any]:
-    """The JSON for ``client``: a whole file's worth, to merge into an existing file."""
+def render(client: str, ep: Endpoint, bridge: str | None = None,
+           command: str | None = None) -> dict[str, Any]:
+    """The JSON for ``client``: a whole file's worth, to merge into an existing file. ``bridge``
+    (``gwc`` or ``mcp-remote``) gives a stdio entry that starts it; a client that starts only
+    local servers gets ``gwc`` unless told otherwise. ``command`` is how the entry names ``gwc``
+    (default: :func:`running_gwc`)."""
     shape = CLIENTS[client]
-    entry = shape.entry(ep)
+    bridge = bridge or (None if shape.entry is not None else "gwc")
+    if bridge is None:
+        assert shape.entry is not None
+        entry = shape.entry(ep)
+    else:
+        started = (_gwc_connect(ep, command or running_gwc()) if bridge == "gwc"
+                   else _mcp_remote(ep))
+        entry = shape.stdio(ep, started)
     return entry if shape.servers_key is None else {shape.servers_key: {ep.name: entry}}
 
 

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
+from gwc.compiler.client.configs import running_gwc
 from tests.support.helpers import gwc
 
 GATEWAY = "https://mcp.acme.example"
@@ -28,10 +32,55 @@ def refused(*args: str) -> str:
     return result.stderr
 
 
-def test_claude_desktop_bridges_through_mcp_remote() -> None:
-    doc = config("--gateway", GATEWAY, "--client", "claude-desktop")
-    assert doc == {"mcpServers": {"gwc": {"command": "npx",
-                                          "args": ["-y", "mcp-remote", ENDPOINT]}}}
+def test_claude_desktop_bridges_through_gwc_connect_by_its_absolute_path() -> None:
+    result = gwc("client-config", "--gateway", GATEWAY, "--client", "claude-desktop")
+    entry = json.loads(result.stdout)["mcpServers"]["gwc"]
+    assert entry["args"] == ["connect", GATEWAY]  # the base URL: gwc connect adds /mcp
+    # Claude Desktop starts servers without the shell's PATH: the gwc running now, by path
+    command = Path(entry["command"])
+    assert command.is_absolute() and command.name == "gwc" and os.access(command, os.X_OK)
+    assert "gwc connect" in result.stderr
+
+
+def test_the_bare_command_or_mcp_remote_on_request() -> None:
+    assert config("--gateway", GATEWAY, "--client", "claude-desktop", "--command", "gwc") == {
+        "mcpServers": {"gwc": {"command": "gwc", "args": ["connect", GATEWAY]}}}
+    result = gwc("client-config", "--gateway", GATEWAY, "--client", "claude-desktop",
+                 "--bridge", "mcp-remote")
+    assert json.loads(result.stdout) == {"mcpServers": {"gwc": {
+        "command": "npx", "args": ["-y", "mcp-remote", ENDPOINT]}}}
+    assert "Node.js" in result.stderr
+    assert "--command" in refused("--gateway", GATEWAY, "--bridge", "mcp-remote",
+                                  "--command", "gwc")
+
+
+def test_the_running_gwc_is_found_beside_python_then_on_path(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = tmp_path / "bin" / "gwc"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    assert running_gwc() == str(script)  # the script being run
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    assert running_gwc() == str(script)  # beside this Python
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert running_gwc() == "gwc"
+    result = gwc("client-config", "--gateway", GATEWAY, "--client", "claude-desktop")
+    assert "was not found by path" in result.stderr
+
+
+@pytest.mark.parametrize(("client", "entry"), [
+    ("cursor", {"mcpServers": {"gwc": {"command": "gwc", "args": ["connect", GATEWAY]}}}),
+    ("vscode", {"servers": {"gwc": {"type": "stdio", "command": "gwc",
+                                    "args": ["connect", GATEWAY]}}}),
+    ("generic", {"name": "gwc", "transport": "stdio", "command": "gwc",
+                 "args": ["connect", GATEWAY]}),
+])
+def test_other_clients_take_the_bridge_on_request(client: str, entry: dict) -> None:
+    assert config("--gateway", GATEWAY, "--client", client, "--bridge", "gwc",
+                  "--command", "gwc") == entry
 
 
 def test_cursor_entry_is_a_url() -> None:
@@ -54,7 +103,7 @@ def test_output_is_pretty_json_with_two_space_indent(client: str) -> None:
     result = gwc("client-config", "--gateway", GATEWAY, "--client", client)
     doc = json.loads(result.stdout)
     assert result.stdout == json.dumps(doc, indent=2) + "\n"
-    assert ENDPOINT in result.stdout
+    assert (GATEWAY if client == "claude-desktop" else ENDPOINT) in result.stdout
 
 
 @pytest.mark.parametrize(("client", "where"), [
@@ -119,25 +168,34 @@ def test_http_to_a_non_loopback_host_is_refused(gateway: str) -> None:
     assert "must use https" in stderr and "--allow-http" in stderr
 
 
-def test_allow_http_permits_it_with_a_warning_and_tells_mcp_remote() -> None:
-    result = gwc("client-config", "--gateway", "http://10.0.0.7:8080", "--client",
-                 "claude-desktop", "--allow-http")
-    assert result.exit_code == 0, result.stderr
-    args = json.loads(result.stdout)["mcpServers"]["gwc"]["args"]
+@pytest.mark.parametrize(("bridge", "args"), [
     # mcp-remote refuses http:// itself for anything but localhost/127.0.0.1 without its own flag
-    assert args == ["-y", "mcp-remote", "http://10.0.0.7:8080/mcp", "--allow-http"]
+    ("mcp-remote", ["-y", "mcp-remote", "http://10.0.0.7:8080/mcp", "--allow-http"]),
+    ("gwc", ["connect", "http://10.0.0.7:8080", "--allow-http"]),
+])
+def test_allow_http_permits_it_with_a_warning_and_tells_the_bridge(bridge: str,
+                                                                   args: list[str]) -> None:
+    result = gwc("client-config", "--gateway", "http://10.0.0.7:8080", "--client",
+                 "claude-desktop", "--allow-http", "--bridge", bridge)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["mcpServers"]["gwc"]["args"] == args
     assert "unencrypted" in result.stderr
 
 
 def test_loopback_http_needs_no_gwc_flag_and_warns_nothing() -> None:
-    result = gwc("client-config", "--gateway", "http://[::1]:8080", "--client", "claude-desktop")
+    result = gwc("client-config", "--gateway", "http://[::1]:8080", "--client", "claude-desktop",
+                 "--bridge", "mcp-remote")
     assert result.exit_code == 0, result.stderr
     assert "--allow-http" in json.loads(result.stdout)["mcpServers"]["gwc"]["args"]
     assert "unencrypted" not in result.stderr
+    connect = config("--gateway", "http://[::1]:8080", "--client", "claude-desktop")
+    assert connect["mcpServers"]["gwc"]["args"] == ["connect", "http://[::1]:8080"]
 
 
-def test_https_never_gets_allow_http() -> None:
-    doc = config("--gateway", GATEWAY, "--client", "claude-desktop", "--allow-http")
+@pytest.mark.parametrize("bridge", ["gwc", "mcp-remote"])
+def test_https_never_gets_allow_http(bridge: str) -> None:
+    doc = config("--gateway", GATEWAY, "--client", "claude-desktop", "--allow-http",
+                 "--bridge", bridge)
     assert "--allow-http" not in doc["mcpServers"]["gwc"]["args"]
 
 
