@@ -291,3 +291,123 @@ async def test_a_static_token_is_never_refreshed() -> None:
     with pytest.raises(SignInError, match=r"refused the token in GWC_TOKEN \(token expired\)"):
         await bearer.refused("t", GATEWAY, 'Bearer error="invalid_token", '
                                            'error_description="token expired"')
+
+
+# --- a whole sign-in against a scripted gateway -----------------------------------------------
+
+class FakeAuthServer:
+    """Protected-resource and authorization-server metadata, registration, and an authorize
+    endpoint that redirects straight back with a code and ``iss``, like a gateway whose user
+    already consented; the token endpoint checks PKCE."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.iss: str | None = None  # None: the real issuer
+        self.resource: str | None = None
+        self.authorization_servers: list[str] | None = None
+        self.registered: list[dict[str, Any]] = []
+        self.challenge = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/.well-known/oauth-protected-resource/mcp", self.resource_metadata)
+        app.router.add_get("/.well-known/oauth-authorization-server", self.metadata)
+        app.router.add_post("/oauth/register", self.register)
+        app.router.add_get("/oauth/authorize", self.authorize)
+        app.router.add_post("/oauth/token", self.token)
+        return app
+
+    async def resource_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response({"resource": self.resource or f"{self.base}/mcp",
+                                  "authorization_servers": self.authorization_servers
+                                  or [self.base]})
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        b = self.base
+        return web.json_response({
+            "issuer": b, "authorization_endpoint": f"{b}/oauth/authorize",
+            "token_endpoint": f"{b}/oauth/token", "registration_endpoint": f"{b}/oauth/register",
+            "revocation_endpoint": f"{b}/oauth/revoke", "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True})
+
+    async def register(self, request: web.Request) -> web.Response:
+        self.registered.append(await request.json())
+        return web.json_response({"client_id": f"client-{len(self.registered)}"}, status=201)
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        q = request.query
+        assert q["code_challenge_method"] == "S256" and q["resource"] == self.base
+        self.challenge = q["code_challenge"]
+        location = (f"{q['redirect_uri']}?code=the-code&state={q['state']}"
+                    f"&iss={self.iss or self.base}")
+        raise web.HTTPFound(location)
+
+    async def token(self, request: web.Request) -> web.Response:
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+        form = await request.post()
+        if create_s256_code_challenge(form["code_verifier"]) != self.challenge:
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "at", "token_type": "Bearer",
+                                  "expires_in": 900, "refresh_token": "rt"})
+
+
+@pytest.fixture
+async def auth_server(aiohttp_server: Any) -> FakeAuthServer:
+    fake = FakeAuthServer()
+    server = await aiohttp_server(fake.app())
+    fake.base = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+async def sign_in_with(fake: FakeAuthServer, tmp_path: Path) -> str:
+    """A sign-in whose "browser" follows the authorization URL to the loopback listener."""
+    async with aiohttp.ClientSession() as http:
+        browsing: list[asyncio.Future[None]] = []
+
+        async def browse(url: str) -> None:
+            async with http.get(url) as response:  # redirected on to the loopback listener
+                await response.read()
+
+        def show(line: str) -> None:
+            if "in your browser: " in line:
+                browsing.append(asyncio.ensure_future(browse(line.split("in your browser: ")[1])))
+
+        sign_in = SignIn(fake.base, FileStore(tmp_path), http, open_browser=False, show=show,
+                         timeout_s=5)
+        challenge = f'Bearer resource_metadata="{fake.base}/.well-known/oauth-protected-resource/mcp"'
+        return await sign_in.sign_in(f"{fake.base}/mcp", challenge)
+
+
+async def test_a_whole_sign_in_registers_once_and_stores_the_tokens(auth_server: FakeAuthServer,
+                                                                    tmp_path: Path) -> None:
+    assert await sign_in_with(auth_server, tmp_path) == "at"
+    stored = FileStore(tmp_path).load(auth_server.base)
+    assert (stored.client_id, stored.refresh_token, stored.resource) == (
+        "client-1", "rt", auth_server.base)
+    registration, = auth_server.registered
+    assert registration["redirect_uris"] == ["http://127.0.0.1/callback"]
+    assert registration["token_endpoint_auth_method"] == "none"
+    FileStore(tmp_path).save(stored.without_tokens())
+    assert await sign_in_with(auth_server, tmp_path) == "at"
+    assert len(auth_server.registered) == 1  # the registration is kept
+
+
+async def test_an_answer_from_another_issuer_is_refused(auth_server: FakeAuthServer,
+                                                        tmp_path: Path) -> None:
+    auth_server.iss = "https://evil.example"  # RFC 9207: a mix-up
+    with pytest.raises(SignInError, match=r"not from .* refused"):
+        await sign_in_with(auth_server, tmp_path)
+    assert FileStore(tmp_path).load(auth_server.base).access_token is None
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("resource", "https://other.example/mcp", "the gateway's public URL\\?"),
+    ("authorization_servers", ["https://idp.acme.example"], "does not sign users in itself"),
+])
+async def test_discovery_refuses_what_is_not_this_gateways_own(
+        auth_server: FakeAuthServer, tmp_path: Path, field: str, value: Any, message: str) -> None:
+    setattr(auth_server, field, value)
+    with pytest.raises(SignInError, match=message):
+        await sign_in_with(auth_server, tmp_path)
+    assert auth_server.registered == []
