@@ -60,7 +60,7 @@ class McpEndpoint:
         self.handshake = Handshake(sealer, self.recording, catalog)
         self.routes = Routes(self.aggregate)
         self.admission = Admission(state, public_url)
-        self.relay = Relay(client, self.recording, auditor, metrics)
+        self.relay = Relay(client, self.recording, auditor, metrics, sealer)
 
     async def close(self) -> None:
         await self.relay.close()

@@ -72,10 +72,10 @@ class Handshake:
 
     def _initialize(self, call: Call, version: str, offered: dict[str, Any]) -> web.Response:
         principal, params = call.principal, call.params
-        # What upstream sessions are opened with. The aggregate endpoint does not relay an
-        # upstream's requests (elicitation, sampling) back, so upstreams must not think they
-        # can ask: no client capabilities there.
-        capabilities = params.get("capabilities") if call.endpoint else {}
+        # What upstream sessions are opened with: the client's capabilities, so an upstream
+        # knows whether it may ask (elicitation, sampling, roots); its requests reach the client
+        # and the answers go back to it, on either kind of endpoint (relay.py)
+        capabilities = params.get("capabilities")
         info = params.get("clientInfo")
         client_info = ({k: info[k] for k in ("name", "version") if isinstance(info.get(k), str)}
                        if isinstance(info, dict) else {})

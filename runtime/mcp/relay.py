@@ -20,10 +20,11 @@ from gwc.runtime.mcp.admission import Verdict
 from gwc.runtime.mcp.aggregate import with_manifest_annotations
 from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.mcp.recording import Recording
-from gwc.runtime.mcp.routes import Call, Target
+from gwc.runtime.mcp.routes import AGGREGATE, Call, Target
+from gwc.runtime.mcp.sealed_sessions import SessionSealer, UpstreamRequest
 from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
-from gwc.runtime.policy.decide import Principal, listed_on
+from gwc.runtime.policy.decide import Principal, listed_on, visible_server
 from gwc.runtime.protocol.errors import UPSTREAM_UNAVAILABLE, RpcError
 from gwc.runtime.protocol.sse import EventRewriter, Rewrite
 from gwc.runtime.protocol.wire import NAMED_PARAM, encode_header_value, error_response
@@ -55,8 +56,8 @@ CANCEL_TIMEOUT_MS = 5000
 
 class Relay:
     def __init__(self, client: UpstreamClient, recording: Recording, auditor: Auditor,
-                 metrics: Metrics) -> None:
-        self.client = client
+                 metrics: Metrics, sealer: SessionSealer) -> None:
+        self.client, self._sealer = client, sealer
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
         self._in_flight: dict[tuple[str, Any], InFlight] = {}
 
@@ -97,13 +98,44 @@ class Relay:
                                    server.timeout_ms, rewrite)
 
     async def answer_upstream_request(self, call: Call) -> web.StreamResponse:
-        """Relay a client's answer (to an elicitation, sampling...) to the upstream that asked,
-        on the per-server endpoint; the aggregate endpoint does not relay upstream requests."""
-        if not call.endpoint:
+        """Relay a client's answer (to an elicitation, sampling...) to the upstream session that
+        asked, under the upstream's own id: the id the client answers is the sealed one the relay
+        gave the request (:meth:`_seal_requests`), so any node can route it, on either kind of
+        endpoint. An answer to nothing the gateway sealed, or not this caller's, goes nowhere."""
+        asked = self._sealer.open_request(call.id)
+        if (asked is None or asked.subject != call.principal.subject
+                or call.endpoint not in (AGGREGATE, asked.server)
+                or visible_server(call.bundle.payload, call.principal, asked.server) is None):
+            log.info("an answer to no request of this caller's was dropped",
+                     extra={"request_id": call.request[REQUEST_ID]})
             return web.Response(status=202)
-        server = call.bundle.payload.servers[call.endpoint]
-        return await self._forward(call, call.endpoint, server, call.message, None,
-                                   server.timeout_ms)
+        server = call.bundle.payload.servers[asked.server]
+        out = Outgoing("", {**call.message, "id": asked.request_id}, call.session,
+                       call.request[REQUEST_ID], headers={
+                           "Accept": "application/json, text/event-stream",
+                           "Content-Type": "application/json"},
+                       to_session=(asked.session_id, asked.protocol_version))
+        try:
+            async with self.client.exchange(asked.server, server, call.principal, out,
+                                            server.timeout_ms) as answer:
+                await answer.response.read()
+        except UpstreamFailure as exc:
+            log.warning("an answer to an upstream's request was not delivered", extra={
+                "request_id": call.request[REQUEST_ID], "server": asked.server,
+                "reason": exc.message})
+        return web.Response(status=202)
+
+    def _seal_requests(self, call: Call, answer: Answer, name: str) -> Rewrite:
+        """An upstream's requests to the client (2025 era, on a call's stream) get sealed ids."""
+        session = answer.session
+
+        def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+            if "method" in message and "id" in message and session is not None:
+                message["id"] = self._sealer.seal_request(UpstreamRequest(
+                    name, session.session_id, session.protocol_version, message["id"],
+                    call.principal.subject))
+            return message
+        return rewrite
 
     async def close(self) -> None:
         await self.client.close()
@@ -175,6 +207,8 @@ class Relay:
                 if isinstance(message, dict):
                     body = orjson.dumps(rewrite(message))
             return web.Response(body=body, status=upstream.status, headers=headers)
+        if call.session is not None:  # 2025 era: an upstream may ask the client things
+            rewrite = _chain(rewrite, self._seal_requests(call, answer, name))
         return await self._relay_stream(call, answer, headers, rewrite, name, timeout_ms)
 
     async def _relay_stream(self, call: Call, answer: Answer, headers: dict[str, str],

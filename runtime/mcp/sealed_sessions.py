@@ -25,6 +25,8 @@ from gwc.runtime.policy.decide import Principal
 log = logging.getLogger("gwc.sessions")
 PREFIX = "s1."  # format version of the sealed id, visible so a future format can coexist
 AAD = b"gwc-session/v1"
+REQUEST_PREFIX = "r1."  # a sealed id of an upstream's request to a client
+REQUEST_AAD = b"gwc-upstream-request/v1"
 NONCE_BYTES = 12
 KEY_BYTES = 32
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
@@ -39,6 +41,20 @@ class SessionTooLarge(ValueError):
 
 class SessionKeyError(ValueError):
     """A configured session key is not 32 bytes of URL-safe base64."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """An upstream's request to a client, as the id the client sees carries it: which server and
+    upstream session asked, under which id, and for whom. Sealed like a session, so the client's
+    answer reaches that upstream session through any node of the fleet, and nobody can forge one
+    into another's session."""
+
+    server: str
+    session_id: str | None  # the upstream's Mcp-Session-Id (None: it runs without sessions)
+    protocol_version: str
+    request_id: Any  # the upstream's own id of the request
+    subject: str  # who it asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +97,15 @@ class SessionSealer:
         self._openers = [AESGCM(k) for k in keys]
         self.max_age_s = max_age_s
 
-    def seal(self, session: Session) -> str:
-        plain = orjson.dumps([session.subject, session.kind, session.acting_for, session.endpoint,
-                              session.protocol_version, session.capabilities,
-                              session.client_info, session.created])
+    def _seal(self, values: list[Any], prefix: str, aad: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)
-        sealed = nonce + self._sealer.encrypt(nonce, plain, AAD)
-        token = PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
-        if len(token) > MAX_SEALED_CHARS:
-            raise SessionTooLarge(f"the client's capabilities are too large to carry in a session "
-                                  f"id ({len(token)} > {MAX_SEALED_CHARS} characters)")
-        return token
+        sealed = nonce + self._sealer.encrypt(nonce, orjson.dumps(values), aad)
+        return prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
-    def open(self, token: str) -> Session | None:
-        """The session inside a sealed id, or None when it is forged, damaged, foreign or expired."""
-        if not token.startswith(PREFIX) or len(token) > MAX_SEALED_CHARS:
+    def _open(self, token: str, prefix: str, aad: bytes) -> list[Any] | None:
+        if not token.startswith(prefix) or len(token) > MAX_SEALED_CHARS:
             return None
-        body = token[len(PREFIX):]
+        body = token[len(prefix):]
         try:
             sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
@@ -105,13 +113,40 @@ class SessionSealer:
         nonce, ciphertext = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
         for opener in self._openers:
             try:
-                plain = opener.decrypt(nonce, ciphertext, AAD)
-                break
+                values = orjson.loads(opener.decrypt(nonce, ciphertext, aad))
+                return values if isinstance(values, list) else None
             except (InvalidTag, ValueError):
                 continue
-        else:
+        return None
+
+    def seal(self, session: Session) -> str:
+        token = self._seal([session.subject, session.kind, session.acting_for, session.endpoint,
+                            session.protocol_version, session.capabilities, session.client_info,
+                            session.created], PREFIX, AAD)
+        if len(token) > MAX_SEALED_CHARS:
+            raise SessionTooLarge(f"the client's capabilities are too large to carry in a session "
+                                  f"id ({len(token)} > {MAX_SEALED_CHARS} characters)")
+        return token
+
+    def open(self, token: str) -> Session | None:
+        """The session inside a sealed id, or None when it is forged, damaged, foreign or expired."""
+        values = self._open(token, PREFIX, AAD)
+        if values is None:
             return None
-        session = Session(*orjson.loads(plain))
+        session = Session(*values)
         if time.time() - session.created > self.max_age_s:
             return None
         return session
+
+    def seal_request(self, asked: UpstreamRequest) -> str:
+        """The id a client sees for an upstream's request to it (elicitation, sampling, roots)."""
+        return self._seal([asked.server, asked.session_id, asked.protocol_version,
+                           asked.request_id, asked.subject], REQUEST_PREFIX, REQUEST_AAD)
+
+    def open_request(self, token: Any) -> UpstreamRequest | None:
+        """The upstream request a client's answer is for, or None (not one the gateway sealed)."""
+        values = self._open(token, REQUEST_PREFIX, REQUEST_AAD) if isinstance(token, str) else None
+        try:
+            return UpstreamRequest(*values) if values is not None else None
+        except TypeError:
+            return None

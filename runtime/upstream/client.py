@@ -71,6 +71,9 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)  # client headers to pass on
     upstream_id: int | None = None  # the id it goes up with in a 2025 session (None: a new one)
     judges: bool = True  # whether its outcome counts toward the upstream's circuit breaker
+    # a client's answer to an upstream's request goes to the upstream session that asked:
+    # (its Mcp-Session-Id or None, its protocol version), wherever that session was opened
+    to_session: tuple[str | None, str] | None = None
 
 
 @dataclass(slots=True)
@@ -179,6 +182,12 @@ class UpstreamClient:
 
     async def _send(self, upstream: Upstream, principal: Principal, out: Outgoing,
                     headers: dict[str, str], timeout: aiohttp.ClientTimeout) -> Answer:
+        if out.to_session is not None:
+            session_id, version = out.to_session
+            headers = {**headers, "MCP-Protocol-Version": version}
+            if session_id is not None:
+                headers["Mcp-Session-Id"] = session_id
+            return Answer(await self._post(upstream, orjson.dumps(out.message), headers, timeout))
         if out.session is None:
             body = out.body if out.body is not None else orjson.dumps(out.message)
             return Answer(await self._post(upstream, body, headers, timeout))

@@ -1,7 +1,8 @@
 """A real upstream MCP server for the end-to-end tests: `python tests/support/upstream_server.py PORT`.
 
 Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
-write_thing (write) and secret_tool (deliberately not declared in the test manifest); a resource,
+write_thing (write), ask (elicits an answer from the client in the middle of the call) and
+secret_tool (deliberately not declared in the test manifest); a resource,
 a prompt (review) and completions of its argument. A request whose
 body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a caller's input would.
 """
@@ -15,6 +16,7 @@ import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.types import Completion, ToolAnnotations
+from pydantic import BaseModel
 
 server = MCPServer("test-upstream", version="1.0.0")
 FAIL_MARKER = b"please-answer-500"
@@ -72,6 +74,17 @@ async def slow_count(n: int, ctx: Context) -> str:
         await ctx.report_progress(i, n, f"step {i}")
         await anyio.sleep(0.01)
     return f"counted {n}"
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+@server.tool()
+async def ask(question: str, ctx: Context) -> str:
+    """Ask the client's user (elicitation) in the middle of the call, and say what came back."""
+    reply = await ctx.elicit(question, Answer)
+    return f"{reply.action}: {reply.data.answer if reply.data else '-'}"
 
 
 @server.tool()
