@@ -18,8 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+import yaml
 
 from demo.browser import ScriptedBrowser
+from gwc.compiler.build.bundle import build
+from gwc.compiler.build.registry import load_registry
 from gwc.runtime.app import Gateway
 from gwc.runtime.bundle.keys import load_private_key
 from gwc.runtime.config import Config
@@ -29,7 +32,7 @@ from tests.support.sign_in import SignInWorld, refresh, start_sign_in_world
 GWC = str(Path(sys.executable).parent / "gwc")
 AUTHORIZE = re.compile(r"(http://\S+/oauth/authorize\?\S+)")
 ERIN_TOOLS = {"tools__echo", "tools__whoami", "tools__slow_count", "tools__write_thing"}
-INITIALIZE = {"protocolVersion": "2025-11-25", "capabilities": {},
+INITIALIZE = {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
               "clientInfo": {"name": "claude-desktop-test", "version": "1"}}
 
 
@@ -152,6 +155,16 @@ class Bridge:
                     return message
         return await asyncio.wait_for(wait(), timeout_s)
 
+    async def next_request(self, timeout_s: float = 30) -> dict[str, Any]:
+        """The next request the gateway sends the client (notifications met are kept)."""
+        async def wait() -> dict[str, Any]:
+            while True:
+                message = await self._messages.get()
+                if "method" in message and "id" in message:
+                    return message
+                self.notifications.append(message)
+        return await asyncio.wait_for(wait(), timeout_s)
+
     async def request(self, method: str, params: dict[str, Any] | None = None,
                       timeout_s: float = 30) -> dict[str, Any]:
         return await self.answer(await self.ask(method, params), timeout_s)
@@ -199,6 +212,11 @@ async def sign_in_node(tmp_path: Path, aiohttp_server: Any, upstream_url: str,
                        signing_key: Any) -> Node:
     servers = Servers(aiohttp_server)
     world = await start_sign_in_world(tmp_path, servers, signing_key, upstream_url)
+    manifest = world.root / "registry" / "tools.yaml"  # the upstream's `ask` elicits mid-call
+    spec = yaml.safe_load(manifest.read_text())
+    spec["tools"]["ask"] = {"access": "read"}
+    manifest.write_text(yaml.safe_dump(spec))
+    build(load_registry(world.root), signing_key[2], tmp_path / "store", 2, "r2")  # next start
     return Node(world, servers)
 
 
@@ -227,6 +245,15 @@ async def test_claude_desktop_through_gwc_connect(sign_in_node: Node, tmp_path: 
         assert text_of(counted) == "counted 3"
         progress = [n for n in bridge.notifications if n["method"] == "notifications/progress"]
         assert [p["params"]["progress"] for p in progress] == [1, 2, 3]  # relayed as they came
+        # the upstream asks the user in the middle of a call; the client's answer goes back
+        asking = await bridge.ask("tools/call", {"name": "tools__ask",
+                                                 "arguments": {"question": "deploy?"}})
+        elicitation = await bridge.next_request()
+        assert elicitation["method"] == "elicitation/create"
+        assert elicitation["params"]["message"] == "deploy?"
+        await bridge.send({"jsonrpc": "2.0", "id": elicitation["id"],
+                           "result": {"action": "accept", "content": {"answer": "yes"}}})
+        assert text_of(await bridge.answer(asking)) == "accept: yes"
         refused = await bridge.request("tools/call", {
             "name": "tools__write_thing", "arguments": {"target": "db", "env": "prod"}})
         assert refused["result"]["isError"] is True  # a refusal the model reads, with its reason
