@@ -295,7 +295,8 @@ def serve(gateway: str, idp: str, users: dict[str, str], processes: list[subproc
 
   Clients sign in through the gateway: it sends your browser to the dev IdP (press a user's
   button), asks your consent once, and hands the client its own tokens. For example:
-    npx mcp-remote {gateway}/mcp --allow-http          (a stdio bridge, e.g. for Claude Desktop)
+    .venv/bin/gwc connect {gateway}                    (gwc's stdio bridge, e.g. for Claude Desktop)
+    npx mcp-remote {gateway}/mcp --allow-http          (another stdio bridge, from npm)
     npx @modelcontextprotocol/inspector                (transport "Streamable HTTP", URL {gateway}/mcp)
     approvals in a browser:                            {gateway}/approvals
   Or skip signing in with a bearer token from the dev IdP:
