@@ -117,14 +117,16 @@ def stateless_version(request: web.Request, params: dict[str, Any]) -> str | Non
 
 def check_session_version(request: web.Request, version: str) -> None:
     """A 2025-era request in a session: a MCP-Protocol-Version header, when sent, must be a known
-    version and the session's."""
+    version of that era. The specification asks a client to send the negotiated one, and a
+    server to refuse only versions it does not support, so another 2025-era version is let
+    through (the session's version still governs); a stateless-era version in a session is not."""
     header = request.headers.get(VERSION_HEADER)
     if header is None:
         return
     if header not in SUPPORTED_PROTOCOL_VERSIONS:
         raise RpcError(UNSUPPORTED_VERSION, f"unsupported protocol version {header!r}", 400,
                        requested=header)
-    if header != version:
+    if header != version and header not in HANDSHAKE_PROTOCOL_VERSIONS:
         raise RpcError(HEADER_MISMATCH, f"MCP-Protocol-Version {header!r} is not the session's "
                                     f"{version!r}", 400)
 

@@ -237,3 +237,16 @@ async def test_operational_endpoints(node) -> None:
         assert 'gwc_requests_total{decision="allow",method="tools/list",server="tools",tool=""}' in metrics
         jwks = (await http.get(node.url + "/.well-known/jwks.json")).json()
         assert jwks["keys"][0]["alg"] == "EdDSA"
+
+
+async def test_a_session_takes_another_2025_version_header_but_not_another_era(node) -> None:
+    token = node.idp.token("alice", ["eng"])
+    session = await open_session(node, "/servers/tools/mcp", token)
+    older = await raw(node, "/servers/tools/mcp", LIST, token, {
+        "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-03-26"})
+    stateless = await raw(node, "/servers/tools/mcp", LIST, token, {
+        "Mcp-Session-Id": session, "MCP-Protocol-Version": "2026-07-28"})
+    unknown = await raw(node, "/servers/tools/mcp", LIST, token, {
+        "Mcp-Session-Id": session, "MCP-Protocol-Version": "1999-01-01"})
+    assert older.status_code == 200  # the session's own version still governs
+    assert stateless.status_code == 400 and unknown.status_code == 400
