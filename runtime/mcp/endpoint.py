@@ -85,8 +85,13 @@ class McpEndpoint:
             if request.method == "GET":
                 if SESSION_HEADER not in request.headers:  # the stateless era has no GET stream
                     return web.Response(status=405, headers={"Allow": "POST, DELETE"})
-                self._session(request, principal, endpoint)
-                return await self._list_changed.stream(request, principal, endpoint)
+                session = self._session(request, principal, endpoint)
+                if not endpoint:  # the aggregate: the gateway's own notifications only
+                    return await self._list_changed.stream(request, principal, endpoint)
+                server = bundle.payload.servers[endpoint]
+                return await self._list_changed.stream(
+                    request, principal, endpoint, lambda: self.relay.upstream_messages(
+                        request, principal, endpoint, server, session))
             if request.method == "DELETE":  # nothing is stored: a sealed session just ends
                 self._session(request, principal, endpoint)
                 return web.Response(status=204)

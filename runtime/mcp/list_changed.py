@@ -1,4 +1,5 @@
-"""``notifications/tools/list_changed`` for 2025-era clients that keep a GET stream open.
+"""``notifications/tools/list_changed`` for 2025-era clients that keep a GET stream open, and on
+a server's endpoint what its upstream sends outside any call (``relay.upstream_messages``).
 
 A client opens the stream with its session id; the node keeps it (streams are connections, so they
 are naturally this node's). When a new bundle is activated, each stream's caller is re-evaluated:
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -21,6 +24,9 @@ from gwc.runtime.policy.decide import Principal, listed_everywhere, listed_tools
 
 log = logging.getLogger("gwc.list_changed")
 KEEPALIVE_S = 15.0
+UPSTREAM_OPEN_S = 2.0  # how long a client's GET stream waits for its upstream's to open
+# opens the upstream's own stream: its events, or None when it has none
+Upstream = Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes] | None]]
 NOTIFICATION = b"event: message\ndata: " + orjson.dumps(
     {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}) + b"\n\n"
 Fingerprint = frozenset[tuple[str, str]]
@@ -50,6 +56,25 @@ class Listener:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asyncio.Event) -> None:
+    """The upstream's events onto the client's stream (once it is open), each whole event in
+    one write; ends quietly when either side does."""
+    try:
+        async with upstream() as events:
+            opened.set()
+            if events is None:
+                return
+            async for chunk in events:
+                while not response.prepared:  # the client's stream is still being opened
+                    await asyncio.sleep(0.01)
+                await response.write(chunk)
+    except (ConnectionResetError, ConnectionError, aiohttp.ClientError, UnicodeDecodeError,
+            TimeoutError) as exc:
+        log.info("upstream stream ended", extra={"reason": type(exc).__name__})
+    finally:
+        opened.set()
+
+
 class ListChangedStreams:
     def __init__(self, active: Callable[[], Bundle | None], metrics: Metrics) -> None:
         self._active = active
@@ -58,17 +83,29 @@ class ListChangedStreams:
         self._gauge = metrics.open_streams
         self._closing = False
 
-    async def stream(self, request: web.Request, principal: Principal, endpoint: str
-                     ) -> web.StreamResponse:
+    async def stream(self, request: web.Request, principal: Principal, endpoint: str,
+                     upstream: Upstream | None = None) -> web.StreamResponse:
+        """The client's GET stream: the gateway's own list_changed notifications and, when
+        ``upstream`` is given, the upstream's own messages outside any call, as they come. The
+        upstream's stream is opened first, for at most ``UPSTREAM_OPEN_S`` (so a request the
+        upstream sends right after is not missed); a slower upstream joins when it can."""
         bundle = self._active()
         assert bundle is not None  # the proxy answers 503 before this without a bundle
         listener = Listener(principal, endpoint, await visible_tools(bundle, principal, endpoint))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        pump = None
+        if upstream is not None:
+            opened = asyncio.Event()
+            pump = asyncio.get_running_loop().create_task(_pump(upstream, response, opened))
+            try:
+                await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
+            except TimeoutError:
+                pass
         self._listeners.add(listener)
         self._gauge.inc()
         try:
+            await response.prepare(request)
             while not self._closing:
                 try:
                     await asyncio.wait_for(listener.wake.wait(), KEEPALIVE_S)
@@ -82,6 +119,9 @@ class ListChangedStreams:
         finally:
             self._listeners.discard(listener)
             self._gauge.dec()
+            if pump is not None:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
         return response
 
     def bundle_changed(self, old: Bundle | None, new: Bundle) -> None:

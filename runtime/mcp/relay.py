@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -36,6 +38,7 @@ from gwc.runtime.upstream.client import (
     UpstreamClient,
     UpstreamFailure,
 )
+from gwc.runtime.upstream.session_pool import UpstreamSession
 
 log = logging.getLogger("gwc.mcp")
 # Client headers a stateless (2026-07-28) request keeps on its way upstream; everything else (cookies,
@@ -125,17 +128,41 @@ class Relay:
                 "reason": exc.message})
         return web.Response(status=202)
 
-    def _seal_requests(self, call: Call, answer: Answer, name: str) -> Rewrite:
-        """An upstream's requests to the client (2025 era, on a call's stream) get sealed ids."""
-        session = answer.session
+    @asynccontextmanager
+    async def upstream_messages(self, request: web.Request, principal: Principal, name: str,
+                                server: Server, session: ClientTerms
+                                ) -> AsyncIterator[AsyncIterator[bytes] | None]:
+        """What the upstream sends outside any call (2025 era: its GET stream), as events for
+        the client's own GET stream: notifications as they are, requests (elicitation,
+        sampling...) with sealed ids so the client's answers find their way back. None when the
+        upstream keeps no such stream."""
+        async with self.client.listen(name, server, principal, session,
+                                      request[REQUEST_ID]) as listening:
+            if listening is None:
+                yield None
+                return
+            stream, upstream = listening
+            rewriter = EventRewriter(self._sealer_for(upstream, name, principal.subject))
 
+            async def events() -> AsyncIterator[bytes]:
+                async for chunk in stream.content.iter_any():
+                    out = rewriter.feed(chunk)
+                    if out:
+                        yield out
+            yield events()
+
+    def _sealer_for(self, session: UpstreamSession | None, name: str, subject: str) -> Rewrite:
+        """Seals the ids of an upstream's requests to the client (see UpstreamRequest)."""
         def rewrite(message: dict[str, Any]) -> dict[str, Any]:
             if "method" in message and "id" in message and session is not None:
                 message["id"] = self._sealer.seal_request(UpstreamRequest(
-                    name, session.session_id, session.protocol_version, message["id"],
-                    call.principal.subject))
+                    name, session.session_id, session.protocol_version, message["id"], subject))
             return message
         return rewrite
+
+    def _seal_requests(self, call: Call, answer: Answer, name: str) -> Rewrite:
+        """An upstream's requests to the client (2025 era, on a call's stream) get sealed ids."""
+        return self._sealer_for(answer.session, name, call.principal.subject)
 
     async def close(self) -> None:
         await self.client.close()

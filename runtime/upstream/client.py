@@ -167,6 +167,44 @@ class UpstreamClient:
             raise UpstreamFailure(UPSTREAM_UNAVAILABLE, "connect", f"upstream unreachable or "
                                   f"failed ({exc.__class__.__name__})") from None
 
+    @asynccontextmanager
+    async def listen(self, name: str, server: Server, principal: Principal, terms: ClientTerms,
+                     request_id: str
+                     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, UpstreamSession] | None]:
+        """The upstream's own stream of messages outside any call (the 2025 GET stream) in the
+        caller's upstream session, or None when the upstream has none (or cannot be reached).
+        A stream is a connection, not a call: it holds no concurrency slot and judges nothing."""
+        upstream = self._upstreams.get(name, server)
+        out = Outgoing("", {}, terms, request_id)
+        connect = min(10.0, server.timeout_ms / 1000)
+        # the session is opened as a call would open it (its opening is shared with calls);
+        # only the stream itself may stay silent for as long as it likes
+        opening = aiohttp.ClientTimeout(total=None, connect=connect,
+                                        sock_read=server.timeout_ms / 1000)
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=None)
+        try:
+            headers = self._headers(server, principal, out)
+            key = session_key(upstream.name, upstream.server.upstream, principal,
+                              terms.protocol_version, terms.capabilities)
+            session, _ = await self._sessions.get(
+                key, lambda: self._open_session(upstream, headers, terms, opening))
+            headers.update({"Accept": "text/event-stream",
+                            "MCP-Protocol-Version": session.protocol_version})
+            if session.session_id is not None:
+                headers["Mcp-Session-Id"] = session.session_id
+            response = await upstream.http.get(upstream.server.upstream, headers=headers,
+                                               timeout=timeout, allow_redirects=False)
+        except (UpstreamFailure, CredentialError, TimeoutError, aiohttp.ClientError) as exc:
+            log.info("upstream stream not opened", extra={"server": name, "reason": str(exc)})
+            yield None
+            return
+        try:
+            ok = (response.status == 200 and response.headers.get("Content-Type", "")
+                  .startswith("text/event-stream"))
+            yield (response, session) if ok else None
+        finally:
+            response.close()
+
     def _headers(self, server: Server, principal: Principal, out: Outgoing) -> dict[str, str]:
         """The request's upstream headers, completed in place (an Outgoing serves one request)."""
         headers = out.headers

@@ -23,7 +23,7 @@ def with_ask_tool(root, jwks: str, upstream: str):
     write_test_registry(root, jwks, upstream)
     manifest = root / "registry" / "tools.yaml"
     spec = yaml.safe_load(manifest.read_text())
-    spec["tools"]["ask"] = {"access": "read"}
+    spec["tools"]["ask"] = spec["tools"]["ask_aside"] = {"access": "read"}
     manifest.write_text(yaml.safe_dump(spec))
     return root
 
@@ -38,7 +38,8 @@ async def asking_node(tmp_path, aiohttp_server, signing_key, upstream_url):
 # input_required result instead, which the gateway passes through untouched and whose retry is
 # routed by the tool's name; the SDK's MCPServer used upstream here cannot ask that way yet.)
 @pytest.mark.parametrize("mode", ["legacy"])
-@pytest.mark.parametrize(("path", "tool"), [("/servers/tools/mcp", "ask"), ("/mcp", "tools__ask")])
+@pytest.mark.parametrize(("path", "tool"), [("/servers/tools/mcp", "ask"), ("/mcp", "tools__ask"),
+                                           ("/servers/tools/mcp", "ask_aside")])
 async def test_an_upstream_asks_and_the_clients_answer_reaches_it(asking_node, path, tool, mode):
     asked: list[str] = []
 

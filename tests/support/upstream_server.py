@@ -1,7 +1,8 @@
 """A real upstream MCP server for the end-to-end tests: `python tests/support/upstream_server.py PORT`.
 
 Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
-write_thing (write), ask (elicits an answer from the client in the middle of the call) and
+write_thing (write), ask (elicits an answer from the client on the call's stream), ask_aside
+(the same on the session's own GET stream) and
 secret_tool (deliberately not declared in the test manifest); a resource,
 a prompt (review) and completions of its argument. A request whose
 body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a caller's input would.
@@ -85,6 +86,15 @@ async def ask(question: str, ctx: Context) -> str:
     """Ask the client's user (elicitation) in the middle of the call, and say what came back."""
     reply = await ctx.elicit(question, Answer)
     return f"{reply.action}: {reply.data.answer if reply.data else '-'}"
+
+
+@server.tool()
+async def ask_aside(question: str, ctx: Context) -> str:
+    """Ask the client's user outside the call's stream (on the session's own GET stream, as a
+    server does that asks on its own initiative), and say what came back."""
+    reply = await ctx.session.elicit(question, {"type": "object", "properties": {
+        "answer": {"type": "string"}}, "required": ["answer"]}, related_request_id=None)
+    return f"{reply.action}: {(reply.content or {}).get('answer', '-')}"
 
 
 @server.tool()
