@@ -31,7 +31,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,16 +425,7 @@ class Bridge:
     async def _stream(self, exchange: Exchange, response: aiohttp.ClientResponse) -> None:
         """An SSE answer: each message as it comes, until the request's own response."""
         request_id = exchange.message["id"]
-        async for event in read_events(response.content):
-            if event.event != "message":
-                continue
-            try:
-                message = json.loads(event.data)
-            except ValueError:
-                log.warning("the gateway sent an event that is not JSON; skipped")
-                continue
-            if not isinstance(message, dict):
-                continue
+        async for message in messages_of(response.content):
             await self._from_gateway(exchange, message, response)
             if "method" not in message and message.get("id") == request_id:
                 return  # the final response: the stream is done
@@ -527,15 +518,8 @@ class Bridge:
                     if response.status != 200:
                         raise _Transient(f"HTTP {response.status}")
                     delay = 1.0
-                    async for event in read_events(response.content):
-                        if event.event != "message":
-                            continue
-                        try:
-                            message = json.loads(event.data)
-                        except ValueError:
-                            continue
-                        if isinstance(message, dict):
-                            await self.send(message)
+                    async for message in messages_of(response.content):
+                        await self.send(message)
             except asyncio.CancelledError:
                 raise
             except BridgeError as exc:
@@ -597,3 +581,17 @@ async def run(gateway: str, token: str | None, *, allow_http: bool, open_browser
                 bridge.from_client(line)
         finally:
             await bridge.close()
+
+
+async def messages_of(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE body; events that are not JSON objects are skipped."""
+    async for event in read_events(content):
+        if event.event != "message":
+            continue
+        try:
+            message = json.loads(event.data)
+        except ValueError:
+            log.warning("the gateway sent an event that is not JSON; skipped")
+            continue
+        if isinstance(message, dict):
+            yield message
