@@ -24,6 +24,9 @@ from gwc.runtime.policy.decide import Principal, listed_everywhere, listed_tools
 
 log = logging.getLogger("gwc.list_changed")
 KEEPALIVE_S = 15.0
+# how often a stream checks that its client is still there: a client that went away releases the
+# upstream's stream at once (an upstream keeps one per session; the next client needs it)
+WATCH_S = 1.0
 UPSTREAM_OPEN_S = 2.0  # how long a client's GET stream waits for its upstream's to open
 # opens the upstream's own stream: its events, or None when it has none
 Upstream = Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes] | None]]
@@ -54,6 +57,11 @@ class Listener:
     endpoint: str
     seen: Fingerprint
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asyncio.Event) -> None:
@@ -106,14 +114,19 @@ class ListChangedStreams:
         self._gauge.inc()
         try:
             await response.prepare(request)
-            while not self._closing:
+            quiet = 0.0
+            while not self._closing and not _gone(request):
                 try:
-                    await asyncio.wait_for(listener.wake.wait(), KEEPALIVE_S)
+                    await asyncio.wait_for(listener.wake.wait(), WATCH_S)
                     listener.wake.clear()
                     if not self._closing:
                         await response.write(NOTIFICATION)
+                    quiet = 0.0
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    quiet += WATCH_S
+                    if quiet >= KEEPALIVE_S:
+                        await response.write(b": keepalive\n\n")
+                        quiet = 0.0
         except (ConnectionResetError, ConnectionError):
             pass  # the client closed its stream
         finally:
