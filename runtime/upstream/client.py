@@ -49,6 +49,9 @@ class ClientTerms(Protocol):
     @property
     def capabilities(self) -> dict[str, Any]: ...
 
+    @property
+    def created(self) -> int: ...
+
 
 class UpstreamFailure(RpcError):
     """The upstream could not be reached or did not answer usably; ``kind`` labels the metric."""
@@ -185,7 +188,7 @@ class UpstreamClient:
         try:
             headers = self._headers(server, principal, out)
             key = session_key(upstream.name, upstream.server.upstream, principal,
-                              terms.protocol_version, terms.capabilities)
+                              terms.protocol_version, terms.capabilities, terms.created)
             session, _ = await self._sessions.get(
                 key, lambda: self._open_session(upstream, headers, terms, opening))
             headers.update({"Accept": "text/event-stream",
@@ -231,7 +234,7 @@ class UpstreamClient:
             return Answer(await self._post(upstream, body, headers, timeout))
         terms = out.session
         key = session_key(upstream.name, upstream.server.upstream, principal,
-                          terms.protocol_version, terms.capabilities)
+                          terms.protocol_version, terms.capabilities, terms.created)
         message, answer = out.message, Answer(None, out.message.get("id"))  # type: ignore[arg-type]
         if out.method and "id" in message:
             answer.upstream_id = out.upstream_id if out.upstream_id is not None else next(self._ids)

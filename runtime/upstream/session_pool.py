@@ -1,10 +1,10 @@
 """The gateway's own MCP sessions with upstreams (2025-era protocol), pooled per node.
 
 A client's session is with the gateway (sealed, see ``sessions.py``); what the gateway holds with
-an upstream is its business: one upstream session per upstream, principal, protocol version and set
-of client capabilities, opened lazily with ``initialize`` on first use and shared by that
-principal's calls on this node. When an upstream forgets a session (it answers 404), the caller
-drops it here and a new one is opened transparently.
+an upstream is its business: one upstream session per upstream and client session (its principal,
+protocol version, client capabilities and start), opened lazily with ``initialize`` on first use on
+this node and shared by that client session's calls here. When an upstream forgets a session (it
+answers 404), the caller drops it here and a new one is opened transparently.
 """
 from __future__ import annotations
 
@@ -31,13 +31,17 @@ class UpstreamSession:
     capabilities: dict[str, Any] = field(default_factory=dict, compare=False)  # the upstream's own
 
 
-SessionKey = tuple[str, str, str, str, str | None, str, str]
+SessionKey = tuple[str, str, str, str, str | None, str, str, int]
 
 
 def session_key(server: str, upstream: str, principal: Principal, version: str,
-                capabilities: dict[str, Any]) -> SessionKey:
+                capabilities: dict[str, Any], created: int = 0) -> SessionKey:
+    """One upstream session per client session (``created``: when the client's session began;
+    0 for the gateway's own): what an upstream keeps per session (its GET stream, subscriptions,
+    log level, requests it waits on) then belongs to one client."""
     caps = hashlib.sha256(orjson.dumps(capabilities, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    return (server, upstream, principal.subject, principal.kind, principal.acting_for, version, caps)
+    return (server, upstream, principal.subject, principal.kind, principal.acting_for, version,
+            caps, created)
 
 
 def initialize_params(version: str, capabilities: dict[str, Any]) -> dict[str, Any]:
