@@ -7,6 +7,7 @@ name) through the bundle's tool index, or the catalog for prompts.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gwc.runtime.bundle.format import Tool
@@ -80,6 +81,13 @@ class Aggregate:
                 if name in wanted:
                     out.append(with_manifest_annotations(tool, specs[name], names[server, name]))
         return out
+
+    async def offering(self, bundle: Bundle, principal: Principal, capability: str) -> list[str]:
+        """The visible servers whose upstreams announced ``capability`` (``logging``...)."""
+        names = self._visible(bundle, principal)
+        found = await asyncio.gather(*(self._catalog.capabilities(bundle, n) for n in names))
+        return [name for name, offered in zip(names, found, strict=True)
+                if offered is not None and isinstance(offered.get(capability), dict)]
 
     def _visible(self, bundle: Bundle, principal: Principal) -> list[str]:
         return [name for name in bundle.payload.servers

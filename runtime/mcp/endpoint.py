@@ -40,6 +40,7 @@ from gwc.runtime.protocol.wire import (
     error_response,
     negotiate,
     parse_message,
+    result_response,
     stateless_version,
     validate,
 )
@@ -165,12 +166,23 @@ class McpEndpoint:
             return answer
         if self.routes.lists_here(call):
             return await self._aggregate_list(call)
+        if not call.endpoint and call.method == "logging/setLevel":
+            return await self._aggregate_set_level(call)
         target = await self.routes.target(call)
         verdict = await self.admission.admit(call, target)
         self.recording.note(call, verdict)
         if verdict.refusal is not None:
             raise verdict.refusal
         return await self.relay.forward(call, target, verdict)
+
+    async def _aggregate_set_level(self, call: Call) -> web.StreamResponse:
+        """``logging/setLevel`` on the aggregate: applied to the caller's session with every
+        visible upstream that offers logging (its messages come with that upstream's calls)."""
+        self.recording.answered(call)
+        await self.relay.to_each(call, await self.aggregate.offering(call.bundle, call.principal,
+                                                                     "logging"))
+        await self.recording.settle(call, Outcome.ANSWERED)
+        return result_response(call.id, {"resultType": "complete"} if call.session is None else {})
 
     async def _aggregate_list(self, call: Call) -> web.StreamResponse:
         """A list on the aggregate endpoint, built here from the upstreams' catalog."""

@@ -17,12 +17,13 @@ from gwc.runtime.protocol.wire import result_response
 from gwc.runtime.upstream.catalog import UpstreamCatalog
 
 # What the aggregate endpoint serves itself: tools (it says when they change), resources,
-# prompts and completions from every upstream. A per-server endpoint has tools always (it says when the bundle
+# prompts and completions from every upstream, and logging (a level set on every upstream that
+# offers logging). A per-server endpoint has tools always (it says when the bundle
 # changes them) and, of the rest, what its upstream announced that the gateway relays:
 # completions, logging, resources and prompts, without their subscribe or listChanged features
 # (those travel on the upstream's own stream, which the gateway does not relay).
 AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
-                          "completions": {}}
+                          "completions": {}, "logging": {}}
 RELAYED_CAPABILITIES = ("completions", "logging", "prompts", "resources")
 SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"

@@ -64,6 +64,22 @@ class Relay:
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
         self._in_flight: dict[tuple[str, Any], InFlight] = {}
 
+    async def to_each(self, call: Call, names: list[str]) -> None:
+        """The request to each named server at once (``logging/setLevel`` on ``/mcp``, in the
+        caller's upstream session there); an upstream that fails is logged, the others apply."""
+        async def one(name: str) -> None:
+            server = call.bundle.payload.servers[name]
+            try:
+                async with self.client.exchange(name, server, call.principal,
+                                                self._outgoing(call, call.message, None),
+                                                server.timeout_ms) as answer:
+                    await answer.response.read()
+            except UpstreamFailure as exc:
+                log.warning("upstream did not take the request", extra={
+                    "request_id": call.request[REQUEST_ID], "server": name,
+                    "method": call.method, "reason": exc.message})
+        await asyncio.gather(*(one(name) for name in names))
+
     async def cancel(self, request: web.Request, session: ClientTerms,
                      params: dict[str, Any]) -> None:
         """A client's ``notifications/cancelled`` (2025 era), to the upstream running the call,

@@ -42,7 +42,7 @@ async def test_the_aggregate_endpoint_offers_what_it_serves(node) -> None:
     token = node.idp.token("alice", ["eng"])
     offered = (await raw(node, "/mcp", INITIALIZE, token)).json()["result"]["capabilities"]
     assert offered == {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
-                       "completions": {}}  # no logging: it is not served there
+                       "completions": {}, "logging": {}}
 
 
 async def test_an_unreachable_upstream_is_offered_with_tools_only(tmp_path, aiohttp_server,

@@ -9,8 +9,9 @@ from aiohttp import web
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
         self.requests: list[dict[str, Any]] = []  # every JSON-RPC message received, in order
+        self.capabilities = capabilities or {}  # what it announces in its initialize
 
     def calls(self, method: str = "tools/call") -> list[dict[str, Any]]:
         return [m for m in self.requests if m.get("method") == method]
@@ -22,7 +23,8 @@ class FakeUpstream:
             return web.Response(status=202)
         method, params = message["method"], message.get("params", {})
         if method == "initialize":
-            result: dict[str, Any] = {"protocolVersion": params["protocolVersion"], "capabilities": {},
+            result: dict[str, Any] = {"protocolVersion": params["protocolVersion"],
+                                      "capabilities": self.capabilities,
                                       "serverInfo": {"name": "fake", "version": "1"}}
         elif method == "tools/call":
             result = {"content": [{"type": "text", "text": orjson.dumps(
