@@ -21,7 +21,7 @@ from gwc.runtime.upstream.catalog import UpstreamCatalog
 # offers logging). A per-server endpoint has tools always (it says when the bundle
 # changes them) and, of the rest, what its upstream announced that the gateway relays:
 # completions, logging, resources and prompts, without their subscribe or listChanged features
-# (those travel on the upstream's own stream, which the gateway does not relay).
+# (the notifications they bring are not filtered by entitlement yet).
 AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
                           "completions": {}, "logging": {}}
 RELAYED_CAPABILITIES = ("completions", "logging", "prompts", "resources")

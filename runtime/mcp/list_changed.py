@@ -64,7 +64,8 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asyncio.Event) -> None:
+async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asyncio.Event,
+                prepared: asyncio.Event) -> None:
     """The upstream's events onto the client's stream (once it is open), each whole event in
     one write; ends quietly when either side does."""
     try:
@@ -73,8 +74,7 @@ async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asynci
             if events is None:
                 return
             async for chunk in events:
-                while not response.prepared:  # the client's stream is still being opened
-                    await asyncio.sleep(0.01)
+                await prepared.wait()  # the client's stream may still be being opened
                 await response.write(chunk)
     except (ConnectionResetError, ConnectionError, aiohttp.ClientError, UnicodeDecodeError,
             TimeoutError) as exc:
@@ -102,10 +102,11 @@ class ListChangedStreams:
         listener = Listener(principal, endpoint, await visible_tools(bundle, principal, endpoint))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
-        pump = None
+        pump, prepared = None, asyncio.Event()
         if upstream is not None:
             opened = asyncio.Event()
-            pump = asyncio.get_running_loop().create_task(_pump(upstream, response, opened))
+            pump = asyncio.get_running_loop().create_task(
+                _pump(upstream, response, opened, prepared))
             try:
                 await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
             except TimeoutError:
@@ -114,6 +115,7 @@ class ListChangedStreams:
         self._gauge.inc()
         try:
             await response.prepare(request)
+            prepared.set()
             quiet = 0.0
             while not self._closing and not _gone(request):
                 try:

@@ -37,6 +37,7 @@ from gwc.runtime.upstream.client import (
     Outgoing,
     UpstreamClient,
     UpstreamFailure,
+    json_headers,
 )
 from gwc.runtime.upstream.session_pool import UpstreamSession
 
@@ -64,21 +65,25 @@ class Relay:
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
         self._in_flight: dict[tuple[str, Any], InFlight] = {}
 
+    async def _deliver(self, name: str, server: Server, principal: Principal, out: Outgoing,
+                       timeout_ms: int) -> None:
+        """Send something whose answer nobody waits for (a notification, a client's answer, a
+        level); an upstream that does not take it is logged."""
+        try:
+            async with self.client.exchange(name, server, principal, out, timeout_ms) as answer:
+                await answer.response.read()
+        except UpstreamFailure as exc:
+            log.warning("upstream did not take a message", extra={
+                "request_id": out.request_id, "server": name, "method": out.method,
+                "reason": exc.message})
+
     async def to_each(self, call: Call, names: list[str]) -> None:
         """The request to each named server at once (``logging/setLevel`` on ``/mcp``, in the
-        caller's upstream session there); an upstream that fails is logged, the others apply."""
-        async def one(name: str) -> None:
-            server = call.bundle.payload.servers[name]
-            try:
-                async with self.client.exchange(name, server, call.principal,
-                                                self._outgoing(call, call.message, None),
-                                                server.timeout_ms) as answer:
-                    await answer.response.read()
-            except UpstreamFailure as exc:
-                log.warning("upstream did not take the request", extra={
-                    "request_id": call.request[REQUEST_ID], "server": name,
-                    "method": call.method, "reason": exc.message})
-        await asyncio.gather(*(one(name) for name in names))
+        caller's upstream session there)."""
+        servers = call.bundle.payload.servers
+        await asyncio.gather(*(self._deliver(name, servers[name], call.principal,
+                                             self._outgoing(call, call.message, None),
+                                             servers[name].timeout_ms) for name in names))
 
     async def cancel(self, request: web.Request, session: ClientTerms,
                      params: dict[str, Any]) -> None:
@@ -93,14 +98,9 @@ class Relay:
         reason = params.get("reason")
         message = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
             "requestId": upstream_id, **({"reason": reason} if isinstance(reason, str) else {})}}
-        out = Outgoing("notifications/cancelled", message, terms, request[REQUEST_ID], headers={
-            "Accept": "application/json, text/event-stream", "Content-Type": "application/json"})
-        try:
-            async with self.client.exchange(name, server, principal, out, CANCEL_TIMEOUT_MS):
-                pass
-        except UpstreamFailure as exc:
-            log.info("cancellation not delivered", extra={"request_id": request[REQUEST_ID],
-                                                          "server": name, "reason": exc.message})
+        await self._deliver(name, server, principal, Outgoing(
+            "notifications/cancelled", message, terms, request[REQUEST_ID],
+            headers=json_headers()), CANCEL_TIMEOUT_MS)
 
     async def forward(self, call: Call, target: Target, verdict: Verdict) -> web.StreamResponse:
         """An admitted request to its server; the answer back."""
@@ -119,7 +119,7 @@ class Relay:
     async def answer_upstream_request(self, call: Call) -> web.StreamResponse:
         """Relay a client's answer (to an elicitation, sampling...) to the upstream session that
         asked, under the upstream's own id: the id the client answers is the sealed one the relay
-        gave the request (:meth:`_seal_requests`), so any node can route it, on either kind of
+        gave the request (:meth:`_sealer_for`), so any node can route it, on either kind of
         endpoint. An answer to nothing the gateway sealed, or not this caller's, goes nowhere."""
         asked = self._sealer.open_request(call.id)
         if (asked is None or asked.subject != call.principal.subject
@@ -129,19 +129,10 @@ class Relay:
                      extra={"request_id": call.request[REQUEST_ID]})
             return web.Response(status=202)
         server = call.bundle.payload.servers[asked.server]
-        out = Outgoing("", {**call.message, "id": asked.request_id}, call.session,
-                       call.request[REQUEST_ID], headers={
-                           "Accept": "application/json, text/event-stream",
-                           "Content-Type": "application/json"},
-                       to_session=(asked.session_id, asked.protocol_version))
-        try:
-            async with self.client.exchange(asked.server, server, call.principal, out,
-                                            server.timeout_ms) as answer:
-                await answer.response.read()
-        except UpstreamFailure as exc:
-            log.warning("an answer to an upstream's request was not delivered", extra={
-                "request_id": call.request[REQUEST_ID], "server": asked.server,
-                "reason": exc.message})
+        await self._deliver(asked.server, server, call.principal, Outgoing(
+            "", {**call.message, "id": asked.request_id}, call.session, call.request[REQUEST_ID],
+            headers=json_headers(), to_session=(asked.session_id, asked.protocol_version)),
+            server.timeout_ms)
         return web.Response(status=202)
 
     @asynccontextmanager
@@ -175,10 +166,6 @@ class Relay:
                     name, session.session_id, session.protocol_version, message["id"], subject))
             return message
         return rewrite
-
-    def _seal_requests(self, call: Call, answer: Answer, name: str) -> Rewrite:
-        """An upstream's requests to the client (2025 era, on a call's stream) get sealed ids."""
-        return self._sealer_for(answer.session, name, call.principal.subject)
 
     async def close(self) -> None:
         await self.client.close()
@@ -251,7 +238,8 @@ class Relay:
                     body = orjson.dumps(rewrite(message))
             return web.Response(body=body, status=upstream.status, headers=headers)
         if call.session is not None:  # 2025 era: an upstream may ask the client things
-            rewrite = _chain(rewrite, self._seal_requests(call, answer, name))
+            rewrite = _chain(rewrite, self._sealer_for(answer.session, name,
+                                                       call.principal.subject))
         return await self._relay_stream(call, answer, headers, rewrite, name, timeout_ms)
 
     async def _relay_stream(self, call: Call, answer: Answer, headers: dict[str, str],

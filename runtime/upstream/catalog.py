@@ -21,7 +21,13 @@ from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.wire import LIST_METHODS, ListKind
-from gwc.runtime.upstream.client import Outgoing, UpstreamClient, UpstreamFailure, answer_to
+from gwc.runtime.upstream.client import (
+    Outgoing,
+    UpstreamClient,
+    UpstreamFailure,
+    answer_to,
+    json_headers,
+)
 
 log = logging.getLogger("gwc.catalog")
 
@@ -32,7 +38,6 @@ GATEWAY_SUBJECT = "gwc"  # who upstreams see asking for their lists
 # kind "service" keeps it apart from an IdP user who happens to be called "gwc": in upstream
 # tokens (the "kind" claim) and in the pool of upstream sessions
 GATEWAY = Principal(subject=GATEWAY_SUBJECT, kind="service")
-UNKNOWN: dict[str, Any] = {}  # an upstream's capabilities that could not be learnt (by identity)
 UNKNOWN_RETRY_S = 30.0  # how soon capabilities that could not be learnt are asked for again
 
 
@@ -66,8 +71,9 @@ class UpstreamCatalog:
         self._metrics = metrics
         self._entries: dict[tuple[str, str], Entry] = {}
         self._fetching: dict[tuple[str, str], tuple[asyncio.Task[Entry], float]] = {}
-        # server -> (its capabilities, the bundle digest and time they were learnt under)
-        self._capabilities: dict[str, tuple[dict[str, Any], str, float]] = {}
+        # server -> (its capabilities, None when they could not be learnt; the bundle digest
+        # they were learnt under; until when they hold)
+        self._capabilities: dict[str, tuple[dict[str, Any] | None, str, float]] = {}
         self._learning: dict[str, asyncio.Task[dict[str, Any]]] = {}
 
     async def capabilities(self, bundle: Bundle, name: str) -> dict[str, Any] | None:
@@ -75,9 +81,8 @@ class UpstreamCatalog:
         the gateway's session), or None when it does not answer within ``LIST_DEADLINE_S``.
         Learnt once per bundle and ``LIST_TTL_S``; one handshake at a time per upstream."""
         known = self._capabilities.get(name)
-        if (known is not None and known[1] == bundle.digest
-                and time.monotonic() - known[2] < LIST_TTL_S):
-            return None if known[0] is UNKNOWN else known[0]
+        if known is not None and known[1] == bundle.digest and time.monotonic() < known[2]:
+            return known[0]
         task = self._learning.get(name)
         if task is None:
             task = self._learning[name] = asyncio.get_running_loop().create_task(
@@ -97,8 +102,7 @@ class UpstreamCatalog:
         message = {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {}}
         # a probe for metadata: what callers' calls do to the upstream is what judges it
         out = Outgoing("ping", message, GATEWAY_SESSION, f"capabilities-{name}",
-                       headers={"Accept": "application/json, text/event-stream",
-                                "Content-Type": "application/json"}, judges=False)
+                       headers=json_headers(), judges=False)
         try:
             async with self._client.exchange(name, server, GATEWAY, out, server.timeout_ms) as answer:
                 await answer.response.read()
@@ -108,10 +112,9 @@ class UpstreamCatalog:
                                                                 "reason": exc.message})
             # not asked again for a while: an endpoint whose upstream is down still answers
             # initialize at once (with tools only)
-            self._capabilities[name] = (
-                UNKNOWN, bundle.digest, time.monotonic() - LIST_TTL_S + UNKNOWN_RETRY_S)
+            self._capabilities[name] = (None, bundle.digest, time.monotonic() + UNKNOWN_RETRY_S)
             raise
-        self._capabilities[name] = (capabilities, bundle.digest, time.monotonic())
+        self._capabilities[name] = (capabilities, bundle.digest, time.monotonic() + LIST_TTL_S)
         return capabilities
 
     async def lists(self, bundle: Bundle, names: list[str], kind: ListKind
@@ -184,8 +187,7 @@ class UpstreamCatalog:
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
             message = {"jsonrpc": "2.0", "id": page, "method": METHODS[kind], "params": params}
             out = Outgoing(METHODS[kind], message, GATEWAY_SESSION, f"catalog-{name}-{kind}",
-                           headers={"Accept": "application/json, text/event-stream",
-                                    "Content-Type": "application/json"})
+                           headers=json_headers())
             async with self._client.exchange(name, server, GATEWAY, out, server.timeout_ms) as answer:
                 body = await answer.response.read()
                 content_type = answer.response.headers.get("Content-Type", "")

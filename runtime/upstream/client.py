@@ -29,6 +29,7 @@ from gwc.runtime.protocol.sse import messages
 from gwc.runtime.upstream.credentials import CredentialError, UpstreamCredentials
 from gwc.runtime.upstream.isolation import Upstream, Upstreams, UpstreamUnavailable, caller_of
 from gwc.runtime.upstream.session_pool import (
+    SessionKey,
     UpstreamSession,
     UpstreamSessions,
     initialize_params,
@@ -37,6 +38,12 @@ from gwc.runtime.upstream.session_pool import (
 
 log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
+
+
+def json_headers() -> dict[str, str]:
+    """The headers of a JSON-RPC POST the gateway makes itself (a fresh dict: an Outgoing's
+    headers are completed in place)."""
+    return {"Accept": ACCEPT, "Content-Type": "application/json"}
 
 
 class ClientTerms(Protocol):
@@ -187,10 +194,9 @@ class UpstreamClient:
         timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=None)
         try:
             headers = self._headers(server, principal, out)
-            key = session_key(upstream.name, upstream.server.upstream, principal,
-                              terms.protocol_version, terms.capabilities, terms.created)
             session, _ = await self._sessions.get(
-                key, lambda: self._open_session(upstream, headers, terms, opening))
+                _pool_key(upstream, principal, terms),
+                lambda: self._open_session(upstream, headers, terms, opening))
             headers.update({"Accept": "text/event-stream",
                             "MCP-Protocol-Version": session.protocol_version})
             if session.session_id is not None:
@@ -233,8 +239,7 @@ class UpstreamClient:
             body = out.body if out.body is not None else orjson.dumps(out.message)
             return Answer(await self._post(upstream, body, headers, timeout))
         terms = out.session
-        key = session_key(upstream.name, upstream.server.upstream, principal,
-                          terms.protocol_version, terms.capabilities, terms.created)
+        key = _pool_key(upstream, principal, terms)
         message, answer = out.message, Answer(None, out.message.get("id"))  # type: ignore[arg-type]
         if out.method and "id" in message:
             answer.upstream_id = out.upstream_id if out.upstream_id is not None else next(self._ids)
@@ -262,7 +267,7 @@ class UpstreamClient:
                             timeout: aiohttp.ClientTimeout) -> UpstreamSession:
         """``initialize`` then ``notifications/initialized``, as the gateway's own MCP client."""
         base = {k: v for k, v in headers.items() if k not in ("Mcp-Method", "Mcp-Name")}
-        base.update({"Accept": ACCEPT, "Content-Type": "application/json"})
+        base.update(json_headers())
         init_id = next(self._ids)
         init = {"jsonrpc": "2.0", "id": init_id, "method": "initialize",
                 "params": initialize_params(client.protocol_version, client.capabilities)}
@@ -289,3 +294,9 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self._upstreams.close()
+
+
+def _pool_key(upstream: Upstream, principal: Principal, terms: ClientTerms) -> SessionKey:
+    """Which pooled upstream session a client session's requests go through."""
+    return session_key(upstream.name, upstream.server.upstream, principal, terms.protocol_version,
+                       terms.capabilities, terms.created)
