@@ -38,6 +38,10 @@ MAX_TOKEN_CHARS = 512
 REGISTRATIONS_PER_MINUTE = 120
 
 
+STATE_UNAVAILABLE = OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
+                               "reached", 503)
+
+
 def same(sent: str, kept: str) -> bool:
     """Constant-time equality of any two texts (compare_digest refuses non-ASCII str)."""
     return hmac.compare_digest(sent.encode(), kept.encode())
@@ -91,8 +95,7 @@ class TokenEndpoint:
             self.ctx.metrics.count_sign_in("token", refusal.error)
             return refusal.response()
         except StateUnavailable:
-            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
-                              "reached", 503).response()
+            return STATE_UNAVAILABLE.response()
         except RpcError:  # the audit trail fails closed: no tokens without their record
             return OAuthError("temporarily_unavailable", "the audit trail cannot be written",
                               503).response()
@@ -272,8 +275,7 @@ class TokenEndpoint:
         except OAuthError as refusal:
             return refusal.response()
         except StateUnavailable:
-            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
-                              "reached", 503).response()
+            return STATE_UNAVAILABLE.response()
         return web.Response(status=200, headers=NO_STORE)
 
     async def register(self, request: web.Request) -> web.Response:
@@ -300,8 +302,7 @@ class TokenEndpoint:
         except OAuthError as refusal:
             return refusal.response()
         except StateUnavailable:
-            return OAuthError("temporarily_unavailable", "the gateway's shared state cannot be "
-                              "reached", 503).response()
+            return STATE_UNAVAILABLE.response()
         self.ctx.metrics.count_sign_in("register", "ok")
         log.info("client registered", extra={"client_id": answer["client_id"],
                                              "redirect_uris": answer["redirect_uris"]})
