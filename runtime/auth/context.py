@@ -90,10 +90,13 @@ class AuthContext:
         assert self._idp is not None
         return self._idp
 
-    def resources(self, bundle: Bundle) -> set[str]:
-        """What a token may be for (RFC 8707): the gateway, its /mcp, each server's endpoint."""
-        return {self.public_url, self.public_url + "/mcp", *(
-            f"{self.public_url}/servers/{name}/mcp" for name in bundle.payload.servers)}
+    def serves(self, bundle: Bundle, resource: str) -> bool:
+        """Whether a token may be for ``resource`` (RFC 8707): the gateway, its /mcp, or the
+        endpoint of a server the bundle has (looked up, not listed: a bundle has thousands)."""
+        if resource in (self.public_url, self.public_url + "/mcp"):
+            return True
+        name = self.server_of(resource)
+        return name is not None and name in bundle.payload.servers
 
     def looks_like_resource(self, resource: str) -> bool:
         """Whether ``resource`` has the shape of one of this gateway's resources. Before the

@@ -165,7 +165,7 @@ class TokenEndpoint:
         if form.get("resource", grant["resource"]) != grant["resource"]:
             raise OAuthError("invalid_target", "resource differs from the authorization "
                              "request's")
-        if grant["resource"] not in self.ctx.resources(bundle):
+        if not self.ctx.serves(bundle, grant["resource"]):
             raise OAuthError("invalid_target", "resource is no longer served by this gateway")
         principal = Principal(grant["subject"], frozenset(grant["groups"]))
         await self.ctx.audit(request, bundle, principal, "tokens_issued",
