@@ -84,12 +84,12 @@ class Aggregate:
 
     async def offering(self, bundle: Bundle, principal: Principal, capability: str) -> list[str]:
         """The visible servers whose upstreams announced ``capability`` (``logging``...)."""
-        names = self._visible(bundle, principal)
+        names = self.visible(bundle, principal)
         found = await asyncio.gather(*(self._catalog.capabilities(bundle, n) for n in names))
         return [name for name, offered in zip(names, found, strict=True)
                 if offered is not None and isinstance(offered.get(capability), dict)]
 
-    def _visible(self, bundle: Bundle, principal: Principal) -> list[str]:
+    def visible(self, bundle: Bundle, principal: Principal) -> list[str]:
         return [name for name in bundle.payload.servers
                 if visible_server(bundle.payload, principal, name) is not None]
 
@@ -97,13 +97,13 @@ class Aggregate:
                         ) -> list[dict[str, Any]]:
         """Resources or resource templates of every visible server, URIs prefixed."""
         field = URI_FIELDS[kind]
-        lists = await self._catalog.lists(bundle, self._visible(bundle, principal), kind)
+        lists = await self._catalog.lists(bundle, self.visible(bundle, principal), kind)
         return [{**item, field: resource_uri(server, str(item.get(field, ""))),
                  "name": f"{server}{SEPARATOR}{item.get('name', '')}"}
                 for server, items in lists.items() for item in items]
 
     async def prompts(self, bundle: Bundle, principal: Principal) -> list[dict[str, Any]]:
-        lists = await self._catalog.lists(bundle, self._visible(bundle, principal), "prompts")
+        lists = await self._catalog.lists(bundle, self.visible(bundle, principal), "prompts")
         return [{**item, "name": aggregate_name(server, str(item.get("name", "")))}
                 for server, items in lists.items() for item in items]
 
@@ -120,7 +120,7 @@ class Aggregate:
             visible = visible_server(bundle.payload, principal, prefix) is not None
             candidates = [prefix] if visible else []
         else:  # a shortened, hashed name: any visible server's
-            candidates = self._visible(bundle, principal)
+            candidates = self.visible(bundle, principal)
         lists = await self._catalog.lists(bundle, candidates, "prompts")
         for server, prompts in lists.items():
             for prompt in prompts:

@@ -12,6 +12,7 @@ its call to the upstream; nothing else of a client's session reaches an upstream
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +23,9 @@ from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.state import State
 from gwc.runtime.mcp.admission import Admission
 from gwc.runtime.mcp.aggregate import Aggregate
+from gwc.runtime.mcp.fan_in import MAX_FAN_IN, Source, merged, screen
 from gwc.runtime.mcp.handshake import SESSION_HEADER, Handshake, built_result
-from gwc.runtime.mcp.list_changed import ListChangedStreams
+from gwc.runtime.mcp.list_changed import UPSTREAM_OPEN_S, ListChangedStreams
 from gwc.runtime.mcp.recording import Recording
 from gwc.runtime.mcp.refusals import readable
 from gwc.runtime.mcp.relay import Relay
@@ -55,7 +57,8 @@ class McpEndpoint:
                  sealer: SessionSealer, state: State, auditor: Auditor, metrics: Metrics,
                  list_changed: ListChangedStreams, public_url: str) -> None:
         self._caller, self._sealer, self._list_changed = caller, sealer, list_changed
-        catalog = UpstreamCatalog(client, metrics)
+        self._active = active
+        self._catalog = catalog = UpstreamCatalog(client, metrics)
         self.aggregate = Aggregate(catalog)
         self.recording = Recording(auditor, metrics, active)
         self.handshake = Handshake(sealer, self.recording, catalog)
@@ -87,18 +90,30 @@ class McpEndpoint:
                 if SESSION_HEADER not in request.headers:  # the stateless era has no GET stream
                     return web.Response(status=405, headers={"Allow": "POST, DELETE"})
                 session = self._session(request, principal, endpoint)
-                if not endpoint:  # the aggregate: the gateway's own notifications only
-                    return await self._list_changed.stream(request, principal, endpoint)
-                server = bundle.payload.servers[endpoint]
                 return await self._list_changed.stream(
-                    request, principal, endpoint, lambda: self.relay.upstream_messages(
-                        request, principal, endpoint, server, session))
+                    request, principal, endpoint,
+                    self._upstream_streams(request, bundle, principal, endpoint, session))
             if request.method == "DELETE":  # nothing is stored: a sealed session just ends
                 self._session(request, principal, endpoint)
                 return web.Response(status=204)
         except RpcError as exc:
             return error_response(exc)
         return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
+
+    def _upstream_streams(self, request: web.Request, bundle: Bundle, principal: Principal,
+                          endpoint: str, session: Session) -> Source:
+        """What upstreams send outside any call, for the client's GET stream: its server's on a
+        server's endpoint; on the aggregate, every server's the caller sees (``fan_in.py``)."""
+        names = ([endpoint] if endpoint else
+                 self.aggregate.visible(bundle, principal)[:MAX_FAN_IN])
+        servers = bundle.payload.servers
+        sources: list[Source] = [
+            partial(self.relay.upstream_messages, request, principal, name, servers[name],
+                    session, screen(name, principal, self._active, self._catalog, not endpoint))
+            for name in names]
+        if endpoint:
+            return sources[0]
+        return partial(merged, sources, UPSTREAM_OPEN_S)
 
     def _session(self, request: web.Request, principal: Principal, endpoint: str) -> Session:
         """The caller's own session on this endpoint, from its sealed id."""
@@ -173,6 +188,8 @@ class McpEndpoint:
         self.recording.note(call, verdict)
         if verdict.refusal is not None:
             raise verdict.refusal
+        if call.session is not None:
+            await self._list_changed.upstream_attached(call.request.headers[SESSION_HEADER])
         return await self.relay.forward(call, target, verdict)
 
     async def _aggregate_set_level(self, call: Call) -> web.StreamResponse:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.mcp.fan_in import ENDED, Source
+from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal, listed_everywhere, listed_tools
 
@@ -28,8 +28,6 @@ KEEPALIVE_S = 15.0
 # upstream's stream at once (an upstream keeps one per session; the next client needs it)
 WATCH_S = 1.0
 UPSTREAM_OPEN_S = 2.0  # how long a client's GET stream waits for its upstream's to open
-# opens the upstream's own stream: its events, or None when it has none
-Upstream = Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes] | None]]
 NOTIFICATION = b"event: message\ndata: " + orjson.dumps(
     {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}) + b"\n\n"
 Fingerprint = frozenset[tuple[str, str]]
@@ -64,7 +62,7 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asyncio.Event,
+async def _pump(upstream: Source, response: web.StreamResponse, opened: asyncio.Event,
                 prepared: asyncio.Event) -> None:
     """The upstream's events onto the client's stream (once it is open), each whole event in
     one write; ends quietly when either side does."""
@@ -76,8 +74,7 @@ async def _pump(upstream: Upstream, response: web.StreamResponse, opened: asynci
             async for chunk in events:
                 await prepared.wait()  # the client's stream may still be being opened
                 await response.write(chunk)
-    except (ConnectionResetError, ConnectionError, aiohttp.ClientError, UnicodeDecodeError,
-            TimeoutError) as exc:
+    except ENDED as exc:
         log.info("upstream stream ended", extra={"reason": type(exc).__name__})
     finally:
         opened.set()
@@ -87,12 +84,14 @@ class ListChangedStreams:
     def __init__(self, active: Callable[[], Bundle | None], metrics: Metrics) -> None:
         self._active = active
         self._listeners: set[Listener] = set()
+        # client sessions whose GET stream is opening its upstream's: their calls wait for it
+        self._opening: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self._gauge = metrics.open_streams
         self._closing = False
 
     async def stream(self, request: web.Request, principal: Principal, endpoint: str,
-                     upstream: Upstream | None = None) -> web.StreamResponse:
+                     upstream: Source | None = None) -> web.StreamResponse:
         """The client's GET stream: the gateway's own list_changed notifications and, when
         ``upstream`` is given, the upstream's own messages outside any call, as they come. The
         upstream's stream is opened first, for at most ``UPSTREAM_OPEN_S`` (so a request the
@@ -104,13 +103,17 @@ class ListChangedStreams:
                                                "Cache-Control": "no-cache"})
         pump, prepared = None, asyncio.Event()
         if upstream is not None:
-            opened = asyncio.Event()
+            opened, session_id = asyncio.Event(), request.headers.get(SESSION_HEADER, "")
+            self._opening[session_id] = opened
             pump = asyncio.get_running_loop().create_task(
                 _pump(upstream, response, opened, prepared))
             try:
                 await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
             except TimeoutError:
                 pass
+            finally:
+                if self._opening.get(session_id) is opened:
+                    del self._opening[session_id]
         self._listeners.add(listener)
         self._gauge.inc()
         try:
@@ -138,6 +141,18 @@ class ListChangedStreams:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
         return response
+
+    async def upstream_attached(self, session_id: str) -> None:
+        """Wait (at most ``UPSTREAM_OPEN_S``) while the client session's GET stream on this node
+        opens its upstream's: a client that calls right after opening its stream then gets what
+        the upstream sends there during the call (an upstream without an event store drops what
+        it sends to a stream nobody holds yet)."""
+        opened = self._opening.get(session_id)
+        if opened is not None:
+            try:
+                await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
+            except TimeoutError:
+                pass
 
     def bundle_changed(self, old: Bundle | None, new: Bundle) -> None:
         """Store hook: re-evaluate the streams in the background, one caller at a time."""

@@ -28,7 +28,7 @@ from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal, listed_on, visible_server
 from gwc.runtime.protocol.errors import UPSTREAM_UNAVAILABLE, RpcError
-from gwc.runtime.protocol.sse import EventRewriter, Rewrite
+from gwc.runtime.protocol.sse import EventRewriter, Rewrite, Screen
 from gwc.runtime.protocol.wire import NAMED_PARAM, encode_header_value, error_response
 from gwc.runtime.request_keys import REQUEST_ID, STARTED
 from gwc.runtime.upstream.client import (
@@ -137,19 +137,24 @@ class Relay:
 
     @asynccontextmanager
     async def upstream_messages(self, request: web.Request, principal: Principal, name: str,
-                                server: Server, session: ClientTerms
+                                server: Server, session: ClientTerms, screen: Screen
                                 ) -> AsyncIterator[AsyncIterator[bytes] | None]:
         """What the upstream sends outside any call (2025 era: its GET stream), as events for
-        the client's own GET stream: notifications as they are, requests (elicitation,
-        sampling...) with sealed ids so the client's answers find their way back. None when the
-        upstream keeps no such stream."""
+        the client's own GET stream: what ``screen`` lets through (``fan_in.screen``), requests
+        (elicitation, sampling...) with sealed ids so the client's answers find their way back.
+        None when the upstream keeps no such stream."""
         async with self.client.listen(name, server, principal, session,
                                       request[REQUEST_ID]) as listening:
             if listening is None:
                 yield None
                 return
             stream, upstream = listening
-            rewriter = EventRewriter(self._sealer_for(upstream, name, principal.subject))
+            seal = self._sealer_for(upstream, name, principal.subject)
+
+            def screened(message: dict[str, Any]) -> dict[str, Any] | None:
+                kept = screen(message)
+                return seal(kept) if kept is not None else None
+            rewriter = EventRewriter(screened)
 
             async def events() -> AsyncIterator[bytes]:
                 async for chunk in stream.content.iter_any():

@@ -1,8 +1,9 @@
 """Just enough Server-Sent Events framing to read and rewrite JSON-RPC messages inside a stream.
 
 Events are rewritten as they arrive: a stream is cut into complete events (a blank line ends one),
-the JSON ``data`` of each goes through a function, and everything else (ids, comments, retry hints)
-is kept, so progress notifications keep flowing while the final answer is being rewritten.
+the JSON ``data`` of each goes through a function (which may drop it), and everything else (ids,
+comments, retry hints) is kept, so progress notifications keep flowing while the final answer is
+being rewritten.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import orjson
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
+# a rewrite that may also drop a message (None): the event is then left out of the stream
+Screen = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 def _data_of(lines: list[str]) -> str:
@@ -39,7 +42,7 @@ def messages(body: bytes) -> Iterator[dict[str, Any]]:
 class EventRewriter:
     """Feed raw stream chunks, get back the complete events seen so far, rewritten."""
 
-    def __init__(self, rewrite: Rewrite) -> None:
+    def __init__(self, rewrite: Screen) -> None:
         self._rewrite = rewrite
         self._pending = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -53,7 +56,10 @@ class EventRewriter:
             except orjson.JSONDecodeError:
                 message = None
             if isinstance(message, dict):
-                new_data = orjson.dumps(self._rewrite(message)).decode()
+                rewritten = self._rewrite(message)
+                if rewritten is None:
+                    return ""
+                new_data = orjson.dumps(rewritten).decode()
                 lines = [line for line in lines if not line.startswith("data:")]
                 lines.append(f"data: {new_data}")
         return "\n".join(lines) + "\n\n"

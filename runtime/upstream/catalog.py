@@ -1,7 +1,8 @@
 """What each upstream offers (tools, resources, resource templates, prompts), for the aggregate
 endpoint: fetched lazily by the gateway under its own identity, cached per upstream and bundle.
 
-An entry is fresh for ``LIST_TTL_S`` and only under the bundle it was fetched for. A listing waits
+An entry is fresh for ``LIST_TTL_S``, only under the bundle it was fetched for, and until the
+upstream says the list changed (heard on a client's stream, ``mcp/fan_in.py``). A listing waits
 at most ``LIST_DEADLINE_S`` for refreshes: an upstream that is slower (or dead) is served from its
 stale entry if there is one, or left out, and logged; its fetch carries on in the background, so
 the next listing has it. One fetch per upstream and kind at a time, however many callers wait.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
@@ -143,6 +144,13 @@ class UpstreamCatalog:
             if entry is not None:
                 out[name] = entry.items
         return out
+
+    def changed(self, name: str, kind: ListKind) -> None:
+        """The upstream said its ``kind`` list changed: the next listing fetches it again (the
+        old entry still serves if that fetch is late)."""
+        entry = self._entries.get((name, kind))
+        if entry is not None:
+            self._entries[name, kind] = replace(entry, fetched_at=-LIST_TTL_S)
 
     def _fetch(self, bundle: Bundle, name: str, server: Server, kind: ListKind
                ) -> tuple[asyncio.Task[Entry], float]:

@@ -1,7 +1,9 @@
 """An MCP upstream as an in-process aiohttp app, for unit tests that drive the gateway without
-processes: it answers JSON (never SSE), echoes a tools/call's arguments and keeps every request."""
+processes: it answers JSON (never SSE), echoes a tools/call's arguments and keeps every request;
+given messages to send ``outside`` any call, it keeps a GET stream that sends them once opened."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -9,9 +11,22 @@ from aiohttp import web
 
 
 class FakeUpstream:
-    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
+    def __init__(self, capabilities: dict[str, Any] | None = None,
+                 outside: list[dict[str, Any]] | None = None) -> None:
         self.requests: list[dict[str, Any]] = []  # every JSON-RPC message received, in order
         self.capabilities = capabilities or {}  # what it announces in its initialize
+        self.outside = outside  # sent on each GET stream; None: it keeps no GET stream
+
+    async def _listen(self, request: web.Request) -> web.StreamResponse:
+        if self.outside is None:
+            return web.Response(status=405)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for message in self.outside:
+            await response.write(b"event: message\ndata: " + orjson.dumps(message) + b"\n\n")
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.05)  # held open until the gateway lets go
+        return response
 
     def calls(self, method: str = "tools/call") -> list[dict[str, Any]]:
         return [m for m in self.requests if m.get("method") == method]
@@ -36,4 +51,5 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/mcp", self._mcp)
+        app.router.add_get("/mcp", self._listen)
         return app

@@ -2,13 +2,16 @@
 
 Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
 write_thing (write), ask (elicits an answer from the client on the call's stream), ask_aside
-(the same on the session's own GET stream) and
+(the same on the session's own GET stream), ask_later (asks on that stream after the call has
+ended; answers tells what came back), grow (adds the tool grown, then says so outside the call,
+with an update of the greeting resource) and
 secret_tool (deliberately not declared in the test manifest); a resource,
 a prompt (review) and completions of its argument. A request whose
 body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a caller's input would.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
@@ -95,6 +98,60 @@ async def ask_aside(question: str, ctx: Context) -> str:
     reply = await ctx.session.elicit(question, {"type": "object", "properties": {
         "answer": {"type": "string"}}, "required": ["answer"]}, related_request_id=None)
     return f"{reply.action}: {(reply.content or {}).get('answer', '-')}"
+
+
+LATER: list[str] = []
+BACKGROUND: set[asyncio.Task] = set()
+
+
+def _after(seconds: float, then: Any) -> None:
+    """Run ``then()`` a little after the call has answered: outside any call."""
+    async def later() -> None:
+        await anyio.sleep(seconds)
+        await then()
+    task = asyncio.get_running_loop().create_task(later())
+    BACKGROUND.add(task)
+    task.add_done_callback(BACKGROUND.discard)
+
+
+@server.tool()
+async def ask_later(question: str, ctx: Context) -> str:
+    """Answer at once, then ask the client's user on the session's own stream, outside any
+    call; ``answers`` says what came back."""
+    session = ctx.session
+
+    async def ask() -> None:
+        reply = await session.elicit(question, {"type": "object", "properties": {
+            "answer": {"type": "string"}}, "required": ["answer"]}, related_request_id=None)
+        LATER.append(f"{reply.action}: {(reply.content or {}).get('answer', '-')}")
+    _after(0.3, ask)
+    return "asked"
+
+
+@server.tool()
+def answers() -> str:
+    """What ask_later's questions got back, in order."""
+    return ", ".join(LATER) or "none"
+
+
+def grown() -> str:
+    """A tool the upstream only has after grow."""
+    return "grown"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the tool ``grown``, then tell the session (outside the call) that the tools changed and
+    the greeting resource was updated."""
+    session = ctx.session
+    if "grown" not in {tool.name for tool in server._tool_manager.list_tools()}:
+        server.add_tool(grown, name="grown")
+
+    async def tell() -> None:
+        await session.send_tool_list_changed()
+        await session.send_resource_updated("test://greeting")
+    _after(0.2, tell)
+    return "grew"
 
 
 @server.tool()
