@@ -11,6 +11,7 @@ its call to the upstream; nothing else of a client's session reaches an upstream
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -164,6 +165,10 @@ class McpEndpoint:
             self.recording.open(call)
             check_limits(message, body)  # refused with its record, before anything is judged
             return await self.call(call, version)
+        except asyncio.CancelledError:  # the client went away, or the node is stopping
+            if call is not None and call.record is not None:
+                await self.recording.settle(call, Outcome.DISCONNECTED)
+            raise
         except RpcError as exc:
             if call is not None and call.record is not None:
                 await self.recording.settle(call, Outcome.REFUSED, exc)

@@ -20,6 +20,7 @@ from gwc.runtime.audit.record import Outcome
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.mcp.admission import Verdict
 from gwc.runtime.mcp.aggregate import with_manifest_annotations
+from gwc.runtime.mcp.disconnects import Disconnects
 from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.mcp.recording import Recording
 from gwc.runtime.mcp.routes import AGGREGATE, Call, Target
@@ -64,6 +65,7 @@ class Relay:
         self.client, self._sealer = client, sealer
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
         self._in_flight: dict[tuple[str, Any], InFlight] = {}
+        self._disconnects = Disconnects()
 
     async def _deliver(self, name: str, server: Server, principal: Principal, out: Outgoing,
                        timeout_ms: int) -> None:
@@ -173,6 +175,7 @@ class Relay:
         return rewrite
 
     async def close(self) -> None:
+        await self._disconnects.close()
         await self.client.close()
 
     def _outgoing(self, call: Call, message: dict[str, Any], tool: str | None) -> Outgoing:
@@ -202,6 +205,8 @@ class Relay:
             out.upstream_id = self.client.new_id()
             key = (request.headers.get(SESSION_HEADER, ""), call.id)
             self._in_flight[key] = (name, server, call.principal, call.session, out.upstream_id)
+        else:  # stateless: the client closing its stream cancels the request, upstream too
+            self._disconnects.watch(request)
         try:
             async with self.client.exchange(name, server, call.principal, out,
                                             timeout_ms) as answer:
@@ -212,10 +217,17 @@ class Relay:
                                                   "server": name, "reason": exc.message})
             await self._recording.settle(call, Outcome.FAILED, exc)
             return error_response(exc, call.id)
+        except asyncio.CancelledError:  # its record is settled by the endpoint
+            if key is None and self._disconnects.unwatch(request):
+                log.info("client cancelled (closed its stream); upstream request ended",
+                         extra={"request_id": request[REQUEST_ID], "server": name})
+            raise
         finally:
             self._metrics.observe_latency(name, time.perf_counter() - request[STARTED])
             if key is not None:
                 self._in_flight.pop(key, None)
+            else:
+                self._disconnects.unwatch(request)
         # A plain answer is sent once the handler returns: its record is durable before that.
         # A streamed one was settled before its last bytes (_relay_stream).
         await self._recording.settle(call, Outcome.FORWARDED, None, answer)

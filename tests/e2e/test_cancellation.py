@@ -1,16 +1,26 @@
 """A call the client cancels stops at the upstream too: in the 2025 era the client's
-``notifications/cancelled`` follows the call, under the id the gateway sent it with."""
+``notifications/cancelled`` follows the call, under the id the gateway sent it with; in
+2026-07-28 the client closes the call's stream, and so does the gateway upstream."""
 from __future__ import annotations
 
 import asyncio
+import json
 
+import anyio
 import httpx2
 import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support.e2e import open_session, raw, running_upstream, start_node, write_test_registry
+from tests.support.e2e import (
+    connect,
+    open_session,
+    raw,
+    running_upstream,
+    start_node,
+    write_test_registry,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +77,26 @@ async def test_a_cancelled_call_is_cancelled_upstream(tmp_path, aiohttp_server, 
     finally:
         call.cancel()
         await asyncio.gather(call, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("path", "tool"), [("/servers/tools/mcp", "wait"), ("/mcp", "tools__wait")])
+async def test_a_stateless_client_cancels_by_closing_its_stream(tmp_path, aiohttp_server,
+                                                               signing_key, cancel_upstream,
+                                                               path, tool) -> None:
+    """2026-07-28: no notification, the client just closes the request's stream; the gateway
+    ends its own request to the upstream, which sees its stream close and stops the tool."""
+    node = await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: with_wait_tool(root, jwks, cancel_upstream))
+    before = await cancellations(cancel_upstream)
+    async with connect(node.url + path, node.idp.token("alice", ["eng"]), "auto") as client:
+        with anyio.move_on_after(1.0) as scope:
+            await client.call_tool(tool, {"seconds": 20})
+        assert scope.cancelled_caught
+    for _ in range(50):
+        if await cancellations(cancel_upstream) == before + 1:
+            break
+        await asyncio.sleep(0.1)
+    assert await cancellations(cancel_upstream) == before + 1
+    records = [json.loads(line) for line in node.audit_path.read_text().splitlines()]
+    [record] = [r for r in records if r.get("tool") == "wait"]
+    assert record["outcome"] == "disconnected"

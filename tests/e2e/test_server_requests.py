@@ -36,7 +36,7 @@ async def asking_node(tmp_path, aiohttp_server, signing_key, upstream_url):
 
 # 2025 era: the request travels on the call's stream. (In 2026-07-28 an upstream asks with an
 # input_required result instead, which the gateway passes through untouched and whose retry is
-# routed by the tool's name; the SDK's MCPServer used upstream here cannot ask that way yet.)
+# routed by the tool's name: test_input_required.py.)
 @pytest.mark.parametrize("mode", ["legacy"])
 @pytest.mark.parametrize(("path", "tool"), [("/servers/tools/mcp", "ask"), ("/mcp", "tools__ask"),
                                            ("/servers/tools/mcp", "ask_aside")])
