@@ -32,6 +32,7 @@ from gwc.runtime.mcp.refusals import readable
 from gwc.runtime.mcp.relay import Relay
 from gwc.runtime.mcp.routes import AGGREGATE, Call, Routes
 from gwc.runtime.mcp.sealed_sessions import Session, SessionSealer
+from gwc.runtime.mcp.subscriptions import Subscriptions
 from gwc.runtime.mcp.trail import Auditor
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
@@ -66,6 +67,8 @@ class McpEndpoint:
         self.routes = Routes(self.aggregate)
         self.admission = Admission(state, public_url)
         self.relay = Relay(client, self.recording, auditor, metrics, sealer)
+        self.subscriptions = Subscriptions(self.relay, self.aggregate, catalog, self.recording,
+                                           list_changed, active)
 
     async def close(self) -> None:
         await self.relay.close()
@@ -188,6 +191,8 @@ class McpEndpoint:
             return await self._aggregate_list(call)
         if not call.endpoint and call.method == "logging/setLevel":
             return await self._aggregate_set_level(call)
+        if call.method == "subscriptions/listen":
+            return await self.subscriptions.listen(call)
         target = await self.routes.target(call)
         verdict = await self.admission.admit(call, target)
         self.recording.note(call, verdict)

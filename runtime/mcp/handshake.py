@@ -17,14 +17,16 @@ from gwc.runtime.protocol.wire import result_response
 from gwc.runtime.upstream.catalog import UpstreamCatalog
 
 # What the aggregate endpoint serves itself: tools (it says when they change), resources,
-# prompts and completions from every upstream, and logging (a level set on every upstream that
-# offers logging). A per-server endpoint has tools always (it says when the bundle
-# changes them) and, of the rest, what its upstream announced that the gateway relays:
-# completions, logging, resources and prompts, without their subscribe or listChanged features
-# (the notifications they bring are not filtered by entitlement yet).
-AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
-                          "completions": {}, "logging": {}}
+# prompts and completions from every upstream, with their change notifications and resource
+# subscriptions (fanned in from every visible upstream, screened by entitlement: fan_in.py), and
+# logging (a level set on every upstream that offers logging). A per-server endpoint has tools
+# always (it says when the bundle changes them) and, of the rest, what its upstream announced:
+# completions, logging, resources and prompts, with the features of theirs the gateway relays.
+AGGREGATE_CAPABILITIES = {"tools": {"listChanged": True},
+                          "resources": {"subscribe": True, "listChanged": True},
+                          "prompts": {"listChanged": True}, "completions": {}, "logging": {}}
 RELAYED_CAPABILITIES = ("completions", "logging", "prompts", "resources")
+RELAYED_FEATURES = {"resources": ("subscribe", "listChanged"), "prompts": ("listChanged",)}
 SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 SESSION_HEADER = "Mcp-Session-Id"
 CACHE_TTL_MS = 30_000  # how long a 2026-07-28 client may reuse a list: about one bundle poll
@@ -44,8 +46,10 @@ def server_capabilities(upstream: dict[str, Any] | None) -> dict[str, Any]:
     """A per-server endpoint's capabilities from its upstream's (None: not known)."""
     capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
     for name in RELAYED_CAPABILITIES:
-        if upstream is not None and isinstance(upstream.get(name), dict):
-            capabilities[name] = {}
+        offered = upstream.get(name) if upstream is not None else None
+        if isinstance(offered, dict):
+            capabilities[name] = {feature: True for feature in RELAYED_FEATURES.get(name, ())
+                                  if offered.get(feature) is True}
     return capabilities
 
 

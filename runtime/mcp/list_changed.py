@@ -1,5 +1,5 @@
-"""``notifications/tools/list_changed`` for 2025-era clients that keep a GET stream open, and on
-a server's endpoint what its upstream sends outside any call (``relay.upstream_messages``).
+"""``notifications/tools/list_changed`` for clients that keep a stream open (the 2025 GET stream,
+a 2026-07-28 ``subscriptions/listen``), with what upstreams send outside any call (``fan_in.py``).
 
 A client opens the stream with its session id; the node keeps it (streams are connections, so they
 are naturally this node's). When a new bundle is activated, each stream's caller is re-evaluated:
@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
 from aiohttp import web
 
 from gwc.runtime.bundle.read import Bundle
@@ -21,6 +20,7 @@ from gwc.runtime.mcp.fan_in import ENDED, Source
 from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal, listed_everywhere, listed_tools
+from gwc.runtime.protocol.sse import event
 
 log = logging.getLogger("gwc.list_changed")
 KEEPALIVE_S = 15.0
@@ -28,8 +28,7 @@ KEEPALIVE_S = 15.0
 # upstream's stream at once (an upstream keeps one per session; the next client needs it)
 WATCH_S = 1.0
 UPSTREAM_OPEN_S = 2.0  # how long a client's GET stream waits for its upstream's to open
-NOTIFICATION = b"event: message\ndata: " + orjson.dumps(
-    {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}) + b"\n\n"
+NOTIFICATION = event({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 Fingerprint = frozenset[tuple[str, str]]
 
 
@@ -91,11 +90,15 @@ class ListChangedStreams:
         self._closing = False
 
     async def stream(self, request: web.Request, principal: Principal, endpoint: str,
-                     upstream: Source | None = None) -> web.StreamResponse:
+                     upstream: Source | None = None, first: bytes = b"",
+                     notification: bytes | None = NOTIFICATION) -> web.StreamResponse:
         """The client's GET stream: the gateway's own list_changed notifications and, when
         ``upstream`` is given, the upstream's own messages outside any call, as they come. The
         upstream's stream is opened first, for at most ``UPSTREAM_OPEN_S`` (so a request the
-        upstream sends right after is not missed); a slower upstream joins when it can."""
+        upstream sends right after is not missed, nor one sent during a call the client makes
+        meanwhile: :meth:`upstream_attached`); a slower upstream joins when it can. A 2026-07-28
+        ``subscriptions/listen`` stream starts with ``first`` (its acknowledgement) and gets
+        ``notification`` (None: the client did not ask for it) tagged with its id."""
         bundle = self._active()
         assert bundle is not None  # the proxy answers 503 before this without a bundle
         listener = Listener(principal, endpoint, await visible_tools(bundle, principal, endpoint))
@@ -103,8 +106,9 @@ class ListChangedStreams:
                                                "Cache-Control": "no-cache"})
         pump, prepared = None, asyncio.Event()
         if upstream is not None:
-            opened, session_id = asyncio.Event(), request.headers.get(SESSION_HEADER, "")
-            self._opening[session_id] = opened
+            opened, session_id = asyncio.Event(), request.headers.get(SESSION_HEADER)
+            if session_id is not None:
+                self._opening[session_id] = opened
             pump = asyncio.get_running_loop().create_task(
                 _pump(upstream, response, opened, prepared))
             try:
@@ -112,20 +116,22 @@ class ListChangedStreams:
             except TimeoutError:
                 pass
             finally:
-                if self._opening.get(session_id) is opened:
+                if session_id is not None and self._opening.get(session_id) is opened:
                     del self._opening[session_id]
         self._listeners.add(listener)
         self._gauge.inc()
         try:
             await response.prepare(request)
+            if first:
+                await response.write(first)
             prepared.set()
             quiet = 0.0
             while not self._closing and not _gone(request):
                 try:
                     await asyncio.wait_for(listener.wake.wait(), WATCH_S)
                     listener.wake.clear()
-                    if not self._closing:
-                        await response.write(NOTIFICATION)
+                    if not self._closing and notification is not None:
+                        await response.write(notification)
                     quiet = 0.0
                 except TimeoutError:
                     quiet += WATCH_S

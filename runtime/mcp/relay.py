@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from gwc.runtime.upstream.client import (
     Answer,
     ClientTerms,
     Outgoing,
+    Stream,
     UpstreamClient,
     UpstreamFailure,
     json_headers,
@@ -137,21 +138,35 @@ class Relay:
             server.timeout_ms)
         return web.Response(status=202)
 
-    @asynccontextmanager
-    async def upstream_messages(self, request: web.Request, principal: Principal, name: str,
-                                server: Server, session: ClientTerms, screen: Screen
-                                ) -> AsyncIterator[AsyncIterator[bytes] | None]:
+    def upstream_messages(self, request: web.Request, principal: Principal, name: str,
+                          server: Server, session: ClientTerms, screen: Screen
+                          ) -> AbstractAsyncContextManager[AsyncIterator[bytes] | None]:
         """What the upstream sends outside any call (2025 era: its GET stream), as events for
         the client's own GET stream: what ``screen`` lets through (``fan_in.screen``), requests
         (elicitation, sampling...) with sealed ids so the client's answers find their way back.
         None when the upstream keeps no such stream."""
-        async with self.client.listen(name, server, principal, session,
-                                      request[REQUEST_ID]) as listening:
-            if listening is None:
+        return self._events(self.client.listen(name, server, principal, session,
+                                               request[REQUEST_ID]),
+                            name, principal.subject, screen)
+
+    def upstream_subscription(self, call: Call, name: str, server: Server,
+                              message: dict[str, Any], screen: Screen
+                              ) -> AbstractAsyncContextManager[AsyncIterator[bytes] | None]:
+        """The upstream's ``subscriptions/listen`` stream (2026-07-28) for ``message``, as
+        events for the client's own listen stream (``subscriptions.py``)."""
+        return self._events(self.client.subscribe(name, server, call.principal, self._outgoing(
+            call, message, None)), name, call.principal.subject, screen)
+
+    @asynccontextmanager
+    async def _events(self, opening: AbstractAsyncContextManager[Stream | None], name: str,
+                      subject: str, screen: Screen
+                      ) -> AsyncIterator[AsyncIterator[bytes] | None]:
+        async with opening as opened:
+            if opened is None:
                 yield None
                 return
-            stream, upstream = listening
-            seal = self._sealer_for(upstream, name, principal.subject)
+            stream, upstream = opened
+            seal = self._sealer_for(upstream, name, subject)
 
             def screened(message: dict[str, Any]) -> dict[str, Any] | None:
                 kept = screen(message)

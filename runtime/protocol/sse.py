@@ -18,6 +18,11 @@ Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
 Screen = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
+def event(message: dict[str, Any]) -> bytes:
+    """One JSON-RPC message as a whole SSE event."""
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+
+
 def _data_of(lines: list[str]) -> str:
     return "\n".join(line[5:].removeprefix(" ") for line in lines if line.startswith("data:"))
 

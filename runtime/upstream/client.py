@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,6 +58,10 @@ class ClientTerms(Protocol):
 
     @property
     def created(self) -> int: ...
+
+
+# an upstream's open event stream, and the 2025-era upstream session it belongs to (if any)
+Stream = tuple[aiohttp.ClientResponse, UpstreamSession | None]
 
 
 class UpstreamFailure(RpcError):
@@ -179,21 +183,17 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def listen(self, name: str, server: Server, principal: Principal, terms: ClientTerms,
-                     request_id: str
-                     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, UpstreamSession] | None]:
+                     request_id: str) -> AsyncIterator[Stream | None]:
         """The upstream's own stream of messages outside any call (the 2025 GET stream) in the
-        caller's upstream session, or None when the upstream has none (or cannot be reached).
-        A stream is a connection, not a call: it holds no concurrency slot and judges nothing."""
+        caller's upstream session, or None when the upstream has none (or cannot be reached)."""
         upstream = self._upstreams.get(name, server)
-        out = Outgoing("", {}, terms, request_id)
-        connect = min(10.0, server.timeout_ms / 1000)
-        # the session is opened as a call would open it (its opening is shared with calls);
-        # only the stream itself may stay silent for as long as it likes
-        opening = aiohttp.ClientTimeout(total=None, connect=connect,
-                                        sock_read=server.timeout_ms / 1000)
-        timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=None)
-        try:
-            headers = self._headers(server, principal, out)
+
+        async def get() -> tuple[aiohttp.ClientResponse, UpstreamSession]:
+            headers = self._headers(server, principal, Outgoing("", {}, terms, request_id))
+            # the session is opened as a call would open it (its opening is shared with calls);
+            # only the stream itself may stay silent for as long as it likes
+            opening = aiohttp.ClientTimeout(total=None, connect=_connect_s(server),
+                                            sock_read=server.timeout_ms / 1000)
             session, _ = await self._sessions.get(
                 _pool_key(upstream, principal, terms),
                 lambda: self._open_session(upstream, headers, terms, opening))
@@ -201,8 +201,34 @@ class UpstreamClient:
                             "MCP-Protocol-Version": session.protocol_version})
             if session.session_id is not None:
                 headers["Mcp-Session-Id"] = session.session_id
-            response = await upstream.http.get(upstream.server.upstream, headers=headers,
-                                               timeout=timeout, allow_redirects=False)
+            return await upstream.http.get(upstream.server.upstream, headers=headers,
+                                           timeout=_stream_timeout(server),
+                                           allow_redirects=False), session
+        async with self._stream(name, get) as opened:
+            yield opened
+
+    @asynccontextmanager
+    async def subscribe(self, name: str, server: Server, principal: Principal, out: Outgoing
+                        ) -> AsyncIterator[Stream | None]:
+        """A 2026-07-28 ``subscriptions/listen`` stream from the upstream (the request ``out``,
+        stateless), or None when the upstream does not keep one."""
+        upstream = self._upstreams.get(name, server)
+
+        async def post() -> tuple[aiohttp.ClientResponse, None]:
+            headers = self._headers(server, principal, out)
+            return await self._post(upstream, orjson.dumps(out.message), headers,
+                                    _stream_timeout(server)), None
+        async with self._stream(name, post) as opened:
+            yield opened
+
+    @staticmethod
+    @asynccontextmanager
+    async def _stream(name: str, open_stream: Callable[[], Awaitable[Stream]]
+                      ) -> AsyncIterator[Stream | None]:
+        """An upstream's event stream while the caller reads it. A stream is a connection, not
+        a call: it holds no concurrency slot and judges nothing."""
+        try:
+            response, session = await open_stream()
         except (UpstreamFailure, CredentialError, TimeoutError, aiohttp.ClientError) as exc:
             log.info("upstream stream not opened", extra={"server": name, "reason": str(exc)})
             yield None
@@ -294,6 +320,15 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self._upstreams.close()
+
+
+def _connect_s(server: Server) -> float:
+    return min(10.0, server.timeout_ms / 1000)
+
+
+def _stream_timeout(server: Server) -> aiohttp.ClientTimeout:
+    """A stream may stay silent for as long as it likes; connecting is bounded as for a call."""
+    return aiohttp.ClientTimeout(total=None, connect=_connect_s(server), sock_read=None)
 
 
 def _pool_key(upstream: Upstream, principal: Principal, terms: ClientTerms) -> SessionKey:

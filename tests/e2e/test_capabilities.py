@@ -35,14 +35,18 @@ async def test_a_per_server_endpoint_offers_what_its_upstream_offers(node, upstr
         assert offered["tools"] == {"listChanged": True}
         relayed = {"completions", "logging", "prompts", "resources"}
         assert set(offered) - {"tools"} == relayed & set(upstream)
-        assert all(offered[name] == {} for name in set(offered) - {"tools"})
+        for name in set(offered) - {"tools"}:  # the upstream's own features of each, no more
+            assert offered[name] == {feature: True for feature in ("subscribe", "listChanged")
+                                     if upstream[name].get(feature) is True
+                                     and name in ("resources", "prompts")}
 
 
 async def test_the_aggregate_endpoint_offers_what_it_serves(node) -> None:
     token = node.idp.token("alice", ["eng"])
     offered = (await raw(node, "/mcp", INITIALIZE, token)).json()["result"]["capabilities"]
-    assert offered == {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
-                       "completions": {}, "logging": {}}
+    assert offered == {"tools": {"listChanged": True},
+                       "resources": {"subscribe": True, "listChanged": True},
+                       "prompts": {"listChanged": True}, "completions": {}, "logging": {}}
 
 
 async def test_an_unreachable_upstream_is_offered_with_tools_only(tmp_path, aiohttp_server,

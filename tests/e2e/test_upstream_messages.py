@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 import yaml
 from mcp.types import (
@@ -37,7 +38,7 @@ async def own_upstream():
 
 
 @pytest.fixture
-async def later_node(tmp_path, aiohttp_server, signing_key, own_upstream):
+async def later_node(own_upstream, tmp_path, aiohttp_server, signing_key):  # node ends first
     return await start_node(tmp_path, aiohttp_server, signing_key,
                             lambda root, jwks: with_later_tools(root, jwks, own_upstream))
 
@@ -95,3 +96,53 @@ async def test_an_upstreams_changes_reach_the_aggregate_namespaced(later_node):
         assert [str(m.params.uri) for m in updated] == ["gwc://tools/test://greeting"]
         after = {tool.name for tool in (await client.list_tools()).tools}
     assert after == before | {"tools__grown"}  # the node's catalog listed the upstream again
+
+
+@pytest.mark.parametrize(("path", "prefix", "uri"), [
+    ("/servers/tools/mcp", "", "test://greeting"),
+    ("/mcp", "tools__", "gwc://tools/test://greeting")])
+async def test_a_stateless_client_listens_for_an_upstreams_changes(later_node, path, prefix, uri):
+    """2026-07-28: ``subscriptions/listen`` on either endpoint: the gateway acknowledges what it
+    honours, then relays the upstream's notifications with the client's subscription id, the
+    resource named as the client named it."""
+    token = later_node.idp.token("alice", ["eng"])
+    async with (connect(later_node.url + path, token, "auto") as client,
+                client.listen(tools_list_changed=True, resource_subscriptions=[uri]) as listening):
+        assert listening.honored.tools_list_changed is True
+        assert listening.honored.resource_subscriptions == [uri]
+        assert text_of(await client.call_tool(f"{prefix}grow", {})) == "grew"
+        heard = []
+        with anyio.fail_after(10):
+            async for change in listening:
+                heard.append(change)
+                if len(heard) == 2:
+                    break
+        after = {tool.name for tool in (await client.list_tools()).tools}
+    # the client has gone: the gateway lets go of its stream and of the upstream's
+    await eventually(lambda: not later_node.gateway.list_changed._listeners, "stream released")
+    assert sorted(type(change).__name__ for change in heard) == ["ResourceUpdated",
+                                                                 "ToolsListChanged"]
+    assert [change.uri for change in heard if hasattr(change, "uri")] == [uri]
+    assert f"{prefix}grown" in after
+
+
+async def test_a_listening_client_hears_when_a_bundle_changes_its_tools(later_node):
+    """The gateway's own tools/list_changed (a new bundle changed what the caller sees) reaches a
+    2026-07-28 listen stream too, tagged with its subscription id; a stream that did not ask for
+    it hears nothing."""
+    token = later_node.idp.token("alice", ["eng"])
+    async with (connect(later_node.url + "/mcp", token, "auto") as client,
+                client.listen(tools_list_changed=True) as listening,
+                client.listen(prompts_list_changed=True) as other):
+        manifest = later_node.registry_root / "registry" / "tools.yaml"
+        spec = yaml.safe_load(manifest.read_text())
+        spec["tools"]["newly_declared"] = {"access": "read"}
+        manifest.write_text(yaml.safe_dump(spec))
+        later_node.publish(2)
+        assert await later_node.gateway.poller.poll_once() == "activated"
+        with anyio.fail_after(10):
+            change = await listening.__anext__()
+        assert type(change).__name__ == "ToolsListChanged"
+        with anyio.move_on_after(1.5) as quiet:
+            await other.__anext__()
+        assert quiet.cancelled_caught  # it asked for prompts only

@@ -67,7 +67,11 @@ def running_upstream(script: str = "upstream_server.py") -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # uvicorn still waiting on a client's open stream
+            proc.kill()
+            proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -141,11 +141,16 @@ def grown() -> str:
 
 @server.tool()
 async def grow(ctx: Context) -> str:
-    """Add the tool ``grown``, then tell the session (outside the call) that the tools changed and
-    the greeting resource was updated."""
+    """Add the tool ``grown``, then say (outside the call) that the tools changed and the greeting
+    resource was updated: on the session's own stream (2025 era) and to every
+    ``subscriptions/listen`` stream (2026-07-28)."""
     session = ctx.session
     if "grown" not in {tool.name for tool in server._tool_manager.list_tools()}:
         server.add_tool(grown, name="grown")
+    if (ctx.protocol_version or "") >= "2026":
+        await ctx.notify_tools_changed()
+        await ctx.notify_resource_updated("test://greeting")
+        return "grew"
 
     async def tell() -> None:
         await session.send_tool_list_changed()
