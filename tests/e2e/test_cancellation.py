@@ -9,7 +9,6 @@ import json
 import anyio
 import httpx2
 import pytest
-import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,15 +30,6 @@ def cancel_upstream():
         yield url
 
 
-def with_wait_tool(root, jwks: str, upstream: str):
-    write_test_registry(root, jwks, upstream)
-    manifest = root / "registry" / "tools.yaml"
-    spec = yaml.safe_load(manifest.read_text())
-    spec["tools"]["wait"] = {"access": "read"}
-    manifest.write_text(yaml.safe_dump(spec))
-    return root
-
-
 async def cancellations(upstream: str) -> int:
     async with (httpx2.AsyncClient(timeout=10) as http,
                 Client(streamable_http_client(upstream, http_client=http)) as client):
@@ -50,7 +40,7 @@ async def cancellations(upstream: str) -> int:
 async def test_a_cancelled_call_is_cancelled_upstream(tmp_path, aiohttp_server, signing_key,
                                                       cancel_upstream) -> None:
     node = await start_node(tmp_path, aiohttp_server, signing_key,
-                            lambda root, jwks: with_wait_tool(root, jwks, cancel_upstream))
+                            lambda root, jwks: write_test_registry(root, jwks, cancel_upstream, ("wait",)))
     token = node.idp.token("alice", ["eng"])
     session = await open_session(node, "/servers/tools/mcp", token)
     headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
@@ -86,7 +76,7 @@ async def test_a_stateless_client_cancels_by_closing_its_stream(tmp_path, aiohtt
     """2026-07-28: no notification, the client just closes the request's stream; the gateway
     ends its own request to the upstream, which sees its stream close and stops the tool."""
     node = await start_node(tmp_path, aiohttp_server, signing_key,
-                            lambda root, jwks: with_wait_tool(root, jwks, cancel_upstream))
+                            lambda root, jwks: write_test_registry(root, jwks, cancel_upstream, ("wait",)))
     before = await cancellations(cancel_upstream)
     async with connect(node.url + path, node.idp.token("alice", ["eng"]), "auto") as client:
         with anyio.move_on_after(1.0) as scope:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import httpx2
 import orjson
 import pytest
-import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CreateMessageResult, ElicitResult, TextContent
@@ -36,19 +35,11 @@ def resolving_upstream():
         yield url
 
 
-def with_resolving_tools(root, jwks: str, upstream: str):
-    write_test_registry(root, jwks, upstream)
-    manifest = root / "registry" / "tools.yaml"
-    spec = yaml.safe_load(manifest.read_text())
-    spec["tools"]["ask"] = spec["tools"]["summarize"] = {"access": "read"}
-    manifest.write_text(yaml.safe_dump(spec))
-    return root
-
-
 @pytest.fixture
 async def node(tmp_path, aiohttp_server, signing_key, resolving_upstream) -> Node:
     return await start_node(tmp_path, aiohttp_server, signing_key,
-                            lambda root, jwks: with_resolving_tools(root, jwks, resolving_upstream))
+                            lambda root, jwks: write_test_registry(
+                                root, jwks, resolving_upstream, ("ask", "summarize")))
 
 
 # ---- the wire between the SDK client and the gateway ----

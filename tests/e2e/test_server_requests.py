@@ -8,7 +8,6 @@ import logging
 
 import httpx2
 import pytest
-import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ElicitResult
@@ -19,19 +18,11 @@ from tests.support.e2e import open_session, raw, start_node, write_test_registry
 pytestmark = pytest.mark.e2e
 
 
-def with_ask_tool(root, jwks: str, upstream: str):
-    write_test_registry(root, jwks, upstream)
-    manifest = root / "registry" / "tools.yaml"
-    spec = yaml.safe_load(manifest.read_text())
-    spec["tools"]["ask"] = spec["tools"]["ask_aside"] = {"access": "read"}
-    manifest.write_text(yaml.safe_dump(spec))
-    return root
-
-
 @pytest.fixture
 async def asking_node(tmp_path, aiohttp_server, signing_key, upstream_url):
     return await start_node(tmp_path, aiohttp_server, signing_key,
-                            lambda root, jwks: with_ask_tool(root, jwks, upstream_url))
+                            lambda root, jwks: write_test_registry(
+                                root, jwks, upstream_url, ("ask", "ask_aside")))
 
 
 # 2025 era: the request travels on the call's stream. (In 2026-07-28 an upstream asks with an

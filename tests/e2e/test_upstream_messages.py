@@ -21,15 +21,6 @@ pytestmark = pytest.mark.e2e
 LATER_TOOLS = ("ask_later", "answers", "grow", "grown")
 
 
-def with_later_tools(root, jwks: str, upstream: str):
-    write_test_registry(root, jwks, upstream)
-    manifest = root / "registry" / "tools.yaml"
-    spec = yaml.safe_load(manifest.read_text())
-    spec["tools"].update({name: {"access": "read"} for name in LATER_TOOLS})
-    manifest.write_text(yaml.safe_dump(spec))
-    return root
-
-
 @pytest.fixture
 async def own_upstream():
     """An upstream of the test's own: ``grow`` changes it for good."""
@@ -40,7 +31,7 @@ async def own_upstream():
 @pytest.fixture
 async def later_node(own_upstream, tmp_path, aiohttp_server, signing_key):  # node ends first
     return await start_node(tmp_path, aiohttp_server, signing_key,
-                            lambda root, jwks: with_later_tools(root, jwks, own_upstream))
+                            lambda root, jwks: write_test_registry(root, jwks, own_upstream, LATER_TOOLS))
 
 
 async def eventually(check, what: str, timeout_s: float = 10.0):

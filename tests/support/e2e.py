@@ -80,12 +80,15 @@ def upstream_url():
         yield url
 
 
-def write_test_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
+def write_test_registry(root: Path, jwks_uri: str, upstream: str,
+                        read_tools: tuple[str, ...] = ()) -> Path:
+    """The test registry; ``read_tools`` are declared besides the usual ones on ``tools``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(dump({"identity": {
         "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
     tools = {"echo": {"access": "read"}, "whoami": {"access": "read"},
-             "slow_count": {"access": "read"}, "write_thing": {"access": "write", "approval": "none"}}
+             "slow_count": {"access": "read"}, "write_thing": {"access": "write", "approval": "none"},
+             **{name: {"access": "read"} for name in read_tools}}
     registry = root / "registry"
     registry.mkdir(exist_ok=True)
     (registry / "tools.yaml").write_text(dump({
