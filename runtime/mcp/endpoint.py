@@ -198,8 +198,6 @@ class McpEndpoint:
         self.recording.note(call, verdict)
         if verdict.refusal is not None:
             raise verdict.refusal
-        if call.session is not None:
-            await self._list_changed.upstream_attached(call.request.headers[SESSION_HEADER])
         return await self.relay.forward(call, target, verdict)
 
     async def _aggregate_set_level(self, call: Call) -> web.StreamResponse:

@@ -17,7 +17,6 @@ from aiohttp import web
 
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.mcp.fan_in import ENDED, Source
-from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal, listed_everywhere, listed_tools
 from gwc.runtime.protocol.sse import event
@@ -83,8 +82,6 @@ class ListChangedStreams:
     def __init__(self, active: Callable[[], Bundle | None], metrics: Metrics) -> None:
         self._active = active
         self._listeners: set[Listener] = set()
-        # client sessions whose GET stream is opening its upstream's: their calls wait for it
-        self._opening: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self._gauge = metrics.open_streams
         self._closing = False
@@ -95,8 +92,7 @@ class ListChangedStreams:
         """The client's GET stream: the gateway's own list_changed notifications and, when
         ``upstream`` is given, the upstream's own messages outside any call, as they come. The
         upstream's stream is opened first, for at most ``UPSTREAM_OPEN_S`` (so a request the
-        upstream sends right after is not missed, nor one sent during a call the client makes
-        meanwhile: :meth:`upstream_attached`); a slower upstream joins when it can. A 2026-07-28
+        upstream sends right after is not missed); a slower upstream joins when it can. A 2026-07-28
         ``subscriptions/listen`` stream starts with ``first`` (its acknowledgement) and gets
         ``notification`` (None: the client did not ask for it) tagged with its id."""
         bundle = self._active()
@@ -106,18 +102,13 @@ class ListChangedStreams:
                                                "Cache-Control": "no-cache"})
         pump, prepared = None, asyncio.Event()
         if upstream is not None:
-            opened, session_id = asyncio.Event(), request.headers.get(SESSION_HEADER)
-            if session_id is not None:
-                self._opening[session_id] = opened
+            opened = asyncio.Event()
             pump = asyncio.get_running_loop().create_task(
                 _pump(upstream, response, opened, prepared))
             try:
                 await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
             except TimeoutError:
                 pass
-            finally:
-                if session_id is not None and self._opening.get(session_id) is opened:
-                    del self._opening[session_id]
         self._listeners.add(listener)
         self._gauge.inc()
         try:
@@ -147,18 +138,6 @@ class ListChangedStreams:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
         return response
-
-    async def upstream_attached(self, session_id: str) -> None:
-        """Wait (at most ``UPSTREAM_OPEN_S``) while the client session's GET stream on this node
-        opens its upstream's: a client that calls right after opening its stream then gets what
-        the upstream sends there during the call (an upstream without an event store drops what
-        it sends to a stream nobody holds yet)."""
-        opened = self._opening.get(session_id)
-        if opened is not None:
-            try:
-                await asyncio.wait_for(opened.wait(), UPSTREAM_OPEN_S)
-            except TimeoutError:
-                pass
 
     def bundle_changed(self, old: Bundle | None, new: Bundle) -> None:
         """Store hook: re-evaluate the streams in the background, one caller at a time."""

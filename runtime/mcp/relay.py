@@ -174,7 +174,7 @@ class Relay:
             rewriter = EventRewriter(screened)
 
             async def events() -> AsyncIterator[bytes]:
-                async for chunk in stream.content.iter_any():
+                async for chunk in stream:
                     out = rewriter.feed(chunk)
                     if out:
                         yield out

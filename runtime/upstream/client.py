@@ -27,6 +27,7 @@ from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, RpcError
 from gwc.runtime.protocol.sse import messages
 from gwc.runtime.upstream.credentials import CredentialError, UpstreamCredentials
+from gwc.runtime.upstream.held_streams import HeldStream, HeldStreams, may_be_asked
 from gwc.runtime.upstream.isolation import Upstream, Upstreams, UpstreamUnavailable, caller_of
 from gwc.runtime.upstream.session_pool import (
     SessionKey,
@@ -60,8 +61,11 @@ class ClientTerms(Protocol):
     def created(self) -> int: ...
 
 
-# an upstream's open event stream, and the 2025-era upstream session it belongs to (if any)
-Stream = tuple[aiohttp.ClientResponse, UpstreamSession | None]
+# an upstream's open event stream (its bytes as they come), and the 2025-era upstream session it
+# belongs to (if any)
+Stream = tuple[AsyncIterator[bytes], UpstreamSession | None]
+# what opening one gives: the upstream's answer (or a held stream's bytes), and the session
+Opened = tuple[aiohttp.ClientResponse | AsyncIterator[bytes], UpstreamSession | None]
 
 
 class UpstreamFailure(RpcError):
@@ -131,6 +135,7 @@ class UpstreamClient:
         self._credentials = credentials
         self._metrics = metrics
         self._sessions = UpstreamSessions()
+        self._held = HeldStreams()
         self._ids = itertools.count(1)
 
     def new_id(self) -> int:
@@ -187,25 +192,31 @@ class UpstreamClient:
         """The upstream's own stream of messages outside any call (the 2025 GET stream) in the
         caller's upstream session, or None when the upstream has none (or cannot be reached)."""
         upstream = self._upstreams.get(name, server)
+        key = _pool_key(upstream, principal, terms)
+        held: list[HeldStream] = []
 
-        async def get() -> tuple[aiohttp.ClientResponse, UpstreamSession]:
+        async def get() -> tuple[aiohttp.ClientResponse | AsyncIterator[bytes], UpstreamSession]:
             headers = self._headers(server, principal, Outgoing("", {}, terms, request_id))
             # the session is opened as a call would open it (its opening is shared with calls);
             # only the stream itself may stay silent for as long as it likes
             opening = aiohttp.ClientTimeout(total=None, connect=_connect_s(server),
                                             sock_read=server.timeout_ms / 1000)
             session, _ = await self._sessions.get(
-                _pool_key(upstream, principal, terms),
-                lambda: self._open_session(upstream, headers, terms, opening))
-            headers.update({"Accept": "text/event-stream",
-                            "MCP-Protocol-Version": session.protocol_version})
-            if session.session_id is not None:
-                headers["Mcp-Session-Id"] = session.session_id
-            return await upstream.http.get(upstream.server.upstream, headers=headers,
+                key, lambda: self._open_session(upstream, headers, terms, opening, key))
+            adopted = self._held.adopt(key, session)
+            if adopted is not None:  # opened with the session: what it kept comes first
+                held.append(adopted)
+                return adopted.chunks(), session
+            return await upstream.http.get(upstream.server.upstream,
+                                           headers=_stream_headers(headers, session),
                                            timeout=_stream_timeout(server),
                                            allow_redirects=False), session
-        async with self._stream(name, get) as opened:
-            yield opened
+        try:
+            async with self._stream(name, get) as opened:
+                yield opened
+        finally:
+            for stream in held:
+                stream.close()
 
     @asynccontextmanager
     async def subscribe(self, name: str, server: Server, principal: Principal, out: Outgoing
@@ -223,7 +234,7 @@ class UpstreamClient:
 
     @staticmethod
     @asynccontextmanager
-    async def _stream(name: str, open_stream: Callable[[], Awaitable[Stream]]
+    async def _stream(name: str, open_stream: Callable[[], Awaitable[Opened]]
                       ) -> AsyncIterator[Stream | None]:
         """An upstream's event stream while the caller reads it. A stream is a connection, not
         a call: it holds no concurrency slot and judges nothing."""
@@ -233,10 +244,11 @@ class UpstreamClient:
             log.info("upstream stream not opened", extra={"server": name, "reason": str(exc)})
             yield None
             return
+        if not isinstance(response, aiohttp.ClientResponse):  # a held stream's bytes
+            yield response, session
+            return
         try:
-            ok = (response.status == 200 and response.headers.get("Content-Type", "")
-                  .startswith("text/event-stream"))
-            yield (response, session) if ok else None
+            yield (response.content.iter_any(), session) if _is_stream(response) else None
         finally:
             response.close()
 
@@ -273,7 +285,7 @@ class UpstreamClient:
         body = orjson.dumps(message)
         for attempt in (1, 2):
             session, opened = await self._sessions.get(
-                key, lambda: self._open_session(upstream, headers, terms, timeout))
+                key, lambda: self._open_session(upstream, headers, terms, timeout, key))
             if opened:
                 self._metrics.upstream_sessions.labels(upstream.name, "new").inc()
             session_headers = {**headers, "MCP-Protocol-Version": session.protocol_version}
@@ -290,8 +302,10 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def _open_session(self, upstream: Upstream, headers: dict[str, str], client: ClientTerms,
-                            timeout: aiohttp.ClientTimeout) -> UpstreamSession:
-        """``initialize`` then ``notifications/initialized``, as the gateway's own MCP client."""
+                            timeout: aiohttp.ClientTimeout, key: SessionKey) -> UpstreamSession:
+        """``initialize`` then ``notifications/initialized``, as the gateway's own MCP client;
+        then, for a client that can be asked things, the session's GET stream, held until the
+        client's own adopts it (``held_streams.py``)."""
         base = {k: v for k, v in headers.items() if k not in ("Mcp-Method", "Mcp-Name")}
         base.update(json_headers())
         init_id = next(self._ids)
@@ -315,15 +329,54 @@ class UpstreamClient:
         initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         (await self._post(upstream, orjson.dumps(initialized), notify, timeout)).release()
         capabilities = result.get("capabilities") if isinstance(result, dict) else None
-        return UpstreamSession(session_id, version,
-                               capabilities if isinstance(capabilities, dict) else {})
+        session = UpstreamSession(session_id, version,
+                                  capabilities if isinstance(capabilities, dict) else {})
+        if session_id is not None and may_be_asked(client.capabilities):
+            await self._hold_stream(upstream, base, session, timeout, key)
+        return session
+
+    async def _hold_stream(self, upstream: Upstream, headers: dict[str, str],
+                           session: UpstreamSession, timeout: aiohttp.ClientTimeout,
+                           key: SessionKey) -> None:
+        """Open the new session's GET stream before anything is sent on it; an upstream
+        without one (405) or that fails to open it has none to hold."""
+        try:
+            response = await upstream.http.get(
+                upstream.server.upstream, headers=_stream_headers(headers, session),
+                timeout=aiohttp.ClientTimeout(total=None, connect=timeout.connect,
+                                              sock_read=None),
+                allow_redirects=False)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.info("upstream stream not opened", extra={"server": upstream.name,
+                                                          "reason": str(exc)})
+            return
+        if _is_stream(response):
+            self._held.hold(key, response, session)
+        else:
+            response.release()
 
     async def close(self) -> None:
+        self._held.close()
         await self._upstreams.close()
 
 
 def _connect_s(server: Server) -> float:
     return min(10.0, server.timeout_ms / 1000)
+
+
+def _is_stream(response: aiohttp.ClientResponse) -> bool:
+    return (response.status == 200
+            and response.headers.get("Content-Type", "").startswith("text/event-stream"))
+
+
+def _stream_headers(headers: dict[str, str], session: UpstreamSession) -> dict[str, str]:
+    """A GET stream's headers in ``session``."""
+    out = {**{k: v for k, v in headers.items() if k not in ("Content-Type", "Mcp-Method",
+                                                             "Mcp-Name")},
+           "Accept": "text/event-stream", "MCP-Protocol-Version": session.protocol_version}
+    if session.session_id is not None:
+        out["Mcp-Session-Id"] = session.session_id
+    return out
 
 
 def _stream_timeout(server: Server) -> aiohttp.ClientTimeout:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import httpx2
+import orjson
 import pytest
 import yaml
 from mcp.types import (
@@ -15,10 +17,18 @@ from mcp.types import (
     ToolListChangedNotification,
 )
 
-from tests.support.e2e import connect, running_upstream, start_node, text_of, write_test_registry
+from tests.support.e2e import (
+    INITIALIZE,
+    connect,
+    raw,
+    running_upstream,
+    start_node,
+    text_of,
+    write_test_registry,
+)
 
 pytestmark = pytest.mark.e2e
-LATER_TOOLS = ("ask_later", "answers", "grow", "grown")
+LATER_TOOLS = ("ask_later", "answers", "grow", "grown", "ask_aside")
 
 
 @pytest.fixture
@@ -137,3 +147,43 @@ async def test_a_listening_client_hears_when_a_bundle_changes_its_tools(later_no
         with anyio.move_on_after(1.5) as quiet:
             await other.__anext__()
         assert quiet.cancelled_caught  # it asked for prompts only
+
+
+async def test_a_question_sent_before_the_client_listens_is_kept_for_it(later_node):
+    """An upstream asks on its session's own stream as soon as the call starts, before the
+    client has opened its GET stream (an upstream without an event store would drop it): the
+    gateway opened that stream with the session and kept the question for the client's."""
+    token = later_node.idp.token("alice", ["eng"])
+    path = "/servers/tools/mcp"
+    initialize = {**INITIALIZE, "params": {**INITIALIZE["params"],
+                                           "capabilities": {"elicitation": {}}}}
+    session = (await raw(later_node, path, initialize, token)).headers["Mcp-Session-Id"]
+    headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    await raw(later_node, path, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+              token, headers)
+    call = asyncio.get_running_loop().create_task(raw(later_node, path, {
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "ask_aside", "arguments": {"question": "which way?"}}}, token, headers))
+    try:
+        await asyncio.sleep(0.5)  # the upstream has asked by now, on a stream nobody listens to
+        asked = None
+        async with (httpx2.AsyncClient(timeout=10) as http,
+                    http.stream("GET", later_node.url + path, headers={
+                        **headers, "Authorization": f"Bearer {token}",
+                        "Accept": "text/event-stream"}) as stream):
+            with anyio.fail_after(5):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        asked = orjson.loads(line[5:])
+                        break
+        assert asked["method"] == "elicitation/create"
+        assert asked["params"]["message"] == "which way?"
+        answer = await raw(later_node, path, {"jsonrpc": "2.0", "id": asked["id"], "result": {
+            "action": "accept", "content": {"answer": "left"}}}, token, headers)
+        assert answer.status_code == 202
+        with anyio.fail_after(10):
+            result = await call
+        assert "accept: left" in result.text
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
