@@ -3,6 +3,7 @@ issues a sealed session id, ``sealed_sessions.py``), ``ping`` and ``server/disco
 caching terms of results it builds."""
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -86,7 +87,7 @@ class Handshake:
                        if isinstance(info, dict) else {})
         session = Session(principal.subject, principal.kind, principal.acting_for, call.endpoint,
                           version, capabilities if isinstance(capabilities, dict) else {},
-                          client_info, int(time.time()))
+                          client_info, int(time.time()), secrets.token_hex(8))
         try:
             sealed = self._sealer.seal(session)
         except SessionTooLarge as exc:

@@ -69,6 +69,9 @@ class Session:
     capabilities: dict[str, Any]
     client_info: dict[str, Any]
     created: int
+    # random, so two sessions a caller opens in the same second are two (each has its own
+    # upstream sessions); "" in ids sealed before it existed
+    nonce: str = ""
 
     def belongs_to(self, principal: Principal, endpoint: str) -> bool:
         return (self.subject == principal.subject and self.kind == principal.kind
@@ -122,7 +125,7 @@ class SessionSealer:
     def seal(self, session: Session) -> str:
         token = self._seal([session.subject, session.kind, session.acting_for, session.endpoint,
                             session.protocol_version, session.capabilities, session.client_info,
-                            session.created], PREFIX, AAD)
+                            session.created, session.nonce], PREFIX, AAD)
         if len(token) > MAX_SEALED_CHARS:
             raise SessionTooLarge(f"the client's capabilities are too large to carry in a session "
                                   f"id ({len(token)} > {MAX_SEALED_CHARS} characters)")
@@ -133,7 +136,10 @@ class SessionSealer:
         values = self._open(token, PREFIX, AAD)
         if values is None:
             return None
-        session = Session(*values)
+        try:
+            session = Session(*values)
+        except TypeError:  # a format this node does not know
+            return None
         if time.time() - session.created > self.max_age_s:
             return None
         return session

@@ -49,6 +49,7 @@ class GatewayTerms:
     protocol_version: str = LATEST_HANDSHAKE_VERSION
     capabilities: dict[str, Any] = field(default_factory=dict)
     created: int = 0
+    nonce: str = ""
 
 
 GATEWAY_SESSION = GatewayTerms()

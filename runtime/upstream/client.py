@@ -60,6 +60,9 @@ class ClientTerms(Protocol):
     @property
     def created(self) -> int: ...
 
+    @property
+    def nonce(self) -> str: ...
+
 
 # an upstream's open event stream (its bytes as they come), and the 2025-era upstream session it
 # belongs to (if any)
@@ -387,4 +390,4 @@ def _stream_timeout(server: Server) -> aiohttp.ClientTimeout:
 def _pool_key(upstream: Upstream, principal: Principal, terms: ClientTerms) -> SessionKey:
     """Which pooled upstream session a client session's requests go through."""
     return session_key(upstream.name, upstream.server.upstream, principal, terms.protocol_version,
-                       terms.capabilities, terms.created)
+                       terms.capabilities, terms.created, terms.nonce)

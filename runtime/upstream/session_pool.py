@@ -31,17 +31,17 @@ class UpstreamSession:
     capabilities: dict[str, Any] = field(default_factory=dict, compare=False)  # the upstream's own
 
 
-SessionKey = tuple[str, str, str, str, str | None, str, str, int]
+SessionKey = tuple[str, str, str, str, str | None, str, str, int, str]
 
 
 def session_key(server: str, upstream: str, principal: Principal, version: str,
-                capabilities: dict[str, Any], created: int = 0) -> SessionKey:
-    """One upstream session per client session (``created``: when the client's session began;
-    0 for the gateway's own): what an upstream keeps per session (its GET stream, subscriptions,
-    log level, requests it waits on) then belongs to one client."""
+                capabilities: dict[str, Any], created: int = 0, nonce: str = "") -> SessionKey:
+    """One upstream session per client session (``created``: when the client's session began, and
+    its ``nonce``; 0 and "" for the gateway's own): what an upstream keeps per session (its GET
+    stream, subscriptions, log level, requests it waits on) then belongs to one client."""
     caps = hashlib.sha256(orjson.dumps(capabilities, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return (server, upstream, principal.subject, principal.kind, principal.acting_for, version,
-            caps, created)
+            caps, created, nonce)
 
 
 def initialize_params(version: str, capabilities: dict[str, Any]) -> dict[str, Any]:
