@@ -108,6 +108,15 @@ class ApprovalSettings(_Frozen):
     approvers: Audience
 
 
+class PinnedTool(_Frozen):
+    """A tool's definition as its owners reviewed it (``gwc pin``, ``registry/<server>.tools.json``):
+    what ``tools/list`` serves instead of the upstream's live text, and what arguments are checked
+    against (``gwc.runtime.bundle.tool_definitions``)."""
+
+    definition: dict[str, Any]  # title, description, inputSchema, outputSchema, annotations
+    digest: str  # definition_digest(definition): what a live definition is compared with
+
+
 class Tool(_Frozen):
     access: Access
     mode: Mode
@@ -117,6 +126,7 @@ class Tool(_Frozen):
     allow: tuple[int, ...] = ()
     deny: tuple[int, ...] = ()
     sensitive: tuple[str, ...] = ()  # top-level argument names masked in what approvals store
+    pinned: PinnedTool | None = None  # None: the upstream's live definition is served, unchecked
 
 
 class UpstreamAuth(_Frozen):
@@ -140,6 +150,9 @@ class Server(_Frozen):
     timeout_ms: int
     max_concurrency: int
     upstream_auth: UpstreamAuth
+    # what a node does with a pinned tool whose live definition drifted from its pin: hide and
+    # refuse it (tool_changed), or serve the pinned definition and report the drift
+    drift: Literal["refuse", "report"] = "refuse"
 
     @cached_property
     def rule_index_range(self) -> tuple[int, int]:
@@ -199,6 +212,7 @@ class GatewaySettings(_Frozen):
     audit: AuditSettings
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides the gateway's own
     sign_in: SignIn | None = None
+    drift_recheck_s: int = 60  # how often a node re-reads the live tools of pinned upstreams
 
 
 class BundlePayload(_Frozen):
