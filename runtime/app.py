@@ -95,6 +95,7 @@ class Gateway:
             Upstreams(self.metrics, connect), self.credentials, self.metrics), self.sealer, self.state,
             self.auditor, self.metrics, self.list_changed, config.public_url)
         self.store.on_activate(self.list_changed.bundle_changed)
+        self.store.on_activate(self.mcp.contracts.bundle_changed)
         self.store.on_activate(self._audit_settings)
         self._origins: frozenset[str] = frozenset({origin_of(config.public_url)})
         self.store.on_activate(self._origin_settings)
@@ -179,6 +180,7 @@ class Gateway:
         or hanging store must not keep /healthz from answering, so after that it loads on."""
         if self.config.audit is not None:
             self.auditor.start(self.config.audit, self.config.audit_max_bytes)
+        self.mcp.contracts.start()
         first_load = asyncio.Event()
         self._poll_task = asyncio.create_task(self._load_and_poll(first_load),
                                               name="gwc-bundle-poller")

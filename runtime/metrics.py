@@ -48,6 +48,11 @@ class Metrics:
         self.catalog_fetches = Counter("gwc_catalog_fetches_total", "Upstream list fetches for the "
                                        "aggregate endpoint, by result.", ["server", "result"],
                                        registry=r)
+        self.tool_drift = Counter("gwc_tool_drift_total", "Changes of a pinned tool's live "
+                                  "definition away from its pin, as this node saw them.",
+                                  ["server", "tool"], registry=r)
+        self.tool_drifted = Gauge("gwc_tool_drifted", "1 while a pinned tool's live definition "
+                                  "differs from its pin, else 0.", ["server", "tool"], registry=r)
         self.open_streams = Gauge("gwc_list_changed_streams", "Open GET streams waiting for "
                                   "notifications/tools/list_changed.", registry=r)
 

@@ -10,9 +10,11 @@ from typing import Any, Literal, get_args
 from gwc.runtime.policy.decide import Decision, Principal
 
 # What a record's ``decision`` says: a policy effect, or what the gateway made of it (a shadow-mode
-# denial that went through, an approval awaited or redeemed, a rate limit, a break-glass bypass).
+# denial that went through, an approval awaited or redeemed, a rate limit, a break-glass bypass),
+# or a tool contract that refused the call before policy (arguments breaking the pinned schema, a
+# definition that drifted from its pin).
 RecordedDecision = Literal["allow", "deny", "would_deny", "not_found", "approval_required", "approved",
-                           "rate_limited", "bypass"]
+                           "rate_limited", "bypass", "invalid_params", "tool_changed"]
 DECISIONS: tuple[RecordedDecision, ...] = get_args(RecordedDecision)
 
 

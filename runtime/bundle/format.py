@@ -12,7 +12,9 @@ import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from gwc.runtime.bundle.tool_definitions import input_validator
 
 FORMAT_V1 = "gwc.bundle/v1"
 KNOWN_FORMATS = (FORMAT_V1,)
@@ -111,10 +113,22 @@ class ApprovalSettings(_Frozen):
 class PinnedTool(_Frozen):
     """A tool's definition as its owners reviewed it (``gwc pin``, ``registry/<server>.tools.json``):
     what ``tools/list`` serves instead of the upstream's live text, and what arguments are checked
-    against (``gwc.runtime.bundle.tool_definitions``)."""
+    against (``gwc.runtime.bundle.tool_definitions``).
+
+    The input schema's validator is compiled when the bundle is read (in the loader's worker
+    thread, never on a request), so a schema no node can compile refuses the whole bundle."""
 
     definition: dict[str, Any]  # title, description, inputSchema, outputSchema, annotations
     digest: str  # definition_digest(definition): what a live definition is compared with
+    _validator: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        self._validator = input_validator(self.definition.get("inputSchema"))
+
+    @property
+    def validator(self) -> Any:
+        """The compiled input schema (a ``jsonschema_rs`` validator)."""
+        return self._validator
 
 
 class Tool(_Frozen):

@@ -1,5 +1,6 @@
-"""Whether a request may go on: visibility, policy, break-glass, limits and approvals, decided in that
-order into one :class:`Verdict` before anything reaches an upstream (DESIGN rule 6).
+"""Whether a request may go on: visibility, the tool's contract (``contracts.py``), policy,
+break-glass, limits and approvals, decided in that order into one :class:`Verdict` before anything
+reaches an upstream (DESIGN rule 6).
 
 Admission records nothing and counts nothing (``recording.py`` does, from the verdict). What it does
 change is what deciding spends by nature: a call that passes its limits uses them, and an approval is
@@ -24,6 +25,7 @@ from gwc.runtime.governance.backend import StateUnavailable
 from gwc.runtime.governance.bypasses import Bypass, is_break_glass
 from gwc.runtime.governance.limits import limits_for
 from gwc.runtime.governance.state import State
+from gwc.runtime.mcp.contracts import Contracts
 from gwc.runtime.mcp.routes import AGGREGATE, Call, Target
 from gwc.runtime.policy.decide import Decision, Principal, decide_on, visible_server
 from gwc.runtime.protocol.errors import (
@@ -34,6 +36,7 @@ from gwc.runtime.protocol.errors import (
     NOT_FOUND,
     RATE_LIMITED,
     STATE_UNAVAILABLE,
+    TOOL_CHANGED,
     RpcError,
 )
 from gwc.runtime.protocol.wire import NAMED_PARAM
@@ -92,8 +95,8 @@ def policy_outcome(decision: Decision, bypass: Bypass | None) -> RecordedDecisio
 
 
 class Admission:
-    def __init__(self, state: State, public_url: str) -> None:
-        self._state = state
+    def __init__(self, state: State, public_url: str, contracts: Contracts) -> None:
+        self._state, self._contracts = state, contracts
         self._public_url = public_url  # where approvers are sent to approve
 
     async def wall(self, bundle: Bundle, principal: Principal, server: str
@@ -119,7 +122,9 @@ class Admission:
         return await self._passed(call, target)
 
     async def _tool(self, call: Call, target: Target) -> Verdict:
-        """A tools/call: policy, then break-glass, then limits, then approvals."""
+        """A tools/call: its contract, then policy, then break-glass, then limits, then
+        approvals. A contract holds under break-glass too: a bypass opens policy, not a tool
+        nobody reviewed or arguments the tool does not take."""
         name, tool = target.name, target.named
         if not isinstance(tool, str):
             return Verdict(name, None, None, refusal=RpcError(INVALID_REQUEST, "tools/call needs "
@@ -134,6 +139,16 @@ class Admission:
         outcome = policy_outcome(decision, bypass)
         verdict = Verdict(name, outcome, outcome, tool, tool, decision,
                           spec.access if spec is not None else None, arguments, bypass)
+        if spec is not None and spec.pinned is not None and decision.effect != "not_found":
+            assert target.server is not None
+            unchecked = await self._contracts.ready(bundle, name, target.server)
+            if unchecked is not None:
+                return verdict.refuse(None, "upstream_unavailable", unchecked)
+            broken = self._contracts.refusal(name, target.server, tool, spec.pinned, arguments)
+            if broken is not None:
+                refused: RecordedDecision = ("tool_changed" if broken.code == TOOL_CHANGED
+                                             else "invalid_params")
+                return verdict.refuse(refused, refused, broken)
         if bypass is not None:
             return verdict
         if decision.effect == "not_found":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gwc.runtime.bundle.format import Tool
 from gwc.runtime.bundle.read import Bundle
+from gwc.runtime.mcp.contracts import Contracts
 from gwc.runtime.policy.decide import Principal, listed_everywhere, visible_server
 from gwc.runtime.policy.names import (
     SEPARATOR,
@@ -27,19 +27,9 @@ from gwc.runtime.upstream.catalog import UpstreamCatalog
 URI_FIELDS = {"resources": "uri", "resourceTemplates": "uriTemplate"}
 
 
-def with_manifest_annotations(tool: dict[str, Any], spec: Tool, name: str) -> dict[str, Any]:
-    """The upstream's tool under ``name``, its hints set from the manifest: clients must not trust
-    an upstream's own claims about what a tool does. Only the upstream's title is kept."""
-    upstream = tool.get("annotations")
-    annotations = ({"title": upstream["title"]}
-                   if isinstance(upstream, dict) and "title" in upstream else {})
-    annotations.update(readOnlyHint=spec.access == "read", destructiveHint=spec.access == "write")
-    return {**tool, "name": name, "annotations": annotations}
-
-
 class Aggregate:
-    def __init__(self, catalog: UpstreamCatalog) -> None:
-        self._catalog = catalog
+    def __init__(self, catalog: UpstreamCatalog, contracts: Contracts) -> None:
+        self._catalog, self._contracts = catalog, contracts
         # the active bundle's declared tools by aggregate name, and the names by tool: built once
         # per bundle, so a list or a call does not recompute names
         self._names: tuple[Bundle | None, dict[str, ToolRef], dict[ToolRef, str]] = (None, {}, {})
@@ -74,12 +64,14 @@ class Aggregate:
         names = self._tool_names(bundle)[1]
         out = []
         for server, upstream_tools in lists.items():
-            specs = bundle.payload.servers[server].tools
+            spec = bundle.payload.servers[server]
             wanted = set(entitled[server])
             for tool in upstream_tools:
                 name = tool.get("name")
                 if name in wanted:
-                    out.append(with_manifest_annotations(tool, specs[name], names[server, name]))
+                    shown = self._contracts.view(server, spec, tool, names[server, name])
+                    if shown is not None:
+                        out.append(shown)
         return out
 
     async def offering(self, bundle: Bundle, principal: Principal, capability: str) -> list[str]:

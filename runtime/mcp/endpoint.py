@@ -24,6 +24,7 @@ from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.state import State
 from gwc.runtime.mcp.admission import Admission
 from gwc.runtime.mcp.aggregate import Aggregate
+from gwc.runtime.mcp.contracts import Contracts
 from gwc.runtime.mcp.fan_in import MAX_FAN_IN, Source, merged, screen
 from gwc.runtime.mcp.handshake import SESSION_HEADER, Handshake, built_result
 from gwc.runtime.mcp.list_changed import UPSTREAM_OPEN_S, ListChangedStreams
@@ -61,16 +62,18 @@ class McpEndpoint:
         self._caller, self._sealer, self._list_changed = caller, sealer, list_changed
         self._active = active
         self._catalog = catalog = UpstreamCatalog(client, metrics)
-        self.aggregate = Aggregate(catalog)
+        self.contracts = Contracts(catalog, auditor, metrics, active)
+        self.aggregate = Aggregate(catalog, self.contracts)
         self.recording = Recording(auditor, metrics, active)
         self.handshake = Handshake(sealer, self.recording, catalog)
         self.routes = Routes(self.aggregate)
-        self.admission = Admission(state, public_url)
-        self.relay = Relay(client, self.recording, auditor, metrics, sealer)
+        self.admission = Admission(state, public_url, self.contracts)
+        self.relay = Relay(client, self.recording, auditor, metrics, sealer, self.contracts)
         self.subscriptions = Subscriptions(self.relay, self.aggregate, catalog, self.recording,
                                            list_changed, active)
 
     async def close(self) -> None:
+        await self.contracts.close()
         await self.relay.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from aiohttp import web
 from gwc.runtime.audit.record import Outcome
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.mcp.admission import Verdict
-from gwc.runtime.mcp.aggregate import with_manifest_annotations
+from gwc.runtime.mcp.contracts import Contracts
 from gwc.runtime.mcp.disconnects import Disconnects
 from gwc.runtime.mcp.handshake import SESSION_HEADER
 from gwc.runtime.mcp.recording import Recording
@@ -62,8 +62,8 @@ CANCEL_TIMEOUT_MS = 5000
 
 class Relay:
     def __init__(self, client: UpstreamClient, recording: Recording, auditor: Auditor,
-                 metrics: Metrics, sealer: SessionSealer) -> None:
-        self.client, self._sealer = client, sealer
+                 metrics: Metrics, sealer: SessionSealer, contracts: Contracts) -> None:
+        self.client, self._sealer, self._contracts = client, sealer, contracts
         self._recording, self._auditor, self._metrics = recording, auditor, metrics
         self._in_flight: dict[tuple[str, Any], InFlight] = {}
         self._disconnects = Disconnects()
@@ -114,8 +114,9 @@ class Relay:
                                        server.tools[target.named].timeout_ms)
         rewrite = target.rewrite
         if call.method == "tools/list":  # only on a per-server endpoint: the aggregate lists here
-            rewrite = _tools_filter(server, set(server.tools) if verdict.bypass else set(
-                listed_on(call.bundle.payload, target.visible, call.principal)))
+            rewrite = self._tools_filter(call, target.name, server, set(server.tools)
+                                         if verdict.bypass else set(listed_on(
+                                             call.bundle.payload, target.visible, call.principal)))
         return await self._forward(call, target.name, server, target.message, None,
                                    server.timeout_ms, rewrite)
 
@@ -192,6 +193,23 @@ class Relay:
     async def close(self) -> None:
         await self._disconnects.close()
         await self.client.close()
+
+    def _tools_filter(self, call: Call, name: str, server: Server, listed: set[str]) -> Rewrite:
+        """Keep declared tools the caller sees, as ``contracts.py`` shows them (the pinned
+        definition, hints from the manifest), the upstream's list compared with the pins."""
+
+        def rewrite(message: dict[str, Any]) -> dict[str, Any]:
+            result = message.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                return message
+            self._contracts.observe(call.bundle, name, result["tools"])
+            shown = (self._contracts.view(name, server, t, t["name"]) for t in result["tools"]
+                     if isinstance(t, dict) and t.get("name") in listed)
+            filtered = {**result, "tools": [t for t in shown if t is not None]}
+            if "cacheScope" in result:  # the list is this caller's now, whatever upstream said
+                filtered["cacheScope"] = "private"
+            return {**message, "result": filtered}
+        return rewrite
 
     def _outgoing(self, call: Call, message: dict[str, Any], tool: str | None) -> Outgoing:
         request = call.request
@@ -333,19 +351,3 @@ def _chain(first: Rewrite | None, second: Rewrite | None) -> Rewrite | None:
     if first is None or second is None:
         return first or second
     return lambda message: second(first(message))
-
-
-def _tools_filter(server: Server, listed: set[str]) -> Rewrite:
-    """Keep declared tools the caller sees; hints from the manifest, not the upstream."""
-
-    def rewrite(message: dict[str, Any]) -> dict[str, Any]:
-        result = message.get("result")
-        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-            return message
-        kept = [with_manifest_annotations(t, server.tools[t["name"]], t["name"])
-                for t in result["tools"] if isinstance(t, dict) and t.get("name") in listed]
-        filtered = {**result, "tools": kept}
-        if "cacheScope" in result:  # the list is this caller's now, whatever upstream said
-            filtered["cacheScope"] = "private"
-        return {**message, "result": filtered}
-    return rewrite

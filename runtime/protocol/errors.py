@@ -27,6 +27,10 @@ RATE_LIMITED = -32029  # data.retry_after_s says when to try again
 AUDIT_UNAVAILABLE = -32031  # the audit record cannot be written (audit failure mode: closed)
 STATE_UNAVAILABLE = -32032  # approvals need the shared state backend, and it is unreachable
 TOO_MANY_APPROVALS = -32033  # the caller's approvals waiting for a decision are at their cap
+TOOL_CHANGED = -32034  # a pinned tool's live definition is not the reviewed one (drift: refuse)
+# arguments that break a pinned input schema: reason invalid_params, like a malformed request's,
+# but its own code, since it is answered to the model as a tool result (mcp/refusals.py)
+ARGUMENTS_INVALID = -32035
 
 REASONS = {
     PARSE_ERROR: "parse_error", INVALID_REQUEST: "invalid_request",
@@ -38,6 +42,7 @@ REASONS = {
     RATE_LIMITED: "rate_limited", AUDIT_UNAVAILABLE: "audit_unavailable",
     TOO_MANY_APPROVALS: "too_many_approvals",
     STATE_UNAVAILABLE: "state_unavailable", FORBIDDEN_ORIGIN: "origin_not_allowed",
+    TOOL_CHANGED: "tool_changed", ARGUMENTS_INVALID: "invalid_params",
 }
 
 

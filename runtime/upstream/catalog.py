@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +55,10 @@ class GatewayTerms:
 
 GATEWAY_SESSION = GatewayTerms()
 METHODS: dict[ListKind, str] = {kind: method for method, kind in LIST_METHODS.items()}
+# told each tools list fetched (the bundle it was fetched under, the server, its tools)
+ToolsListener = Callable[[Bundle, str, tuple[dict[str, Any], ...]], None]
+# told each time an upstream says its tools changed (the server)
+ChangeListener = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,14 @@ class UpstreamCatalog:
         # they were learnt under; until when they hold)
         self._capabilities: dict[str, tuple[dict[str, Any] | None, str, float]] = {}
         self._learning: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._tools_listeners: list[ToolsListener] = []
+        self._change_listeners: list[ChangeListener] = []
+
+    def on_tools(self, fetched: ToolsListener, changed: ChangeListener) -> None:
+        """Tell ``fetched`` every tools list this catalog fetches, and ``changed`` every time an
+        upstream says its tools changed (``contracts.py`` compares them with pins)."""
+        self._tools_listeners.append(fetched)
+        self._change_listeners.append(changed)
 
     async def capabilities(self, bundle: Bundle, name: str) -> dict[str, Any] | None:
         """The server capabilities the upstream announced in its own ``initialize`` answer (to
@@ -149,6 +162,18 @@ class UpstreamCatalog:
     def changed(self, name: str, kind: ListKind) -> None:
         """The upstream said its ``kind`` list changed: the next listing fetches it again (the
         old entry still serves if that fetch is late)."""
+        self._stale(name, kind)
+        if kind == "tools":
+            for listener in self._change_listeners:
+                listener(name)
+
+    async def refresh(self, bundle: Bundle, names: list[str], kind: ListKind) -> None:
+        """Fetch these lists again now, whatever their age (waiting as :meth:`lists` does)."""
+        for name in names:
+            self._stale(name, kind)
+        await self.lists(bundle, names, kind)
+
+    def _stale(self, name: str, kind: ListKind) -> None:
         entry = self._entries.get((name, kind))
         if entry is not None:
             self._entries[name, kind] = replace(entry, fetched_at=-LIST_TTL_S)
@@ -185,6 +210,9 @@ class UpstreamCatalog:
             items, result = [], "unsupported"
         self._metrics.catalog_fetches.labels(name, result).inc()
         entry = self._entries[(name, kind)] = Entry(tuple(items), bundle.digest, time.monotonic())
+        if kind == "tools":
+            for listener in self._tools_listeners:
+                listener(bundle, name, entry.items)
         return entry
 
     async def _fetch_all_pages(self, name: str, server: Server, kind: ListKind
