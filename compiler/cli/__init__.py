@@ -1,6 +1,6 @@
-"""The ``gwc`` command line: validate, build, verify, inspect and diff bundles; read audit trails;
-approvals and bypasses; client configs; the local bridge and signing in. One module per group of
-commands, gathered here.
+"""The ``gwc`` command line: validate, build, verify, inspect and diff bundles; pin tool definitions;
+read audit trails; approvals and bypasses; client configs; the local bridge and signing in. One
+module per group of commands, gathered here.
 
 Exit codes: 0 success, 1 the input is invalid or a check failed, 2 usage error.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from gwc.compiler.cli import clients, connect, dev, registry
+from gwc.compiler.cli import clients, connect, dev, pin, registry
 from gwc.compiler.cli.admin import approvals, bypass
 from gwc.compiler.cli.audit import audit
 
@@ -19,6 +19,6 @@ def main() -> None:
     """gwc: compile an MCP server registry into one signed bundle, and inspect bundles."""
 
 
-for command in (*registry.COMMANDS, audit, *dev.COMMANDS, *clients.COMMANDS, *connect.COMMANDS,
-                approvals, bypass):
+for command in (*registry.COMMANDS, *pin.COMMANDS, audit, *dev.COMMANDS, *clients.COMMANDS,
+                *connect.COMMANDS, approvals, bypass):
     main.add_command(command)
