@@ -54,6 +54,7 @@ def _previous(path: Path) -> tuple[dict[str, Any], str | None]:
 
 
 def _changed_fields(old: Any, new: dict[str, Any]) -> list[str]:
+    """The definition fields that differ, compared as JSON (so ``1`` is not ``true``)."""
     if not isinstance(old, dict):
         return ["definition"]
     return [f for f in DEFINITION_FIELDS if canonical_json(old.get(f)) != canonical_json(new.get(f))]
