@@ -3,19 +3,24 @@
 Everything is resolved here, once: audiences become sorted sets, modes and limits are resolved per
 tool (tool > server > gateway default), approvers default to the owner team, and each tool gets the
 indexes of exactly the allow and deny rules that can apply to it (server, tool and access class all
-match). The payload is built as plain data in the shape of ``gwc.runtime.bundle.format`` with default
-values left out, then validated once against that model before anything is signed.
+match); a pinned tool carries its lock's definition and that definition's digest. The payload is
+built as plain data in the shape of ``gwc.runtime.bundle.format`` with default values left out (so a
+setting added later changes no bundle that does not use it), then validated once against that model
+before anything is signed.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from gwc.compiler.build.models import GatewayConfig, ServerManifest
-from gwc.compiler.build.entries import RuleEntry
+from pydantic import BaseModel
+
+from gwc.compiler.build.entries import RuleEntry, ServerEntry
+from gwc.compiler.build.models import GatewayConfig
 from gwc.compiler.build.registry import Registry
-from gwc.runtime.bundle.format import FORMAT_V1, BundlePayload
 from gwc.runtime.bundle.canonical import canonical_json
+from gwc.runtime.bundle.format import FORMAT_V1, BundlePayload, GatewaySettings, Server
+from gwc.runtime.bundle.tool_definitions import definition_digest
 
 Data = dict[str, Any]
 
@@ -23,6 +28,12 @@ Data = dict[str, Any]
 def _compact(data: Data) -> Data:
     """Leave out unset optional fields (None, False, empty): the runtime model supplies defaults."""
     return {k: v for k, v in data.items() if v is not None and v is not False and v != [] and v != {}}
+
+
+def _unless_default(model: type[BaseModel], name: str, value: Any) -> Any:
+    """``value``, or None (left out) when it is the runtime model's default: a setting added
+    later changes no bundle that does not use it."""
+    return None if value == model.model_fields[name].default else value
 
 
 def audience(entries: list[str]) -> Data:
@@ -53,8 +64,15 @@ def _rule(entry: RuleEntry) -> Data:
         "source": entry.where})
 
 
-def _server(manifest: ServerManifest, source: str, gateway: GatewayConfig, rules: list[Data],
-            indexes: list[int]) -> Data:
+def _pinned(definition: dict[str, Any] | None) -> Data | None:
+    """The lock's definition as written (what nodes serve) and its digest (what they compare)."""
+    if definition is None:
+        return None
+    return {"definition": definition, "digest": definition_digest(definition)}
+
+
+def _server(entry: ServerEntry, gateway: GatewayConfig, rules: list[Data], indexes: list[int]) -> Data:
+    manifest = entry.manifest
     tools = {}
     for name, spec in sorted(manifest.tools.items()):
         server_mode = getattr(manifest.mode, spec.access) if manifest.mode else None
@@ -71,14 +89,16 @@ def _server(manifest: ServerManifest, source: str, gateway: GatewayConfig, rules
             "timeout_ms": spec.timeout_ms or manifest.timeout_ms,
             "allow": [i for i in applicable if rules[i]["effect"] == "allow"],
             "deny": [i for i in applicable if rules[i]["effect"] == "deny"],
-            "sensitive": sorted(set(spec.sensitive))})
+            "sensitive": sorted(set(spec.sensitive)), "pinned": _pinned(entry.pins.get(name))})
+    drift = manifest.drift or gateway.tool_contracts.drift
     return _compact({
         "owner": manifest.owner, "upstream": manifest.upstream, "description": manifest.description,
-        "source": source, "visibility": audience(manifest.visibility),
+        "source": entry.source.rel, "visibility": audience(manifest.visibility),
         "restricted": any(rules[i]["effect"] == "allow" for i in indexes), "tools": tools,
         "limits": _compact(manifest.limits.model_dump()) if manifest.limits else None,
         "timeout_ms": manifest.timeout_ms, "max_concurrency": manifest.max_concurrency,
-        "upstream_auth": manifest.upstream_auth.model_dump()})  # scheme null means "no scheme"
+        "upstream_auth": manifest.upstream_auth.model_dump(),  # scheme null means "no scheme"
+        "drift": _unless_default(Server, "drift", drift)})
 
 
 def _gateway(gateway: GatewayConfig, registry: Registry) -> Data:
@@ -93,7 +113,9 @@ def _gateway(gateway: GatewayConfig, registry: Registry) -> Data:
         "default_mode": gateway.default_mode,
         "audit": gateway.audit.model_dump(exclude_none=True),
         **_compact({"allowed_origins": sorted(set(gateway.allowed_origins)),
-                    "sign_in": gateway.sign_in.model_dump() if gateway.sign_in else None})}
+                    "sign_in": gateway.sign_in.model_dump() if gateway.sign_in else None,
+                    "drift_recheck_s": _unless_default(GatewaySettings, "drift_recheck_s",
+                                                       gateway.tool_contracts.recheck_s)})}
 
 
 def compile_data(registry: Registry, serial: int, revision: str) -> Data:
@@ -106,8 +128,7 @@ def compile_data(registry: Registry, serial: int, revision: str) -> Data:
     for i, rule in enumerate(rules):
         if rule["server"] != "*":
             by_server[rule["server"]].append(i)
-    servers = {name: _server(entry.manifest, entry.source.rel, registry.gateway, rules,
-                             sorted(by_server.get(name, []) + everywhere))
+    servers = {name: _server(entry, registry.gateway, rules, sorted(by_server.get(name, []) + everywhere))
                for name, entry in sorted(registry.servers.items())}
     return {"format": FORMAT_V1, "serial": serial, "revision": revision,
             "source_digest": registry.source_digest(), "gateway": _gateway(registry.gateway, registry),

@@ -2,7 +2,8 @@
 (its own module so the checks and the registry loader both use it without importing each other)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from gwc.compiler.build.models import PolicyRule, ServerManifest
 from gwc.compiler.build.sources import SourceFile
@@ -12,6 +13,10 @@ from gwc.compiler.build.sources import SourceFile
 class ServerEntry:
     manifest: ServerManifest
     source: SourceFile
+    # registry/<server>.tools.json, when there is one, and the definitions it pins by tool name
+    # (as written: that text is what the bundle carries and nodes serve)
+    lock: SourceFile | None = None
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

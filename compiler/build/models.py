@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
-                      model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 Access = Literal["read", "write"]
 Mode = Literal["enforce", "shadow"]
@@ -25,6 +24,15 @@ RULE_ID = r"^[A-Za-z0-9._:/#-]{1,128}$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
 # An origin as browsers send it: scheme, lowercase host, a port only when not the default.
 ORIGIN = r"^https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$"
+
+PinPolicy = Literal["required", "optional"]
+DriftAction = Literal["refuse", "report"]
+PIN_DOC = ("`required`: every declared tool must be pinned in registry/<server>.tools.json (written "
+           "by `gwc pin <server>`), or validation fails; `optional`: tools without a pin are served "
+           "as the upstream lists them, unchecked.")
+DRIFT_DOC = ("What nodes do when an upstream's live definition of a pinned tool differs from its pin: "
+             "`refuse` hides the tool and refuses its calls while it differs; `report` keeps serving "
+             "the pinned definition, lets calls through and reports the drift.")
 
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_MAX_CONCURRENCY = 32
@@ -125,6 +133,10 @@ class ServerManifest(Strict):
     timeout_ms: int = Field(default=DEFAULT_TIMEOUT_MS, ge=100, le=300_000)
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000)
     upstream_auth: UpstreamAuth = Field(default_factory=GatewayJwtAuth)
+    pin: PinPolicy | None = Field(default=None, description=PIN_DOC + " Default: gateway.yaml "
+                                  "tool_contracts.pin.")
+    drift: DriftAction | None = Field(default=None, description=DRIFT_DOC + " Default: gateway.yaml "
+                                      "tool_contracts.drift.")
 
 
 class ConditionOps(Strict):
@@ -315,6 +327,15 @@ class SignInSettings(Strict):
         return self
 
 
+class ToolContractSettings(Strict):
+    """Gateway-wide defaults for pinned tool definitions (a manifest's pin and drift override them)."""
+
+    pin: PinPolicy = Field(default="optional", description=PIN_DOC)
+    drift: DriftAction = Field(default="refuse", description=DRIFT_DOC)
+    recheck_s: int = Field(default=60, ge=10, le=3600, description="How often nodes re-read the "
+                           "live tools of pinned upstreams to notice drift, in seconds.")
+
+
 class GatewayConfig(Strict):
     schema_: str | None = Field(default=None, alias="$schema")
     identity: IdentitySettings
@@ -330,9 +351,34 @@ class GatewayConfig(Strict):
     sign_in: SignInSettings | None = Field(default=None, description="The gateway's own "
                                            "authorization server: MCP clients sign in through "
                                            "it, users log in at the IdP (docs/security.md).")
+    tool_contracts: ToolContractSettings = Field(
+        default_factory=ToolContractSettings, description="Pinned tool definitions: whether "
+        "servers must pin their tools, and what nodes do when an upstream drifts from its pins "
+        "(docs/manifest.md).")
+
+
+class ToolDefinition(Strict):
+    """A pinned definition in a lock file: the fields of ``DEFINITION_FIELDS``
+    (``gwc.runtime.bundle.tool_definitions``), the part of an MCP tool a model reads."""
+
+    title: str | None = None
+    description: str | None = None
+    inputSchema: dict[str, Any]  # MCP's own field names
+    outputSchema: dict[str, Any] | None = None
+    annotations: dict[str, Any] | None = None
+
+
+class ToolLock(Strict):
+    """``registry/<server>.tools.json`` as ``gwc pin`` writes it (``gwc.compiler.build.locks``);
+    each definition is checked on its own (a ``ToolDefinition``), so one bad tool hides no other."""
+
+    comment: str | None = Field(default=None, alias="$comment")
+    server: str
+    tools: dict[str, Any]
 
 
 ALL_FIELD_NAMES = sorted({name for model in (
     ServerManifest, ToolManifest, ServerLimits, ModeByAccess, StaticEnvAuth, ConditionOps, Conditions,
     RuleSubject, RuleResource, PolicyRule, IdentitySettings, BreakGlassSettings, AuditSettings,
-    GatewayConfig, SignInSettings, OAuthClientSettings) for name in model.model_fields} | {"in", "$schema"})
+    GatewayConfig, SignInSettings, OAuthClientSettings, ToolContractSettings, ToolDefinition,
+    ToolLock) for name in model.model_fields} | {"in", "$schema", "$comment"})

@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from gwc.compiler.build import checks
+from gwc.compiler.build import checks, contracts
 from gwc.compiler.build.diagnostics import Diagnostic
 from gwc.compiler.build.entries import RuleEntry, ServerEntry
+from gwc.compiler.build.locks import is_lock
 from gwc.compiler.build.models import GatewayConfig, PolicyRule, ServerManifest
 from gwc.compiler.build.schema_errors import validate
 from gwc.compiler.build.sources import ResolvedTags, SourceFile, load_source
@@ -110,7 +111,8 @@ def _embed_jwks(registry: Registry, gateway: GatewayConfig, source: SourceFile) 
         return
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         registry.diagnostics.append(source.diag(
-            loc, "jwks", f"jwks_file {name!r} is not a JWK Set (expected an object with a non-empty 'keys' list)"))
+            loc, "jwks", f"jwks_file {name!r} is not a JWK Set (expected an object with a non-empty "
+                         "'keys' list)"))
         return
     registry.jwks_rel = _rel(path, registry.root.resolve())
     registry.files[registry.jwks_rel] = raw
@@ -126,6 +128,7 @@ class _Parsed:
     diagnostics: list[Diagnostic]
     manifest: ServerManifest | None = None
     rules: list[tuple[int, int, PolicyRule]] = field(default_factory=list)  # (index, line, rule)
+    pins: contracts.Definitions | None = None  # a lock file's pinned definitions
 
 
 def _parse_manifest(path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
@@ -160,8 +163,19 @@ def _parse_policy(path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
     return parsed
 
 
+def _parse_lock(path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
+    source, diags = load_source(path, rel, resolved)
+    if source is None:
+        return _Parsed(path, None, diags)
+    pins, errors = contracts.read_lock(source)
+    return _Parsed(path, source, diags + errors, pins=pins)
+
+
+_PARSERS = {"manifest": _parse_manifest, "policy": _parse_policy, "lock": _parse_lock}
+
+
 def _parse(kind: str, path: Path, rel: str, resolved: ResolvedTags) -> _Parsed:
-    return (_parse_manifest if kind == "manifest" else _parse_policy)(path, rel, resolved)
+    return _PARSERS[kind](path, rel, resolved)
 
 
 def _discover(registry: Registry) -> list[tuple[str, Path, str]]:
@@ -169,7 +183,7 @@ def _discover(registry: Registry) -> list[tuple[str, Path, str]]:
     folder = root / "registry"
     jobs: list[tuple[str, Path, str]] = []
     if folder.is_dir():
-        jobs += [("manifest", p, _rel(p, root)) for p in sorted(folder.iterdir())
+        jobs += [("lock" if is_lock(p) else "manifest", p, _rel(p, root)) for p in sorted(folder.iterdir())
                  if p.suffix in MANIFEST_SUFFIXES and p.is_file()]
     else:
         registry.diagnostics.append(Diagnostic("registry", 1, 1, "error", "missing-file",
@@ -181,14 +195,18 @@ def _discover(registry: Registry) -> list[tuple[str, Path, str]]:
     return jobs
 
 
-def _collect(registry: Registry, results: list[_Parsed]) -> None:
-    """Gather per-file results in file order; duplicate server names are a cross-file check."""
+def _collect(registry: Registry, results: list[_Parsed]) -> list[tuple[SourceFile, contracts.Definitions]]:
+    """Gather per-file results in file order; duplicate server names are a cross-file check. The
+    lock files come back, to be matched with their servers once all are known."""
+    locks = []
     for parsed in results:
         registry.diagnostics.extend(parsed.diagnostics)
         source = parsed.source
         if source is None:
             continue
         registry.files[source.rel] = source.text.encode("utf-8")
+        if parsed.pins is not None:
+            locks.append((source, parsed.pins))
         manifest = parsed.manifest
         if manifest is not None:
             previous = registry.servers.get(manifest.name)
@@ -202,11 +220,14 @@ def _collect(registry: Registry, results: list[_Parsed]) -> None:
         folder = Path(source.rel).parts[1] if len(Path(source.rel).parts) > 2 else ""
         registry.rules += [RuleEntry(rule, source, index, folder, line)
                            for index, line, rule in parsed.rules]
+    return locks
 
 
 def load_registry(root: Path) -> Registry:
     """Load and check everything under ``root``; inspect ``.diagnostics`` / ``.ok`` for the verdict."""
     registry = load_gateway(root)
-    _collect(registry, [_parse(*job, registry.resolved_tags) for job in _discover(registry)])
+    locks = _collect(registry, [_parse(*job, registry.resolved_tags) for job in _discover(registry)])
     registry.diagnostics.extend(checks.check_rules(registry.rules, registry.servers))
+    registry.diagnostics.extend(contracts.check_contracts(locks, registry.servers, registry.rules,
+                                                          registry.gateway))
     return registry
