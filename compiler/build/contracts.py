@@ -53,21 +53,27 @@ _OPERAND_KINDS = {"pattern": ("strings", frozenset({"string"})), "min": ("number
 # --- one lock file ----------------------------------------------------------------------------------
 
 def read_lock(source: SourceFile) -> tuple[Definitions | None, list[Diagnostic]]:
-    """The definitions a lock pins (those of a valid form) and what is wrong in it; None when the
-    file is not a lock at all."""
+    """The definitions of a lock that pass every check (the others are reported, and their
+    conditions not checked), and what is wrong in it; None when the file is no lock at all."""
+    if not isinstance(source.data, dict):
+        return None, [source.diag((), "schema", "a lock file is an object with 'server' and 'tools', "
+                                                "as `gwc pin` writes it")]
     lock, diags = validate(source, ToolLock, source.data)
     if lock is None:
         return None, diags
     pins = {}
     for name, definition in lock.tools.items():
         loc = ("tools", name)
+        if not isinstance(definition, dict):
+            diags.append(source.diag(loc, "schema", f"the definition of tool '{name}' is not an object"))
+            continue
         checked, errors = validate(source, ToolDefinition, definition, loc)
-        diags += errors
         if checked is not None:
+            errors = [d for field in _SCHEMA_FIELDS if field in definition
+                      for d in _check_schema(source, (*loc, field), definition[field], field)]
+        diags += errors
+        if not errors:
             pins[name] = definition
-            for field in _SCHEMA_FIELDS:
-                if field in definition:
-                    diags += _check_schema(source, (*loc, field), definition[field], field)
     return pins, diags
 
 
@@ -140,28 +146,32 @@ def attach_locks(locks: list[tuple[SourceFile, Definitions]],
         elif server not in servers:
             diags.append(source.diag(("server",), "lock-server",
                                      f"no server '{server}' in registry/ for this lock: delete "
-                                     f"{source.rel}, or fix the manifest of '{server}' if it has "
-                                     "errors"))
+                                     f"it, or add the manifest of '{server}' (a manifest with "
+                                     "errors counts as missing: fix it first)"))
         else:
             servers[server].lock, servers[server].pins = source, pins
     return diags
 
 
 def check_pins(entry: ServerEntry, contracts: ToolContractSettings) -> list[Diagnostic]:
-    """The lock pins only declared tools, and pins all of them when the server requires it."""
-    manifest, lock = entry.manifest, entry.lock
+    """The lock pins only declared tools, and pins all of them when the server requires it (a
+    definition with errors of its own counts as pinned here)."""
+    manifest, lock, diags = entry.manifest, entry.lock, []
     name = manifest.name
-    diags = [lock.diag(("tools", tool), "undeclared-pin",
-                       f"tool '{tool}' is pinned but server '{name}' does not declare it "
-                       f"({entry.source.rel}): run `gwc pin {name}` again or declare it", key=True)
-             for tool in entry.pins if tool not in manifest.tools] if lock is not None else []
+    pinned = lock.data["tools"] if lock is not None else {}
+    if lock is not None:
+        diags += [lock.diag(("tools", tool), "undeclared-pin",
+                            f"tool '{tool}' is pinned but server '{name}' does not declare it "
+                            f"({entry.source.rel}): run `gwc pin {name}` again or declare it", key=True)
+                  for tool in pinned if tool not in manifest.tools]
     if (manifest.pin or contracts.pin) == "required":
-        origin = "its pin: required" if manifest.pin else "gateway.yaml tool_contracts.pin: required"
+        origin = "pin: required in its manifest" if manifest.pin else \
+            "gateway.yaml tool_contracts.pin: required"
         diags += [entry.source.diag(("tools", tool), "not-pinned",
                                     f"tool '{tool}' is not pinned and server '{name}' requires pins "
                                     f"({origin}): run `gwc pin {name}` and commit registry/{name}"
                                     f"{LOCK_SUFFIX}", key=True)
-                  for tool in manifest.tools if tool not in entry.pins]
+                  for tool in manifest.tools if tool not in pinned]
     return diags
 
 
@@ -311,10 +321,12 @@ def _accepts(schemas: list[Any], root: Any, test: Test) -> bool:
 
 
 def _shown(schemas: list[Any], root: Any) -> str:
-    """The argument's schema, short, for a message."""
-    schema = schemas[0]
-    while isinstance(schema, dict) and isinstance(ref := schema.get("$ref"), str) and len(schema) == 1:
-        schema = _target(root, ref)
+    """The argument's schema, short, for a message (a bare $ref shown as what it points at)."""
+    schema, seen = schemas[0], set()
+    while isinstance(schema, dict) and isinstance(ref := schema.get("$ref"), str) and len(schema) == 1 \
+            and isinstance(target := _target(root, ref), dict) and id(target) not in seen:
+        seen.add(id(target))
+        schema = target
     if isinstance(schema, dict):
         schema = {k: v for k, v in schema.items() if k not in _NOT_SHOWN}
     text = json.dumps(schema, sort_keys=True, ensure_ascii=False)
@@ -323,16 +335,15 @@ def _shown(schemas: list[Any], root: Any) -> str:
 
 def _misfits(ops: ConditionOps, schemas: list[Any], root: Any, lock: str) -> Iterator[tuple[Loc, str, str]]:
     """(where in the condition, what, why) for each operator the argument's schema rules out."""
-    shown = _shown(schemas, root)
     for op, values in (("in", ops.in_), ("not_in", ops.not_in)):
         for i, value in enumerate(values or ()):
             if not _accepts(schemas, root, _value_test(value)):
                 yield ((op, i), f"{op} value {json.dumps(value)} never matches",
-                       f"the pinned input schema ({lock}) does not allow it{shown}")
+                       f"the pinned input schema ({lock}) does not allow it{_shown(schemas, root)}")
     for op, (what, kinds) in _OPERAND_KINDS.items():
         if getattr(ops, op) is not None and not _accepts(schemas, root, _kind_test(kinds)):
             yield ((op,), f"{op} never applies to",
-                   f"the pinned input schema ({lock}) allows no {what}{shown}")
+                   f"the pinned input schema ({lock}) allows no {what}{_shown(schemas, root)}")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -374,21 +385,27 @@ def _check_argument(entry: RuleEntry, target: ServerEntry, tools: list[str], arg
                                f"{what} argument '{arg}' of {_tools(names)}: {why}")
              for (where, what, why), names in misfits.items()]
     if undeclared:
-        server = target.manifest.name
-        head = f"argument '{arg}' is not in the pinned input schema of {_tools(undeclared)} ({lock})"
-        if entry.rule.resource.tool is not None:
-            diags.append(entry.source.diag(loc, "unknown-argument",
-                                           f"{head}: the condition never holds there; fix the "
-                                           f"argument path, or run `gwc pin {server}` if the tool "
-                                           "changed", key=True))
-        else:
-            effect = ("this allow rule never grants a call there" if entry.rule.effect == "allow"
-                      else "this deny rule counts that as a match there")
-            diags.append(entry.source.diag(loc, "unknown-argument",
-                                           f"{head}: the argument is never there, so {effect} (name "
-                                           "the tools the condition is meant for in resource.tool)",
-                                           "warning", key=True))
+        diags.append(_undeclared(entry, loc, arg, undeclared, target.manifest.name, lock))
     return diags
+
+
+def _undeclared(entry: RuleEntry, loc: Loc, arg: str, tools: list[str], server: str,
+                lock: str) -> Diagnostic:
+    """An error when the rule names the tools, a warning when it covers the whole server (the
+    condition may well be meant for its other tools)."""
+    head = f"argument '{arg}' is not in the pinned input schema of {_tools(tools)} ({lock})"
+    those = "that tool" if len(tools) == 1 else "those tools"
+    if entry.rule.resource.tool is not None:
+        return entry.source.diag(loc, "unknown-argument",
+                                 f"{head}: the condition never holds for {those}; fix the argument "
+                                 f"path, or run `gwc pin {server}` if the tool changed", key=True)
+    if entry.rule.effect == "allow":
+        effect = f"the condition never holds for {those}, so this rule never grants {those}"
+    else:
+        effect = (f"calls of {those} never have it, and a deny rule counts a missing argument as a "
+                  f"match, so this rule denies {those} whenever its other conditions hold")
+    return entry.source.diag(loc, "unknown-argument", f"{head}: {effect} (list the tools it is meant "
+                                                      "for in resource.tool)", "warning", key=True)
 
 
 def check_conditions(rules: list[RuleEntry], servers: dict[str, ServerEntry]) -> list[Diagnostic]:

@@ -13,8 +13,8 @@ from gwc.compiler.build.sources import SourceFile
 class ServerEntry:
     manifest: ServerManifest
     source: SourceFile
-    # registry/<server>.tools.json, when there is one, and the definitions it pins by tool name
-    # (as written: that text is what the bundle carries and nodes serve)
+    # registry/<server>.tools.json, when there is one, and by tool name the definitions in it that
+    # pass every check, as written: that text is what the bundle carries and nodes serve
     lock: SourceFile | None = None
     pins: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -121,7 +121,10 @@ def test_lock_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("document", "needle", "message"), [
+    ([], "[", "a lock file is an object with 'server' and 'tools', as `gwc pin` writes it"),
     ({"server": "svc"}, "{", "missing required field 'tools'"),
+    ({"server": "svc", "tools": {"read_it": "Read."}}, '"read_it"',
+     "the definition of tool 'read_it' is not an object"),
     ({"server": "svc", "tools": {}, "version": 2}, '"version"', "unknown field 'version'"),
     ({"server": 5, "tools": {}}, '"server"', "server: input should be a valid string (got 5)"),
 ])
@@ -160,6 +163,15 @@ def test_a_schema_without_type_is_refused_at_the_schema(tmp_path: Path) -> None:
     root = registry(tmp_path, with_tool("write_it", inputSchema={"properties": {}}))
     d = only(root, "tool-schema")
     assert d.line == line_of(root, LOCK, '"inputSchema"', after='"write_it"')
+
+
+def test_a_definition_with_errors_still_counts_as_pinned(tmp_path: Path) -> None:
+    """Its own error is the one to fix: no not-pinned for it, and its conditions are not checked
+    against a schema that is not one."""
+    broken = {"type": "object", "properties": []}
+    root = registry(tmp_path, with_tool("read_it", inputSchema=broken), pin="required",
+                    policies={"team-a/p.yaml": [rule(tool="read_it", conditions={"env": "dev"})]})
+    assert [(d.file, d.code) for d in diagnostics(root)] == [(LOCK, "tool-schema")]
 
 
 def test_unsupported_dialect(tmp_path: Path) -> None:
