@@ -24,12 +24,16 @@ from gwc.compiler.cli.common import batch_job, fail
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.tool_definitions import DEFINITION_FIELDS, definition_of
 
+# manifest errors that pinning is the fix for (pin: required, and a declared tool not pinned yet)
+FIXED_BY_PIN = frozenset({"not-pinned"})
+
 
 def _manifest(root: Path, server: str) -> ServerManifest:
-    """The server's manifest as the registry loads it; its file's errors end the command."""
+    """The server's manifest as the registry loads it; its file's errors end the command, except
+    those a new lock fixes. Errors elsewhere (a stale lock, a policy) do not concern pinning."""
     registry = load_registry(root)
     files = {f"registry/{server}{suffix}" for suffix in MANIFEST_SUFFIXES}
-    errors = [d for d in registry.errors if d.file in files]
+    errors = [d for d in registry.errors if d.file in files and d.code not in FIXED_BY_PIN]
     if errors:
         click.echo(render(errors, len({d.file for d in errors}), "text"), err=True)
         sys.exit(1)

@@ -3,6 +3,7 @@ the lock's exact text, only declared tools, every page of tools/list, credential
 missing tools, and failures as one line and exit 1."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from gwc.compiler.build.locks import lock_path, render_lock
+from gwc.runtime.bundle.tool_definitions import definition_digest
 from tests.support.e2e import free_port, running_upstream
 from tests.support.helpers import GATEWAY, write_registry
 from tests.support.helpers import gwc as run_gwc
@@ -69,6 +71,23 @@ def test_pin_writes_the_declared_tools_as_listed(upstream: str, tmp_path: Path, 
     # declared one written
     assert sorted(lock_of(root)["tools"]) == ["deploy", "get_status", "list_services"]
     assert text == render_lock("deploy", lock_of(root)["tools"])
+
+
+def test_a_pinned_registry_validates_and_builds(upstream: str, tmp_path: Path,
+                                                signing_key) -> None:
+    """pin: required with no lock yet is what gwc pin fixes, not a reason to refuse; its lock
+    then passes validation and its definitions and digests go into the bundle."""
+    root = registry(tmp_path / "repo", upstream, pin="required")
+    assert gwc("validate", root).exit_code == 1  # not-pinned
+    assert gwc("pin", "deploy", "--root", root).exit_code == 0
+    assert gwc("validate", root).exit_code == 0
+    built = gwc("build", root, "--key", signing_key[0], "--out", tmp_path / "dist", "--serial", "1")
+    assert built.exit_code == 0, built.stderr
+    payload = json.loads(base64.b64decode(json.loads((tmp_path / "dist" / "bundle.json")
+                                                     .read_bytes())["payload"]))
+    pinned = {name: tool["pinned"] for name, tool in payload["servers"]["deploy"]["tools"].items()}
+    assert {name: pin["definition"] for name, pin in pinned.items()} == lock_of(root)["tools"]
+    assert all(pin["digest"] == definition_digest(pin["definition"]) for pin in pinned.values())
 
 
 def test_a_second_pin_says_what_changed(upstream: str, tmp_path: Path) -> None:
