@@ -120,7 +120,9 @@ class Contracts:
         self._seen.add(server_name)
         for tool in tools:
             name = tool.get("name") if isinstance(tool, dict) else None
-            spec = server.tools.get(name) if isinstance(name, str) else None
+            if not isinstance(name, str):
+                continue
+            spec = server.tools.get(name)
             if spec is None or spec.pinned is None:
                 continue
             key = (server_name, name)
