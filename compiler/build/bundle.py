@@ -4,17 +4,17 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gwc.compiler.build.compile import checked_payload, compile_data, payload_bytes
 from gwc.compiler.build.registry import Registry
-from gwc.runtime.bundle.read import digest_of
-from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.envelope import sign_envelope
+from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.read import digest_of
 
 
 class BuildError(Exception):

@@ -59,7 +59,7 @@ def check_audience(entries: list[str], source: SourceFile, loc: Loc) -> list[Dia
             continue
         hint = _suggest(kind, AUDIENCE_KINDS) if sep and kind not in AUDIENCE_KINDS else ""
         diags.append(source.diag(
-            loc if as_string else loc + (i,), "audience",
+            loc if as_string else (*loc, i), "audience",
             f"audience entry {entry!r} is not valid{hint} (expected team:<name>, group:<name>, "
             "user:<subject>, agent:<id> or everyone)"))
     return diags
@@ -85,10 +85,10 @@ def _check_burst(source: SourceFile, loc: Loc, rate_field: str, rate: int | None
     if burst is None:
         return []
     if rate is None:
-        return [source.diag(loc + (burst_field,), "limits", f"{burst_field} needs {rate_field}: "
+        return [source.diag((*loc, burst_field), "limits", f"{burst_field} needs {rate_field}: "
                                                            "a burst tightens a rate")]
     if burst > rate:
-        return [source.diag(loc + (burst_field,), "limits",
+        return [source.diag((*loc, burst_field), "limits",
                             f"{burst_field} {burst} is larger than {rate_field} {rate}: a burst is at "
                             f"most the rate (leave it out to allow all {rate} at once)")]
     return []
@@ -139,16 +139,16 @@ def check_manifest(manifest: ServerManifest, source: SourceFile, stem: str) -> l
                                                     "letters, digits, '_', '-' and '.', 1 to 128 "
                                                     "characters)", key=True))
         if tool.approvers is not None:
-            diags += check_audience(tool.approvers, source, loc + ("approvers",))
+            diags += check_audience(tool.approvers, source, (*loc, "approvers"))
             if tool.approval != "required":
-                diags.append(source.diag(loc + ("approvers",), "approvers-unused",
+                diags.append(source.diag((*loc, "approvers"), "approvers-unused",
                                          f"tool '{name}' names approvers but does not require "
                                          "approval (add approval: required)", "warning", key=True))
         if tool.access == "write" and "approval" not in tool.model_fields_set:
             diags.append(source.diag(loc, "write-without-approval",
                                      f"write tool '{name}' runs without approval (add "
-                                     "approval: required, or write approval: none to accept that granted callers run it "
-                                     "directly)", "warning", key=True))
+                                     "approval: required, or write approval: none to accept that "
+                                     "granted callers run it directly)", "warning", key=True))
     return diags
 
 
@@ -158,25 +158,25 @@ def _check_conditions(entry: RuleEntry) -> list[Diagnostic]:
         return []
     diags = []
     if rule.effect == "deny" and rule.conditions.rate_limit_per_minute is not None:
-        diags.append(entry.source.diag(loc + ("rate_limit_per_minute",), "rule",
+        diags.append(entry.source.diag((*loc, "rate_limit_per_minute"), "rule",
                                        "rate_limit_per_minute has no meaning on a deny rule"))
     diags += _check_burst(entry.source, loc, "rate_limit_per_minute",
                           rule.conditions.rate_limit_per_minute, "rate_limit_burst",
                           rule.conditions.rate_limit_burst)
     for arg, ops in rule.conditions.arguments.items():
         if not arg or any(not part for part in arg.split(".")):
-            diags.append(entry.source.diag(loc + (arg,), "rule",
+            diags.append(entry.source.diag((*loc, arg), "rule",
                                            f"condition key {arg!r} is not an argument path "
                                            "(expected name or dotted.path)", key=True))
         if ops.pattern is not None:
             try:
                 re.compile(ops.pattern)
             except re.error as exc:
-                diags.append(entry.source.diag(loc + (arg, "pattern"), "rule",
+                diags.append(entry.source.diag((*loc, arg, "pattern"), "rule",
                                                f"pattern for '{arg}' is not a valid regular "
                                                f"expression: {exc}"))
         if ops.min is not None and ops.max is not None and ops.min > ops.max:
-            diags.append(entry.source.diag(loc + (arg,), "rule",
+            diags.append(entry.source.diag((*loc, arg), "rule",
                                            f"condition on '{arg}' can never hold (min > max)"))
     return diags
 

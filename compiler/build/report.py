@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.read import Bundle
-from gwc.runtime.bundle.format import Audience, BundlePayload
 from gwc.runtime.policy.decide import Entitlement, Principal, entitlement_on, visible_server
 
 ToolKey = tuple[str, str]  # (server, tool)
@@ -81,7 +81,8 @@ def summary_text(bundle: Bundle, verified: bool) -> str:
              f"identity issuer {p.gateway.identity.issuer}, audience "
              f"{', '.join(p.gateway.identity.audience)}", one_line(p), "", "Servers:"]
     for name, server in p.servers.items():
-        lines.append(f"  {name}  owner {server.owner}  visible to {', '.join(server.visibility.entries()) or 'nobody'}")
+        audience = ", ".join(server.visibility.entries()) or "nobody"
+        lines.append(f"  {name}  owner {server.owner}  visible to {audience}")
         lines.append(f"      {server.upstream}")
         lines.append("      " + ", ".join(_tool_text(n, t) for n, t in server.tools.items()))
     lines += ["", "Who can call what (by that one membership alone; * = only with some arguments):"]
