@@ -1,4 +1,5 @@
-"""``gwc codeowners``: each team owns its manifests and its policies/<team>/ folder."""
+"""``gwc codeowners``: each team owns its manifests, their tool locks (what models are told about
+its tools) and its policies/<team>/ folder."""
 from __future__ import annotations
 
 from gwc.compiler.build.registry import Registry
@@ -16,7 +17,10 @@ def codeowners(registry: Registry, org: str | None) -> str:
                   f"/.github/ {' '.join(platform)}"]
     teams: dict[str, list[str]] = {}
     for entry in sorted(registry.servers.values(), key=lambda e: e.source.rel):
-        teams.setdefault(entry.manifest.owner, []).append(entry.source.rel)
+        files = teams.setdefault(entry.manifest.owner, [])
+        files.append(entry.source.rel)
+        if entry.lock is not None:
+            files.append(entry.lock.rel)
     for team, files in sorted(teams.items()):
         lines += [f"/{rel} {handle(team)}" for rel in files]
         lines.append(f"/policies/{team}/ {handle(team)}")

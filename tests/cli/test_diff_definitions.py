@@ -19,7 +19,7 @@ from gwc.compiler.build.locks import render_lock
 from gwc.runtime.bundle.envelope import sign_envelope
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.tool_definitions import definition_digest
-from tests.support.helpers import gwc, load_ok
+from tests.support.helpers import gwc, load_ok, unpin_all
 
 DEPLOY = {
     "title": "Deploy",
@@ -51,8 +51,9 @@ def pin(tool: dict[str, Any], definition: dict[str, Any]) -> None:
 
 @pytest.fixture
 def compiled(example_root: Path) -> dict[str, Any]:
-    """The example registry's compiled data, deploy/deploy and deploy/rollback pinned."""
-    data = compile_data(load_ok(example_root), 1, "old")
+    """The example registry's compiled data, deploy/deploy and deploy/rollback pinned (and
+    nothing else: the example's own locks left out)."""
+    data = compile_data(load_ok(unpin_all(example_root)), 1, "old")
     tools = data["servers"]["deploy"]["tools"]
     pin(tools["deploy"], DEPLOY)
     pin(tools["rollback"], ROLLBACK)
@@ -182,6 +183,7 @@ def test_cli_diff_shows_definitions(compiled: dict, signing_key, tmp_path: Path)
 def test_cli_diff_on_registry_trees_with_lock_files(example_root: Path, tmp_path: Path,
                                                     snapshot) -> None:
     """Both sides compiled from folders, as CI diffs a pull request: the locks go into each."""
+    unpin_all(example_root)
     new_root = tmp_path / "new"
     shutil.copytree(example_root, new_root)
     env = {"env": {"type": "string", "enum": ["staging", "prod"]}}  # the example policy's condition

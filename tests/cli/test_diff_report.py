@@ -10,7 +10,7 @@ import yaml
 
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.diff import diff_payloads, render_markdown
-from tests.support.helpers import compile_root, dump, gwc, load_ok, rule
+from tests.support.helpers import compile_root, dump, gwc, load_ok, rule, unpin_tool
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def test_no_change(example_root: Path, new_root: Path) -> None:
 def test_adding_a_server(example_root: Path, new_root: Path) -> None:
     (new_root / "registry" / "billing.yaml").write_text(dump({
         "name": "billing", "owner": "finance", "upstream": "https://billing.internal/mcp",
-        "visibility": "team:finance", "tools": {"list_invoices": {"access": "read"}}}))
+        "visibility": "team:finance", "pin": "optional",  # the example requires pins by default
+        "tools": {"list_invoices": {"access": "read"}}}))
     d = diff_roots(example_root, new_root)
     assert d["changed"] and d["servers_added"] == ["billing"] and d["servers_removed"] == []
     assert d["tools_added"] == [{"server": "billing", "tool": "list_invoices", "access": "read",
@@ -69,6 +70,7 @@ def test_adding_a_server(example_root: Path, new_root: Path) -> None:
 def test_removing_a_tool(example_root: Path, new_root: Path) -> None:
     edit_yaml(new_root / "registry" / "incidents.yaml",
               lambda m: m["tools"].pop("get_incident"))
+    unpin_tool(new_root, "incidents", "get_incident")  # as gwc pin incidents would
     d = diff_roots(example_root, new_root)
     assert d["tools_removed"] == [{"server": "incidents", "tool": "get_incident", "access": "read",
                                    "mode": "enforce", "approval": False}]
@@ -164,6 +166,7 @@ def test_cli_diff_refuses_an_invalid_registry(example_root: Path, new_root: Path
 
 def test_cli_diff_on_bundles(example_root: Path, new_root: Path, signing_key, tmp_path: Path) -> None:
     (new_root / "registry" / "incidents.yaml").unlink()
+    (new_root / "registry" / "incidents.tools.json").unlink()
     (new_root / "policies" / "sre" / "incidents.yaml").unlink()
     old = build(load_ok(example_root), signing_key[2], tmp_path / "b1", 1, "r1").path
     new = build(load_ok(new_root), signing_key[2], tmp_path / "b2", 2, "r2").path
@@ -197,6 +200,7 @@ def test_codeowners(example_root: Path, snapshot) -> None:
     assert result.stdout == snapshot
     lines = result.stdout.splitlines()
     assert "/registry/postgres-prod.yaml @data-platform" in lines
+    assert "/registry/postgres-prod.tools.json @data-platform" in lines  # what models are told
     assert "/policies/data-platform/ @data-platform" in lines
     assert lines.index("/policies/global/ @platform @security") < lines.index("/policies/sre/ @sre")
 

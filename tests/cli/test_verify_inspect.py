@@ -199,11 +199,13 @@ def test_inspect_text(bundle: Path, signing_key) -> None:
     text = result.stdout
     assert "serial   7   revision r7" in text
     assert f"signature verified (key {key_id(signing_key[2].public_key())[:16]})" in text
-    assert "5 servers, 15 tools (9 read, 6 write, 4 with approval), 12 rules (2 deny)" in text
+    assert "5 servers, 15 tools (9 read, 6 write, 4 with approval), 13 rules (2 deny)" in text
     sre = next(line for line in text.splitlines() if line.startswith("  group:sre:"))
     assert "postgres-prod: list_schemas, query, run_migration" in sre
     analytics = next(line for line in text.splitlines() if line.startswith("  group:analytics:"))
     assert "postgres-prod: list_schemas, query*" in analytics  # query is conditional: schemas
+    platform = next(line for line in text.splitlines() if line.startswith("  group:data-platform:"))
+    assert "postgres-prod: list_schemas, query*" in platform  # the grant pins brought to light
     assert "update_ticket (write, shadow)" in text
 
 
@@ -228,7 +230,7 @@ def test_inspect_json(bundle: Path, signing_key) -> None:
     assert doc["serial"] == 7 and doc["revision"] == "r7"
     assert doc["signature"] == {"verified": True, "keyid": key_id(signing_key[2].public_key())}
     assert doc["counts"] == {"servers": 5, "tools": 15, "read": 9, "write": 6, "approval": 4,
-                             "rules": 12, "deny_rules": 2}
+                             "rules": 13, "deny_rules": 2}
     assert sorted(doc["servers"]) == ["data-catalog", "deploy", "incidents", "postgres-prod", "zendesk"]
     assert doc["servers"]["postgres-prod"]["tools"]["run_migration"] == {
         "access": "write", "approval": True, "mode": "enforce"}

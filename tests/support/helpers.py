@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from gwc.compiler.build.compile import compile_registry
 from gwc.compiler.build.diagnostics import Diagnostic
+from gwc.compiler.build.locks import LOCK_SUFFIX, lock_path, render_lock
 from gwc.compiler.build.registry import Registry, load_registry
 from gwc.compiler.cli import main
 from gwc.runtime.bundle.format import BundlePayload
@@ -83,6 +84,25 @@ def write_registry(root: Path, *, gateway: Any = GATEWAY,
     (root / "registry").mkdir(exist_ok=True)
     for rel, content in (policies or {}).items():
         _write(root / "policies" / rel, content)
+    return root
+
+
+def unpin_tool(root: Path, server: str, tool: str) -> None:
+    """Take ``tool`` out of the server's lock file, as ``gwc pin`` does once it is undeclared."""
+    path = lock_path(root, server)
+    tools = json.loads(path.read_text())["tools"]
+    del tools[tool]
+    path.write_text(render_lock(server, tools))
+
+
+def unpin_all(root: Path) -> Path:
+    """The registry at ``root`` as before tool contracts: no lock files, no gateway-wide pin
+    requirement (for tests about registries that pin nothing, or pin only what they write)."""
+    for lock in (root / "registry").glob(f"*{LOCK_SUFFIX}"):
+        lock.unlink()
+    gateway = yaml.safe_load((root / "gateway.yaml").read_text())
+    gateway.pop("tool_contracts", None)
+    (root / "gateway.yaml").write_text(dump(gateway))
     return root
 
 

@@ -159,8 +159,8 @@ def test_unchanged_servers_and_rules_are_reused_changed_ones_validated(doc):
 
 def test_a_reused_server_is_checked_against_the_new_rules(doc):
     assert validate_in_steps(payload_bytes(doc)) is not None
-    doc["rules"] = doc["rules"][:4]  # data-catalog's request_export names rule 4
-    with pytest.raises(BundleError, match="rule index 4 out of range"):
+    doc["rules"] = doc["rules"][:5]  # data-catalog's request_export names rule 5
+    with pytest.raises(BundleError, match="rule index 5 out of range"):
         parse_payload(payload_bytes(doc))
 
 
