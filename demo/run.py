@@ -36,6 +36,8 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
+from gwc.compiler.build.locks import is_lock
+
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
 BIN = Path(sys.executable).parent
@@ -90,6 +92,8 @@ def demo_registry(ports: dict[str, int], idp: str) -> Path:
     gateway["identity"].update(issuer=idp, jwks_uri=f"{idp}/jwks.json", algorithms=["ES256"])
     (repo / "gateway.yaml").write_text(yaml.safe_dump(gateway, sort_keys=False))
     for manifest in (repo / "registry").iterdir():
+        if is_lock(manifest):  # pinned definitions: the same wherever the upstream runs
+            continue
         text = manifest.read_text()
         name = manifest.stem
         upstream = f"http://127.0.0.1:{ports[name]}/mcp"
@@ -226,6 +230,13 @@ async def drive(gateway: str, alice: str, bob: str) -> None:
     await call(gateway, bob, "bob", "", "postgres-prod__query", {"sql": "select 1"})
     say("The catalog API (GET /v1/catalog) for portals and CLIs")
     await show_catalog(gateway, bob, "bob")
+    say("Reviewed tool definitions: every server's tools are pinned (registry/*.tools.json, "
+        "gwc pin); data-catalog's upstream changed request_export's description after review")
+    await show_tools(gateway, alice, "alice", "data-catalog", "auto")
+    await call(gateway, alice, "alice", "data-catalog", "request_export", {"table": "orders"})
+    print("  arguments are checked against the pinned schema before policy, never coerced:")
+    await call(gateway, alice, "alice", "postgres-prod", "query",
+               {"sql": "select 1", "schemas": "public"})
 
 
 IDP_CLIENT_SECRET = "demo-only-gateway-secret"
@@ -345,9 +356,10 @@ def main() -> None:
         print(run("gwc", "verify", "store/bundle.json", "--trust", "keys/ci.pub").strip())
 
         say("3. Start the example upstream MCP servers and a gwc runtime node")
-        for name, port in ports.items():
+        for name, port in ports.items():  # data-catalog's owners changed a tool after review
             processes.append(subprocess.Popen(
-                [sys.executable, str(REPO / "demo" / "upstreams.py"), name, str(port)],
+                [sys.executable, str(REPO / "demo" / "upstreams.py"), name, str(port),
+                 *(["--changed-after-review"] if name == "data-catalog" else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         log = (WORK / "runtime.log").open("w")
         session_key = run("gwc", "session-key").strip()  # a fleet shares it: any node, any request
@@ -377,6 +389,9 @@ def main() -> None:
         print(run("gwc", "audit", "verify", "audit/audit.jsonl", "--jwks",
                   f"{gateway}/.well-known/jwks.json").rstrip())
         print(run("gwc", "audit", "query", "audit/audit.jsonl", "--user", "bob").rstrip())
+        print("  and what the node noticed itself (a pinned definition that drifted):")
+        print(run("gwc", "audit", "query", "audit/audit.jsonl", "--server", "data-catalog")
+              .rstrip())
         if args.serve:
             serve(gateway, idp, users, processes)
         say(f"Done. Logs in .demo/runtime.log, the trail in .demo/audit/; metrics at "
