@@ -12,13 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import orjson
 import pytest
 
 from gwc.compiler.build.locks import render_lock
 from gwc.runtime.audit.writer import trail
 from gwc.runtime.bundle.tool_definitions import definition_of
-from tests.support.e2e import MODES, Node, connect, refusal, running_upstream, start_node, text_of
+from tests.support.e2e import (
+    MODES,
+    Node,
+    connect,
+    open_session,
+    raw,
+    refusal,
+    running_upstream,
+    start_node,
+    text_of,
+)
 from tests.support.helpers import dump
 from tests.support.idp import AUDIENCE, ISSUER
 
@@ -162,6 +173,40 @@ async def test_a_node_refuses_a_tool_changed_before_it_started_and_re_reads_on_i
             await direct.call_tool("restore", {})
         await node.gateway.mcp.contracts.recheck(node.gateway.store.active)
         assert text_of(await client.call_tool("deploy", DEPLOY)) == "deployed web x2 force=False"
+
+
+async def test_an_upstreams_list_changed_makes_the_node_read_its_tools_again(contracted) -> None:
+    """Nobody lists (a raw client: the SDK's own client lists tools around its calls): the rug
+    pull's notifications/tools/list_changed, relayed on the client's GET stream, is what makes the
+    node re-read the upstream's list and find the drift."""
+    token = contracted.idp.token("alice", ["eng"])
+    session = await open_session(contracted, "/servers/deploys/mcp", token)
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session,
+               "MCP-Protocol-Version": "2025-11-25"}
+    heard: list[bytes] = []
+
+    async def listen() -> None:
+        async with (httpx2.AsyncClient(timeout=10) as http,
+                    http.stream("GET", contracted.endpoint("deploys"),
+                                headers={**headers, "Accept": "text/event-stream"}) as stream):
+            async for line in stream.aiter_lines():
+                heard.append(line.encode())
+    listener = asyncio.get_running_loop().create_task(listen())
+    try:
+        pulled = await raw(contracted, "/servers/deploys/mcp", {
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "rug_pull", "arguments": {}}}, token, headers)
+        assert pulled.status_code == 200 and "changed" in pulled.text
+        for _ in range(100):  # the re-read runs beside the client: wait for it, bounded
+            if metric(contracted, "gwc_tool_drifted", "deploys") == 1.0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    assert any(b"notifications/tools/list_changed" in line for line in heard)
+    assert metric(contracted, "gwc_tool_drifted", "deploys") == 1.0
+    assert not [r for r in records(contracted, "list") if r["method"] == "tools/list"]
 
 
 @pytest.fixture(scope="module")
