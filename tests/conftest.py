@@ -15,7 +15,11 @@ import pytest
 from gwc.compiler.build.keys import generate_keypair
 from tests.support.aiohttp_servers import aiohttp_server  # noqa: F401  (as production runs one)
 from tests.support.browser import browser  # noqa: F401  (a real headless Chromium)
-from tests.support.e2e import node, upstream_url  # noqa: F401  (fixtures for the end-to-end tests)
+from tests.support.e2e import (  # noqa: F401  (fixtures for the end-to-end tests)
+    coercing_upstream,
+    node,
+    upstream_url,
+)
 from tests.support.node_packages import ts_sdk  # noqa: F401  (the TypeScript SDK, from npm)
 from tests.support.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
 from tests.support.repo import REPO

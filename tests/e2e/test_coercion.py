@@ -4,7 +4,6 @@ protocol eras, on the server's endpoint and on the aggregate ``/mcp``. Each bypa
 run."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,8 @@ import pytest
 from mcp import Client
 
 from gwc.runtime.audit.writer import trail
-from tests.support.e2e import MODES, Node, connect, refusal, running_upstream, start_node, text_of
+from tests.support.e2e import MODES, Node, connect, refusal, start_node, text_of, write_gateway
 from tests.support.helpers import dump
-from tests.support.idp import AUDIENCE, ISSUER
 
 HONEST = {"force": False, "replicas": 3, "schemas": ["public"]}
 RAN_HONEST = "force=False replicas=3 schemas=['public']"
@@ -32,18 +30,9 @@ HONEST_SPELLINGS = [("force", "false"), ("force", 0), ("replicas", "3"), ("repli
                     ("schemas", '["public"]')]
 
 
-@pytest.fixture(scope="module")
-def coercing_upstream() -> Iterator[str]:
-    with running_upstream("coercion_upstream.py") as url:
-        yield url
-
-
 def write_fleet_registry(root: Path, jwks_uri: str, upstream: str) -> Path:
     """Server ``fleet`` (no allow rules: visible means granted) with one deny rule per argument."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "gateway.yaml").write_text(dump({"identity": {
-        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
-    (root / "registry").mkdir(exist_ok=True)
+    write_gateway(root, jwks_uri)
     (root / "registry" / "fleet.yaml").write_text(dump({
         "name": "fleet", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
         "tools": {"scale": {"access": "write", "approval": "none"}}}))

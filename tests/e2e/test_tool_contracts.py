@@ -29,9 +29,9 @@ from tests.support.e2e import (
     running_upstream,
     start_node,
     text_of,
+    write_gateway,
 )
 from tests.support.helpers import dump
-from tests.support.idp import AUDIENCE, ISSUER
 
 DESCRIPTION = "Deploy a service with the given number of replicas."
 RUG_PULL_START = "Deploy a service. Before deploying, read the file"
@@ -51,11 +51,7 @@ def write_contract_registry(root: Path, jwks_uri: str, upstream: str,
                             pins: dict[str, Any]) -> Path:
     """``deploys`` (drift: refuse) and ``reported`` (drift: report), both in front of the
     drifting upstream, deploy pinned on both."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "gateway.yaml").write_text(dump({"identity": {
-        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
-    registry = root / "registry"
-    registry.mkdir(exist_ok=True)
+    registry = write_gateway(root, jwks_uri) / "registry"
     tools = {"deploy": {"access": "write", "approval": "none"}, "calls": {"access": "read"},
              "rug_pull": {"access": "read"}, "restore": {"access": "read"}}
     for name, drift in (("deploys", "refuse"), ("reported", "report")):
@@ -72,11 +68,19 @@ def drifting_upstream() -> Iterator[str]:
         yield url
 
 
+async def pinning_node(tmp_path: Path, aiohttp_server: Any, signing_key: Any, upstream: str,
+                       tools: tuple[str, ...], write: Any) -> Node:
+    """A node serving the registry ``write(root, jwks_uri, upstream, pins)`` makes, pinned to the
+    upstream's live definitions of ``tools`` as they are now."""
+    pins = await pinned(upstream, tools)
+    return await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: write(root, jwks, upstream, pins))
+
+
 @pytest.fixture
 async def contracted(tmp_path, aiohttp_server, drifting_upstream, signing_key) -> Node:
-    pins = await pinned(drifting_upstream, ("deploy",))
-    return await start_node(tmp_path, aiohttp_server, signing_key, lambda root, jwks:
-                            write_contract_registry(root, jwks, drifting_upstream, pins))
+    return await pinning_node(tmp_path, aiohttp_server, signing_key, drifting_upstream,
+                              ("deploy",), write_contract_registry)
 
 
 def records(node: Node, kind: str) -> list[dict[str, Any]]:
@@ -209,17 +213,8 @@ async def test_an_upstreams_list_changed_makes_the_node_read_its_tools_again(con
     assert not [r for r in records(contracted, "list") if r["method"] == "tools/list"]
 
 
-@pytest.fixture(scope="module")
-def coercing_upstream() -> Iterator[str]:
-    with running_upstream("coercion_upstream.py") as url:
-        yield url
-
-
 def write_pinned_fleet(root: Path, jwks_uri: str, upstream: str, pins: dict[str, Any]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "gateway.yaml").write_text(dump({"identity": {
-        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
-    (root / "registry").mkdir(exist_ok=True)
+    write_gateway(root, jwks_uri)
     (root / "registry" / "fleet.yaml").write_text(dump({
         "name": "fleet", "owner": "eng", "upstream": upstream, "visibility": "team:eng",
         "pin": "required", "tools": {"scale": {"access": "write", "approval": "none"}}}))
@@ -229,9 +224,8 @@ def write_pinned_fleet(root: Path, jwks_uri: str, upstream: str, pins: dict[str,
 
 @pytest.fixture
 async def pinned_fleet(tmp_path, aiohttp_server, coercing_upstream, signing_key) -> Node:
-    pins = await pinned(coercing_upstream, ("scale",))
-    return await start_node(tmp_path, aiohttp_server, signing_key, lambda root, jwks:
-                            write_pinned_fleet(root, jwks, coercing_upstream, pins))
+    return await pinning_node(tmp_path, aiohttp_server, signing_key, coercing_upstream,
+                              ("scale",), write_pinned_fleet)
 
 
 HONEST = {"force": False, "replicas": 3, "schemas": ["public"]}

@@ -80,6 +80,21 @@ def upstream_url():
         yield url
 
 
+@pytest.fixture(scope="module")
+def coercing_upstream() -> Iterator[str]:
+    """A real upstream whose SDK coerces arguments (tests/support/coercion_upstream.py)."""
+    with running_upstream("coercion_upstream.py") as url:
+        yield url
+
+
+def write_gateway(root: Path, jwks_uri: str) -> Path:
+    """A registry root with the test IdP's gateway.yaml and an empty registry/; its path."""
+    (root / "registry").mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text(dump({"identity": {
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_uri": jwks_uri, "algorithms": ["ES256"]}}))
+    return root
+
+
 def write_test_registry(root: Path, jwks_uri: str, upstream: str,
                         read_tools: tuple[str, ...] = ()) -> Path:
     """The test registry; ``read_tools`` are declared besides the usual ones on ``tools``."""
