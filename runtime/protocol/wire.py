@@ -47,6 +47,13 @@ STATELESS_ERA = "2026-07-28"
 MAX_DEPTH = 64
 INT64_RANGE = (-(1 << 63), (1 << 64) - 1)  # integers kept exact: signed or unsigned 64-bit
 BIG_FLOAT = float(1 << 63)  # from here on a float may stand for an integer orjson could not keep
+# A number orjson may have read as a float of BIG_FLOAT or more is spelled with 19 digits in a row
+# or with an exponent; a body with neither (and few brackets) needs no walk at all. Looked for in
+# the body's shape (digits as 0, e and E as e, all else blank): two substring searches, where a
+# regular expression costs microseconds.
+_NUMBER_SHAPE = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord("e") if chr(c) in "eE"
+                      else ord(" ") for c in range(256))
+_LONG_DIGITS, _EXPONENT = b"0" * 19, b"0e"
 _is_container = frozenset((dict, list)).__contains__
 _is_float = frozenset((float,)).__contains__
 _is_dict = frozenset((dict,)).__contains__
@@ -72,7 +79,13 @@ def check_limits(message: dict[str, Any], body: bytes) -> None:
     would judge another number than the exact one forwarded upstream.
 
     Level by level, every step a C-level iteration (no Python code runs per value): linear in
-    the message's size, never recursive."""
+    the message's size, never recursive. Most bodies skip the walk: one with no more brackets than
+    MAX_DEPTH cannot nest deeper, and one without a long digit run or an exponent holds no big
+    number (brackets and digits inside strings only make the test more careful)."""
+    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+        shape = body.translate(_NUMBER_SHAPE)
+        if _LONG_DIGITS not in shape and _EXPONENT not in shape:
+            return
     level: list[Any] = [message]
     depth, suspicious = 0, False
     while level:
