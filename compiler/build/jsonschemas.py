@@ -9,26 +9,32 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
-from gwc.compiler.build.models import GatewayConfig, PolicyRule, ServerManifest
-
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://gwc.dev/schemas/"
 
-_SOURCES: dict[str, tuple[str, Any]] = {
-    "manifest.schema.json": ("A gwc server manifest (registry/*.yaml|json)", ServerManifest),
-    "policy.schema.json": ("A gwc policy file (policies/**/*.yaml): a list of rules",
-                           TypeAdapter(list[PolicyRule])),
-    "gateway.schema.json": ("gwc gateway-wide settings (gateway.yaml)", GatewayConfig),
-}
+
+def _sources() -> dict[str, tuple[str, Any]]:
+    """File name -> (title, model). Built on demand: ``SCHEMA_DIR`` is the default of a ``gwc``
+    option, and importing this module must not build the models' validators."""
+    from pydantic import TypeAdapter
+
+    from gwc.compiler.build.models import GatewayConfig, PolicyRule, ServerManifest
+
+    return {
+        "manifest.schema.json": ("A gwc server manifest (registry/*.yaml|json)", ServerManifest),
+        "policy.schema.json": ("A gwc policy file (policies/**/*.yaml): a list of rules",
+                               TypeAdapter(list[PolicyRule])),
+        "gateway.schema.json": ("gwc gateway-wide settings (gateway.yaml)", GatewayConfig),
+    }
 
 
 def generate() -> dict[str, str]:
     """File name -> schema text."""
+    from pydantic import TypeAdapter
+
     out = {}
-    for name, (title, model) in _SOURCES.items():
+    for name, (title, model) in _sources().items():
         schema = (model.json_schema(by_alias=True) if isinstance(model, TypeAdapter)
                   else model.model_json_schema(by_alias=True))
         doc = {"$schema": DRAFT, "$id": BASE_ID + name, "title": title, **schema}

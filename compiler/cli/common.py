@@ -1,5 +1,9 @@
 """What the ``gwc`` command modules share: failing with exit 1, loading a valid registry or a bundle,
-the common arguments, and the collector pause of the commands that build large trees."""
+the common arguments, and the collector pause of the commands that build large trees.
+
+Reading bundles and compiling are imported by the functions that do them: a command that needs
+neither (``gwc validate``) starts without them.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,16 +11,16 @@ import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from gwc.compiler.build.bundle import default_revision
-from gwc.compiler.build.compile import compile_registry
 from gwc.compiler.build.diagnostics import render
 from gwc.compiler.build.registry import Registry, load_registry
-from gwc.runtime.bundle.format import BundlePayload
-from gwc.runtime.bundle.read import Bundle, BundleError, load_bundle, read_file, read_unverified, trusted_keys
+
+if TYPE_CHECKING:
+    from gwc.runtime.bundle.format import BundlePayload
+    from gwc.runtime.bundle.read import Bundle
 
 TRAIL_FILES = click.argument("files", nargs=-1, required=True,
                              type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -58,6 +62,8 @@ def load_valid(root: Path) -> Registry:
 
 
 def open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
+    from gwc.runtime.bundle.read import BundleError, load_bundle, read_file, read_unverified, trusted_keys
+
     try:
         data = read_file(path)
         return load_bundle(data, trusted_keys(trust)) if trust else read_unverified(data)
@@ -67,6 +73,9 @@ def open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
 
 def payload_of(path: str, trust: tuple[str, ...]) -> BundlePayload:
     """A side of a diff: a bundle file, or a registry folder compiled in memory (unsigned)."""
+    from gwc.compiler.build.bundle import default_revision
+    from gwc.compiler.build.compile import compile_registry
+
     if Path(path).is_dir():
         registry = load_valid(Path(path))
         return compile_registry(registry, 0, default_revision(Path(path), registry.input_paths()))

@@ -1,4 +1,8 @@
-"""``gwc validate|build|keygen|verify|inspect|diff|codeowners|schema``: the registry and its bundles."""
+"""``gwc validate|build|keygen|verify|inspect|diff|codeowners|schema``: the registry and its bundles.
+
+Only what ``gwc validate`` needs is imported here; each other command imports its own machinery
+(the compiler and signing, bundle reading, the diff's templates) when it runs.
+"""
 from __future__ import annotations
 
 import json
@@ -8,16 +12,10 @@ from pathlib import Path
 import click
 
 from gwc.compiler.build import jsonschemas
-from gwc.compiler.build.bundle import BuildError, build
 from gwc.compiler.build.codeowners import codeowners as render_codeowners
 from gwc.compiler.build.diagnostics import render
-from gwc.compiler.build.diff import diff_payloads, render_markdown
-from gwc.compiler.build.keys import KeyFileError, generate_keypair, load_private_key
 from gwc.compiler.build.registry import load_registry
-from gwc.compiler.build.report import one_line, summary_json, summary_text
 from gwc.compiler.cli.common import ROOT, TRUST, batch_job, fail, load_valid, open_bundle, payload_of
-from gwc.runtime.bundle.envelope import key_id
-from gwc.runtime.bundle.read import BundleError, load_bundle, read_file, trusted_keys
 
 
 @click.command()
@@ -44,6 +42,10 @@ def validate(root: Path, fmt: str) -> None:
 @batch_job
 def build_cmd(root: Path, key_path: str, out: Path, serial: int | None, revision: str | None) -> None:
     """Validate, compile and sign the registry into one bundle."""
+    from gwc.compiler.build.bundle import BuildError, build
+    from gwc.compiler.build.keys import KeyFileError, load_private_key
+    from gwc.compiler.build.report import one_line
+
     try:
         key = load_private_key(key_path)
     except KeyFileError as exc:
@@ -65,6 +67,9 @@ def build_cmd(root: Path, key_path: str, out: Path, serial: int | None, revision
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def keygen(prefix: str, force: bool) -> None:
     """Generate an Ed25519 bundle-signing key pair."""
+    from gwc.compiler.build.keys import KeyFileError, generate_keypair
+    from gwc.runtime.bundle.envelope import key_id
+
     try:
         key_path, pub_path, key = generate_keypair(prefix, force)
     except (KeyFileError, OSError) as exc:
@@ -81,6 +86,8 @@ def keygen(prefix: str, force: bool) -> None:
 @batch_job
 def verify(bundle: str, trust: tuple[str, ...]) -> None:
     """Check a bundle's signature against trusted keys, and that its payload is a known format."""
+    from gwc.runtime.bundle.read import BundleError, load_bundle, read_file, trusted_keys
+
     try:
         loaded = load_bundle(read_file(bundle), trusted_keys(trust))
     except BundleError as exc:
@@ -96,6 +103,8 @@ def verify(bundle: str, trust: tuple[str, ...]) -> None:
 @batch_job
 def inspect(bundle: str, trust: tuple[str, ...], fmt: str) -> None:
     """Summarize a bundle: servers, tools, and who can call what."""
+    from gwc.compiler.build.report import summary_json, summary_text
+
     loaded = open_bundle(bundle, trust)
     if fmt == "json":
         click.echo(json.dumps(summary_json(loaded, bool(trust)), indent=2))
@@ -112,6 +121,8 @@ def inspect(bundle: str, trust: tuple[str, ...], fmt: str) -> None:
 @batch_job
 def diff(old: str, new: str, trust: tuple[str, ...], fmt: str) -> None:
     """Access changes between two bundles or registry folders (servers, tools, who gains what)."""
+    from gwc.compiler.build.diff import diff_payloads, render_markdown
+
     result = diff_payloads(payload_of(old, trust), payload_of(new, trust))
     click.echo(json.dumps(result, indent=2) if fmt == "json" else render_markdown(result), nl=False)
 
