@@ -3,18 +3,20 @@ are told about each tool (its pinned definition)."""
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from gwc.compiler.build.report import access_matrix, subjects
 from gwc.runtime.bundle.canonical import canonical_json
 from gwc.runtime.bundle.format import BundlePayload, PinnedTool
 from gwc.runtime.bundle.tool_definitions import pointer
+
+if TYPE_CHECKING:
+    import jinja2
 
 # the parts of a definition compared field by field; title and description are text
 STRUCTURED_FIELDS = ("annotations", "inputSchema", "outputSchema")
@@ -161,11 +163,17 @@ def _change_lines(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-_TEMPLATES.filters.update(fenced=_fenced, json_text=_json_text, change_lines=_change_lines)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The templates, loaded on first use: ``gwc diff --format json`` never imports jinja2."""
+    import jinja2
+
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    templates.filters.update(fenced=_fenced, json_text=_json_text, change_lines=_change_lines)
+    return templates
 
 
 def render_markdown(diff: dict[str, Any]) -> str:
-    return _TEMPLATES.get_template("diff.md.j2").render(d=diff)
+    return _templates().get_template("diff.md.j2").render(d=diff)

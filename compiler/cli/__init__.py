@@ -33,10 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                "trusts the company IdP)."),
     "dev-token": ("dev:dev_token", "Mint a bearer token from the dev IdP, for the issuer and audience "
                                    "in gateway.yaml."),
-    "diff": ("registry:diff", "Access changes between two bundles or registry folders (servers, tools, "
+    "diff": ("bundles:diff", "Access changes between two bundles or registry folders (servers, tools, "
                               "who gains what)."),
-    "inspect": ("registry:inspect", "Summarize a bundle: servers, tools, and who can call what."),
-    "keygen": ("registry:keygen", "Generate an Ed25519 bundle-signing key pair."),
+    "inspect": ("bundles:inspect", "Summarize a bundle: servers, tools, and who can call what."),
+    "keygen": ("bundles:keygen", "Generate an Ed25519 bundle-signing key pair."),
     "login": ("connect:login", "Sign in to a gateway in the browser, for gwc approvals, gwc bypass and "
                                "gwc connect."),
     "logout": ("connect:logout", "Sign out of a gateway: revoke the refresh token there and forget the "
@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "session-key": ("clients:session_key", "Print a new random fleet session key."),
     "validate": ("registry:validate", "Check manifests, policies and gateway.yaml; report every problem "
                                       "with file:line:column."),
-    "verify": ("registry:verify", "Check a bundle's signature against trusted keys, and that its "
+    "verify": ("bundles:verify", "Check a bundle's signature against trusted keys, and that its "
                                   "payload is a known format."),
 }
 

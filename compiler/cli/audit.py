@@ -1,4 +1,8 @@
-"""``gwc audit verify|query|replay``: offline tools over the trails gwc-runtime writes (no aiohttp)."""
+"""``gwc audit verify|query|replay``: offline tools over the trails gwc-runtime writes (no aiohttp).
+
+What only one command uses is imported by that command: the checker for verify, the replay (its
+worker processes, bundles and report) for replay; query starts with the reader alone.
+"""
 from __future__ import annotations
 
 import json
@@ -10,16 +14,11 @@ from typing import Any, NoReturn
 
 import click
 
-from gwc.compiler.audit.jobs import Setup, default_jobs, replay_trail
 from gwc.compiler.audit.query import COLUMNS, Counts, Query, parse_when, row, select
-from gwc.compiler.audit.replay import Totals
-from gwc.compiler.audit.report import Report, summary
 from gwc.compiler.audit.trail import Table, TrailError
-from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, public_keys
 from gwc.compiler.cli.common import TRAIL_FILES, TRUST, batch_job, fail, payload_of
 from gwc.runtime.audit.record import DECISIONS
 from gwc.runtime.audit.writer import in_trail_order
-from gwc.runtime.bundle.read import BundleError, trusted_keys
 
 
 @click.group()
@@ -44,6 +43,8 @@ def audit_verify(files: tuple[Path, ...], key_files: tuple[str, ...], jwks: tupl
     """Check each node's trail (rotated files and current ones of one or more nodes, in any
     order): every hash and link, and every checkpoint. Exit 0 intact, 1 tampered, 3 crash (a torn
     final line or a repair of one), 4 truncated (an anchored head is missing), 2 usage."""
+    from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, public_keys
+
     try:
         keys = public_keys(key_files, jwks)
         sys.exit(check(list(files), keys, anchors(anchor_files, keys), click.echo))
@@ -172,6 +173,11 @@ def audit_replay(files: tuple[Path, ...], folder: Path, against: str | None,
 
     Bundles must be signed by a --trust key, unless --no-verify.
     """
+    from gwc.compiler.audit.jobs import Setup, default_jobs, replay_trail
+    from gwc.compiler.audit.replay import Totals
+    from gwc.compiler.audit.report import Report, summary
+    from gwc.runtime.bundle.read import BundleError, trusted_keys
+
     if not trust and not no_verify:
         raise click.UsageError("give the keys the bundles must be signed by (--trust KEY), "
                                "or --no-verify")

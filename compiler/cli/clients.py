@@ -64,6 +64,3 @@ def session_key() -> None:
     For gwc-runtime --session-keys (GWC_SESSION_KEYS): 32 bytes, URL-safe base64.
     """
     click.echo(client_config.new_session_key())
-
-
-COMMANDS = [client_config_cmd, session_key]

@@ -1,8 +1,9 @@
 """What the ``gwc`` command modules share: failing with exit 1, loading a valid registry or a bundle,
 the common arguments, and the collector pause of the commands that build large trees.
 
-Reading bundles and compiling are imported by the functions that do them: a command that needs
-neither (``gwc validate``) starts without them.
+Loading a registry, reading bundles and compiling are imported by the functions that do them: a
+command starts with only what it uses (``gwc validate`` without the compiler and bundle reading,
+``gwc approvals`` without the registry and pydantic).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from gwc.compiler.build.diagnostics import render
-from gwc.compiler.build.registry import Registry, load_registry
 
 if TYPE_CHECKING:
+    from gwc.compiler.build.registry import Registry
     from gwc.runtime.bundle.format import BundlePayload
     from gwc.runtime.bundle.read import Bundle
 
@@ -54,6 +55,8 @@ def fail(message: str) -> NoReturn:
 
 
 def load_valid(root: Path) -> Registry:
+    from gwc.compiler.build.registry import load_registry
+
     registry = load_registry(root)
     if not registry.ok:
         click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)

@@ -134,6 +134,3 @@ def logout(gateway: str, allow_http: bool) -> None:
         click.echo(f"gwc: signed out here, but {warning}", err=True)
     else:
         click.echo(f"signed out of {base}", err=True)
-
-
-COMMANDS = [connect, login, logout]

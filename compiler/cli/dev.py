@@ -1,4 +1,9 @@
-"""``gwc dev-idp|dev-token``: a development identity provider, for demos and tests."""
+"""``gwc dev-idp|dev-token``: a development identity provider, for demos and tests.
+
+The dev IdP's key (``DevIdP``: PyJWT and cryptography) is what every command here uses; the server
+with its users and clients (aiohttp, pydantic) and gateway.yaml's loader are imported by the
+commands that need them.
+"""
 from __future__ import annotations
 
 import sys
@@ -8,10 +13,8 @@ import click
 
 from gwc.compiler.build.diagnostics import render
 from gwc.compiler.build.hosts import is_loopback
-from gwc.compiler.build.registry import load_gateway
 from gwc.compiler.cli.common import fail
 from gwc.compiler.client.dev_idp import DevIdP
-from gwc.compiler.client.dev_idp_config import DEFAULT_USERS, load_clients, load_users, parse_client
 
 
 @click.group("dev-idp", invoke_without_command=True)
@@ -52,6 +55,8 @@ def dev_idp_serve(idp_key: str, listen: str, allow_remote: bool, issuer: str | N
     """Run the dev IdP as a local OpenID Connect provider. NOT FOR PRODUCTION.
 
     Authorization code flow with PKCE S256; its login page lets anyone pick any configured user."""
+    from gwc.compiler.client.dev_idp_config import DEFAULT_USERS, load_clients, load_users, parse_client
+
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
@@ -93,6 +98,8 @@ def dev_idp_serve(idp_key: str, listen: str, allow_remote: bool, issuer: str | N
 def dev_token(idp_key: str, subject: str, groups: tuple[str, ...], agent: str | None, ttl: int,
               root: Path) -> None:
     """Mint a bearer token from the dev IdP, for the issuer and audience in gateway.yaml."""
+    from gwc.compiler.build.registry import load_gateway
+
     registry = load_gateway(root)
     if registry.gateway is None:
         click.echo(render(registry.diagnostics, len(registry.files), "text"), err=True)
@@ -105,6 +112,3 @@ def dev_token(idp_key: str, subject: str, groups: tuple[str, ...], agent: str | 
     click.echo(idp.token(issuer=identity.issuer, audience=identity.audience[0], subject=subject,
                          groups=list(groups), ttl_s=ttl, actor=agent,
                          groups_claim=identity.groups_claim))
-
-
-COMMANDS = [dev_idp, dev_token]

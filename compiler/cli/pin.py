@@ -1,8 +1,8 @@
 """``gwc pin SERVER``: write ``registry/<server>.tools.json``, the upstream's current definitions of
 the tools the manifest declares, for the owners to commit and reviewers to read in the pull request.
 
-The MCP client (``gwc.compiler.client.upstream_tools``) is imported inside the command: the SDK
-and its HTTP stack would otherwise load on every ``gwc`` start.
+The MCP client (``gwc.compiler.client.upstream_tools``) and the bundle writer's module (the
+compiler and signing) are imported inside the command: ``gwc pin --help`` loads neither.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from gwc.compiler.build.bundle import write_atomically
 from gwc.compiler.build.diagnostics import render
 from gwc.compiler.build.locks import lock_path, render_lock
 from gwc.compiler.build.models import ServerManifest
@@ -95,6 +94,7 @@ def pin(server: str, root: Path, upstream: str | None, allow_missing: bool) -> N
 
     Credential: $GWC_PIN_TOKEN as a bearer token if set; else, for upstream_auth static_env, the
     manifest's variable in its header; else none."""
+    from gwc.compiler.build.bundle import write_atomically
     from gwc.compiler.client.upstream_tools import UpstreamError, credential, list_tools
 
     if upstream is not None and not upstream.startswith(("https://", "http://")):
@@ -127,6 +127,3 @@ def pin(server: str, root: Path, upstream: str | None, allow_missing: bool) -> N
     except OSError as exc:
         fail(f"cannot write {path}: {exc}")
     click.echo(f"wrote {path}: review the change and commit it")
-
-
-COMMANDS = [pin]

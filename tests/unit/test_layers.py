@@ -223,12 +223,25 @@ def test_relative_imports_resolve_to_the_module_they_name() -> None:
 
 # --- what an offline command loads -------------------------------------------------------------
 
-def loaded_by(statement: str) -> list[str]:
+NODE = ("aiohttp", "prometheus_client")
+# what signing in, the dev IdP, pinning, templates and bundle signatures bring: `gwc validate` needs none
+ONLINE_AND_SIGNING = (*NODE, "authlib", "keyring", "httpx", "httpx2", "mcp", "jinja2", "jwt", "cryptography")
+
+
+def loaded_by(statement: str, packages: tuple[str, ...] = NODE) -> list[str]:
     code = (f"import sys\n{statement}\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'prometheus_client'}))")
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(packages)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    return eval(proc.stdout)  # a printed list of strings
+    return eval(proc.stdout.splitlines()[-1])  # a printed list of strings
+
+
+def running(*argv: str) -> str:
+    """A statement that runs ``gwc ARGV`` to a successful end, its output discarded."""
+    return ("import contextlib, io\nfrom gwc.compiler.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    try:\n        main({list(argv)!r})\n"
+            "    except SystemExit as exc:\n        assert exc.code == 0, exc.code")
 
 
 @pytest.mark.parametrize("statement", [
@@ -242,3 +255,20 @@ def test_offline_tools_load_neither_aiohttp_nor_prometheus(statement: str) -> No
 
 def test_the_offline_check_can_fail() -> None:
     assert loaded_by("import gwc.runtime.app") == ["aiohttp", "prometheus_client"]
+
+
+@pytest.mark.parametrize("argv, absent", [
+    (["validate", str(REPO)], ONLINE_AND_SIGNING),
+    (["validate", "--format", "json", str(REPO)], ONLINE_AND_SIGNING),
+    (["--help"], (*ONLINE_AND_SIGNING, "pydantic", "yaml")),
+    (["session-key"], (*ONLINE_AND_SIGNING, "pydantic", "yaml")),
+    (["approvals", "--help"], (*ONLINE_AND_SIGNING, "pydantic", "yaml")),
+], ids=["validate", "validate-json", "help", "session-key", "approvals-help"])
+def test_a_command_loads_only_what_it_uses(argv: list[str], absent: tuple[str, ...]) -> None:
+    """Start-up time (bench/startup.py): `gwc validate` is pydantic, PyYAML and the checks."""
+    assert loaded_by(running(*argv), absent) == []
+
+
+def test_the_command_check_can_fail(tmp_path: Path) -> None:
+    assert loaded_by(running("keygen", "--out", str(tmp_path / "signing")),
+                     ONLINE_AND_SIGNING) == ["cryptography"]
