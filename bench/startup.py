@@ -2,10 +2,16 @@
 
 Every command runs --runs times (default 10); the table gives the median, min and max wall seconds
 (the machine's load average is printed too: a busy machine shows as a wide min-max). Then the
-imports of `gwc validate` with the most cumulative time (`python -X importtime`, median of
---import-runs runs), nested as Python reports them: what a start-up cut should look at.
+imports of `gwc validate` (`python -X importtime`, median of --import-runs runs): their own time
+summed by top-level package, and those with the most cumulative time, nested as Python reports them:
+what a start-up cut should look at.
 
-    python bench/startup.py [--runs 10] [--top 25] [--root .] [--gwc .venv/bin/gwc]
+Where PYTHONDONTWRITEBYTECODE is set and the checkout has no __pycache__, every run compiles gwc's
+own modules from source (other packages ship their .pyc); --bytecode runs the commands with a
+private bytecode cache instead (PYTHONPYCACHEPREFIX in a temporary folder, filled by a first run),
+as an installed gwc starts.
+
+    python bench/startup.py [--runs 10] [--top 25] [--bytecode] [--root .] [--gwc .venv/bin/gwc]
 """
 from __future__ import annotations
 
@@ -22,23 +28,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(argv: Sequence[str]) -> float:
+def run(argv: Sequence[str], env: dict[str, str]) -> float:
     """Wall seconds of one run of ``argv``; a failing command stops the benchmark (it timed nothing)."""
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True)
+    proc = subprocess.run(argv, capture_output=True, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
     return elapsed
 
 
-def import_times(argv: Sequence[str], runs: int) -> list[tuple[str, float, float]]:
+def import_times(argv: Sequence[str], runs: int, env: dict[str, str]) -> list[tuple[str, float, float]]:
     """(module as indented by -X importtime, self ms, cumulative ms) in import order, each the median
     over ``runs`` runs of ``argv`` (the same modules load every time)."""
     seen: dict[str, tuple[list[float], list[float]]] = {}
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
-                              text=True)
+                              text=True, env=env)
         for line in proc.stderr.splitlines():
             if not line.startswith("import time:") or "[us]" in line:
                 continue
@@ -57,6 +63,8 @@ def main() -> None:
     parser.add_argument("--import-runs", type=int, default=3, choices=range(1, 21), metavar="1..20",
                         help="runs of -X importtime to take the median of (default 3)")
     parser.add_argument("--top", type=int, default=25, help="imports listed (default 25)")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="run with a private bytecode cache, as an installed gwc starts")
     parser.add_argument("--root", type=Path, default=REPO, help="the registry (default: the example)")
     parser.add_argument("--gwc", type=Path, default=Path(sys.executable).with_name("gwc"),
                         help="the gwc script (default: the one beside this python)")
@@ -64,8 +72,15 @@ def main() -> None:
     gwc, root = str(args.gwc), str(args.root)
 
     with tempfile.TemporaryDirectory(prefix="gwc-startup-") as tmp:
+        env = dict(os.environ)
+        if args.bytecode:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
+        bytecode = ("a private bytecode cache" if args.bytecode else
+                    "gwc's modules compiled from source on every run (PYTHONDONTWRITEBYTECODE)"
+                    if os.environ.get("PYTHONDONTWRITEBYTECODE") else "the bytecode next to the sources")
         key, out = f"{tmp}/signing", f"{tmp}/out"
-        run([gwc, "keygen", "--out", key])
+        run([gwc, "keygen", "--out", key], env)
         commands = {
             "python -c pass (floor)": [sys.executable, "-c", "pass"],
             "gwc --help": [gwc, "--help"],
@@ -74,20 +89,29 @@ def main() -> None:
             "gwc build": [gwc, "build", root, "--key", f"{key}.key", "--out", out],
             "gwc inspect": [gwc, "inspect", f"{out}/bundle.json", "--trust", f"{key}.pub"],
         }
-        run(commands["gwc build"])  # inspect reads the bundle it writes
+        for argv in commands.values():  # inspect reads the bundle build writes; fills the cache
+            run(argv, env)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores, load average {load:.2f}; "
-              f"{args.runs} runs each, wall seconds")
+              f"{args.runs} runs each, wall seconds; {bytecode}")
         print(f"{'command':<28}{'median':>8}{'min':>8}{'max':>8}")
         for label, argv in commands.items():
-            times = [run(argv) for _ in range(args.runs)]
+            times = [run(argv, env) for _ in range(args.runs)]
             print(f"{label:<28}{statistics.median(times):>8.3f}{min(times):>8.3f}{max(times):>8.3f}")
 
-    imports = import_times([gwc, "validate", root], args.import_runs)
-    total = sum(own for _, own, _ in imports)
+        imports = import_times([gwc, "validate", root], args.import_runs, env)
+    total = sum(own for _, own, _ in imports)  # each module's own time, counted once
     print(f"\nimports of gwc validate: {len(imports)} modules, {total:.0f} ms "
           f"(median of {args.import_runs} runs of -X importtime, which itself adds some)")
-    print(f"{'cumulative ms':>14}{'self ms':>9}  module")
+    packages: dict[str, float] = {}
+    for name, own, _ in imports:
+        parts = name.strip().split(".")
+        top = ".".join(parts[:3] if parts[0] == "gwc" else parts[:1])  # gwc by layer
+        packages[top] = packages.get(top, 0.0) + own
+    print(f"{'self ms':>14}  package (its modules' own time)")
+    for top, own in sorted(packages.items(), key=lambda p: -p[1])[:args.top]:
+        print(f"{own:>14.1f}  {top}")
+    print(f"\n{'cumulative ms':>14}{'self ms':>9}  module")
     for name, own, cumulative in sorted(imports, key=lambda i: -i[2])[:args.top]:
         print(f"{cumulative:>14.1f}{own:>9.1f}  {name}")
 
