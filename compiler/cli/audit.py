@@ -1,7 +1,7 @@
 """``gwc audit verify|query|replay``: offline tools over the trails gwc-runtime writes (no aiohttp).
 
 What only one command uses is imported by that command: the checker for verify, the replay (its
-worker processes, bundles and report) for replay; query starts with the reader alone.
+worker processes, bundles and report) for replay; query needs neither.
 """
 from __future__ import annotations
 

@@ -76,10 +76,10 @@ def open_bundle(path: str, trust: tuple[str, ...]) -> Bundle:
 
 def payload_of(path: str, trust: tuple[str, ...]) -> BundlePayload:
     """A side of a diff: a bundle file, or a registry folder compiled in memory (unsigned)."""
-    from gwc.compiler.build.bundle import default_revision
-    from gwc.compiler.build.compile import compile_registry
-
     if Path(path).is_dir():
+        from gwc.compiler.build.bundle import default_revision
+        from gwc.compiler.build.compile import compile_registry
+
         registry = load_valid(Path(path))
         return compile_registry(registry, 0, default_revision(Path(path), registry.input_paths()))
     return open_bundle(path, trust).payload
