@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from gwc.runtime.bundle.format import BundlePayload
+if TYPE_CHECKING:  # an annotation only: gwc validate need not build the bundle's models
+    from gwc.runtime.bundle.format import BundlePayload
 
 AGGREGATE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _OUTSIDE = re.compile(r"[^A-Za-z0-9_-]")

@@ -272,3 +272,11 @@ def test_a_command_loads_only_what_it_uses(argv: list[str], absent: tuple[str, .
 def test_the_command_check_can_fail(tmp_path: Path) -> None:
     assert loaded_by(running("keygen", "--out", str(tmp_path / "signing")),
                      ONLINE_AND_SIGNING) == ["cryptography"]
+
+
+def test_validate_builds_no_bundle_models() -> None:
+    """The bundle's pydantic models cost `gwc validate` about 15 ms to build and it uses none."""
+    code = running("validate", str(REPO)) + "\nimport sys\nprint('gwc.runtime.bundle.format' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "False"
