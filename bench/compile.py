@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -83,9 +84,11 @@ def generate(root: Path, servers: int, tools: int, rules: int) -> None:
             yaml.safe_dump(_rules(i, per_server, tools), sort_keys=False))
 
 
-def _time(cmd: list[str]) -> float:
+def timed_run(cmd: Sequence[str], env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one run of ``cmd``; a failing command stops the benchmark (it timed
+    nothing)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -114,7 +117,7 @@ def main() -> None:
         }
         medians = {}
         for name, cmd in env_cmds.items():
-            times = [_time(cmd) for _ in range(args.runs)]
+            times = [timed_run(cmd) for _ in range(args.runs)]
             medians[name] = statistics.median(times)
             print(f"gwc {name:8s} median {medians[name]:.2f} s  (runs: "
                   f"{', '.join(f'{t:.2f}' for t in times)})")

@@ -25,17 +25,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from compile import timed_run  # bench/compile.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(argv: Sequence[str], env: dict[str, str]) -> float:
-    """Wall seconds of one run of ``argv``; a failing command stops the benchmark (it timed nothing)."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-    return elapsed
 
 
 def import_times(argv: Sequence[str], runs: int, env: dict[str, str]) -> list[tuple[str, float, float]]:
@@ -80,7 +72,7 @@ def main() -> None:
                     "gwc's modules compiled from source on every run (PYTHONDONTWRITEBYTECODE)"
                     if os.environ.get("PYTHONDONTWRITEBYTECODE") else "the bytecode next to the sources")
         key, out = f"{tmp}/signing", f"{tmp}/out"
-        run([gwc, "keygen", "--out", key], env)
+        timed_run([gwc, "keygen", "--out", key], env)
         commands = {
             "python -c pass (floor)": [sys.executable, "-c", "pass"],
             "gwc --help": [gwc, "--help"],
@@ -90,13 +82,13 @@ def main() -> None:
             "gwc inspect": [gwc, "inspect", f"{out}/bundle.json", "--trust", f"{key}.pub"],
         }
         for argv in commands.values():  # inspect reads the bundle build writes; fills the cache
-            run(argv, env)
+            timed_run(argv, env)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores, load average {load:.2f}; "
               f"{args.runs} runs each, wall seconds; {bytecode}")
         print(f"{'command':<28}{'median':>8}{'min':>8}{'max':>8}")
         for label, argv in commands.items():
-            times = [run(argv, env) for _ in range(args.runs)]
+            times = [timed_run(argv, env) for _ in range(args.runs)]
             print(f"{label:<28}{statistics.median(times):>8.3f}{min(times):>8.3f}{max(times):>8.3f}")
 
         imports = import_times([gwc, "validate", root], args.import_runs, env)

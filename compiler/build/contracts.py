@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import jsonschema_rs
-
 from gwc.compiler.build.diagnostics import Diagnostic
 from gwc.compiler.build.entries import RuleEntry, ServerEntry
 from gwc.compiler.build.locks import LOCK_SUFFIX
@@ -100,6 +98,8 @@ def _check_schema(source: SourceFile, loc: Loc, schema: dict[str, Any], field: s
         return diags + remote
     name = DIALECTS["https://json-schema.org/draft/2020-12/schema" if dialect is None
                     else dialect.rstrip("#")]
+    import jsonschema_rs  # here: a registry without locks (and gwc's start) never pays its import
+
     try:
         jsonschema_rs.meta.validate(schema)
     except jsonschema_rs.ValidationError as exc:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import jsonschema_rs
-
 from gwc.runtime.bundle.canonical import canonical_json
 
 # what a model is told about a tool besides its name (MCP Tool fields; icons and _meta are not
@@ -38,6 +36,8 @@ def input_validator(schema: Any) -> Any:
     ValueError for a schema that cannot be compiled."""
     if not isinstance(schema, dict):
         raise ValueError("a pinned definition needs an inputSchema object")
+    import jsonschema_rs  # here, not at the top: a bundle without pins never pays its import
+
     try:
         return jsonschema_rs.validator_for(schema, retriever=_no_remote)
     except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
