@@ -21,14 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from overhead import CALL, HEADERS, free_port, load_parser, measure_path, start_gwc, stop, wait_port
+from overhead import (
+    CALL,
+    HEADERS,
+    free_port,
+    load_parser,
+    measure_path,
+    start_gwc,
+    start_redis,
+    stop,
+    wait_port,
+)
 
 LIMITS = {"limits": {"upstream_rpm": 1_000_000}}
 CONFIGS = ("baseline", "audit-file", "audit-stdout", "limits-memory", "limits-redis", "all-redis")
@@ -45,18 +54,6 @@ def settings(config: str, work: Path, redis_url: str) -> tuple[dict | None, list
         "limits-redis": (LIMITS, ["--audit", "none", "--state", redis_url]),
         "all-redis": (LIMITS, [*audit_file, "--state", redis_url]),
     }[config]
-
-
-def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench: redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ sequential calls are made, and the node's instruction count (``Ir``, user space 
 the audit writer's included) is read with ``callgrind_control``. Paths and calls are those of
 ``overhead.py`` (the same bundle, policy and audit trail to a file). Needs valgrind.
 
-    python bench/instructions.py [--calls 300] [--warmup 50]
+    python bench/instructions.py [--calls 300] [--warmup 50] [--log-level info] [--per-user-rpm N]
+                                 [--audit file|stdout|none]
                                  [--baseline OTHER_CHECKOUT/.venv/bin/gwc-runtime]
 """
 from __future__ import annotations
@@ -34,10 +35,13 @@ def control(pid: int, *args: str) -> str:
                           check=True, timeout=120).stdout
 
 
-def instructions(pid: int) -> int:
-    """The node's ``Ir`` count since the last zeroing, summed over its threads."""
+def instructions(pid: int) -> tuple[int, int]:
+    """The node's ``Ir`` count since the last zeroing: of every thread, and of its main thread
+    (the event loop's, which bounds a node's throughput)."""
     counters = control(pid, "-e", "Ir")  # "Totals: Ir" then a line per thread: "Th 1  39,313,126"
-    return sum(int(n.replace(",", "")) for n in re.findall(r"^\s*Th\s+\d+\s+([\d,]+)", counters, re.M))
+    threads = {int(th): int(n.replace(",", "")) for th, n in
+               re.findall(r"^\s*Th\s+(\d+)\s+([\d,]+)", counters, re.M)}
+    return sum(threads.values()), threads.get(1, 0)
 
 
 async def calls(url: str, headers: dict, call: dict, count: int) -> None:
@@ -58,7 +62,8 @@ async def count_paths(port: int, token: str, pid: int, args: argparse.Namespace)
         control(pid, "--instr=on")
         control(pid, "--zero")
         await calls(url, headers, call, args.calls)
-        per_call[name] = instructions(pid) / args.calls
+        every, main = instructions(pid)
+        per_call[name], per_call[name + " (loop)"] = every / args.calls, main / args.calls
         control(pid, "--instr=off")
     return per_call
 
@@ -67,7 +72,10 @@ def measure(runtime: Path | None, upstream: str, work: Path, args: argparse.Name
     port = free_port()
     launcher = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--vgdb=yes",
                 f"--callgrind-out-file={work / 'callgrind.out.%p'}"]
-    proc, token = start_gwc(work, upstream, port, "warning", runtime=runtime, launcher=launcher)
+    fields = {"limits": {"per_user_rpm": args.per_user_rpm}} if args.per_user_rpm else None
+    audit = ["--audit", f"file:{work / 'audit.jsonl'}" if args.audit == "file" else args.audit]
+    proc, token = start_gwc(work, upstream, port, args.log_level, runtime=runtime, launcher=launcher,
+                            bench_fields=fields, runtime_args=audit)
     try:
         wait_port(port, timeout_s=300)
         return asyncio.run(count_paths(port, token, proc.pid, args))
@@ -82,6 +90,13 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(GWC_PATHS), type=lambda v: v.split(","))
     parser.add_argument("--baseline", type=Path, metavar="GWC_RUNTIME",
                         help="another gwc-runtime (e.g. another checkout's .venv/bin/gwc-runtime)")
+    parser.add_argument("--log-level", default="warning", help="gwc's log level (info writes a "
+                        "request line per call, to /dev/null here)")
+    parser.add_argument("--per-user-rpm", type=int, metavar="N",
+                        help="a per-user limit on the benchmarked server, as overhead.py's")
+    parser.add_argument("--audit", choices=["file", "stdout", "none"], default="file",
+                        help="where the node writes its audit trail (file: fsynced before each "
+                             "answer, the default)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("bench: needs valgrind (apt-get install valgrind)")
@@ -102,12 +117,13 @@ def main() -> None:
         stop([upstream_proc])
     print(f"instructions per tools/call in the gwc node (callgrind Ir, {args.calls} sequential calls "
           f"after {args.warmup} warm-up calls)")
-    print(f"{'path':16s} " + " ".join(f"{label:>12s}" for label in results)
+    print(f"{'path':23s} " + " ".join(f"{label:>12s}" for label in results)
           + ("   change" if len(results) == 2 else ""))
-    for path in args.paths:
+    print("(loop): the main thread's share, the event loop's; the rest is the audit writer's")
+    for path in (name for given in args.paths for name in (given, given + " (loop)")):
         counts = [results[label].get(path) for label in results]
         change = (f" {counts[0] / counts[1] - 1:+8.1%}" if len(counts) == 2 and all(counts) else "")
-        print(f"{path:16s} " + " ".join(f"{c:12,.0f}" if c else f"{'-':>12s}" for c in counts) + change)
+        print(f"{path:23s} " + " ".join(f"{c:12,.0f}" if c else f"{'-':>12s}" for c in counts) + change)
 
 
 if __name__ == "__main__":
