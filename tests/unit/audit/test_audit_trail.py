@@ -113,6 +113,25 @@ async def test_rotation_chains_files_and_a_missing_file_is_found(tmp_path) -> No
     assert not broken.ok and broken.broken.file == str(files[2])
 
 
+@pytest.mark.skipif(not hasattr(os, "O_DSYNC"), reason="the OS has no O_DSYNC: the writer fsyncs")
+async def test_every_trail_file_is_written_synchronously(tmp_path) -> None:
+    """Each write returns once the batch is on stable storage (O_DSYNC): no separate fsync for
+    the writer thread to wait on, first file and rotated ones alike."""
+    import fcntl
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter("node-1", path, max_bytes=2048)
+    writer.start()
+    modes = []
+    try:
+        for n in range(40):
+            await writer.submit({"type": "call", "n": n, "padding": "x" * 100})
+            modes.append(fcntl.fcntl(writer._file.fileno(), fcntl.F_GETFL))
+    finally:
+        writer.close()
+    assert len(trail(path)) > 2
+    assert all(mode & os.O_DSYNC and mode & os.O_APPEND for mode in modes)
+
+
 async def test_a_restarted_node_continues_the_chain(tmp_path) -> None:
     path = tmp_path / "audit.jsonl"
     await write(path, 5)
