@@ -11,7 +11,9 @@ through a path line to this venv's site-packages (as tests/e2e/test_wheel.py doe
 ``start_pod`` starts that image's entrypoint as the rendered Deployment would: the image's ENV, then
 the container's env (Secrets and ConfigMaps as the documented commands created them), each volume
 mounted under the image root with its files, modes and the pod's group, the image's WORKDIR as the
-working folder, and, when the tests run as root, the pod's user and groups.
+working folder, and the pod's user and groups when the tests run as root and that user can reach
+this Python and its site-packages (not where Python lives under /root, as on this project's
+machines: the node then runs as the tests' user, and the pod's modes go unchecked there).
 """
 from __future__ import annotations
 
@@ -32,11 +34,9 @@ from typing import Any
 
 from tests.deploy.kube import (
     Documented,
+    build_context,
     dockerfile_stages,
-    dockerignore_excludes,
-    dockerignore_patterns,
     one,
-    tracked_files,
 )
 from tests.support.repo import REPO
 
@@ -68,8 +68,7 @@ def _copy_context(source: Path) -> None:
     WORKDIR): a file goes to the destination (into it when it ends with /), a folder's contents
     into the destination."""
     build = dockerfile_stages()[0]
-    patterns = dockerignore_patterns()
-    context = [name for name in tracked_files() if not dockerignore_excludes(patterns, name)]
+    context = build_context()
     for args in build.all("COPY"):
         *sources, destination = args.split()
         target = source / destination
@@ -227,8 +226,8 @@ def start_pod(image: Image, deployment: dict[str, Any], env: dict[str, str], fol
                *gwc_container(deployment).get("args", [])]
     user: dict[str, Any] = {}
     as_user = None
-    dependencies = Path(sysconfig.get_paths()["purelib"])
-    if os.geteuid() == 0 and world_readable(dependencies) and world_readable(Path(sys.executable).resolve()):
+    reachable = [image.local("/opt/gwc/bin/python").resolve(), Path(sysconfig.get_paths()["purelib"])]
+    if os.geteuid() == 0 and all(world_readable(path) for path in reachable):
         as_user = (security["runAsUser"], security["runAsGroup"])
         user = {"user": as_user[0], "group": as_user[1], "extra_groups": [security["fsGroup"]]}
     stdout, stderr = folder / "stdout", folder / "stderr"
@@ -251,3 +250,25 @@ def snapshot(root: Path, skip: list[Path]) -> dict[str, tuple[int, int]]:
 def secret_text(documented: Documented, name: str, key: str) -> str:
     return base64.b64decode(one(documented.objects, "Secret", name)["data"][key]).decode()
 
+
+
+def as_pod_user(image: Image, deployment: dict[str, Any]) -> list[str]:
+    """What the pod's user (its uid, gid and fsGroup; the tests must run as root to switch) cannot
+    do that the node needs: read every file of its Secret and ConfigMap volumes, write in its
+    emptyDir volumes; and what it can do that it should not: write in the image outside them."""
+    pod = deployment["spec"]["template"]["spec"]
+    security = pod["securityContext"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    script = []
+    for mount in gwc_container(deployment)["volumeMounts"]:
+        where = image.local(mount["mountPath"])
+        if "emptyDir" in volumes[mount["name"]]:
+            script.append(f"touch '{where}/probe' && rm '{where}/probe' || echo 'cannot write {where}'")
+        else:
+            script += [f"cat '{path}' > /dev/null || echo 'cannot read {path}'" for path in where.iterdir()]
+    for folder in (image.root, image.local("/opt/gwc"), image.local("/opt/gwc/bin")):
+        script.append(f"touch '{folder}/probe' 2>/dev/null && echo 'can write {folder}'")
+    done = subprocess.run(["/bin/sh", "-c", "\n".join(script) + "\ntrue"], capture_output=True,
+                          text=True, timeout=30, user=security["runAsUser"], group=security["runAsGroup"],
+                          extra_groups=[security["fsGroup"]])
+    return done.stdout.splitlines()

@@ -7,12 +7,11 @@ import subprocess
 
 from tests.deploy.kube import (
     DOCKERFILE,
+    build_context,
     dockerfile_stages,
     dockerignore_excludes,
-    dockerignore_patterns,
     hadolint,
     one,
-    tracked_files,
 )
 from tests.deploy.pod import gwc_container
 
@@ -67,8 +66,7 @@ def test_the_image_runs_gwc_runtime_as_the_user_the_deployment_names(rendered) -
 
 
 def test_the_build_context_is_what_the_build_stage_copies() -> None:
-    patterns = dockerignore_patterns()
-    context = {name for name in tracked_files() if not dockerignore_excludes(patterns, name)}
+    context = set(build_context())
     copied = [item for args in dockerfile_stages()[0].all("COPY") for item in args.split()[:-1]]
     for item in copied:
         assert item in context or any(name.startswith(item + "/") for name in context), item
