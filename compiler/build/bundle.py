@@ -10,8 +10,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gwc.compiler.build.compile import checked_payload, compile_data, payload_bytes
+from gwc.compiler.build.compile import checked_payload, compile_data
 from gwc.compiler.build.registry import Registry
+from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.envelope import sign_envelope
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.read import digest_of
@@ -82,13 +83,16 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def build(registry: Registry, key: Ed25519PrivateKey, out: Path, serial: int | None,
-          revision: str | None) -> Built:
+          revision: str | None, encoding: str = "lines") -> Built:
+    """Compile, check, sign and write. ``encoding``: ``lines`` (what nodes load fastest) or
+    ``json`` (the one-document payload, which nodes older than issue 15 also read); see
+    ``gwc.runtime.bundle.layout``."""
     serial = default_serial(registry.root) if serial is None else serial
     if revision is None:
         revision = default_revision(registry.root, registry.input_paths())
     data = compile_data(registry, serial, revision)
     payload = checked_payload(data)
-    envelope = sign_envelope(payload_bytes(data), key)
+    envelope = sign_envelope(layout.encode(data, encoding), key, layout.ENCODINGS[encoding])
     digest = digest_of(envelope)
     addressed = out / "bundles" / f"{digest.removeprefix('sha256:')}.json"
     write_atomically(addressed, envelope)  # immutable copy first: the pointer never dangles

@@ -142,6 +142,13 @@ class Tool(_Frozen):
     sensitive: tuple[str, ...] = ()  # top-level argument names masked in what approvals store
     pinned: PinnedTool | None = None  # None: the upstream's live definition is served, unchecked
 
+    @cached_property
+    def rule_index_range(self) -> tuple[int, int]:
+        """(lowest, highest) rule index it names, (0, -1) for none (a tool reused from the bundle
+        before, or shared by servers, has it already: see Server.rule_index_range)."""
+        indexes = (*self.allow, *self.deny)
+        return (min(indexes), max(indexes)) if indexes else (0, -1)
+
 
 class UpstreamAuth(_Frozen):
     """``gateway_jwt``: a short-lived token minted per call. ``static_env``: a secret from the node's env."""
@@ -172,8 +179,8 @@ class Server(_Frozen):
     def rule_index_range(self) -> tuple[int, int]:
         """(lowest, highest) rule index its tools name, (0, -1) for none: checking a bundle's
         indexes is one comparison per server, none for a server reused from the bundle before."""
-        indexes = [idx for tool in self.tools.values() for idx in (*tool.allow, *tool.deny)]
-        return (min(indexes), max(indexes)) if indexes else (0, -1)
+        ranges = [tool.rule_index_range for tool in self.tools.values() if tool.allow or tool.deny]
+        return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (0, -1)
 
 
 class Identity(_Frozen):

@@ -43,15 +43,15 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
       collected, a small, bounded leak per activation (activations happen only when the bundle
       changes); bench/hotswap.py reports the node's RSS after each swap.
     """
-    active = store.active
-    if active is not None and digest_of(data) == active.digest:
+    active, digest = store.active, digest_of(data)
+    if active is not None and digest == active.digest:
         return None  # the very bytes already serving (a restart, a republished file): no work
     with _COLLECTOR:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
             gc.collect()
-            bundle = store.check(data)
+            bundle = store.check(data, digest)
             if bundle is not None:
                 gc.freeze()
             return bundle
@@ -74,6 +74,23 @@ def release_piecewise(retired: list[Bundle]) -> None:
         del payload
         while pieces:
             pieces.pop()
+
+
+class LoopLag:
+    """The longest time the event loop went without running a 1 ms timer, while :meth:`run` runs.
+
+    Debug only (the poller runs one during a check when ``gwc.bundle`` logs at debug level): it
+    is how long requests could not be served at all while a bundle was being checked."""
+
+    def __init__(self) -> None:
+        self.worst_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            self.worst_s = max(self.worst_s, loop.time() - before - 0.001)
 
 
 class PollerMetrics(Protocol):
@@ -118,35 +135,46 @@ class BundlePoller:
         # Remember the ETag even when refusing: the same bad bytes are not re-verified every poll.
         self._etag = fetched.etag
         started = time.perf_counter()
+        lag = LoopLag() if log.isEnabledFor(logging.DEBUG) else None
+        ticker = asyncio.create_task(lag.run()) if lag is not None else None
         try:
-            bundle = await asyncio.to_thread(check_quietly, self._store, fetched.data)
-        except BundleError as exc:
-            active = self._store.active
-            log.error("bundle refused", extra={"reason": str(exc), "source": self._source.location,
-                                               "active_serial": active.serial if active else None})
-            return "refused"
-        if bundle is None:
-            return "unchanged"
-        check_s = time.perf_counter() - started
-        try:
-            await asyncio.to_thread(self._store.persist, fetched.data)
-        except OSError as exc:  # serving the newer bundle matters more than keeping a copy
-            log.error("could not persist the bundle", extra={"reason": str(exc)})
-        self._activate(bundle, "source", started, check_s)
+            try:
+                bundle = await asyncio.to_thread(check_quietly, self._store, fetched.data)
+            except BundleError as exc:
+                active = self._store.active
+                log.error("bundle refused", extra={"reason": str(exc),
+                                                   "source": self._source.location,
+                                                   "active_serial": active.serial if active else None})
+                return "refused"
+            if bundle is None:
+                return "unchanged"
+            check_s = time.perf_counter() - started
+            try:
+                await asyncio.to_thread(self._store.persist, fetched.data)
+            except OSError as exc:  # serving the newer bundle matters more than keeping a copy
+                log.error("could not persist the bundle", extra={"reason": str(exc)})
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+        self._activate(bundle, "source", started, check_s, lag)
         return "activated"
 
-    def _activate(self, bundle: Bundle, origin: str, started: float, check_s: float) -> None:
+    def _activate(self, bundle: Bundle, origin: str, started: float, check_s: float,
+                  lag: LoopLag | None = None) -> None:
         """Swap; the log line times the activation from the fetched bytes: ``check_s`` to verify,
-        parse and vet them, ``activation_s`` until the swap (persisting included)."""
+        parse and vet them, ``activation_s`` until the swap (persisting included), and at debug
+        level ``loop_stall_ms``, the event loop's longest stall meanwhile (:class:`LoopLag`)."""
         if self._store.active is not None:
             self._retired.append(self._store.active)
         self._store.activate(bundle)
         activation_s = time.perf_counter() - started
         self._metrics.bundle_activated(bundle.serial, activation_s)
+        timing = {"check_s": round(check_s, 4), "activation_s": round(activation_s, 4)}
+        if lag is not None:
+            timing["loop_stall_ms"] = round(lag.worst_s * 1000, 1)
         log.info("bundle activated", extra={"digest": bundle.digest, "serial": bundle.serial,
                                             "revision": bundle.payload.revision, "from": origin,
-                                            "check_s": round(check_s, 4),
-                                            "activation_s": round(activation_s, 4)})
+                                            **timing})
 
     async def start(self) -> None:
         """First load: the persisted last good bundle (verified again), then the source.

@@ -34,13 +34,14 @@ class BundleStore:
     def trusted_ids(self) -> frozenset[str]:
         return frozenset(self._trusted)
 
-    def check(self, data: bytes) -> Bundle | None:
+    def check(self, data: bytes, digest: str | None = None) -> Bundle | None:
         """Verify and vet a candidate (CPU work: call it off the event loop).
 
         Returns the bundle to activate, None when it is the active one already, or raises
-        :class:`BundleError` with the reason it is refused.
+        :class:`BundleError` with the reason it is refused. ``digest``: ``digest_of(data)`` if
+        the caller has it.
         """
-        bundle = load_bundle(data, self._trusted)
+        bundle = load_bundle(data, self._trusted, digest)
         active = self.active
         if active is not None:
             if bundle.digest == active.digest:

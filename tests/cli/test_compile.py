@@ -9,20 +9,23 @@ import pytest
 
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_registry
+from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.canonical import canonical_json
 from tests.support.helpers import compile_root, load_ok, manifest, rule, write_registry
 
 
 def signed_payload(root: Path, key, out: Path, serial: int = 1700000000,
-                   revision: str = "0123456789abcdef0123456789abcdef01234567") -> bytes:
+                   revision: str = "0123456789abcdef0123456789abcdef01234567") -> tuple[str, bytes]:
+    """The payload type and payload of the bundle ``gwc build`` makes."""
     built = build(load_ok(root), key, out, serial, revision)
-    return base64.b64decode(json.loads(built.envelope)["payload"])
+    env = json.loads(built.envelope)
+    return env["payloadType"], base64.b64decode(env["payload"])
 
 
 def test_example_payload_snapshot(example_root: Path, signing_key, tmp_path: Path, snapshot) -> None:
-    raw = signed_payload(example_root, signing_key[2], tmp_path / "out")
-    doc = json.loads(raw)
-    assert raw == canonical_json(doc)
+    payload_type, raw = signed_payload(example_root, signing_key[2], tmp_path / "out")
+    doc = layout.document(payload_type, raw)
+    assert raw == layout.encode(doc)  # canonical JSON lines: header, servers, rules
     assert json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) == snapshot
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gwc.compiler.build.locks import lock_path, render_lock
+from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.tool_definitions import definition_digest
 from tests.support.e2e import free_port, running_upstream
 from tests.support.helpers import GATEWAY, write_registry
@@ -83,8 +84,8 @@ def test_a_pinned_registry_validates_and_builds(upstream: str, tmp_path: Path,
     assert gwc("validate", root).exit_code == 0
     built = gwc("build", root, "--key", signing_key[0], "--out", tmp_path / "dist", "--serial", "1")
     assert built.exit_code == 0, built.stderr
-    payload = json.loads(base64.b64decode(json.loads((tmp_path / "dist" / "bundle.json")
-                                                     .read_bytes())["payload"]))
+    env = json.loads((tmp_path / "dist" / "bundle.json").read_bytes())
+    payload = layout.document(env["payloadType"], base64.b64decode(env["payload"]))
     pinned = {name: tool["pinned"] for name, tool in payload["servers"]["deploy"]["tools"].items()}
     assert {name: pin["definition"] for name, pin in pinned.items()} == lock_of(root)["tools"]
     assert all(pin["digest"] == definition_digest(pin["definition"]) for pin in pinned.values())

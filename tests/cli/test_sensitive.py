@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gwc.compiler.build.bundle import build
+from gwc.runtime.bundle import layout
 from tests.support.helpers import compile_root, diagnostics, load_ok, manifest, with_code, write_registry
 
 
@@ -25,7 +26,8 @@ def test_sensitive_arguments_are_compiled_sorted_and_once(tmp_path: Path) -> Non
 def test_a_tool_without_sensitive_arguments_has_none_in_the_payload(tmp_path: Path, signing_key) -> None:
     write_registry(tmp_path / "reg", manifests={"svc.yaml": with_tool(sensitive=["password"])})
     built = build(load_ok(tmp_path / "reg"), signing_key[2], tmp_path / "out", 1, "r")
-    tools = json.loads(base64.b64decode(json.loads(built.envelope)["payload"]))["servers"]["svc"]["tools"]
+    env = json.loads(built.envelope)
+    tools = layout.document(env["payloadType"], base64.b64decode(env["payload"]))["servers"]["svc"]["tools"]
     assert tools["write_it"]["sensitive"] == ["password"]
     assert "sensitive" not in tools["read_it"]  # so bundles of registries without it are unchanged
 

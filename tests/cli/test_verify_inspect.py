@@ -13,17 +13,21 @@ import pytest
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_registry
 from gwc.compiler.build.keys import generate_keypair
+from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.canonical import canonical_json
-from gwc.runtime.bundle.envelope import key_id, sign_envelope
+from gwc.runtime.bundle.envelope import BUNDLE_LINES_TYPE, key_id, sign_envelope
 from gwc.runtime.bundle.read import BundleError, load_bundle, parse_payload, trusted_keys
 from tests.support.helpers import gwc, load_ok
 from tests.support.repo import REPO
 
 
-@pytest.fixture
-def bundle(example_root: Path, signing_key, tmp_path: Path) -> Path:
-    """The example registry built and signed with ``signing_key`` (serial 7, revision r7)."""
-    return build(load_ok(example_root), signing_key[2], tmp_path / "out", 7, "r7").path
+@pytest.fixture(params=["lines", "json"])
+def bundle(request, example_root: Path, signing_key, tmp_path: Path) -> Path:
+    """The example registry built and signed with ``signing_key`` (serial 7, revision r7), its
+    payload in either encoding: lines (what gwc build writes) or one JSON document (every bundle
+    built before issue 15, a node's persisted copy of one, say)."""
+    return build(load_ok(example_root), signing_key[2], tmp_path / "out", 7, "r7",
+                 request.param).path
 
 
 def envelope(path: Path) -> dict:
@@ -35,8 +39,16 @@ def write_envelope(path: Path, env: dict) -> Path:
     return path
 
 
+def payload_type(path: Path) -> str:
+    return envelope(path)["payloadType"]
+
+
+def is_lines(path: Path) -> bool:
+    return payload_type(path) == BUNDLE_LINES_TYPE
+
+
 def payload_doc(path: Path) -> dict:
-    return json.loads(base64.b64decode(envelope(path)["payload"]))
+    return layout.document(payload_type(path), base64.b64decode(envelope(path)["payload"]))
 
 
 def verify(path: Path, *trust: Path):
@@ -71,7 +83,7 @@ def test_flipped_payload_byte_is_a_bad_signature(bundle: Path, signing_key) -> N
     i = raw.index(b'"serial":7') + len(b'"serial":')
     raw[i] = ord("8")  # still valid JSON, still a valid bundle: only the signature can catch it
     env["payload"] = base64.b64encode(bytes(raw)).decode()
-    assert parse_payload(bytes(raw)).serial == 8
+    assert parse_payload(bytes(raw), env["payloadType"]).serial == 8
     assert "bad signature" in refused(write_envelope(bundle, env), signing_key[1])
 
 
@@ -110,7 +122,8 @@ def test_signature_by_unknown_key_is_skipped_when_a_trusted_one_follows(bundle: 
                                                                         tmp_path: Path) -> None:
     _, _, stranger = generate_keypair(tmp_path / "stranger")
     env = envelope(bundle)
-    foreign = json.loads(sign_envelope(base64.b64decode(env["payload"]), stranger))["signatures"][0]
+    foreign = json.loads(sign_envelope(base64.b64decode(env["payload"]), stranger,
+                                       env["payloadType"]))["signatures"][0]
     env["signatures"].insert(0, foreign)
     assert verify(write_envelope(bundle, env), signing_key[1]).exit_code == 0
 
@@ -144,47 +157,61 @@ def test_payload_not_base64_is_malformed(bundle: Path, signing_key) -> None:
 
 
 def _signed(path: Path, payload: bytes, key) -> Path:
-    path.write_bytes(sign_envelope(payload, key))
+    """``payload`` signed with ``key`` as a payload of the bundle's own type, in its place."""
+    path.write_bytes(sign_envelope(payload, key, payload_type(path)))
     return path
+
+
+def _encoded(path: Path, doc: dict) -> bytes:
+    """``doc`` encoded as the bundle at ``path`` is."""
+    return layout.encode(doc, "lines" if is_lines(path) else "json")
 
 
 def test_signed_unknown_format_is_refused(bundle: Path, signing_key) -> None:
     doc = payload_doc(bundle)
     doc["format"] = "gwc.bundle/v9"
-    message = refused(_signed(bundle, canonical_json(doc), signing_key[2]), signing_key[1])
+    message = refused(_signed(bundle, _encoded(bundle, doc), signing_key[2]), signing_key[1])
     assert "unknown bundle format 'gwc.bundle/v9' (this gwc reads gwc.bundle/v1)" in message
 
 
 def test_signed_payload_without_servers_is_malformed(bundle: Path, signing_key) -> None:
     doc = payload_doc(bundle)
     del doc["servers"]
-    message = refused(_signed(bundle, canonical_json(doc), signing_key[2]), signing_key[1])
-    assert "malformed payload: servers: Field required" in message
+    if is_lines(bundle):  # the header says which server lines follow: without it, none do
+        doc["rules"] = len(doc["rules"])
+        payload, expected = canonical_json(doc) + b"\n", "the header's servers is not a list"
+    else:
+        payload, expected = canonical_json(doc), "servers: Field required"
+    message = refused(_signed(bundle, payload, signing_key[2]), signing_key[1])
+    assert f"malformed payload: {expected}" in message
 
 
 def test_signed_payload_that_is_not_json_is_malformed(bundle: Path, signing_key) -> None:
-    message = refused(_signed(bundle, b"\xff not json", signing_key[2]), signing_key[1])
-    assert "malformed payload: not JSON" in message
+    message = refused(_signed(bundle, b"\xff not json\n", signing_key[2]), signing_key[1])
+    assert ("malformed payload: the header line is not JSON" if is_lines(bundle)
+            else "malformed payload: not JSON") in message
 
 
 def test_signed_payload_with_dangling_rule_index_is_malformed(bundle: Path, signing_key) -> None:
     doc = payload_doc(bundle)
     doc["servers"]["deploy"]["tools"]["deploy"]["allow"] = [999]
-    message = refused(_signed(bundle, canonical_json(doc), signing_key[2]), signing_key[1])
+    message = refused(_signed(bundle, _encoded(bundle, doc), signing_key[2]), signing_key[1])
     assert "malformed payload" in message and "rule index 999 out of range" in message
 
 
 def test_signed_payload_with_unknown_field_is_malformed(bundle: Path, signing_key) -> None:
     doc = payload_doc(bundle)
     doc["servers"]["deploy"]["bypass"] = True
-    assert "malformed payload" in refused(_signed(bundle, canonical_json(doc), signing_key[2]),
-                                          signing_key[1])
+    message = refused(_signed(bundle, _encoded(bundle, doc), signing_key[2]), signing_key[1])
+    assert "malformed payload: servers.deploy.bypass: Extra inputs are not permitted" in message
 
 
 def test_signed_payload_is_canonical_and_round_trips(bundle: Path, example_root: Path) -> None:
     raw = base64.b64decode(envelope(bundle)["payload"])
-    assert raw == canonical_json(json.loads(raw))  # sorted keys, compact, UTF-8
-    assert parse_payload(raw) == compile_registry(load_ok(example_root), 7, "r7")
+    # sorted keys, compact, UTF-8; one document, or one per line
+    assert raw == _encoded(bundle, payload_doc(bundle))
+    assert raw.count(b"\n") == (1 + 5 + 13 if is_lines(bundle) else 0)
+    assert parse_payload(raw, payload_type(bundle)) == compile_registry(load_ok(example_root), 7, "r7")
 
 
 def test_verify_requires_trust() -> None:

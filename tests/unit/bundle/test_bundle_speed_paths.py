@@ -1,7 +1,8 @@
 """The fast paths of bundle loading (bench/hotswap.py) decide exactly as the plain path does.
 
-- Stepped validation (one server, one rule at a time, unchanged ones reused) accepts only what
-  ``BundlePayload.model_validate_json`` accepts, and builds the same models.
+- Stepped validation (one server, one rule at a time, unchanged ones reused), of a payload as one
+  JSON document or as lines, accepts only what ``BundlePayload.model_validate_json`` accepts of
+  the document, and builds the same models.
 - The poller's check pauses the collector and puts it back as it was, freezes only accepted
   bundles, frees replaced bundles at its next round and logs how long an activation took.
 """
@@ -22,9 +23,17 @@ import gwc.runtime.bundle.read as bundle_module
 from gwc.compiler.build.bundle import build
 from gwc.compiler.build.compile import compile_data, payload_bytes
 from gwc.compiler.build.registry import load_registry
+from gwc.runtime.bundle import layout
+from gwc.runtime.bundle.envelope import BUNDLE_LINES_TYPE, BUNDLE_PAYLOAD_TYPE
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.poller import BundlePoller, check_quietly, release_piecewise
-from gwc.runtime.bundle.read import BundleError, parse_payload, trusted_keys, validate_in_steps
+from gwc.runtime.bundle.read import (
+    BundleError,
+    parse_payload,
+    trusted_keys,
+    validate_in_steps,
+    validate_lines_in_steps,
+)
 from gwc.runtime.bundle.source import FileSource
 from gwc.runtime.bundle.store import BundleStore
 from gwc.runtime.metrics import Metrics
@@ -118,22 +127,39 @@ def _same(a: BundlePayload, b: BundlePayload) -> bool:
             == b.model_dump(exclude_unset=True, by_alias=True))
 
 
+def _lines(d: Doc) -> bytes:
+    """``d`` as a lines payload, its values written by the standard library (any integer)."""
+    header = {k: v for k, v in d.items() if k not in ("servers", "rules")}
+    header |= {"servers": list(d["servers"]), "rules": len(d["rules"])}
+    return b"".join(json.dumps(part, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+                    for part in (header, *d["servers"].values(), *d["rules"]))
+
+
 @pytest.mark.parametrize("mutate", MUTATIONS.values(), ids=MUTATIONS.keys())
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
-def test_stepped_validation_decides_as_whole_validation(doc, mutate, warm):
+@pytest.mark.parametrize("lines", [False, True], ids=["document", "lines"])
+def test_stepped_validation_decides_as_whole_validation(doc, mutate, warm, lines):
     if warm:  # the unchanged pieces then come from the memo of the payload validated last
-        assert validate_in_steps(payload_bytes(doc)) is not None
+        assert (parse_payload(_lines(doc), BUNDLE_LINES_TYPE) if lines
+                else parse_payload(payload_bytes(doc))) is not None
     mutated = copy.deepcopy(doc)
     mutate(mutated)
     payload = json.dumps(mutated, ensure_ascii=False).encode()  # (orjson: no big ints)
-    whole, stepped = _whole(payload), validate_in_steps(payload)
+    whole = _whole(payload)
+    if lines:
+        if not isinstance(mutated["servers"], dict) or not isinstance(mutated.get("rules"), list):
+            pytest.skip("lines have a line per server and per rule: not expressible")
+        payload, payload_type = _lines(mutated), BUNDLE_LINES_TYPE
+        stepped = validate_lines_in_steps(layout.split(payload))
+    else:
+        payload_type, stepped = BUNDLE_PAYLOAD_TYPE, validate_in_steps(payload)
     if stepped is not None:  # may step aside (None) but never accept what whole refuses
         assert whole is not None and _same(stepped, whole)
     if whole is None:
         with pytest.raises(BundleError):
-            parse_payload(payload)
+            parse_payload(payload, payload_type)
     else:
-        assert _same(parse_payload(payload), whole)
+        assert _same(parse_payload(payload, payload_type), whole)
 
 
 def test_unchanged_servers_and_rules_are_reused_changed_ones_validated(doc):
@@ -155,6 +181,46 @@ def test_unchanged_servers_and_rules_are_reused_changed_ones_validated(doc):
     third = validate_in_steps(payload_bytes(third_doc))
     assert third is not None and third.servers["data-catalog"] is not second.servers["data-catalog"]
     assert third.servers["data-catalog"] == second.servers["data-catalog"]
+
+
+@pytest.mark.parametrize("encoding", ["json", "lines"])
+def test_a_changed_servers_unchanged_tools_are_reused(doc, encoding):
+    first = parse_payload(layout.encode(doc, encoding), layout.ENCODINGS[encoding])
+    changed = copy.deepcopy(doc)
+    _server(changed)["description"] = "changed"
+    _tool(changed)["timeout_ms"] = 1234
+    second = parse_payload(layout.encode(changed, encoding), layout.ENCODINGS[encoding])
+    old, new = first.servers["data-catalog"], second.servers["data-catalog"]
+    assert new is not old and new.description == "changed"
+    assert [n for n, t in new.tools.items() if t is not old.tools[n]] == ["request_export"]
+    assert new.tools["request_export"].timeout_ms == 1234
+    assert new.tools["request_export"] == old.tools["request_export"].model_copy(
+        update={"timeout_ms": 1234})
+
+
+@pytest.mark.parametrize("encoding", ["json", "lines"])
+def test_a_changed_rules_subject_and_conditions_are_reused(doc, encoding):
+    first = parse_payload(layout.encode(doc, encoding), layout.ENCODINGS[encoding])
+    changed = copy.deepcopy(doc)
+    changed["rules"][0]["id"] = "renamed"
+    second = parse_payload(layout.encode(changed, encoding), layout.ENCODINGS[encoding])
+    old, new = first.rules[0], second.rules[0]
+    assert new is not old and new.id == "renamed" and old.conditions
+    assert new.subject is old.subject
+    assert all(a is b for a, b in zip(new.conditions, old.conditions, strict=True))
+
+
+def test_lines_reuse_unchanged_servers_and_rules_by_their_bytes(doc):
+    first = parse_payload(layout.encode(doc), BUNDLE_LINES_TYPE)
+    changed = copy.deepcopy(doc)
+    changed["serial"] = 2
+    changed["servers"]["deploy"]["description"] = "changed"
+    changed["rules"][3]["source"] = "elsewhere:1"
+    second = parse_payload(layout.encode(changed), BUNDLE_LINES_TYPE)
+    assert [n for n, s in second.servers.items() if s is not first.servers[n]] == ["deploy"]
+    assert [i for i, r in enumerate(second.rules) if r is not first.rules[i]] == [3]
+    assert second == BundlePayload.model_validate(changed)
+    assert second == parse_payload(layout.encode(changed, "json"))  # either encoding, one model
 
 
 def test_a_reused_server_is_checked_against_the_new_rules(doc):
@@ -230,3 +296,19 @@ def test_release_piecewise_empties_the_list_and_leaves_held_bundles_intact(bundl
     retired = [held]
     release_piecewise(retired)
     assert retired == [] and len(held.payload.servers) == 5 and held.payload.rules
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+async def test_at_debug_level_an_activation_logs_the_event_loops_longest_stall(
+        bundles, signing_key, tmp_path, collector, caplog, level):
+    path = tmp_path / "bundle.json"
+    path.write_bytes(bundles(1))
+    poller = BundlePoller(FileSource(path), BundleStore(trusted_keys([str(signing_key[1])])),
+                          Metrics(), 30)
+    with caplog.at_level(level, logger="gwc.bundle"):
+        assert await poller.poll_once() == "activated"
+    [activated] = [r for r in caplog.records if r.getMessage() == "bundle activated"]
+    if level == logging.DEBUG:
+        assert 0 <= activated.loop_stall_ms < activated.activation_s * 1000 + 1
+    else:
+        assert not hasattr(activated, "loop_stall_ms")

@@ -1,0 +1,176 @@
+"""Payloads as JSON lines (gwc.runtime.bundle.layout): what gwc build writes, how a reader checks
+their layout, and that bundles with the payload as one JSON document still load; the envelope's
+base64 decoded in chunks."""
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gwc.compiler.build.bundle import build
+from gwc.compiler.build.compile import checked_payload, compile_data
+from gwc.compiler.build.registry import load_registry
+from gwc.runtime.bundle import layout
+from gwc.runtime.bundle.canonical import canonical_json
+from gwc.runtime.bundle.envelope import (
+    BUNDLE_LINES_TYPE,
+    BUNDLE_PAYLOAD_TYPE,
+    VerificationError,
+    b64decode_in_chunks,
+    verify_envelope,
+)
+from gwc.runtime.bundle.read import BundleError, load_bundle, parse_payload, trusted_keys
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture
+def doc(example_root: Path) -> Doc:
+    return compile_data(load_registry(example_root), 1, "r")
+
+
+def test_lines_are_a_header_then_a_line_per_server_and_rule(doc):
+    payload = layout.encode(doc)
+    lines = payload.split(b"\n")
+    assert lines.pop() == b""
+    header = json.loads(lines[0])
+    assert header["servers"] == list(doc["servers"]) and header["rules"] == len(doc["rules"])
+    assert {k: v for k, v in header.items() if k not in ("servers", "rules")} == {
+        k: v for k, v in doc.items() if k not in ("servers", "rules")}
+    assert lines[1:] == [canonical_json(part) for part in (*doc["servers"].values(), *doc["rules"])]
+    assert layout.document(BUNDLE_LINES_TYPE, payload) == doc
+    assert parse_payload(payload, BUNDLE_LINES_TYPE) == checked_payload(doc)
+
+
+def test_build_writes_lines_by_default_and_the_one_document_on_request(example_root, signing_key,
+                                                                       tmp_path):
+    registry = load_registry(example_root)
+    trusted = trusted_keys([str(signing_key[1])])
+    lines = build(registry, signing_key[2], tmp_path / "a", 5, "r")
+    document = build(registry, signing_key[2], tmp_path / "b", 5, "r", encoding="json")
+    data = compile_data(registry, 5, "r")
+    for built, payload_type, payload in ((lines, BUNDLE_LINES_TYPE, layout.encode(data)),
+                                         (document, BUNDLE_PAYLOAD_TYPE, canonical_json(data))):
+        env = json.loads(built.envelope)
+        assert env["payloadType"] == payload_type
+        assert base64.b64decode(env["payload"]) == payload
+        assert load_bundle(built.envelope, trusted).payload == built.payload
+    assert lines.digest != document.digest  # two encodings, two content addresses
+    # A reader that knows only the one-document type (every node before issue 15) refuses lines
+    # by their type, before reading any of the payload.
+    with pytest.raises(VerificationError, match="unexpected payloadType 'application/vnd.gwc.bundle"
+                                                r"\+jsonl' \(expected 'application/vnd.gwc.bundle"
+                                                r"\+json'\)"):
+        verify_envelope(lines.envelope, trusted, BUNDLE_PAYLOAD_TYPE)
+
+
+def _header(d: Doc, **changes: Any) -> bytes:
+    header = {k: v for k, v in d.items() if k not in ("servers", "rules")}
+    header |= {"servers": list(d["servers"]), "rules": len(d["rules"])}
+    return canonical_json(header | changes) + b"\n"
+
+
+def _body(d: Doc) -> bytes:
+    return b"".join(canonical_json(p) + b"\n" for p in (*d["servers"].values(), *d["rules"]))
+
+
+LAYOUT_ERRORS = {
+    "no final newline": (lambda d: layout.encode(d)[:-1], "the last line does not end in a newline"),
+    "empty": (lambda d: b"", "the last line does not end in a newline"),
+    "header not json": (lambda d: b"{\n" + _body(d), "the header line is not JSON"),
+    "header a list": (lambda d: b"[]\n", "the header line is not a JSON object"),
+    "servers missing": (lambda d: _header(d, servers=None) + _body(d),
+                        "the header's servers is not a list of server names"),
+    "server name a number": (lambda d: _header(d, servers=[1, *list(d["servers"])[1:]]) + _body(d),
+                             "the header's servers is not a list of server names"),
+    "server named twice": (lambda d: _header(d, servers=[*list(d["servers"])[:-1], "deploy"])
+                           + _body(d), "the header names a server twice"),
+    "rules a bool": (lambda d: _header(d, rules=True) + _body(d),
+                     "the header's rules is not the number of rules"),
+    "rules negative": (lambda d: _header(d, rules=-1) + _body(d),
+                       "the header's rules is not the number of rules"),
+    "a line too many": (lambda d: layout.encode(d) + b"{}\n",
+                        "the header announces 5 server(s) and 13 rule(s), 19 line(s) follow it"),
+    "a line missing": (lambda d: layout.encode(d).rsplit(b"\n", 2)[0] + b"\n",
+                       "the header announces 5 server(s) and 13 rule(s), 17 line(s) follow it"),
+}
+
+
+@pytest.mark.parametrize("case", LAYOUT_ERRORS.values(), ids=LAYOUT_ERRORS.keys())
+def test_a_lines_payload_out_of_layout_is_refused(doc, case):
+    make, message = case
+    with pytest.raises(BundleError, match="^" + re.escape(f"malformed payload: {message}")):
+        parse_payload(make(doc), BUNDLE_LINES_TYPE)
+
+
+def test_a_line_that_is_not_one_json_value_is_refused_not_spliced(doc):
+    """A server line that would add a server if it were pasted into the document as text."""
+    names = list(doc["servers"])
+    last = canonical_json(doc["servers"][names[-1]])
+    injected = last + b',"intruder":' + last
+    payload = layout.encode(doc).replace(last + b"\n", injected + b"\n", 1)
+    assert payload != layout.encode(doc)
+    message = f"malformed payload: servers.{names[-1]}: not JSON"
+    with pytest.raises(BundleError, match="^" + re.escape(message)):
+        parse_payload(payload, BUNDLE_LINES_TYPE)
+    rules = layout.encode(doc).replace(b'"id":', b'"id" ', 1)
+    with pytest.raises(BundleError, match=r"^malformed payload: rules\.0: not JSON"):
+        parse_payload(rules, BUNDLE_LINES_TYPE)
+
+
+def test_lines_refusals_name_the_field_as_in_the_document(doc):
+    broken = copy.deepcopy(doc)
+    broken["servers"]["deploy"]["tools"]["deploy"]["access"] = "admin"
+    broken["rules"][2]["effect"] = "maybe"
+    with pytest.raises(BundleError) as by_document:
+        parse_payload(layout.encode(broken, "json"))
+    with pytest.raises(BundleError) as by_lines:
+        parse_payload(layout.encode(broken), BUNDLE_LINES_TYPE)
+    assert str(by_lines.value) == str(by_document.value)
+    assert str(by_lines.value).startswith("malformed payload: servers.deploy.tools.deploy.access: ")
+    assert str(by_lines.value).endswith("(2 problem(s))")
+
+
+def test_integers_beyond_64_bits_read_as_in_the_document(doc):
+    big = copy.deepcopy(doc)
+    big["serial"] = 2 ** 70
+    big["servers"]["deploy"]["timeout_ms"] = 2 ** 70
+    payload = layout.encode(big)
+    assert parse_payload(payload, BUNDLE_LINES_TYPE) == parse_payload(layout.encode(big, "json"))
+
+
+B64_CASES = ["", "QQ==", "QUI=", "QUJD", "QUJDRA==", "QUJDREVG", "QUJDREVGR0g=", "QUJDREVGR0hJ",
+             "QQ==QUJD", "QUJDRA==QUJD", "QUJD====", "=QUJD", "QUJDR", "QUJDRE", "QUJDRE=",
+             "QUJD\nREVG", "QUJD REVG", "QUJD*EVG", "QUJDRÉVG", "QUJDREVGR0hJSktM", "QUJDREVGR0hJSk=M",
+             "QUJD=", "QUJDREVG====", "QUJDRA=======", "QUJD====QUJD", "QQ=", "QUJDREVGR0g==",
+             "====", "QUJDREVG=QUJD", "QUJDREVGR0hJ\n"]
+
+
+@pytest.mark.parametrize("text", B64_CASES)
+@pytest.mark.parametrize("chunk", [4, 8, 12])
+def test_base64_in_chunks_decodes_and_refuses_as_one_strict_decode(text, chunk):
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    try:
+        got: bytes | None = b64decode_in_chunks(text, chunk)
+    except (binascii.Error, ValueError):
+        got = None
+    assert got == expected
+
+
+def test_a_big_payload_is_decoded_in_chunks_to_the_same_bytes(doc, signing_key):
+    doc["servers"] = {f"s{i}": doc["servers"]["deploy"] for i in range(400)}  # > one chunk
+    payload = layout.encode(doc)
+    text = base64.b64encode(payload).decode()
+    assert len(text) > 2 * 1 << 18
+    assert b64decode_in_chunks(text) == payload
+    with pytest.raises(binascii.Error):  # padding where a chunk ends, data after it
+        b64decode_in_chunks(text[:(1 << 18) - 2] + "==" + text[1 << 18:])
