@@ -6,11 +6,13 @@ real `gwc build`, and starts gwc-runtime on a file source with a short poll inte
 tools/call requests for the whole run while the bundle file is replaced (atomically) by the next
 serial, several times. For each swap it measures the time from the replacement to /readyz reporting
 the new serial, the activation's own duration (the runtime's `activation_s` log field), and the
-latency of the requests that overlapped the activation; over the run, every failed request.
+latency of the requests that overlapped the activation, the longest event-loop stall (a /healthz
+probe every few ms from outside; with --log-level debug also the node's own ticker); over the run,
+every failed request.
 
     python bench/hotswap.py [--swaps 5] [--changed 20] [--workers 8] [--rate 0] [--poll-interval 1]
                             [--settle 4] [--servers 2000] [--tools 20] [--rules 10000]
-                            [--log-level info] [--keep DIR]
+                            [--probe-ms 5] [--log-level info] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -114,6 +116,7 @@ def start_runtime(work: Path, bundle: Path, ci_pub: Path, port: int, args: argpa
 @dataclass
 class Run:
     calls: list[tuple[float, float, bool]] = field(default_factory=list)  # start, seconds, ok
+    probes: list[tuple[float, float]] = field(default_factory=list)  # /healthz: start, seconds
     failures: list[str] = field(default_factory=list)
     swaps: list[dict] = field(default_factory=list)  # serial, replaced_at, visible_s, rss_mb
 
@@ -169,7 +172,26 @@ async def load_and_swap(args: argparse.Namespace, base: str, token: str, bundles
                 if not ok:
                     run.failures.append(why)
 
+        async def probe() -> None:
+            """GET /healthz every --probe-ms on its own connection (paced, open loop): it does
+            nothing but answer, so its latency is how long the node's event loop could not run."""
+            async with aiohttp.ClientSession(timeout=timeout) as own:
+                next_at = time.perf_counter()
+                while not stop.is_set():
+                    next_at += args.probe_ms / 1000
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                    start, wall = time.perf_counter(), time.time()
+                    try:
+                        async with own.get(f"{base}/healthz") as resp:
+                            await resp.read()
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        run.failures.append(f"/healthz: {exc.__class__.__name__}: {exc}")
+                    run.probes.append((wall, time.perf_counter() - start))
+                    next_at = max(next_at, time.perf_counter())  # late: no burst to catch up
+
         workers = [asyncio.create_task(worker(k)) for k in range(args.workers)]
+        if args.probe_ms:
+            workers.append(asyncio.create_task(probe()))
         try:
             await asyncio.sleep(args.settle)
             for serial, bundle in enumerate(bundles[1:], start=2):
@@ -191,8 +213,9 @@ async def load_and_swap(args: argparse.Namespace, base: str, token: str, bundles
     return run
 
 
-def activations(log_path: Path) -> dict[int, tuple[float, float, float]]:
-    """serial -> (wall time the activation ended, activation_s, check_s) from the runtime's log."""
+def activations(log_path: Path) -> dict[int, tuple[float, float, float, float]]:
+    """serial -> (wall time the activation ended, activation_s, check_s, loop_stall_ms) from the
+    runtime's log (the stall only at debug level, else nan)."""
     found = {}
     for line in log_path.read_text(errors="replace").splitlines():
         if '"bundle activated"' not in line:
@@ -201,13 +224,17 @@ def activations(log_path: Path) -> dict[int, tuple[float, float, float]]:
         ended = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=UTC).timestamp()
         found[entry["serial"]] = (ended, entry.get("activation_s", float("nan")),
-                                  entry.get("check_s", float("nan")))
+                                  entry.get("check_s", float("nan")),
+                                  entry.get("loop_stall_ms", float("nan")))
     return found
 
 
-def report(args: argparse.Namespace, run: Run, acts: dict[int, tuple[float, float, float]]) -> None:
-    """Per swap: the calls in flight during the activation (p50/p99/max) and the slowest call
-    until the next poll has freed the replaced bundle ("max after")."""
+def report(args: argparse.Namespace, run: Run,
+           acts: dict[int, tuple[float, float, float, float]]) -> None:
+    """Per swap: the calls in flight during the activation (p50/p99/max), the slowest /healthz
+    probe in flight meanwhile ("stall": how long the event loop could not answer at all; "tick":
+    the node's own measure at debug level) and the slowest call until the next poll has freed
+    the replaced bundle ("max after")."""
     calls = run.calls
     rate = f"{args.rate:g} calls/s" if args.rate else "closed loop"
     print(f"hot swap of a {args.servers} x {args.tools} + {args.rules}-rule bundle, {len(run.swaps)} "
@@ -215,26 +242,35 @@ def report(args: argparse.Namespace, run: Run, acts: dict[int, tuple[float, floa
           f"poll interval {args.poll_interval:g} s, gwc log level {args.log_level} "
           f"({os.cpu_count()} cores, all on this machine)")
     print(f"{'serial':>6s} {'visible s':>10s} {'activation s':>13s} {'check s':>8s} {'calls':>6s} "
-          f"{'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'max after':>10s} {'rss MB':>7s}")
+          f"{'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'stall ms':>9s} {'tick ms':>8s} "
+          f"{'max after':>10s} {'rss MB':>7s}")
     during_all: list[float] = []
     steady_all: list[float] = []
     after_max: list[float] = []
+    stalls, steady_probes, ticks = [], [], []
     visible, activation, check = [], [], []
     for swap in run.swaps:
-        ended, act_s, check_s = acts.get(swap["serial"], (float("nan"),) * 3)
+        ended, act_s, check_s, tick = acts.get(swap["serial"], (float("nan"),) * 4)
         freed = ended + 1.2 * args.poll_interval + 0.25  # the next poll round frees the old one
         during = [s for w, s, _ in calls if ended - act_s <= w + s and w <= ended] or [float("nan")]
         after = [s for w, s, _ in calls if ended < w <= freed] or [float("nan")]
         steady_all += [s for w, s, _ in calls
                        if swap["replaced_at"] - STEADY_S <= w and w + s < swap["replaced_at"]]
         during_all += during
+        stall = max((s for w, s in run.probes if ended - act_s <= w + s and w <= ended),
+                    default=float("nan"))
+        steady_probes += [s for w, s in run.probes
+                          if swap["replaced_at"] - STEADY_S <= w and w + s < swap["replaced_at"]]
+        stalls.append(stall)
+        ticks.append(tick)
         after_max.append(max(after))
         visible.append(swap["visible_s"])
         activation.append(act_s)
         check.append(check_s)
         print(f"{swap['serial']:6d} {swap['visible_s']:10.3f} {act_s:13.3f} {check_s:8.3f} "
               f"{len(during):6d} {pct(during, .5):7.1f} {pct(during, .99):7.1f} "
-              f"{max(during) * 1000:7.1f} {max(after) * 1000:10.1f} {swap['rss_mb']:7.0f}")
+              f"{max(during) * 1000:7.1f} {stall * 1000:9.1f} {tick:8.1f} "
+              f"{max(after) * 1000:10.1f} {swap['rss_mb']:7.0f}")
     print(f"median: visible {statistics.median(visible):.3f} s (replace -> /readyz serial, "
           f"includes up to {1.2 * args.poll_interval:g} s of poll wait), activation "
           f"{statistics.median(activation):.3f} s (target < 0.5 s), of which verify + parse "
@@ -243,6 +279,14 @@ def report(args: argparse.Namespace, run: Run, acts: dict[int, tuple[float, floa
                            ("during activations", during_all)):
         print(f"latency {label}: {len(samples)} calls, p50 {pct(samples, .5):.1f} ms, p99 "
               f"{pct(samples, .99):.1f} ms, max {max(samples) * 1000:.1f} ms")
+    if args.probe_ms:
+        print(f"event-loop stall (slowest /healthz probe, every {args.probe_ms:g} ms) during an "
+              f"activation: median {statistics.median(stalls) * 1000:.1f} ms, max "
+              f"{max(stalls) * 1000:.1f} ms (target < 50 ms); steady: max "
+              f"{max(steady_probes, default=float('nan')) * 1000:.1f} ms")
+    if any(t == t for t in ticks):  # the node's ticker (debug level)
+        print(f"event-loop stall by the node's 1 ms ticker: median {statistics.median(ticks):.1f} "
+              f"ms, max {max(ticks):.1f} ms")
     print(f"slowest call after an activation, until the old bundle is freed: median "
           f"{statistics.median(after_max) * 1000:.1f} ms, max {max(after_max) * 1000:.1f} ms")
     print(f"requests: {len(calls)} in {len(run.swaps)} swaps, failed {len(run.failures)} (target 0)")
@@ -265,8 +309,11 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=2000)
     parser.add_argument("--tools", type=int, default=20)
     parser.add_argument("--rules", type=int, default=10_000)
+    parser.add_argument("--probe-ms", type=float, default=5, help="GET /healthz this often (ms) "
+                        "on its own connection to find the event loop's stalls (0: no probe)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info"],
-                        help="gwc's log level (the activation line is at info)")
+                        help="gwc's log level (the activation line is at info; at debug it also "
+                        "has the event loop's longest stall, from a 1 ms ticker in the node)")
     parser.add_argument("--keep", metavar="DIR", help="generate and build into DIR and reuse "
                         "that build next time when the sizes match (the upstream port is in the "
                         "bundles, so it is reused too)")
