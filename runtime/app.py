@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -288,12 +288,17 @@ class Gateway:
         return app
 
 
+# Request ids are unique, not secret: 128 random bits as 32 hex digits (a uuid4's form) from a
+# generator seeded by the OS once. uuid.uuid4() asks the kernel for every id (8-9 us a call here).
+_request_ids = random.Random()
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request the gateway's own id (a client's id is kept beside it, never in its
     place: records are filed under ids no caller chooses), and never let an exception become a
     trace."""
-    request[REQUEST_ID] = request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id = f"{_request_ids.getrandbits(128):032x}"
     request[STARTED] = time.perf_counter()
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request[CLIENT_REQUEST_ID] = (incoming if 0 < len(incoming) <= 128 and incoming.isprintable()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -37,11 +38,23 @@ HEAD_PAYLOAD_TYPE = "application/vnd.gwc.audit-head+json"
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # a record's time: UTC, fixed width (27 characters)
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text up to the "."
 
 
 def utc_time(ts: float) -> str:
-    """Fixed width, so comparing two as strings compares the times."""
-    return datetime.fromtimestamp(ts, UTC).strftime(TIME_FORMAT)
+    """Fixed width, so comparing two as strings compares the times. The text of the second is
+    kept (every call writes one, and strftime costs several microseconds); the microseconds are
+    rounded as ``datetime.fromtimestamp`` rounds them."""
+    global _second
+    whole = math.floor(ts)
+    micros = round((ts - whole) * 1e6)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    second, text = _second
+    if whole != second:
+        text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, text)  # one tuple: a thread reading it sees both halves together
+    return f"{text}.{micros:06d}Z"
 
 
 class UnencodableRecord(ValueError):

@@ -114,22 +114,24 @@ async def test_rotation_chains_files_and_a_missing_file_is_found(tmp_path) -> No
 
 
 @pytest.mark.skipif(not hasattr(os, "O_DSYNC"), reason="the OS has no O_DSYNC: the writer fsyncs")
-async def test_every_trail_file_is_written_synchronously(tmp_path) -> None:
+async def test_every_trail_file_is_written_synchronously(tmp_path, monkeypatch) -> None:
     """Each write returns once the batch is on stable storage (O_DSYNC): no separate fsync for
     the writer thread to wait on, first file and rotated ones alike."""
     import fcntl
+
+    from gwc.runtime.audit import writer as writer_module
+    opened = []
+
+    def open_and_look(path):
+        file = open_trail_file(path)
+        opened.append(fcntl.fcntl(file.fileno(), fcntl.F_GETFL))
+        return file
+    open_trail_file = writer_module._open_trail_file
+    monkeypatch.setattr(writer_module, "_open_trail_file", open_and_look)
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter("node-1", path, max_bytes=2048)
-    writer.start()
-    modes = []
-    try:
-        for n in range(40):
-            await writer.submit({"type": "call", "n": n, "padding": "x" * 100})
-            modes.append(fcntl.fcntl(writer._file.fileno(), fcntl.F_GETFL))
-    finally:
-        writer.close()
-    assert len(trail(path)) > 2
-    assert all(mode & os.O_DSYNC and mode & os.O_APPEND for mode in modes)
+    await write(path, 40, max_bytes=2048)
+    assert len(trail(path)) == len(opened) > 2
+    assert all(mode & os.O_DSYNC and mode & os.O_APPEND for mode in opened)
 
 
 async def test_a_restarted_node_continues_the_chain(tmp_path) -> None:
@@ -661,3 +663,17 @@ async def test_a_node_publishes_its_signed_head_and_sequence(node, tmp_path) -> 
     cut = await asyncio.to_thread(gwc, "audit", "verify", node.audit_path, "--jwks", jwks,
                                   "--anchor", anchor)
     assert cut.exit_code == 4 and "records were cut from its end" in cut.stderr
+
+
+@pytest.mark.parametrize("ts", [0.0, 1.5, 1_796_000_000.0, 1_796_000_000.9999995, 1_796_000_000.9999994,
+                                1_796_000_000.0000005, 1_796_000_059.999999, 4_102_444_799.9999996,
+                                *(random.Random(7).uniform(0, 4e9) for _ in range(200))])
+def test_record_times_read_as_datetime_writes_them(ts) -> None:
+    """The second's text is kept between calls; the time must still be exactly what
+    datetime.strftime gives, rounding of microseconds into the next second included."""
+    from datetime import UTC, datetime
+
+    from gwc.runtime.audit.chain import TIME_FORMAT, utc_time
+    utc_time(ts - 1)  # another second formatted just before
+    assert utc_time(ts) == datetime.fromtimestamp(ts, UTC).strftime(TIME_FORMAT)
+    assert utc_time(ts) == datetime.fromtimestamp(ts, UTC).strftime(TIME_FORMAT)  # from the cache
