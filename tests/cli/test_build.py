@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -174,6 +175,24 @@ def test_explicit_serial_wins(tmp_path: Path, signing_key) -> None:
                        env={"SOURCE_DATE_EPOCH": "1700000000"})
     assert result.exit_code == 0
     assert read_unverified((tmp_path / "out" / "bundle.json").read_bytes()).serial == 3
+
+
+def test_payload_option_chooses_the_encoding_both_load_to_the_same_payload(example_root: Path,
+                                                                           signing_key,
+                                                                           tmp_path: Path) -> None:
+    types = {}
+    for encoding in ("lines", "json", None):
+        extra = ("--payload", encoding) if encoding else ()
+        result = build_cli(example_root, signing_key[0], tmp_path / str(encoding), "--serial", "4",
+                           *extra)
+        assert result.exit_code == 0, result.stderr
+        data = (tmp_path / str(encoding) / "bundle.json").read_bytes()
+        types[encoding] = json.loads(data)["payloadType"]
+        loaded = load_bundle(data, trusted_keys([str(signing_key[1])]))
+        assert loaded.payload == read_unverified((tmp_path / "lines" / "bundle.json").read_bytes()).payload
+    assert types == {"lines": "application/vnd.gwc.bundle+jsonl", None: types["lines"],
+                     "json": "application/vnd.gwc.bundle+json"}
+    assert build_cli(example_root, signing_key[0], tmp_path / "x", "--payload", "xml").exit_code == 2
 
 
 def test_negative_serial_is_a_usage_error(tmp_path: Path, signing_key) -> None:
