@@ -6,7 +6,8 @@
 #   docker build -t gwc:0.1.0 .
 #   docker run --rm -p 8080:8080 -e GWC_BUNDLE=... -e GWC_TRUST=... gwc:0.1.0
 #
-# tests/deploy/test_image.py does what these stages do in a temporary folder (no registry needed).
+# Without a registry of base images it cannot be built: tests/deploy/pod.py does what these stages do
+# in a temporary folder, and tests/deploy/test_pod.py starts a node from that as the Deployment would.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # Stage 1: build the wheel and install it, with its dependencies, into /opt/gwc.

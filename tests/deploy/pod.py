@@ -157,14 +157,13 @@ class Pod:
     as_user: tuple[int, int] | None  # the uid and gid it runs as, when the tests could switch
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM, as the kubelet stops a container; its exit code (SIGKILL after 15 s)."""
+        self.proc.terminate()  # nothing when it has exited
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 def gwc_container(deployment: dict[str, Any]) -> dict[str, Any]:

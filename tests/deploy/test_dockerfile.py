@@ -1,6 +1,6 @@
 """The Dockerfile, checked where no registry of base images can be reached (and so no image can be
 built): hadolint, the shape issue 16 asks for, and the build context it gets.
-tests/deploy/test_image.py does what its stages do."""
+tests/deploy/pod.py does what its stages do."""
 from __future__ import annotations
 
 import subprocess
