@@ -5,6 +5,8 @@ tests/deploy/test_pod.py starts a node with what they render."""
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,8 @@ from tests.deploy.kube import (
     schema_versions,
 )
 from tests.deploy.pod import gwc_container
-from tests.support.repo import REPO
 
-GWC_BIN = Path(REPO / ".venv" / "bin")
+GWC_BIN = Path(sys.executable).parent  # this venv's gwc
 
 
 def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -66,7 +67,7 @@ def test_a_fleet_of_spread_nodes_behind_a_service_a_budget_and_an_autoscaler(ren
     deployment = one(objects, "Deployment", "gwc")
     labels = pod_labels(deployment)
     spec = deployment["spec"]
-    assert spec["replicas"] >= 2
+    assert "replicas" not in spec  # the autoscaler's: kubectl apply must not reset it
     assert selects(spec["selector"]["matchLabels"], labels)
     assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     spread = {c["topologyKey"]: c for c in spec["template"]["spec"]["topologySpreadConstraints"]}
@@ -78,11 +79,13 @@ def test_a_fleet_of_spread_nodes_behind_a_service_a_budget_and_an_autoscaler(ren
     hpa = one(objects, "HorizontalPodAutoscaler", "gwc")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gwc"}
     assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     pdb = one(objects, "PodDisruptionBudget", "gwc")
     assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
     assert pdb["spec"]["maxUnavailable"] == 1
 
     container = gwc_container(deployment)
+    assert container["resources"]["requests"]["cpu"]  # what the autoscaler's utilization is a share of
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     service = one(objects, "Service", "gwc")
     assert selects(service["spec"]["selector"], labels)
@@ -136,7 +139,7 @@ def test_every_setting_is_one_gwc_runtime_reads(rendered, overlay: str, tmp_path
     assert all(m.get("readOnly") for m in mounts.values() if "emptyDir" not in volumes[m["name"]])
 
     # gwc-runtime's own reading of them: paths moved under tmp_path, secrets given real values
-    for name in variables:
+    for name in [*variables, *(name for name in os.environ if name.startswith("GWC_"))]:
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
         moved = ",".join(str(tmp_path / p.lstrip("/")) if p.startswith("/") else p for p in value.split(","))
