@@ -174,3 +174,75 @@ def test_a_big_payload_is_decoded_in_chunks_to_the_same_bytes(doc, signing_key):
     assert b64decode_in_chunks(text) == payload
     with pytest.raises(binascii.Error):  # padding where a chunk ends, data after it
         b64decode_in_chunks(text[:(1 << 18) - 2] + "==" + text[1 << 18:])
+
+
+def _open_by_parsing(data: bytes) -> tuple[str, bytes, list] | str:
+    """What open_envelope gave before it read canonical envelopes without parsing their payload:
+    the oracle (its result, or its refusal's message)."""
+    try:
+        env = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return "malformed envelope: not JSON (truncated or corrupted file?)"
+    if not isinstance(env, dict):
+        return "malformed envelope: not a JSON object"
+    if not isinstance(env.get("payloadType"), str):
+        return "malformed envelope: missing payloadType"
+    if not isinstance(env.get("payload"), str):
+        return "malformed envelope: payload is not a base64 string"
+    try:
+        payload = base64.b64decode(env["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        return "malformed envelope: payload is not valid base64"
+    sigs = env.get("signatures")
+    if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) for s in sigs):
+        return "unsigned bundle: the envelope has no signatures"
+    return env["payloadType"], payload, sigs
+
+
+SIG = '[{"keyid":"ab","sig":"c2ln"}]'
+ENVELOPES = {
+    "canonical": '{"payload":"QUJD","payloadType":"t","signatures":' + SIG + '}',
+    "canonical padded": '{"payload":"QUI=","payloadType":"t","signatures":' + SIG + '}',
+    "empty payload": '{"payload":"","payloadType":"t","signatures":' + SIG + '}',
+    "escaped payload": '{"payload":"QUJ\\u0044","payloadType":"t","signatures":' + SIG + '}',
+    "escape elsewhere": '{"payload":"QUJD","payloadType":"\\u0074","signatures":' + SIG + '}',
+    "payload twice": '{"payload":"QUJD","payloadType":"t","payload":"REVG","signatures":' + SIG + '}',
+    "payload twice, empty": '{"payload":"QUJD","payloadType":"t","payload":"","signatures":'
+                            + SIG + '}',
+    "payload as a value": '{"payload":"QUJD","payloadType":"payload","signatures":' + SIG + '}',
+    "type first": '{"payloadType":"t","payload":"QUJD","signatures":' + SIG + '}',
+    "spaces": '{"payload": "QUJD", "payloadType": "t", "signatures": ' + SIG + '}',
+    "control character": '{"payload":"QU\nJD","payloadType":"t","signatures":' + SIG + '}',
+    "not base64": '{"payload":"QU*D","payloadType":"t","signatures":' + SIG + '}',
+    "non-ascii": '{"payload":"QUJÉ","payloadType":"t","signatures":' + SIG + '}',
+    "unterminated": '{"payload":"QUJD',
+    "truncated": '{"payload":"QUJD","payloadType":"t","signatures":[{"keyid":"ab"',
+    "trailing data": '{"payload":"QUJD","payloadType":"t","signatures":' + SIG + '} x',
+    "no type": '{"payload":"QUJD","signatures":' + SIG + '}',
+    "no signatures": '{"payload":"QUJD","payloadType":"t"}',
+    "payload a number": '{"payload":5,"payloadType":"t","signatures":' + SIG + '}',
+    "a list": '["payload"]',
+}
+
+
+@pytest.mark.parametrize("text", ENVELOPES.values(), ids=ENVELOPES.keys())
+def test_a_canonical_envelope_read_without_parsing_its_payload_opens_as_parsed(text):
+    from gwc.runtime.bundle.envelope import open_envelope
+    data = text.encode()
+    expected = _open_by_parsing(data)
+    try:
+        got: tuple[str, bytes, list] | str = open_envelope(data)
+    except VerificationError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_a_built_envelope_is_read_without_parsing_its_payload(example_root, signing_key, tmp_path):
+    from gwc.runtime.bundle.envelope import _canonical_parts, open_envelope
+    built = build(load_registry(example_root), signing_key[2], tmp_path / "out", 1, "r")
+    parts = _canonical_parts(built.envelope)
+    assert parts is not None
+    env, payload = parts
+    assert env == {**json.loads(built.envelope), "payload": ""}
+    assert open_envelope(built.envelope) == (env["payloadType"], payload, env["signatures"])
+    assert payload == base64.b64decode(json.loads(built.envelope)["payload"])
