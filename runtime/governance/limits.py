@@ -24,11 +24,15 @@ Backends share one async interface (``RateLimiter``):
 - ``MemoryRateLimiter`` (default): per node. Bounded: at most ``max_entries`` keys (a cachetools TLRUCache);
   a key's entry expires when its TAT has passed, the moment its state equals a fresh key's, so expiry never
   changes a verdict. When the bound is hit the least recently used key is evicted (it regains its burst).
-- ``RedisRateLimiter(client)``: the whole fleet shares one budget. Each ``check_all`` is one Lua script
-  invocation (EVALSHA, falling back to EVAL when the script is not cached), atomic: all TATs are read,
+- ``RedisRateLimiter(client)``: the whole fleet shares one budget. A ``check_all`` is decided by a Lua
+  script (EVALSHA, falling back to EVAL when the script is not cached), atomically: all TATs are read,
   all limits decided, and only if all pass are the TATs written (``SET ... PX`` so idle keys expire when
-  their TAT passes). Time comes from the Redis server (``TIME``), so node clocks do not matter. Keys are
-  ``{gwc:rl}:<key>``: one hash slot, so the multi-key script also works on Redis Cluster.
+  their TAT passes). A check goes to Redis at once when nothing else is there; checks that come while
+  a script call is in flight wait for it and then go together in the next one (up to ``MAX_BATCH``),
+  decided in the order they came, each as if alone. Under load that is one round trip for many calls
+  instead of one each; a lone call waits for nothing. Time comes from the Redis server (``TIME``), so
+  node clocks do not matter. Keys are ``{gwc:rl}:<key>``: one hash slot, so the multi-key script also
+  works on Redis Cluster.
 
 Redis unreachable (connection refused, reset, or no answer within ``socket_timeout``, 0.2 s by default):
 the check is answered by a per-node ``MemoryRateLimiter`` instead (limits then hold per node, not fleet-wide:
@@ -43,6 +47,7 @@ Not thread-safe: one instance belongs to one event loop (which is how the runtim
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +69,7 @@ log = logging.getLogger("gwc.rate_limits")
 US = 1_000_000  # the limiters count in integer microseconds: exact, no float drift
 DEFAULT_MAX_ENTRIES = 100_000
 REDIS_PREFIX = "{gwc:rl}:"
+MAX_BATCH = 128  # checks sent to Redis in one script call at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,36 +188,53 @@ class MemoryRateLimiter(RateLimiter):
         return ALLOWED
 
 
-# KEYS: one TAT key per limit. ARGV[1]: now in µs, or "" for the server's clock; then per key its
-# emission interval and tolerance in µs. Returns {1} when allowed, else {0, wait µs, index of the key}.
+# KEYS: the TAT keys of a batch of checks, one check's after another's. ARGV[1]: the number of checks;
+# then per check its now in µs ("" for the server's clock), its number of limits, and per limit its
+# emission interval and tolerance in µs. Checks are decided in order, each as if alone: all its limits
+# pass and are committed, or none is (a later check of the batch sees what an earlier one committed).
+# Returns per check {1} when allowed, else {0, wait µs, index of its key among the check's}.
 # Numbers go through string.format('%.0f') because Lua's own number-to-string keeps only 14 digits.
 GCRA_LUA = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
+local server_now
+local replies = {}
+local arg, base = 2, 0
+for c = 1, tonumber(ARGV[1]) do
+  local now
+  if ARGV[arg] == '' then
+    if not server_now then
+      local t = redis.call('TIME')
+      server_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    now = server_now
+  else
+    now = tonumber(ARGV[arg])
+  end
+  local count = tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local new = {}
+  local worst, worst_i = 0, 0
+  for i = 1, count do
+    local interval = tonumber(ARGV[arg])
+    local tau = tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local tat = tonumber(redis.call('GET', KEYS[base + i])) or now
+    if tat < now then tat = now end
+    local wait = tat - now - tau
+    if wait > worst then worst, worst_i = wait, i end
+    new[i] = tat + interval
+  end
+  if worst_i > 0 then
+    replies[c] = {0, string.format('%.0f', worst), worst_i}
+  else
+    for i = 1, count do
+      local ttl_ms = math.ceil((new[i] - now) / 1000)
+      redis.call('SET', KEYS[base + i], string.format('%.0f', new[i]), 'PX', string.format('%.0f', ttl_ms))
+    end
+    replies[c] = {1}
+  end
+  base = base + count
 end
-local new = {}
-local worst, worst_i = 0, 0
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  local tau = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  local wait = tat - now - tau
-  if wait > worst then worst, worst_i = wait, i end
-  new[i] = tat + interval
-end
-if worst_i > 0 then
-  return {0, string.format('%.0f', worst), worst_i}
-end
-for i = 1, #KEYS do
-  local ttl_ms = math.ceil((new[i] - now) / 1000)
-  redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', string.format('%.0f', ttl_ms))
-end
-return {1}
+return replies
 """
 GCRA = Script(GCRA_LUA)
 
@@ -236,6 +259,10 @@ class RedisRateLimiter(RateLimiter):
         self._retry_at = 0.0  # monotonic time before which checks go straight to the fallback
         self.outages = 0
         self.fallback_checks = 0
+        # Checks that came while a batch was at Redis; they go together when it is answered.
+        self._waiting: list[tuple[list[Limit], float | None, asyncio.Future[LimitCheck]]] = []
+        self._in_flight = False
+        self._batch: asyncio.Task[None] | None = None  # the batch at Redis, if sent by a task
 
     async def check_all(self, limits: Iterable[Limit | tuple[str, int]],
                         now: float | None = None) -> LimitCheck:
@@ -244,21 +271,62 @@ class RedisRateLimiter(RateLimiter):
             return ALLOWED
         if self.using_fallback and time.monotonic() < self._retry_at:
             return self._local(checked, now)
-        keys = [REDIS_PREFIX + limit.key for limit in checked]
-        args: list[str | int] = ["" if now is None else _us(now)]
-        for limit in checked:
-            args.extend(_params(limit.per_minute, limit.burst))
+        if self._in_flight:  # a batch is at Redis: this check goes with the next one
+            future: asyncio.Future[LimitCheck] = asyncio.get_running_loop().create_future()
+            self._waiting.append((checked, now, future))
+            return await future
+        self._in_flight = True  # nothing at Redis: this check goes at once, alone
         try:
-            reply = await GCRA(self._redis, keys, args)
+            return (await self._decide([(checked, now)]))[0]
+        finally:
+            self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        """Send the checks that waited for the last batch as one batch, in a task of its own (no
+        caller waits for others' answers); when none wait, the next check goes at once."""
+        if not self._waiting:
+            self._in_flight = False
+            return
+        batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        self._batch = asyncio.get_running_loop().create_task(self._settle(batch))
+        self._batch.add_done_callback(lambda _: self._send_waiting())
+
+    async def _settle(self, batch: list[tuple[list[Limit], float | None,
+                                              asyncio.Future[LimitCheck]]]) -> None:
+        try:
+            checks = await self._decide([(checked, now) for checked, now, _ in batch])
+        except BaseException as exc:  # cancelled at shutdown: nobody is left to answer
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for (_, _, future), check in zip(batch, checks, strict=True):
+            if not future.done():  # its caller may have gone (cancelled)
+                future.set_result(check)
+
+    async def _decide(self, batch: list[tuple[list[Limit], float | None]]) -> list[LimitCheck]:
+        """One script call for the whole batch; per-node limits for all of it when Redis fails
+        (or failed a moment ago: the batch waited while the check before it found out)."""
+        if self.using_fallback and time.monotonic() < self._retry_at:
+            return [self._local(checked, now) for checked, now in batch]
+        keys: list[str] = []
+        args: list[str | int] = [len(batch)]
+        for checked, now in batch:
+            args.extend(("" if now is None else _us(now), len(checked)))
+            for limit in checked:
+                keys.append(REDIS_PREFIX + limit.key)
+                args.extend(_params(limit.per_minute, limit.burst))
+        try:
+            replies = await GCRA(self._redis, keys, args)
         except StateUnavailable as exc:
             self._outage(exc.__cause__ or exc)
-            return self._local(checked, now)
+            return [self._local(checked, now) for checked, now in batch]
         if self.using_fallback:
             self.using_fallback = False
             log.warning("rate limits: redis reachable again, limits are fleet-wide again")
-        if int(reply[0]) == 1:
-            return ALLOWED
-        return LimitCheck(False, int(reply[1]) / US, checked[int(reply[2]) - 1].key)
+        return [ALLOWED if int(reply[0]) == 1
+                else LimitCheck(False, int(reply[1]) / US, checked[int(reply[2]) - 1].key)
+                for (checked, _), reply in zip(batch, replies, strict=True)]
 
     def _outage(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self.retry_s

@@ -302,3 +302,84 @@ async def test_redis_not_answering_times_out_fast(redis_server):
             os.kill(redis_server.proc.pid, signal.SIGCONT)
     finally:
         await limits.aclose()
+
+
+# --- Redis: checks that come together go together -------------------------------------------------
+
+
+async def script_calls(url: str) -> int:
+    """How many times Redis ran a script (EVALSHA and EVAL), from its own command statistics."""
+    raw = aioredis.Redis.from_url(url)
+    try:
+        stats = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+async def test_concurrent_checks_share_script_calls_and_decide_as_one_after_another(redis_server):
+    limits = OwnRedisRateLimiter(redis_server.url,
+                                 on_fallback=lambda reason: pytest.fail(f"fell back: {reason}"))
+    try:
+        before = await script_calls(redis_server.url)
+        # 60 checks at once: 40 spend one budget of 10, 20 spend a budget of 5 and a shared one of
+        # 100 (both must pass, and a refusal spends neither)
+        checks = [limits.check_all([Limit("user:carol:server:s", 10)], now=T0) for _ in range(40)]
+        checks += [limits.check_all([Limit("user:dan:server:s", 5), Limit("server:s", 100)], now=T0)
+                   for _ in range(20)]
+        verdicts = await asyncio.gather(*checks)
+        calls = await script_calls(redis_server.url) - before
+        assert calls < 10  # one for the first check, then the rest in a batch or a few
+        assert [v.allowed for v in verdicts[:40]] == [True] * 10 + [False] * 30
+        assert [v.allowed for v in verdicts[40:]] == [True] * 5 + [False] * 15
+        assert {v.limited_by for v in verdicts if not v.allowed} == {"user:carol:server:s",
+                                                                    "user:dan:server:s"}
+        # the shared budget was spent only by the 5 that passed: 95 of 100 remain, at once
+        rest = await asyncio.gather(*(limits.check_all([Limit("server:s", 100)], now=T0)
+                                      for _ in range(96)))
+        assert [v.allowed for v in rest] == [True] * 95 + [False]
+        # a lone check after the batches goes by itself, at once
+        before = await script_calls(redis_server.url)
+        assert (await limits.check_all([Limit("user:erin:server:s", 1)], now=T0)).allowed
+        assert await script_calls(redis_server.url) - before == 1
+    finally:
+        await limits.aclose()
+
+
+async def test_a_caller_gone_from_a_batch_leaves_the_others_their_answers(redis_server):
+    limits = OwnRedisRateLimiter(redis_server.url)
+    try:
+        first = asyncio.ensure_future(limits.check_all([Limit("k", 100)], now=T0))
+        await asyncio.sleep(0)  # the first is at Redis; these wait for the next batch
+        waiting = [asyncio.ensure_future(limits.check_all([Limit("k", 100)], now=T0))
+                   for _ in range(5)]
+        await asyncio.sleep(0)
+        waiting[2].cancel()
+        assert (await first).allowed
+        answered = await asyncio.gather(*waiting, return_exceptions=True)
+        assert isinstance(answered[2], asyncio.CancelledError)
+        assert all(v.allowed for i, v in enumerate(answered) if i != 2)
+        assert (await limits.check_all([Limit("k", 100)], now=T0)).allowed  # nothing stuck
+    finally:
+        await limits.aclose()
+
+
+async def test_a_batch_that_cannot_reach_redis_falls_back_as_a_whole(redis_server):
+    import os
+    import signal
+
+    fallbacks: list[str] = []
+    limits = OwnRedisRateLimiter(redis_server.url, socket_timeout=0.2, retry_s=60,
+                                 on_fallback=fallbacks.append)
+    try:
+        assert (await limits.check("warm", 1)).allowed
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            verdicts = await asyncio.gather(*(limits.check_all([Limit("j", 6, 2)], now=T0)
+                                              for _ in range(6)))
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert [v.allowed for v in verdicts] == [True, True, False, False, False, False]
+        assert len(fallbacks) == 1 and limits.fallback_checks == 6
+    finally:
+        await limits.aclose()
