@@ -171,7 +171,10 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
         "action": "read", "conditions": {"text": {"pattern": "[a-z]+"}}}]))
     _, ci_pub, ci_key = generate_keypair(work / "ci")
     gateway_key, _, _ = generate_keypair(work / "gateway")
-    build(load_registry(repo), ci_key, work / "store", 1, "bench")
+    # another version's runtime (--baseline) may predate the JSON-lines bundle: give it the one
+    # document every version reads
+    build(load_registry(repo), ci_key, work / "store", 1, "bench",
+          **({"encoding": "json"} if runtime is not None else {}))
     proc = subprocess.Popen(
         [*launcher, str(runtime or Path(sys.executable).parent / "gwc-runtime"),
          "--bundle", str(work / "store/bundle.json"),
