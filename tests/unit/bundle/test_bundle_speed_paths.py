@@ -12,6 +12,7 @@ import copy
 import gc
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,28 @@ def test_check_quietly_restores_the_collector_and_freezes_only_accepted_bundles(
     with pytest.raises(BundleError, match="rollback"):
         check_quietly(store, bundles(0))
     assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+
+
+class _Sentinel:
+    pass
+
+
+class _BusyStore(BundleStore):
+    """A store whose check, like a node serving requests meanwhile, leaves cyclic garbage."""
+
+    def check(self, data: bytes, digest: str | None = None):
+        cycle: list[object] = [_Sentinel()]
+        cycle.append(cycle)
+        self.garbage = weakref.ref(cycle[0])
+        del cycle
+        return super().check(data, digest)
+
+
+def test_garbage_made_during_a_check_is_not_frozen_with_the_bundle(bundles, signing_key, collector):
+    store = _BusyStore(trusted_keys([str(signing_key[1])]))
+    gc.unfreeze()
+    assert check_quietly(store, bundles(1)) is not None and gc.get_freeze_count() > 0
+    assert store.garbage() is None  # collected before the freeze, not kept for good
 
 
 async def test_poller_frees_the_replaced_bundle_at_its_next_round_and_times_activations(
