@@ -45,8 +45,9 @@ def revise(root: Path, i: int, args: argparse.Namespace, serial: int, upstream: 
     description and new rule ids (so its server entry and its rules in the bundle change)."""
     manifest = _manifest(i, args.tools)
     manifest["description"] += f", revision {serial}"
-    if manifest["name"] == SERVER:
-        manifest["upstream"] = upstream
+    if manifest["name"] == SERVER:  # the server called: a local upstream, no per-user limit, so
+        manifest["upstream"] = upstream  # that the calls are forwarded, not refused as rate limited
+        del manifest["limits"]
     rules = _rules(i, args.rules // args.servers, args.tools)
     for rule in rules:
         rule["id"] += f"-r{serial}"
@@ -65,7 +66,7 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[list[Path], Path, str
 
     meta_path = work / "hotswap-build.json"
     sizes = {"servers": args.servers, "tools": args.tools, "rules": args.rules,
-             "bundles": args.swaps + 1, "changed": args.changed}
+             "bundles": args.swaps + 1, "changed": args.changed, "limits": "none on " + SERVER}
     bundles = [work / f"out-{serial}" / "bundle.json" for serial in range(1, args.swaps + 2)]
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if meta.get("sizes") == sizes and all(b.exists() for b in bundles):
@@ -164,7 +165,8 @@ async def load_and_swap(args: argparse.Namespace, base: str, token: str, bundles
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
                         data = await resp.read()
-                    ok = resp.status == 200 and b'"result"' in data
+                    # a refusal (rate limit, denial) is a tool result with isError: a failure here
+                    ok = resp.status == 200 and b'"result"' in data and b'"isError":true' not in data
                     why = f"HTTP {resp.status}: {data[:160]!r}"
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     why = f"{exc.__class__.__name__}: {exc}"
