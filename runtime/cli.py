@@ -16,9 +16,9 @@ from gwc.runtime.bundle.read import BundleError
 from gwc.runtime.config import ConfigError, load
 
 # How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The
-# audit writer needs it twice per batch and the event loop rarely gives it up under load, so with
-# the default a record's batch waited up to 5 ms each time (11 ms at p90 under load, 63 ms at p90
-# beside a busy loop in bench/audit_handoff.py; 8.7 ms with 0.5 ms).
+# audit writer thread needs it twice per batch and a busy event loop gives it up only when made to,
+# so with the default a record waits for the GIL far longer than for the disk (bench/audit_handoff.py:
+# durable after 444 ms at p90 beside a busy loop with 5 ms, 8.7 ms with 0.5 ms).
 SWITCH_INTERVAL_S = 0.0005
 
 
