@@ -22,9 +22,9 @@ def make_bundle(example_root: Path, signing_key, tmp_path: Path):
     """bytes of the example registry's bundle at a serial, signed by the CI key (or another)."""
     registry = load_registry(example_root)
 
-    def make(serial: int, revision: str = "r", key=None) -> bytes:
-        out = tmp_path / f"out-{serial}-{revision}"
-        return build(registry, key or signing_key[2], out, serial, revision).envelope
+    def make(serial: int, revision: str = "r", key=None, encoding: str = "lines") -> bytes:
+        out = tmp_path / f"out-{serial}-{revision}-{encoding}"
+        return build(registry, key or signing_key[2], out, serial, revision, encoding).envelope
     return make
 
 
@@ -153,6 +153,24 @@ async def test_restart_with_the_source_down_starts_from_the_persisted_bundle(
     await poller.start()
     assert second.active is not None and second.active.digest == first.active.digest
     assert loads(metrics, "fetch_error") == 1
+
+
+async def test_a_persisted_bundle_of_the_one_document_encoding_still_starts_a_node(
+        make_bundle, signing_key, tmp_path):
+    """A node upgraded past issue 15 finds a bundle of the old encoding in its state dir: it
+    serves it, keeps its serial as the rollback floor, and takes newer bundles in lines."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "last-good-bundle.json").write_bytes(make_bundle(7, encoding="json"))
+    path = tmp_path / "bundle.json"
+    path.write_bytes(make_bundle(6))
+    store, metrics, poller = node(signing_key, state_dir, FileSource(path))
+    await poller.start()
+    assert store.active.serial == 7 and loads(metrics, "refused") == 1  # 6 < 7, lines or not
+    path.write_bytes(make_bundle(8))
+    assert await poller.poll_once() == "activated" and store.active.serial == 8
+    assert json.loads((state_dir / "last-good-bundle.json").read_bytes())["payloadType"] \
+        == "application/vnd.gwc.bundle+jsonl"
 
 
 async def test_tampered_persisted_bundle_is_not_used(make_bundle, signing_key, tmp_path):
