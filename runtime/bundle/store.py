@@ -62,8 +62,19 @@ class BundleStore:
 
     def persist(self, data: bytes) -> None:
         """Keep the bytes of an accepted bundle for the next start (blocking file I/O)."""
+        staged = self.stage(data)
+        try:
+            self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+
+    def stage(self, data: bytes) -> Path | None:
+        """The first half of :meth:`persist`, which a node does while it checks the bundle: the
+        bytes written and synced to a temporary file in the state dir (blocking file I/O), for
+        :meth:`commit` once accepted or :meth:`discard`. None without a state dir."""
         if self._state_dir is None:
-            return
+            return None
         self._state_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._state_dir, prefix=".bundle.")
         try:
@@ -71,10 +82,20 @@ class BundleStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self._state_dir / PERSISTED_NAME)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return Path(tmp)
+
+    def commit(self, staged: Path | None) -> None:
+        """Make a staged copy the persisted bundle (one rename)."""
+        if staged is not None and self._state_dir is not None:
+            os.replace(staged, self._state_dir / PERSISTED_NAME)
+
+    @staticmethod
+    def discard(staged: Path | None) -> None:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
 
     def persisted(self) -> bytes | None:
         """The last good bundle from the state dir, if any (verified again before use)."""

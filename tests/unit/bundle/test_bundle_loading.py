@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,28 @@ async def test_a_persisted_bundle_of_the_one_document_encoding_still_starts_a_no
     assert await poller.poll_once() == "activated" and store.active.serial == 8
     assert json.loads((state_dir / "last-good-bundle.json").read_bytes())["payloadType"] \
         == "application/vnd.gwc.bundle+jsonl"
+
+
+async def test_the_copy_written_during_a_check_is_kept_only_for_an_accepted_bundle(
+        make_bundle, signing_key, tmp_path):
+    state_dir = tmp_path / "state"
+    path = tmp_path / "bundle.json"
+    path.write_bytes(make_bundle(5))
+    _, _, poller = node(signing_key, state_dir, FileSource(path))
+    assert await poller.poll_once() == "activated"
+    assert [f.name for f in state_dir.iterdir()] == ["last-good-bundle.json"]
+    for i, (data, result) in enumerate(((make_bundle(4), "refused"),
+                                        (_tampered(make_bundle(6)), "refused"),
+                                        (make_bundle(5), "unchanged")), start=1):
+        path.write_bytes(data)
+        os.utime(path, ns=(i, i * 10**9))  # a new ETag every time
+        assert await poller.poll_once() == result
+        assert [f.name for f in state_dir.iterdir()] == ["last-good-bundle.json"]
+        assert (state_dir / "last-good-bundle.json").read_bytes() == make_bundle(5)
+    path.write_bytes(make_bundle(6))
+    assert await poller.poll_once() == "activated"
+    assert (state_dir / "last-good-bundle.json").read_bytes() == make_bundle(6)
+    assert [f.name for f in state_dir.iterdir()] == ["last-good-bundle.json"]
 
 
 async def test_tampered_persisted_bundle_is_not_used(make_bundle, signing_key, tmp_path):
