@@ -8,7 +8,6 @@ import binascii
 import copy
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,10 +28,6 @@ from gwc.runtime.bundle.read import BundleError, load_bundle, parse_payload, tru
 
 Doc = dict[str, Any]
 
-
-@pytest.fixture
-def doc(example_root: Path) -> Doc:
-    return compile_data(load_registry(example_root), 1, "r")
 
 
 def test_lines_are_a_header_then_a_line_per_server_and_rule(doc):
@@ -200,27 +195,33 @@ def _open_by_parsing(data: bytes) -> tuple[str, bytes, list] | str:
 
 
 SIG = '[{"keyid":"ab","sig":"c2ln"}]'
+
+
+def _env(payload: str = '"QUJD"', payload_type: str = '"t"', then: str = "",
+         end: str = ',"signatures":' + SIG + "}") -> str:
+    return '{"payload":' + payload + ',"payloadType":' + payload_type + then + end
+
+
 ENVELOPES = {
-    "canonical": '{"payload":"QUJD","payloadType":"t","signatures":' + SIG + '}',
-    "canonical padded": '{"payload":"QUI=","payloadType":"t","signatures":' + SIG + '}',
-    "empty payload": '{"payload":"","payloadType":"t","signatures":' + SIG + '}',
-    "escaped payload": '{"payload":"QUJ\\u0044","payloadType":"t","signatures":' + SIG + '}',
-    "escape elsewhere": '{"payload":"QUJD","payloadType":"\\u0074","signatures":' + SIG + '}',
-    "payload twice": '{"payload":"QUJD","payloadType":"t","payload":"REVG","signatures":' + SIG + '}',
-    "payload twice, empty": '{"payload":"QUJD","payloadType":"t","payload":"","signatures":'
-                            + SIG + '}',
-    "payload as a value": '{"payload":"QUJD","payloadType":"payload","signatures":' + SIG + '}',
-    "type first": '{"payloadType":"t","payload":"QUJD","signatures":' + SIG + '}',
-    "spaces": '{"payload": "QUJD", "payloadType": "t", "signatures": ' + SIG + '}',
-    "control character": '{"payload":"QU\nJD","payloadType":"t","signatures":' + SIG + '}',
-    "not base64": '{"payload":"QU*D","payloadType":"t","signatures":' + SIG + '}',
-    "non-ascii": '{"payload":"QUJÉ","payloadType":"t","signatures":' + SIG + '}',
+    "canonical": _env(),
+    "canonical padded": _env('"QUI="'),
+    "empty payload": _env('""'),
+    "escaped payload": _env('"QUJ\\u0044"'),
+    "escape elsewhere": _env(payload_type='"\\u0074"'),
+    "payload twice": _env(then=',"payload":"REVG"'),
+    "payload twice, empty": _env(then=',"payload":""'),
+    "payload as a value": _env(payload_type='"payload"'),
+    "type first": '{"payloadType":"t","payload":"QUJD","signatures":' + SIG + "}",
+    "spaces": '{"payload": "QUJD", "payloadType": "t", "signatures": ' + SIG + "}",
+    "control character": _env('"QU\nJD"'),
+    "not base64": _env('"QU*D"'),
+    "non-ascii": _env('"QUJÉ"'),
     "unterminated": '{"payload":"QUJD',
     "truncated": '{"payload":"QUJD","payloadType":"t","signatures":[{"keyid":"ab"',
-    "trailing data": '{"payload":"QUJD","payloadType":"t","signatures":' + SIG + '} x',
-    "no type": '{"payload":"QUJD","signatures":' + SIG + '}',
-    "no signatures": '{"payload":"QUJD","payloadType":"t"}',
-    "payload a number": '{"payload":5,"payloadType":"t","signatures":' + SIG + '}',
+    "trailing data": _env(end=',"signatures":' + SIG + "} x"),
+    "no type": '{"payload":"QUJD","signatures":' + SIG + "}",
+    "no signatures": _env(end="}"),
+    "payload a number": _env("5"),
     "a list": '["payload"]',
 }
 

@@ -35,6 +35,14 @@ def node(signing_key, state_dir: Path | None = None, source=None, interval: floa
     return store, metrics, BundlePoller(source, store, metrics, interval)
 
 
+def file_node(signing_key, tmp_path: Path, data: bytes):
+    """A node with a state dir, polling a bundle file that holds ``data``: (state dir, bundle
+    file, store, metrics, poller)."""
+    path = tmp_path / "bundle.json"
+    path.write_bytes(data)
+    return (tmp_path / "state", path, *node(signing_key, tmp_path / "state", FileSource(path)))
+
+
 def loads(metrics: Metrics, result: str) -> float:
     return metrics.registry.get_sample_value("gwc_bundle_loads_total", {"result": result}) or 0.0
 
@@ -142,10 +150,7 @@ def test_interval_has_jitter_and_backoff_is_capped(signing_key):
 
 async def test_restart_with_the_source_down_starts_from_the_persisted_bundle(
         make_bundle, signing_key, tmp_path):
-    state_dir = tmp_path / "state"
-    path = tmp_path / "bundle.json"
-    path.write_bytes(make_bundle(7))
-    first, _, poller = node(signing_key, state_dir, FileSource(path))
+    state_dir, path, first, _, poller = file_node(signing_key, tmp_path, make_bundle(7))
     await poller.start()
     assert first.active.serial == 7
 
@@ -176,10 +181,7 @@ async def test_a_persisted_bundle_of_the_one_document_encoding_still_starts_a_no
 
 async def test_the_copy_written_during_a_check_is_kept_only_for_an_accepted_bundle(
         make_bundle, signing_key, tmp_path):
-    state_dir = tmp_path / "state"
-    path = tmp_path / "bundle.json"
-    path.write_bytes(make_bundle(5))
-    _, _, poller = node(signing_key, state_dir, FileSource(path))
+    state_dir, path, _, _, poller = file_node(signing_key, tmp_path, make_bundle(5))
     assert await poller.poll_once() == "activated"
     assert [f.name for f in state_dir.iterdir()] == ["last-good-bundle.json"]
     for i, (data, result) in enumerate(((make_bundle(4), "refused"),

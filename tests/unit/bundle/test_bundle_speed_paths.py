@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 import gwc.runtime.bundle.read as bundle_module
 from gwc.compiler.build.bundle import build
-from gwc.compiler.build.compile import compile_data, payload_bytes
+from gwc.compiler.build.compile import payload_bytes
 from gwc.compiler.build.registry import load_registry
 from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.envelope import BUNDLE_LINES_TYPE, BUNDLE_PAYLOAD_TYPE
@@ -41,10 +41,6 @@ from gwc.runtime.metrics import Metrics
 
 Doc = dict[str, Any]
 
-
-@pytest.fixture
-def doc(example_root: Path) -> Doc:
-    return compile_data(load_registry(example_root), 1, "r")
 
 
 @pytest.fixture
