@@ -10,7 +10,7 @@ JSON-RPC POSTs. Prints medians of several runs.
 
     python bench/overhead.py [--runs 3] [--calls 2000] [--concurrency 32] [--seconds 5]
                              [--log-level info] [--paths direct,bare-hop,gwc,...]
-                             [--per-user-rpm N] [--state redis]
+                             [--per-user-rpm N] [--state redis] [--tracing]
                              [--baseline OTHER_CHECKOUT/.venv/bin/gwc-runtime]
 
 Issue 15's "full governance" node (JWT against a JWKS, a policy rule with an argument condition, a
@@ -25,6 +25,14 @@ gwc. On a small shared machine it is much steadier than req/s. ``--baseline`` se
 from a second gwc-runtime (another version's) and measures its paths too (``gwc@base``, ...),
 interleaved with this one's in every run, so two versions are compared under the same load.
 Every run measures the paths in a new random order, so none is always first or last.
+
+``--tracing`` adds a second node of this version with OpenTelemetry tracing on (its paths end in
+@otel), measured interleaved with the first: its ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is an
+OTLP/HTTP sink on 127.0.0.1 in a process of its own (it answers every export as a collector does,
+and keeps nothing), every call is sampled (the default sampler, and no client trace context), and
+the SDK's batch processor runs with its defaults.
+
+    python bench/overhead.py --runs 5 --log-level info --per-user-rpm 100000 --tracing
 """
 from __future__ import annotations
 
@@ -94,6 +102,17 @@ async def serve_hop(port: int, upstream: str) -> None:
     await _serve(app, port)
 
 
+async def serve_otlp_sink(port: int) -> None:
+    """An OTLP/HTTP trace receiver that keeps nothing: an empty ExportTraceServiceResponse (an
+    empty protobuf message) for every export, as a collector answers one it accepted."""
+    async def traces(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    await _serve(app, port)
+
+
 async def _serve(app: web.Application, port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -141,12 +160,15 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
 def start_gwc(work: Path, upstream: str, port: int, log_level: str,
               neighbours: dict[str, dict] | None = None, *, bench_fields: dict | None = None,
               runtime_args: list[str] | None = None, runtime: Path | None = None,
-              launcher: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+              launcher: Sequence[str] = (), env: dict[str, str] | None = None
+              ) -> tuple[subprocess.Popen, str]:
     """A one-server registry in front of the fast upstream, built, signed and served by gwc;
     ``neighbours`` adds more servers (name -> manifest fields), visible to the same user;
     ``bench_fields`` adds manifest fields to the benchmarked server (limits); ``runtime_args``
     are gwc-runtime flags (default: the audit trail to a file, as production runs); ``runtime`` is
-    the gwc-runtime program (default: this venv's), started through ``launcher`` (e.g. valgrind)."""
+    the gwc-runtime program (default: this venv's), started through ``launcher`` (e.g. valgrind),
+    with ``env`` added to this process's environment less its ``OTEL_*`` variables (a node traces
+    only when ``env`` says so)."""
     from gwc.compiler.build.bundle import build
     from gwc.compiler.build.keys import generate_keypair
     from gwc.compiler.build.registry import load_registry
@@ -182,7 +204,8 @@ def start_gwc(work: Path, upstream: str, port: int, log_level: str,
          "--public-url", f"http://127.0.0.1:{port}", "--log-level", log_level,
          *(runtime_args if runtime_args is not None
            else ["--audit", f"file:{work / 'audit.jsonl'}"])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **(env or {})})
     token = idp.token(issuer="https://idp.bench", audience="gwc", subject="bench-user",
                       groups=["perf"], ttl_s=3600)
     return proc, token
@@ -367,11 +390,15 @@ def main() -> None:
     parser.add_argument("--state", choices=["redis"],
                         help="limits and approvals in a throw-away local redis-server instead of "
                              "node memory")
+    parser.add_argument("--tracing", action="store_true",
+                        help="also measure a node with OpenTelemetry tracing on, exporting to an "
+                             "OTLP/HTTP sink on 127.0.0.1 (its paths end in @otel)")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # child process mode
         kind, port, *rest = args.serve
-        asyncio.run(serve_upstream(int(port)) if kind == "upstream" else serve_hop(int(port), rest[0]))
+        asyncio.run(serve_upstream(int(port)) if kind == "upstream" else
+                    serve_otlp_sink(int(port)) if kind == "sink" else serve_hop(int(port), rest[0]))
         return
     up_port, hop_port, gwc_port, base_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
@@ -398,6 +425,18 @@ def main() -> None:
                                                   runtime_args=base_args, runtime=args.baseline)
                 procs.append(base_proc)
                 gwcs.append(("@base", base_port, base_token, base_proc.pid))
+            if args.tracing:
+                sink_port, otel_port = free_port(), free_port()
+                procs.append(subprocess.Popen([*me, "sink", str(sink_port)]))
+                wait_port(sink_port)
+                otel_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                            f"http://127.0.0.1:{sink_port}/v1/traces"}
+                otel_args = ["--audit", f"file:{Path(tmp) / 'otel-audit.jsonl'}", *runtime_args[2:]]
+                otel_proc, otel_token = start_gwc(Path(tmp) / "otel", upstream, otel_port,
+                                                  args.log_level, bench_fields=fields,
+                                                  runtime_args=otel_args, env=otel_env)
+                procs.append(otel_proc)
+                gwcs.append(("@otel", otel_port, otel_token, otel_proc.pid))
             for port in (up_port, hop_port, *(port for _, port, _, _ in gwcs)):
                 wait_port(port)
             fixed = {"direct": (upstream, HEADERS, CALL),

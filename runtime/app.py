@@ -9,6 +9,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -46,9 +47,13 @@ from gwc.runtime.protocol.errors import (
 )
 from gwc.runtime.protocol.wire import error_response, origin_of
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
+from gwc.runtime.telemetry import start as start_tracing
 from gwc.runtime.upstream.client import UpstreamClient
 from gwc.runtime.upstream.credentials import UpstreamCredentials
 from gwc.runtime.upstream.isolation import Connect, Upstreams, http_pool
+
+if TYPE_CHECKING:
+    from gwc.runtime.telemetry.spans import Tracing
 
 log = logging.getLogger("gwc.runtime")
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -74,8 +79,11 @@ class Gateway:
                                    config.poll_interval_s)
         self.credentials = UpstreamCredentials(signing_key, config.public_url)
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
-        self.auditor = Auditor(config.node_id or f"{socket.gethostname()}:{config.listen_port}",
-                               self.metrics, config.audit_failure or "closed", signing_key)
+        node = config.node_id or f"{socket.gethostname()}:{config.listen_port}"
+        self.auditor = Auditor(node, self.metrics, config.audit_failure or "closed", signing_key)
+        # OpenTelemetry, when the OTEL_* variables ask for it (config.tracing); else nothing of it
+        self.tracing: Tracing | None = (start_tracing(config.tracing, node)
+                                        if config.tracing is not None else None)
         self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
                                     on_fallback=self._state_fallback)
         self.auth_store = store_for(self.state.redis)
@@ -92,8 +100,9 @@ class Gateway:
         self._auth_bundle: Bundle | None = None
         self.list_changed = ListChangedStreams(lambda: self.store.active, self.metrics)
         self.mcp = McpEndpoint(self.caller, lambda: self.store.active, UpstreamClient(
-            Upstreams(self.metrics, connect), self.credentials, self.metrics), self.sealer, self.state,
-            self.auditor, self.metrics, self.list_changed, config.public_url)
+            Upstreams(self.metrics, connect), self.credentials, self.metrics, self.tracing),
+            self.sealer, self.state, self.auditor, self.metrics, self.list_changed,
+            config.public_url, self.tracing)
         self.store.on_activate(self.list_changed.bundle_changed)
         self.store.on_activate(self.mcp.contracts.bundle_changed)
         self.store.on_activate(self._audit_settings)
@@ -180,6 +189,8 @@ class Gateway:
         or hanging store must not keep /healthz from answering, so after that it loads on."""
         if self.config.audit is not None:
             self.auditor.start(self.config.audit, self.config.audit_max_bytes)
+        if self.tracing is not None:
+            log.info("tracing", extra={"endpoint": self.tracing.endpoint})
         self.mcp.contracts.start()
         first_load = asyncio.Event()
         self._poll_task = asyncio.create_task(self._load_and_poll(first_load),
@@ -205,6 +216,8 @@ class Gateway:
             await self._authenticator.close()
         await self.authorization_server.close()
         await self.client_metadata.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -258,9 +271,11 @@ class Gateway:
     def app(self) -> web.Application:
         # keepalive_timeout is also how long a connection may take to send a request's headers:
         # aiohttp closes a connection still waiting for them when it runs out.
-        app = web.Application(middlewares=[request_ids, cors_for_browser_clients,
-                                           origin_guard(self.allowed_origins),
-                                           body_within_timeout],
+        middlewares = [request_ids, cors_for_browser_clients, origin_guard(self.allowed_origins),
+                       body_within_timeout]
+        if self.tracing is not None:  # innermost: a request's body is in, its era not yet known
+            middlewares.append(traced_requests(self.tracing))
+        app = web.Application(middlewares=middlewares,
                               client_max_size=self.config.max_body_bytes,
                               handler_args={"keepalive_timeout": self.config.header_timeout_s})
         app[BODY_TIMEOUT_S] = self.config.body_timeout_s
@@ -344,6 +359,27 @@ async def body_within_timeout(request: web.Request, handler: Handler) -> web.Str
             request.protocol.force_close()  # no lingering for the rest of a slow body
             return response
     return await handler(request)
+
+
+def traced_requests(tracing: Tracing) -> Middleware:
+    """With tracing on: a span for every request to an MCP endpoint, current while it is
+    handled (its parent from the client's trace context, telemetry/spans.py)."""
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path != "/mcp" and not path.startswith("/servers/"):
+            return await handler(request)
+        span, token = tracing.request_span(request.method, path, request.headers,
+                                           await request.read(), request[REQUEST_ID])
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            tracing.end_request(span, token, exc=exc)
+            raise
+        tracing.end_request(span, token, response.status)
+        return response
+    return traced
 
 
 def origin_guard(allowed: Callable[[], frozenset[str]]) -> Middleware:

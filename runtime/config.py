@@ -10,6 +10,7 @@ from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_MAX_BYTE
 from gwc.runtime.governance.state import REDIS_SCHEMES
 from gwc.runtime.mcp.sealed_sessions import DEFAULT_MAX_AGE_S, SessionKeyError, parse_key
 from gwc.runtime.mcp.trail import AuditSpecError, AuditTarget, FailureMode
+from gwc.runtime.telemetry import TracingError, TracingSettings, settings_from
 
 ENV_PREFIX = "GWC_"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -53,6 +54,7 @@ class Config:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     idp_client_secret: str | None = None  # the gateway's secret at the IdP (sign-in)
     dev_client_metadata: bool = False  # client metadata documents over http and from private hosts
+    tracing: TracingSettings | None = None  # None: no tracing (the OTEL_* variables, telemetry/)
 
 
 def _env(name: str) -> str | None:
@@ -185,6 +187,10 @@ def load(argv: list[str] | None = None) -> Config:
     event_loop = (pick("event-loop", "auto") or "auto").lower()
     if event_loop not in EVENT_LOOPS:
         raise ConfigError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
+    try:
+        tracing = settings_from(os.environ)
+    except TracingError as exc:
+        raise ConfigError(str(exc)) from None
     if state_dir:
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -201,4 +207,5 @@ def load(argv: list[str] | None = None) -> Config:
                   header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                   idp_client_secret=_idp_client_secret(pick("idp-client-secret-file")),
                   dev_client_metadata=(args.dev_client_metadata
-                                       or _env("dev-client-metadata") in ("1", "true", "yes")))
+                                       or _env("dev-client-metadata") in ("1", "true", "yes")),
+                  tracing=tracing)

@@ -1,6 +1,7 @@
 """What a record says about a request: who called, what policy decided, and the typed record of one
 MCP request. Records serialise to the trail's fields in the trail's order, which never changes:
-existing trails still verify and ``gwc audit query|replay`` read old and new records alike."""
+existing trails still verify and ``gwc audit query|replay`` read old and new records alike. A
+tracing node adds ``trace_id`` and ``span_id`` to its call and list records; others never have them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class CallRecord:
     upstream_status: int | None = None
     gateway_ms: float | None = None
     upstream_ms: float | None = None
+    # with tracing on (OTEL_*): the request's trace and the node's span of it, else no such fields
+    trace_id: str | None = None
+    span_id: str | None = None
 
     def fields(self) -> dict[str, Any]:
         fields = record_head(self.type, self.time, self.request_id, self.client_request_id,
@@ -93,4 +97,6 @@ class CallRecord:
             outcome=self.outcome, error=self.error,  # a StrEnum: encoded as its text
             upstream_status=self.upstream_status,
             latency_ms={"gateway": self.gateway_ms, "upstream": self.upstream_ms})
+        if self.trace_id is not None:  # a node that does not trace writes records as before
+            fields["trace_id"], fields["span_id"] = self.trace_id, self.span_id
         return fields

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,7 +22,7 @@ from gwc.runtime.audit.record import Outcome
 from gwc.runtime.bundle.format import Server
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.governance.state import State
-from gwc.runtime.mcp.admission import Admission
+from gwc.runtime.mcp.admission import Admission, Verdict
 from gwc.runtime.mcp.aggregate import Aggregate
 from gwc.runtime.mcp.contracts import Contracts
 from gwc.runtime.mcp.fan_in import MAX_FAN_IN, Source, merged, screen
@@ -52,19 +52,29 @@ from gwc.runtime.protocol.wire import (
 from gwc.runtime.upstream.catalog import UpstreamCatalog
 from gwc.runtime.upstream.client import UpstreamClient
 
+if TYPE_CHECKING:
+    from gwc.runtime.telemetry.spans import Tracing
+
 Caller = Callable[[web.Request], Awaitable[tuple[Bundle, Principal]]]
 
 
 class McpEndpoint:
     def __init__(self, caller: Caller, active: Callable[[], Bundle | None], client: UpstreamClient,
                  sealer: SessionSealer, state: State, auditor: Auditor, metrics: Metrics,
-                 list_changed: ListChangedStreams, public_url: str) -> None:
+                 list_changed: ListChangedStreams, public_url: str,
+                 tracing: Tracing | None = None) -> None:
+        """``tracing``: the node's spans, when it traces; without it a request takes no step
+        of tracing (its authentication is wrapped here, once, and the other hooks are one test
+        of ``_tracing`` each)."""
         self._caller, self._sealer, self._list_changed = caller, sealer, list_changed
+        self._tracing = tracing
+        if tracing is not None:
+            self._caller = partial(_authenticated, tracing, caller)
         self._active = active
         self._catalog = catalog = UpstreamCatalog(client, metrics)
         self.contracts = Contracts(catalog, auditor, metrics, active)
         self.aggregate = Aggregate(catalog, self.contracts)
-        self.recording = Recording(auditor, metrics, active)
+        self.recording = Recording(auditor, metrics, active, tracing)
         self.handshake = Handshake(sealer, self.recording, catalog)
         self.routes = Routes(self.aggregate)
         self.admission = Admission(state, public_url, self.contracts)
@@ -197,7 +207,11 @@ class McpEndpoint:
         if call.method == "subscriptions/listen":
             return await self.subscriptions.listen(call)
         target = await self.routes.target(call)
-        verdict = await self.admission.admit(call, target)
+        if self._tracing is None:
+            verdict = await self.admission.admit(call, target)
+        else:
+            verdict = await self._tracing.child("gwc.admission", self.admission.admit(call, target),
+                                                _verdict_attributes)
         self.recording.note(call, verdict)
         if verdict.refusal is not None:
             raise verdict.refusal
@@ -219,3 +233,16 @@ class McpEndpoint:
                                                                    call.method))
         await self.recording.settle(call, Outcome.ANSWERED)
         return response
+
+
+async def _authenticated(tracing: Tracing, caller: Caller, request: web.Request
+                         ) -> tuple[Bundle, Principal]:
+    """The caller, authenticated in a span of its own (a tracing node's ``_caller``)."""
+    return await tracing.child("gwc.authenticate", caller(request), lambda found: {
+        "gwc.principal.kind": found[1].kind})
+
+
+def _verdict_attributes(verdict: Verdict) -> dict[str, str | None]:
+    return {"gwc.server": verdict.server or None, "gwc.decision": verdict.decision,
+            "gwc.access": verdict.access, "error.type": (verdict.refusal.data["reason"]
+                                                         if verdict.refusal is not None else None)}

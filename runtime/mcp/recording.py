@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,6 +23,9 @@ from gwc.runtime.protocol.errors import RpcError
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID, STARTED
 from gwc.runtime.upstream.client import Answer
 
+if TYPE_CHECKING:
+    from gwc.runtime.telemetry.spans import Tracing
+
 log = logging.getLogger("gwc.mcp")
 # Requests the gateway answers itself, with no audit record.
 ANSWERED_HERE = frozenset({"initialize", "ping", "server/discover"})
@@ -32,9 +36,10 @@ UNKNOWN_SERVER = Decision("not_found", "unknown_server")  # what the wall decide
 
 
 class Recording:
-    def __init__(self, auditor: Auditor, metrics: Metrics, active: Callable[[], Bundle | None]
-                 ) -> None:
+    def __init__(self, auditor: Auditor, metrics: Metrics, active: Callable[[], Bundle | None],
+                 tracing: Tracing | None = None) -> None:
         self._auditor, self._metrics, self._active = auditor, metrics, active
+        self._tracing = tracing  # when the node traces: the span's ids go into the record
 
     def count(self, name: str, tool: str, decision: str, method: str) -> None:
         """Count a request. Labels never take a caller's words: a server name not in the bundle
@@ -60,6 +65,21 @@ class Recording:
             call.record = self._new(call.request, call.bundle, call.principal,
                                     "call" if call.method in USES else "list", call.endpoint,
                                     call.method)
+        if self._tracing is not None:
+            self._describe(self._tracing, call)
+
+    @staticmethod
+    def _describe(tracing: Tracing, call: Call) -> None:
+        """Name the request's span after its JSON-RPC request, and file its ids in the record."""
+        session = call.session
+        meta = call.params.get("_meta")
+        version = (session.protocol_version if session is not None else
+                   str(meta.get("io.modelcontextprotocol/protocolVersion")) if isinstance(meta, dict)
+                   else "")
+        ids = tracing.describe(call.method, call.params.get("name"), call.endpoint, call.id,
+                               version)
+        if call.record is not None and ids is not None:
+            call.record.trace_id, call.record.span_id = ids
 
     def unauthenticated(self, request: web.Request, endpoint: str, error: RpcError) -> None:
         """No principal, so no audit record: a log line and a count."""
@@ -75,6 +95,8 @@ class Recording:
         if self._auditor.enabled:
             record = self._new(request, bundle, principal, "call", endpoint, None)
             record.policy, record.decision = UNKNOWN_SERVER, "not_found"
+            if self._tracing is not None and (ids := self._tracing.current_ids()) is not None:
+                record.trace_id, record.span_id = ids
             await self._write(record, Outcome.REFUSED, error, None, request[STARTED])
 
     def note(self, call: Call, verdict: Verdict) -> None:
@@ -130,7 +152,12 @@ class Recording:
         record.gateway_ms = round((total - (upstream_s or 0.0)) * 1000, 3)
         record.upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 3)
         try:
-            await self._auditor.write(record.fields())
+            if self._tracing is None:
+                await self._auditor.write(record.fields())
+            else:
+                self._tracing.annotate({"gwc.outcome": str(outcome), "gwc.decision": record.decision,
+                                        "gwc.server": record.server, "error.type": record.error})
+                await self._tracing.child("gwc.audit.write", self._auditor.write(record.fields()))
         except RpcError:
             if outcome.hands_out_an_answer:
                 raise

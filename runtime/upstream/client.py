@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import aiohttp
 import orjson
@@ -36,6 +36,11 @@ from gwc.runtime.upstream.session_pool import (
     initialize_params,
     session_key,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from gwc.runtime.telemetry.spans import Tracing
 
 log = logging.getLogger("gwc.upstream")
 ACCEPT = "application/json, text/event-stream"
@@ -211,12 +216,53 @@ class Exchange:
         return exc
 
 
+class TracedExchange(Exchange):
+    """An exchange in a CLIENT span of its own (a tracing node's), whose context the upstream
+    gets in its ``traceparent`` header and in the message's ``params._meta``."""
+
+    __slots__ = ("_span", "_tracing")
+
+    def __init__(self, client: UpstreamClient, name: str, server: Server, principal: Principal,
+                 out: Outgoing, timeout_ms: int) -> None:
+        super().__init__(client, name, server, principal, out, timeout_ms)
+        tracing = client._tracing
+        assert tracing is not None
+        self._tracing = tracing
+
+    async def __aenter__(self) -> Answer:
+        out, tracing = self._out, self._tracing
+        self._span: Span = tracing.upstream_span(self._name, self._server.upstream, out.method,
+                                                 out.tool)
+        message = tracing.propagate(self._span, out.headers, out.message)
+        if message is not out.message and out.to_session is None:  # _meta now has the node's
+            out.message, out.body = message, None
+        try:
+            answer = await super().__aenter__()
+        except BaseException as exc:
+            tracing.end_upstream(self._span, None, exc)
+            raise
+        return answer
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: object) -> None:
+        status = self._answer.response.status
+        try:
+            await super().__aexit__(exc_type, exc, traceback)
+        except BaseException as failure:
+            self._tracing.end_upstream(self._span, status, failure)
+            raise
+        self._tracing.end_upstream(self._span, status, exc)
+
+
 class UpstreamClient:
     def __init__(self, upstreams: Upstreams, credentials: UpstreamCredentials,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, tracing: Tracing | None = None) -> None:
         self._upstreams = upstreams
         self._credentials = credentials
         self._metrics = metrics
+        # a tracing node's requests go in spans (TracedExchange); others take no step for it
+        self._tracing = tracing
+        self._exchange = Exchange if tracing is None else TracedExchange
         self._sessions = UpstreamSessions()
         self._held = HeldStreams()
         self._ids = itertools.count(1)
@@ -231,7 +277,7 @@ class UpstreamClient:
         (``async with``). Failures before or while reading the answer surface as
         UpstreamFailure; they count against the principal's own breaker and, with other
         callers' failures, the upstream's."""
-        return Exchange(self, name, server, principal, out, timeout_ms)
+        return self._exchange(self, name, server, principal, out, timeout_ms)
 
     @asynccontextmanager
     async def listen(self, name: str, server: Server, principal: Principal, terms: ClientTerms,

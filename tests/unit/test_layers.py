@@ -5,7 +5,8 @@ under ``TYPE_CHECKING``), so an upward import fails here the moment it is writte
 hide in a lazy import path. The layers, lowest first:
 
 - ``gwc.runtime.bundle``: the contract between compiler and nodes; imports nothing else of gwc.
-- ``gwc.runtime.protocol``, and the node's leaves ``metrics``, ``logs``, ``request_keys``: nothing.
+- ``gwc.runtime.protocol``, and the node's leaves ``metrics``, ``logs``, ``request_keys``: nothing;
+  ``telemetry`` (tracing, a leaf too) → protocol.
 - ``gwc.runtime.policy`` → bundle. ``gwc.runtime.audit`` → bundle, policy.
 - ``gwc.runtime.identity``, ``gwc.runtime.governance``, ``gwc.runtime.upstream`` → the layers above;
   ``gwc.runtime.auth`` (the authorization server) → those and identity, governance.
@@ -30,7 +31,8 @@ from tests.support.repo import REPO
 ROOTS = {"gwc.runtime": REPO / "runtime", "gwc.compiler": REPO / "compiler"}
 BUNDLE, POLICY, AUDIT, PROTOCOL = ("gwc.runtime.bundle", "gwc.runtime.policy", "gwc.runtime.audit",
                                    "gwc.runtime.protocol")
-LEAVES = ("gwc.runtime.metrics", "gwc.runtime.logs", "gwc.runtime.request_keys")
+TELEMETRY = "gwc.runtime.telemetry"
+LEAVES = ("gwc.runtime.metrics", "gwc.runtime.logs", "gwc.runtime.request_keys", TELEMETRY)
 BELOW_NODE = (BUNDLE, POLICY, AUDIT, PROTOCOL, *LEAVES)
 SERVICES = ("gwc.runtime.identity", "gwc.runtime.governance", "gwc.runtime.upstream",
             "gwc.runtime.auth")
@@ -43,6 +45,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     BUNDLE: (),
     PROTOCOL: (),
     **{leaf: () for leaf in LEAVES},
+    TELEMETRY: (PROTOCOL,),  # its spans name a refusal by its reason
     POLICY: (BUNDLE,),
     AUDIT: (BUNDLE, POLICY),
     "gwc.runtime.identity": (BUNDLE, POLICY, PROTOCOL, *LEAVES),
