@@ -140,7 +140,9 @@ class _Pieces:
 
     servers: dict[bytes, Server] = field(default_factory=dict)
     rules: dict[bytes, Rule] = field(default_factory=dict)
-    parts: dict[tuple[object, bytes], Any] = field(default_factory=dict)  # (model or "tools", JSON)
+    # model (or "tools", a server's tools) -> JSON -> instance: no tuple keys, which would be
+    # tens of thousands more objects for the collector to scan before a bundle is frozen
+    parts: dict[object, dict[bytes, Any]] = field(default_factory=dict)
     owner: weakref.ref[BundlePayload] | None = None
 
 
@@ -154,8 +156,8 @@ def _remember(pieces: _Pieces, payload: BundlePayload) -> None:
 
 
 def _part(kind: object, key: bytes, last: _Pieces, pieces: _Pieces) -> Any:
-    found = pieces.parts.get((kind, key))
-    return last.parts.get((kind, key)) if found is None else found
+    found = pieces.parts.setdefault(kind, {}).get(key)
+    return last.parts.get(kind, {}).get(key) if found is None else found
 
 
 def _model_part(model: type[Tool] | type[Subject] | type[Condition], raw: Any, last: _Pieces,
@@ -169,7 +171,7 @@ def _model_part(model: type[Tool] | type[Subject] | type[Condition], raw: Any, l
     found = _part(model, key, last, pieces)
     if found is None:
         found = model.model_validate(raw)
-    pieces.parts[(model, key)] = found
+    pieces.parts[model][key] = found
     return found
 
 
@@ -189,7 +191,7 @@ def _server(raw: Any, last: _Pieces, pieces: _Pieces) -> Server:
         for name, value in tools.items():  # in place: no key is added or removed
             tools[name] = _model_part(Tool, value, last, pieces)
     server = Server.model_validate(raw)
-    pieces.parts[("tools", key)] = server.tools
+    pieces.parts["tools"][key] = server.tools
     return server
 
 
