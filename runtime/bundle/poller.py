@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from gwc.runtime.bundle.store import BundleStore
 log = logging.getLogger("gwc.bundle")
 MAX_BACKOFF_S = 300.0
 SWEEP_S = 0.05  # while a bundle is checked, the young generation is collected this often
+CHECK_SWITCH_INTERVAL_S = 0.005  # CPython's default; gwc-runtime runs with 0.5 ms otherwise
 _COLLECTOR = threading.Lock()  # one check at a time pauses and restores the collector
 
 
@@ -36,6 +38,13 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
       off (``gwc`` turns it off for a CLI run) stays off.
     - ``gc.collect()`` first, so little garbage is frozen with the bundle: after the first
       activation, only what was created since the previous one is scanned, which is cheap.
+    - The switch interval is at least 5 ms during the check (CPython's default; gwc-runtime
+      sets 0.5 ms so that the audit writer gets the GIL soon). With 0.5 ms, a busy event loop
+      takes the GIL back from the check every 0.5 ms, and a check of a bundle whose every server
+      changed took 0.7-1.1 s on a saturated node instead of 0.41-0.48 s (bench/hotswap.py); the
+      loop's longest stall was the same either way (under 45 ms: it gets the GIL back within
+      5 ms each time). Meanwhile the audit writer may wait up to 5 ms for the GIL, as before
+      gwc-runtime lowered it. Restored afterwards, like the collector.
     - ``gc.collect(0)`` again before freezing: requests served during the check leave cyclic
       garbage (an exception's traceback, say) that names the bundle active meanwhile; frozen,
       it would never be collected and would keep that bundle alive for good once replaced (100 MB
@@ -49,15 +58,18 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
       object is still freed by reference counting, and bundles hold no reference cycles, so a
       replaced bundle is freed in full. What freezing does give up: objects alive at this
       moment (requests in flight, say) that later become unreachable *cycles* are never
-      collected, a small, bounded leak per activation (activations happen only when the bundle
-      changes); bench/hotswap.py reports the node's RSS after each swap.
+      collected. A refused call is such a cycle (its RpcError's traceback holds its frames, its
+      Call and the bundle it started under): when one is in flight at the freeze, the replaced
+      bundle stays alive for good (bench/README.md, issue 15); bench/hotswap.py reports the
+      node's RSS after each swap.
     """
     active, digest = store.active, digest_of(data)
     if active is not None and digest == active.digest:
         return None  # the very bytes already serving (a restart, a republished file): no work
     with _COLLECTOR:
-        was_enabled = gc.isenabled()
+        was_enabled, interval = gc.isenabled(), sys.getswitchinterval()
         gc.disable()
+        sys.setswitchinterval(max(interval, CHECK_SWITCH_INTERVAL_S))
         try:
             gc.collect()
             bundle = store.check(data, digest)
@@ -66,6 +78,7 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
                 gc.freeze()
             return bundle
         finally:
+            sys.setswitchinterval(interval)
             if was_enabled:
                 gc.enable()
 
