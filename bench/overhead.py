@@ -29,10 +29,12 @@ Every run measures the paths in a new random order, so none is always first or l
 ``--tracing`` adds a second node of this version with OpenTelemetry tracing on (its paths end in
 @otel), measured interleaved with the first: its ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is an
 OTLP/HTTP sink on 127.0.0.1 in a process of its own (it answers every export as a collector does,
-and keeps nothing), every call is sampled (the default sampler, and no client trace context), and
-the SDK's batch processor runs with its defaults.
+and keeps nothing), and it gets this process's other ``OTEL_*`` variables (the other nodes get
+none). By default every call is sampled (the default sampler, and no client trace context) and the
+SDK's batch processor runs with its defaults; to measure 1 call in 100 sampled:
 
     python bench/overhead.py --runs 5 --log-level info --per-user-rpm 100000 --tracing
+    OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 python bench/overhead.py ... --tracing
 """
 from __future__ import annotations
 
@@ -429,8 +431,9 @@ def main() -> None:
                 sink_port, otel_port = free_port(), free_port()
                 procs.append(subprocess.Popen([*me, "sink", str(sink_port)]))
                 wait_port(sink_port)
-                otel_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
-                            f"http://127.0.0.1:{sink_port}/v1/traces"}
+                otel_env = {**{k: v for k, v in os.environ.items() if k.startswith("OTEL_")},
+                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                                f"http://127.0.0.1:{sink_port}/v1/traces"}
                 otel_args = ["--audit", f"file:{Path(tmp) / 'otel-audit.jsonl'}", *runtime_args[2:]]
                 otel_proc, otel_token = start_gwc(Path(tmp) / "otel", upstream, otel_port,
                                                   args.log_level, bench_fields=fields,

@@ -129,13 +129,14 @@ class Tracing:
         if span.is_recording():
             named = target[:MAX_NAME] if method in NAMED and isinstance(target, str) else None
             span.update_name(f"{method} {named}" if named else method)
-            span.set_attributes({"mcp.method.name": method, "mcp.protocol.version": version,
-                                 "gwc.endpoint": endpoint})
+            attributes: dict[str, AttributeValue] = {
+                "mcp.method.name": method, "mcp.protocol.version": version, "gwc.endpoint": endpoint}
             if request_id is not None:
-                span.set_attribute("jsonrpc.request.id", str(request_id)[:MAX_NAME])
+                attributes["jsonrpc.request.id"] = str(request_id)[:MAX_NAME]
             if named is not None:
-                span.set_attribute("gen_ai.tool.name" if method == "tools/call"
-                                   else "gen_ai.prompt.name", named)
+                attributes["gen_ai.tool.name" if method == "tools/call"
+                           else "gen_ai.prompt.name"] = named
+            span.set_attributes(attributes)
         return ids_of(span)
 
     @staticmethod
@@ -155,16 +156,20 @@ class Tracing:
                     describe: Callable[[T], Mapping[str, AttributeValue | None]] | None = None
                     ) -> T:
         """Await ``work`` in a span of its own under the current one (current while it runs)."""
-        with self.tracer.start_as_current_span(name, record_exception=False,
-                                               set_status_on_exception=False) as span:
-            try:
-                result = await work
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+        span = self.tracer.start_span(name)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            result = await work
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+        else:
             if describe is not None and span.is_recording():
                 span.set_attributes({k: v for k, v in describe(result).items() if v is not None})
             return result
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     def upstream_span(self, server: str, url: str, method: str, tool: str | None) -> Span:
         """A CLIENT span for one request to an upstream (not made current: what runs while its
