@@ -501,3 +501,14 @@ def test_asked_to_trace_without_the_sdk_the_node_does_not_start(tmp_path: Path) 
     assert built.returncode == 1 and "pip install 'gwc[otel]'" in built.stderr, built.stderr
     assert "config: the OTEL_* variables ask for tracing" in built.stderr
     assert _build_a_node(tmp_path, {}, hide).returncode == 0  # not asked: no SDK needed
+
+
+def test_gwc_runtime_says_what_it_cannot_trace_and_exits_2(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    started = subprocess.run(
+        [sys.executable, "-c", "import sys; from gwc.runtime.cli import main; main(sys.argv[1:])",
+         *_node_args(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**clean, "OTEL_TRACES_EXPORTER": "console"})
+    assert started.returncode == 2, started.stderr
+    assert started.stderr.startswith("gwc-runtime: OTEL_TRACES_EXPORTER=console: gwc-runtime "
+                                     "exports traces with otlp"), started.stderr
