@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gwc.runtime import logs
 from gwc.runtime.api.approval_pages import ApprovalPages
 from gwc.runtime.api.catalog import catalog
 from gwc.runtime.api.governance import GovernanceApi
@@ -84,6 +85,8 @@ class Gateway:
         # OpenTelemetry, when the OTEL_* variables ask for it (config.tracing); else nothing of it
         self.tracing: Tracing | None = (start_tracing(config.tracing, node)
                                         if config.tracing is not None else None)
+        if self.tracing is not None:  # the SDK's own lines (an export failed) as JSON lines too
+            logs.adopt("opentelemetry")
         self.state = State.from_url(config.state, approval_ttl_s=config.approval_ttl_s,
                                     on_fallback=self._state_fallback)
         self.auth_store = store_for(self.state.redis)

@@ -57,6 +57,16 @@ def configure(level: str = "info") -> None:
     root.propagate = False
 
 
+def adopt(name: str) -> None:
+    """Another library's logger ``name`` writes where gwc's do, as the same JSON lines (once
+    :func:`configure` has set them up; its own level is kept)."""
+    handlers = logging.getLogger("gwc").handlers
+    if handlers:
+        theirs = logging.getLogger(name)
+        theirs.handlers[:] = handlers
+        theirs.propagate = False
+
+
 class _ExtraPreservingQueueHandler(logging.handlers.QueueHandler):
     """The stock QueueHandler formats the message early and drops exc_info; here the record
     travels as it is and the listener's JSON formatter does all the work, off the event loop."""

@@ -8,6 +8,7 @@ through the gateway into the upstream. Nothing is mocked.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -414,6 +415,33 @@ async def test_a_node_without_otel_variables_does_not_trace(
     verified = CliRunner().invoke(gwc_main, ["audit", "verify",
                                              *map(str, trail(untraced.audit_path))])
     assert verified.exit_code == 0, verified.output
+
+
+async def test_a_collector_that_is_down_loses_spans_not_requests(
+        tmp_path, aiohttp_server, signing_key, trace_upstream, monkeypatch) -> None:
+    no_otel(monkeypatch)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                       f"http://127.0.0.1:{free_port()}/v1/traces")  # nothing listens there
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+    lines, exporter = Lines(), logging.getLogger("opentelemetry.exporter")
+    exporter.addHandler(lines)
+    try:
+        node = await node_for(tmp_path, aiohttp_server, signing_key, trace_upstream,
+                              settings_from(os.environ))
+        async with connect(node.endpoint(), node.idp.token("alice", ["eng"]), "auto") as client:
+            for _ in range(3):
+                seen = json.loads(text_of(await client.call_tool("trace_context", {})))
+                assert seen["headers"]["traceparent"] is not None
+        assert all(len(r["trace_id"]) == 32 for r in records(node, method="tools/call"))
+        for _ in range(250):
+            if any("Failed to export" in r.getMessage() for r in lines.records):
+                break
+            await asyncio.sleep(0.02)
+        assert [r.levelname for r in lines.records if "Failed to export" in r.getMessage()][:1] == [
+            "ERROR"]
+    finally:
+        exporter.removeHandler(lines)
 
 
 # --- which OTEL_* turn it on -------------------------------------------------------------------
