@@ -41,10 +41,11 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
     - The switch interval is at least 5 ms during the check (CPython's default; gwc-runtime
       sets 0.5 ms so that the audit writer gets the GIL soon). With 0.5 ms, a busy event loop
       takes the GIL back from the check every 0.5 ms, and a check of a bundle whose every server
-      changed took 0.7-1.1 s on a saturated node instead of 0.41-0.48 s (bench/hotswap.py); the
-      loop's longest stall was the same either way (under 45 ms: it gets the GIL back within
-      5 ms each time). Meanwhile the audit writer may wait up to 5 ms for the GIL, as before
-      gwc-runtime lowered it. Restored afterwards, like the collector.
+      changed took 0.68-1.52 s on a saturated node instead of 0.41-1.18 s (bench/hotswap.py, two
+      rounds each on a busy machine); the loop's longest stall was about the same either way
+      (its ticker: up to 79 and 49 ms; it gets the GIL back within 5 ms each time). Meanwhile
+      the audit writer may wait up to 5 ms for the GIL, as before gwc-runtime lowered it.
+      Restored afterwards, like the collector.
     - ``gc.collect(0)`` again before freezing: requests served during the check leave cyclic
       garbage (an exception's traceback, say) that names the bundle active meanwhile; frozen,
       it would never be collected and would keep that bundle alive for good once replaced (100 MB
