@@ -83,6 +83,14 @@ class Verdict:
         self.counted, self.refusal = counted, refusal
         return self
 
+    def take_refusal(self) -> RpcError:
+        """The refusal, to raise, no longer kept here. Raised, it carries a traceback whose frames
+        hold this verdict: a verdict still holding it would make a reference cycle, which a node
+        that froze it at a bundle swap (gc.freeze) never frees, with the bundle it holds."""
+        refusal, self.refusal = self.refusal, None
+        assert refusal is not None
+        return refusal
+
 
 def policy_outcome(decision: Decision, bypass: Bypass | None) -> RecordedDecision:
     """What policy makes of a tools/call before limits and approvals: a bypass, a shadow-mode denial

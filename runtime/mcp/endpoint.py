@@ -214,7 +214,7 @@ class McpEndpoint:
                                                 _verdict_attributes)
         self.recording.note(call, verdict)
         if verdict.refusal is not None:
-            raise verdict.refusal
+            raise verdict.take_refusal()
         return await self.relay.forward(call, target, verdict)
 
     async def _aggregate_set_level(self, call: Call) -> web.StreamResponse:
