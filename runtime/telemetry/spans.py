@@ -17,9 +17,11 @@ request's audit record and into every log line the request writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 from multidict import CIMultiDictProxy
@@ -175,8 +177,10 @@ class Tracing:
         """A CLIENT span for one request to an upstream (not made current: what runs while its
         answer is relayed belongs to the request)."""
         target = f" {tool[:MAX_NAME]}" if tool else ""
+        host, port = _server_of(url)
         return self.tracer.start_span(f"{method or 'answer'}{target}", kind=SpanKind.CLIENT,
-                                      attributes={"gwc.upstream": server, "url.full": url,
+                                      attributes={"gwc.upstream": server, "server.address": host,
+                                                  "server.port": port,
                                                   "mcp.method.name": method or "(answer)"})
 
     def propagate(self, span: Span, headers: dict[str, str], message: dict[str, Any]
@@ -205,6 +209,14 @@ class Tracing:
             if status >= 500 and exc is None:
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
         span.end()
+
+
+@functools.lru_cache(maxsize=1024)
+def _server_of(url: str) -> tuple[str, int]:
+    """An upstream URL's host and port, for its spans: never the whole URL, whose user info or
+    query could hold a credential."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def ids_of(span: Span) -> Ids | None:

@@ -191,6 +191,11 @@ async def test_a_call_is_one_trace_from_the_client_through_the_node_to_the_upstr
     assert children["gwc.admission"].attributes["gwc.decision"] == "allow"
     upstream_call = children["tools/call trace_context"]
     assert upstream_call.kind == "client" and not upstream_call.error
+    assert (upstream_call.attributes["gwc.upstream"], upstream_call.attributes["server.address"],
+            upstream_call.attributes["server.port"]) == (
+        "tools", "127.0.0.1", int(traced.gateway.store.active.payload.servers["tools"]
+                                  .upstream.rsplit(":", 1)[1].split("/")[0]))
+    assert "url.full" not in upstream_call.attributes  # a URL may hold a credential
 
     # the upstream got the node's own span context, in the header and in _meta, never the client's
     sent = traceparent(CLIENT_TRACE, upstream_call.span_id)
