@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from gwc.runtime.protocol.errors import RpcError
+from gwc.runtime.telemetry import TracingSettings
 
 T = TypeVar("T")
 TRACE_KEYS = ("traceparent", "tracestate")  # what the node reads from a client and writes upstream
@@ -51,7 +53,7 @@ for _noisy in ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.tr
 
 
 class Tracing:
-    def __init__(self, settings: Any, node: str) -> None:
+    def __init__(self, settings: TracingSettings, node: str) -> None:
         # what OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES say wins over the node's defaults
         configured = OTELResourceDetector().detect().attributes
         ours: dict[str, AttributeValue] = {}
@@ -76,7 +78,7 @@ class Tracing:
     # --- the request span ----------------------------------------------------------------------
 
     def request_span(self, method: str, path: str, headers: CIMultiDictProxy[str], body: bytes,
-                     request_id: str) -> tuple[Span, object]:
+                     request_id: str) -> tuple[Span, Token[otel_context.Context]]:
         """Start a request's span, made current until :meth:`end_request` (with the token)."""
         parent, link = self._parent(headers, body)
         route = "/mcp" if path == "/mcp" else "/servers/{server}/mcp"
@@ -88,7 +90,7 @@ class Tracing:
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
-    def end_request(span: Span, token: object, status: int | None = None,
+    def end_request(span: Span, token: Token[otel_context.Context], status: int | None = None,
                     exc: BaseException | None = None) -> None:
         try:
             if exc is not None:
@@ -99,7 +101,7 @@ class Tracing:
                     span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
         finally:
             span.end()
-            otel_context.detach(token)  # type: ignore[arg-type]
+            otel_context.detach(token)
 
     def _parent(self, headers: CIMultiDictProxy[str], body: bytes
                 ) -> tuple[otel_context.Context, SpanContext | None]:
