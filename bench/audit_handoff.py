@@ -1,5 +1,6 @@
 """How long a call waits for its audit record to be durable while the event loop is busy, for
-several CPython switch intervals (gwc-runtime sets 0.5 ms; CPython's default is 5 ms).
+several CPython switch intervals (gwc-runtime keeps CPython's default, 5 ms: bench/README.md says
+why a shorter one was tried and taken back).
 
 The node's audit writer is a thread: it needs the GIL to chain a batch and again after the
 synchronous write, and an event loop busy with requests holds the GIL until the interpreter makes

@@ -15,12 +15,6 @@ from gwc.runtime.bundle.keys import KeyFileError, load_private_key
 from gwc.runtime.bundle.read import BundleError
 from gwc.runtime.config import ConfigError, load
 
-# How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The
-# audit writer thread needs it twice per batch and a busy event loop gives it up only when made to,
-# so with the default a record waits for the GIL far longer than for the disk (bench/audit_handoff.py:
-# durable after 444 ms at p90 beside a busy loop with 5 ms, 8.7 ms with 0.5 ms).
-SWITCH_INTERVAL_S = 0.0005
-
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"gwc-runtime: {message}", file=sys.stderr)
@@ -56,9 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("--signing-key is a trusted bundle key: the gateway must mint upstream tokens with "
               "its own key, never the bundle key")
     loop = event_loop(config.event_loop)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    logging.getLogger("gwc.runtime").info("event loop", extra={
-        "loop": type(loop).__module__, "switch_interval_ms": sys.getswitchinterval() * 1000})
+    logging.getLogger("gwc.runtime").info("event loop", extra={"loop": type(loop).__module__})
     try:
         web.run_app(gateway.app(), host=config.listen_host, port=config.listen_port, print=None,
                     access_log=None, loop=loop)

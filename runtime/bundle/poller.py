@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import random
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ from gwc.runtime.bundle.store import BundleStore
 log = logging.getLogger("gwc.bundle")
 MAX_BACKOFF_S = 300.0
 SWEEP_S = 0.05  # while a bundle is checked, the young generation is collected this often
-CHECK_SWITCH_INTERVAL_S = 0.005  # CPython's default; gwc-runtime runs with 0.5 ms otherwise
 _COLLECTOR = threading.Lock()  # one check at a time pauses and restores the collector
 
 
@@ -59,18 +57,17 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
       object is still freed by reference counting, and bundles hold no reference cycles, so a
       replaced bundle is freed in full. What freezing does give up: objects alive at this
       moment (requests in flight, say) that later become unreachable *cycles* are never
-      collected. A refused call is such a cycle (its RpcError's traceback holds its frames, its
-      Call and the bundle it started under): when one is in flight at the freeze, the replaced
-      bundle stays alive for good (bench/README.md, issue 15); bench/hotswap.py reports the
-      node's RSS after each swap.
+      collected. A refused call was such a cycle until its verdict stopped keeping the raised
+      refusal (``Verdict.take_refusal``; a test frees one with the collector off): one in flight at
+      the freeze kept the replaced bundle alive for good (bench/README.md, issue 15).
+      bench/hotswap.py reports the node's RSS after each swap.
     """
     active, digest = store.active, digest_of(data)
     if active is not None and digest == active.digest:
         return None  # the very bytes already serving (a restart, a republished file): no work
     with _COLLECTOR:
-        was_enabled, interval = gc.isenabled(), sys.getswitchinterval()
+        was_enabled = gc.isenabled()
         gc.disable()
-        sys.setswitchinterval(max(interval, CHECK_SWITCH_INTERVAL_S))
         try:
             gc.collect()
             bundle = store.check(data, digest)
@@ -79,7 +76,6 @@ def check_quietly(store: BundleStore, data: bytes) -> Bundle | None:
                 gc.freeze()
             return bundle
         finally:
-            sys.setswitchinterval(interval)
             if was_enabled:
                 gc.enable()
 

@@ -12,7 +12,6 @@ import copy
 import gc
 import json
 import logging
-import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -288,31 +287,6 @@ class _BusyStore(BundleStore):
         self.garbage = weakref.ref(cycle[0])
         del cycle
         return super().check(data, digest)
-
-
-class _IntervalStore(BundleStore):
-    """A store that notes the switch interval its check runs with."""
-
-    def check(self, data: bytes, digest: str | None = None):
-        self.interval = sys.getswitchinterval()
-        return super().check(data, digest)
-
-
-@pytest.mark.parametrize("before", [0.0005, 0.02])
-def test_a_check_runs_with_a_switch_interval_of_at_least_5_ms_then_restores_it(
-        bundles, signing_key, collector, before):
-    saved = sys.getswitchinterval()
-    store = _IntervalStore(trusted_keys([str(signing_key[1])]))
-    try:
-        sys.setswitchinterval(before)
-        assert check_quietly(store, bundles(1)) is not None
-        assert store.interval == pytest.approx(max(before, 0.005))
-        assert sys.getswitchinterval() == pytest.approx(before)
-        with pytest.raises(BundleError):
-            check_quietly(store, b"not a bundle")
-        assert sys.getswitchinterval() == pytest.approx(before)
-    finally:
-        sys.setswitchinterval(saved)
 
 
 def test_garbage_made_during_a_check_is_not_frozen_with_the_bundle(bundles, signing_key, collector):
