@@ -23,7 +23,7 @@ COPY compiler ./compiler
 # final stage carries neither pip nor setuptools nor wheel in /opt/gwc.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/gwc \
-    && python -m pip --python /opt/gwc/bin/python install --compile "$(ls /wheels/gwc-*.whl)[fast]"
+    && python -m pip --python /opt/gwc/bin/python install --compile "$(ls /wheels/gwc-*.whl)[fast,otel]"
 
 # Stage 2: the base image and the venv, nothing else (no compiler, no wheel, no sources).
 FROM ${PYTHON_IMAGE}
