@@ -97,4 +97,4 @@ def _importable(module: str) -> bool:
 def start(settings: TracingSettings, node: str) -> Tracing:
     """The node's tracer, exporting in the background (loads the SDK)."""
     from gwc.runtime.telemetry.spans import Tracing
-    return Tracing(settings, node)
+    return Tracing(settings.endpoint, node)

@@ -37,7 +37,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from gwc.runtime.protocol.errors import RpcError
-from gwc.runtime.telemetry import TracingSettings
 
 T = TypeVar("T")
 TRACE_KEYS = ("traceparent", "tracestate")  # what the node reads from a client and writes upstream
@@ -53,7 +52,7 @@ for _noisy in ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.tr
 
 
 class Tracing:
-    def __init__(self, settings: TracingSettings, node: str) -> None:
+    def __init__(self, endpoint: str, node: str) -> None:
         # what OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES say wins over the node's defaults
         configured = OTELResourceDetector().detect().attributes
         ours: dict[str, AttributeValue] = {}
@@ -66,7 +65,7 @@ class Tracing:
         self._provider = TracerProvider(resource=Resource.create(ours))
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self._provider.get_tracer("gwc.runtime")
-        self.endpoint: str = settings.endpoint
+        self.endpoint = endpoint  # where the exporter sends spans (for the startup line)
         self._propagator = TraceContextTextMapPropagator()
         _log_ids.install()
 
