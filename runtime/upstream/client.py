@@ -141,13 +141,14 @@ class Exchange:
     :meth:`UpstreamClient.exchange`). A class, not a generator-based context manager: every
     forwarded call enters one, and a generator costs several microseconds more."""
 
-    __slots__ = ("_answer", "_client", "_name", "_out", "_principal", "_server", "_slot",
-                 "_timeout_ms", "_upstream")
+    __slots__ = ("_answer", "_caller", "_client", "_name", "_out", "_principal", "_server",
+                 "_slot", "_timeout_ms", "_upstream")
 
     def __init__(self, client: UpstreamClient, name: str, server: Server, principal: Principal,
                  out: Outgoing, timeout_ms: int) -> None:
         self._client, self._name, self._server, self._principal = client, name, server, principal
         self._out, self._timeout_ms = out, timeout_ms
+        self._caller = caller_of(principal)  # whose breaker the outcome counts against
 
     async def __aenter__(self) -> Answer:
         client, server, out = self._client, self._server, self._out
@@ -156,7 +157,7 @@ class Exchange:
                                         sock_read=self._timeout_ms / 1000)
         try:
             headers = client._headers(server, self._principal, out)
-            self._slot = upstream.slot(caller_of(self._principal))
+            self._slot = upstream.slot(self._caller)
             await self._slot.__aenter__()
         except BaseException as exc:
             self._reraise(exc)
@@ -187,7 +188,7 @@ class Exchange:
                    and not answer.broken)
         try:
             if healthy is not None and self._out.judges:
-                self._upstream.record(healthy, caller_of(self._principal))
+                self._upstream.record(healthy, self._caller)
         finally:
             await self._slot.__aexit__(None, None, None)
 
