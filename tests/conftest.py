@@ -23,6 +23,7 @@ from tests.support.e2e import (  # noqa: F401  (fixtures for the end-to-end test
 from tests.support.node_packages import ts_sdk  # noqa: F401  (the TypeScript SDK, from npm)
 from tests.support.redis_server import redis_server  # noqa: F401  (a real redis-server on a free port)
 from tests.support.repo import REPO
+from tests.support.s3_server import s3_server  # noqa: F401  (a real S3 API: moto's server mode)
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"e2e": pytest.mark.e2e, "fleet": pytest.mark.fleet}

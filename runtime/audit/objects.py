@@ -1,0 +1,88 @@
+"""Where a closed trail file lives in an object store: the bucket's key layout, shared by the nodes
+that ship files (``gwc.runtime.audit.shipper``) and the offline tools that read them back.
+
+A file's key names its node, its chain and the numbers of its first and last records::
+
+    <prefix>/<node>/<chain>/<first:012d>-<last:012d>.jsonl
+    <prefix>/<node>/<chain>/<first:012d>-<last:012d>.head.json   (its signed checkpoint)
+
+``chain`` tells apart two chains of one node name (a node whose disk was lost starts over at
+record 1: without it, its first file would collide with one the bucket keeps under Object Lock).
+Numbers are zero-padded so that a listing, which S3 returns in key order, is trail order; the
+numbers also let a reader name a gap between two shipped files without reading either.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+SCHEME = "s3://"
+TRAIL_SUFFIX = ".jsonl"
+HEAD_SUFFIX = ".head.json"
+_NAME = re.compile(r"^(?P<first>\d{12})-(?P<last>\d{12})(?P<suffix>\.jsonl|\.head\.json)$")
+
+
+class StoreUrlError(ValueError):
+    """Not an ``s3://bucket[/prefix]`` URL."""
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """``s3://bucket/prefix``: the bucket, and the prefix keys go under (no slashes at its ends)."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> StoreUrl:
+        if not url.startswith(SCHEME):
+            raise StoreUrlError(f"{url!r} is not an s3://bucket/prefix URL")
+        bucket, _, prefix = url[len(SCHEME):].partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise StoreUrlError(f"{url!r}: {bucket!r} is not an S3 bucket name")
+        return cls(bucket, prefix.strip("/"))
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
+
+    def key(self, rest: str) -> str:
+        return f"{self.prefix}/{rest}" if self.prefix else rest
+
+
+@dataclass(frozen=True, order=True)
+class TrailObject:
+    """One shipped file of a chain: ordering sorts a node's chain into trail order."""
+
+    node: str
+    chain: str
+    first: int  # the number of its first record, counted from the chain's first (1)
+    last: int  # the number of its last record
+
+    def stem(self, store: StoreUrl) -> str:
+        return store.key(f"{quote(self.node, safe='')}/{self.chain}/{self.first:012d}-{self.last:012d}")
+
+    def trail_key(self, store: StoreUrl) -> str:
+        return self.stem(store) + TRAIL_SUFFIX
+
+    def head_key(self, store: StoreUrl) -> str:
+        return self.stem(store) + HEAD_SUFFIX
+
+
+def parse_key(store: StoreUrl, key: str) -> tuple[TrailObject, str] | None:
+    """(the file, ``.jsonl`` or ``.head.json``) a key under ``store`` names; None for any other
+    key (a reader lists a prefix and must pass over what is not a trail)."""
+    rest = key[len(store.prefix) + 1:] if store.prefix else key
+    if store.prefix and not key.startswith(store.prefix + "/"):
+        return None
+    parts = rest.split("/")
+    if len(parts) != 3:
+        return None
+    node, chain, name = parts
+    match = _NAME.match(name)
+    if match is None or not re.fullmatch(r"[0-9a-f]{16}", chain):
+        return None
+    first, last = int(match["first"]), int(match["last"])
+    if not 1 <= first <= last:
+        return None
+    return TrailObject(unquote(node), chain, first, last), match["suffix"]
