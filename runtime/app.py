@@ -66,6 +66,10 @@ BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class ListenError(Exception):
+    """A listener of the node's own (not the public one) could not be opened."""
+
+
 class Gateway:
     """One node's state. Everything request-scoped reads ``store.active`` once, at the start."""
 
@@ -112,6 +116,8 @@ class Gateway:
         self._origins: frozenset[str] = frozenset({origin_of(config.public_url)})
         self.store.on_activate(self._origin_settings)
         self._poll_task: asyncio.Task | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.draining = False  # SIGTERM came (--drain-seconds): unready while still serving
 
     def authenticator(self, bundle: Bundle) -> Authenticator:
         """The authenticator for the bundle's identity settings (rebuilt only when they change)."""
@@ -190,6 +196,8 @@ class Gateway:
     async def _startup(self, app: web.Application) -> None:
         """Wait briefly for the first bundle, so a healthy node is ready when it listens; a slow
         or hanging store must not keep /healthz from answering, so after that it loads on."""
+        if self.config.metrics_host is not None:
+            await self._start_metrics_listener()
         if self.config.audit is not None:
             self.auditor.start(self.config.audit, self.config.audit_max_bytes)
         if self.tracing is not None:
@@ -205,6 +213,29 @@ class Gateway:
                 "and serving the persisted bundle" if self.store.active is not None
                 else "but not ready until a bundle loads"))
 
+    async def _start_metrics_listener(self) -> None:
+        """/metrics on a port of its own (``--metrics-listen``), for a scraper inside the cluster
+        to reach where the public load balancer does not."""
+        assert self.config.metrics_host is not None
+        metrics = web.Application()
+        metrics.router.add_get("/metrics", self.metrics_endpoint)
+        runner = web.AppRunner(metrics, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.metrics_host, self.config.metrics_port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenError(f"cannot listen for /metrics on {self.config.metrics_host}:"
+                              f"{self.config.metrics_port}: {exc.strerror or exc}") from None
+        self._metrics_runner = runner
+
+    def begin_drain(self) -> None:
+        """Stopping soon: /readyz says so, so load balancers stop sending new requests while the
+        node still answers those that come."""
+        self.draining = True
+        log.info("draining: unready, serving until the node stops",
+                 extra={"drain_s": self.config.drain_s})
+
     async def _shutdown(self, app: web.Application) -> None:
         await self.list_changed.close()
 
@@ -212,6 +243,8 @@ class Gateway:
         if self._poll_task is not None:
             self._poll_task.cancel()
         await self.poller.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.mcp.close()
         await self.state.aclose()
         self.auditor.close()
@@ -227,6 +260,8 @@ class Gateway:
 
     async def readyz(self, request: web.Request) -> web.Response:
         bundle = self.store.active
+        if self.draining:
+            return web.json_response({"status": "draining: this node is stopping"}, status=503)
         if bundle is None:
             return web.json_response({"status": "no valid bundle"}, status=503)
         if self.auditor.refusing:
@@ -284,7 +319,8 @@ class Gateway:
         app[BODY_TIMEOUT_S] = self.config.body_timeout_s
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_endpoint)
+        if self.config.metrics_host is None:
+            app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/.well-known/jwks.json", self.jwks)
         app.router.add_get("/.well-known/oauth-protected-resource", self.protected_resource)
         app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}",

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import NoReturn
 
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 
 from gwc.runtime import logs
-from gwc.runtime.app import Gateway
+from gwc.runtime.app import Gateway, ListenError
 from gwc.runtime.bundle.envelope import key_id
 from gwc.runtime.bundle.keys import KeyFileError, load_private_key
 from gwc.runtime.bundle.read import BundleError
@@ -35,6 +37,30 @@ def event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _stop() -> None:
+    raise GracefulExit()  # as aiohttp's own SIGTERM handler: run_app stops the node gracefully
+
+
+def drain_on_sigterm(gateway: Gateway, seconds: float) -> web.Application:
+    """The node's app, where SIGTERM first makes the node unready and stops it ``seconds``
+    later (a second SIGTERM, or SIGINT, at once). Installed once the app starts, after
+    aiohttp's runner has put its own handler in place."""
+    app = gateway.app()
+
+    async def install(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+
+        def first_sigterm() -> None:
+            gateway.begin_drain()
+            loop.add_signal_handler(signal.SIGTERM, _stop)
+            loop.call_later(seconds, _stop)
+
+        loop.add_signal_handler(signal.SIGTERM, first_sigterm)
+
+    app.on_startup.append(install)
+    return app
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         config = load(argv)
@@ -52,8 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     loop = event_loop(config.event_loop)
     logging.getLogger("gwc.runtime").info("event loop", extra={"loop": type(loop).__module__})
     try:
-        web.run_app(gateway.app(), host=config.listen_host, port=config.listen_port, print=None,
+        app = drain_on_sigterm(gateway, config.drain_s) if config.drain_s else gateway.app()
+        web.run_app(app, host=config.listen_host, port=config.listen_port, print=None,
                     access_log=None, loop=loop)
+    except ListenError as exc:
+        _fail(str(exc), 1)
     except OSError as exc:
         _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: "
               f"{exc.strerror or exc}", 1)

@@ -55,11 +55,43 @@ class Config:
     idp_client_secret: str | None = None  # the gateway's secret at the IdP (sign-in)
     dev_client_metadata: bool = False  # client metadata documents over http and from private hosts
     tracing: TracingSettings | None = None  # None: no tracing (the OTEL_* variables, telemetry/)
+    drain_s: float = 0.0  # after SIGTERM: unready, still serving, for this long before stopping
+    metrics_host: str | None = None  # set: /metrics on its own listener, not the public one
+    metrics_port: int = 0
+
+
+# Settings that hold secrets (a session key, a Redis password in its URL, the IdP client secret)
+# can also be read from a file named by GWC_<NAME>_FILE, as mounted Kubernetes and Docker secrets
+# are, so they need not sit in the process environment.
+SECRET_SETTINGS = ("session-keys", "state", "idp-client-secret")
 
 
 def _env(name: str) -> str | None:
     value = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
-    return value if value else None
+    if value:
+        return value.strip() if name in SECRET_SETTINGS else value
+    if name in SECRET_SETTINGS and (path := _env(f"{name}-file")) is not None:
+        return _secret_file(f"GWC_{name.upper().replace('-', '_')}_FILE", path)
+    return None
+
+
+def _secret_file(setting: str, path: str) -> str:
+    """A secret read from a file, without the newline editors and ``kubectl create secret
+    --from-file`` leave at its end."""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {setting} {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(f"{setting} {path} is empty")
+    return secret
+
+
+def _host_port(setting: str, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{setting} must be HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, help="Largest accepted request body "
                    "(GWC_MAX_BODY_BYTES, default 4 MiB).")
     p.add_argument("--session-keys", help="Fleet keys sealing legacy MCP session ids, from `gwc "
-                   "session-key`; comma-separated: the first seals, all open (GWC_SESSION_KEYS). "
+                   "session-key`; comma-separated: the first seals, all open (GWC_SESSION_KEYS, "
+                   "or from a file: GWC_SESSION_KEYS_FILE). "
                    "Without one a node makes its own, and its sessions work only on it.")
     p.add_argument("--session-max-age", type=int, help="Seconds a legacy session id stays valid "
                    f"(GWC_SESSION_MAX_AGE, default {DEFAULT_MAX_AGE_S}).")
@@ -96,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-max-bytes", type=int, help="Rotate the audit file at this size "
                    f"(GWC_AUDIT_MAX_BYTES, default {DEFAULT_AUDIT_MAX_BYTES}).")
     p.add_argument("--state", help="Shared state for rate limits, approvals and bypasses: "
-                   "memory (this node alone) or redis://HOST:PORT/DB (a fleet) (GWC_STATE, "
-                   "default memory).")
+                   "memory (this node alone) or redis://HOST:PORT/DB (a fleet) (GWC_STATE, or from a "
+                   "file, as the URL may hold a password: GWC_STATE_FILE; default memory).")
     p.add_argument("--approval-ttl", type=int, help="Seconds a pending or granted approval "
                    f"stays usable (GWC_APPROVAL_TTL, default {DEFAULT_APPROVAL_TTL_S}).")
     p.add_argument("--node-id", help="This node's name in audit records (GWC_NODE_ID, default "
@@ -111,23 +144,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idp-client-secret-file", help="File holding the gateway's client secret at "
                    "the company IdP, for gateway.yaml sign_in (GWC_IDP_CLIENT_SECRET_FILE; or the "
                    "secret itself in GWC_IDP_CLIENT_SECRET, never a flag).")
+    p.add_argument("--drain-seconds", type=float, help="After SIGTERM, answer /readyz 503 and go "
+                   "on serving for this many seconds before stopping, so a load balancer that "
+                   "checks readiness stops sending first; a second SIGTERM stops at once "
+                   "(GWC_DRAIN_SECONDS, default 0).")
+    p.add_argument("--metrics-listen", help="HOST:PORT of a listener of its own for /metrics, "
+                   "which then leaves the public port (GWC_METRICS_LISTEN; default: /metrics on "
+                   "the public port).")
     p.add_argument("--dev-client-metadata", action="store_true", default=None,
                    help="Development only: fetch client ID metadata documents over http and from "
                    "loopback or private addresses (GWC_DEV_CLIENT_METADATA=1).")
     return p
-
-
-def _idp_client_secret(path: str | None) -> str | None:
-    if path is None:
-        return _env("idp-client-secret")
-    try:
-        secret = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --idp-client-secret-file {path}: "
-                          f"{exc.strerror or exc}") from None
-    if not secret:
-        raise ConfigError(f"--idp-client-secret-file {path} is empty")
-    return secret
 
 
 def load(argv: list[str] | None = None) -> Config:
@@ -143,9 +170,9 @@ def load(argv: list[str] | None = None) -> Config:
         missing.append("--trust")
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (or the GWC_* environment variables)")
-    host, _, port = (pick("listen", "127.0.0.1:8080") or "").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--listen must be HOST:PORT")
+    host, port = _host_port("--listen", pick("listen", "127.0.0.1:8080") or "")
+    metrics_host, metrics_port = (_host_port("--metrics-listen", spec)
+                                  if (spec := pick("metrics-listen")) else (None, 0))
     public_url = (pick("public-url") or "").rstrip("/")
     if not public_url.startswith(("https://", "http://")):
         raise ConfigError("--public-url must be an http(s) URL")
@@ -157,8 +184,11 @@ def load(argv: list[str] | None = None) -> Config:
         approval_ttl = int(pick("approval-ttl", str(DEFAULT_APPROVAL_TTL_S)) or 0)
         header_timeout = float(pick("header-timeout", str(DEFAULT_HEADER_TIMEOUT_S)) or 0)
         body_timeout = float(pick("body-timeout", str(DEFAULT_BODY_TIMEOUT_S)) or 0)
+        drain = float(pick("drain-seconds", "0") or 0)
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
+    if not 0 <= drain <= 3600:
+        raise ConfigError("--drain-seconds must be between 0 and 3600")
     if min(interval, max_body, max_age, audit_max, approval_ttl, header_timeout,
            body_timeout) <= 0:
         raise ConfigError("--poll-interval, --max-body-bytes, --session-max-age, "
@@ -197,7 +227,7 @@ def load(argv: list[str] | None = None) -> Config:
         except OSError as exc:
             raise ConfigError(f"cannot use --state-dir {state_dir}: {exc.strerror or exc}") from None
     return Config(bundle=pick("bundle") or "", trust=tuple(t.strip() for t in trust),
-                  listen_host=host.strip("[]"), listen_port=int(port),
+                  listen_host=host, listen_port=port,
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,
                   log_level=log_level, max_body_bytes=max_body, session_keys=session_keys,
@@ -205,7 +235,10 @@ def load(argv: list[str] | None = None) -> Config:
                   audit_failure=audit_failure, audit_max_bytes=audit_max, state=state,
                   approval_ttl_s=approval_ttl, node_id=pick("node-id") or "",
                   header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                  idp_client_secret=_idp_client_secret(pick("idp-client-secret-file")),
+                  idp_client_secret=(_secret_file("--idp-client-secret-file", path)
+                                     if (path := pick("idp-client-secret-file"))
+                                     else _env("idp-client-secret")),
                   dev_client_metadata=(args.dev_client_metadata
                                        or _env("dev-client-metadata") in ("1", "true", "yes")),
-                  tracing=tracing)
+                  tracing=tracing, drain_s=drain, metrics_host=metrics_host,
+                  metrics_port=metrics_port)

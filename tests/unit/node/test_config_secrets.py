@@ -1,0 +1,82 @@
+"""A node's secret settings come from files as mounted secrets are (GWC_<NAME>_FILE), trimmed of
+the newline such files end with, and every bad file is one clear start-up error."""
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+
+import pytest
+
+from gwc.runtime.config import ConfigError, load
+
+REQUIRED = ["--bundle", "b.json", "--trust", "t.pem", "--signing-key", "k.pem",
+            "--public-url", "https://gw.example"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GWC_SESSION_KEYS", "GWC_SESSION_KEYS_FILE", "GWC_STATE", "GWC_STATE_FILE",
+                 "GWC_IDP_CLIENT_SECRET", "GWC_IDP_CLIENT_SECRET_FILE", "GWC_DRAIN_SECONDS",
+                 "GWC_METRICS_LISTEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def key() -> tuple[str, bytes]:
+    raw = secrets.token_bytes(32)
+    return base64.urlsafe_b64encode(raw).decode(), raw
+
+
+def test_session_keys_state_and_idp_secret_come_from_files(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (first, first_raw), (second, second_raw) = key(), key()
+    (tmp_path / "keys").write_text(f"{first},{second}\n")  # as `kubectl create secret --from-file`
+    (tmp_path / "state").write_text("redis://:s3cret@redis.internal:6379/0\n")
+    (tmp_path / "idp").write_text("  the-secret\n")
+    monkeypatch.setenv("GWC_SESSION_KEYS_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("GWC_STATE_FILE", str(tmp_path / "state"))
+    monkeypatch.setenv("GWC_IDP_CLIENT_SECRET_FILE", str(tmp_path / "idp"))
+    config = load(REQUIRED)
+    assert config.session_keys == (first_raw, second_raw)
+    assert config.state == "redis://:s3cret@redis.internal:6379/0"
+    assert config.idp_client_secret == "the-secret"
+
+
+def test_a_value_in_the_environment_wins_over_a_file_and_is_trimmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "state").write_text("redis://from-file:6379/0")
+    monkeypatch.setenv("GWC_STATE_FILE", str(tmp_path / "state"))
+    monkeypatch.setenv("GWC_STATE", "redis://from-env:6379/0\n")
+    monkeypatch.setenv("GWC_IDP_CLIENT_SECRET", "the-secret\n")  # pasted with its newline
+    config = load(REQUIRED)
+    assert config.state == "redis://from-env:6379/0"
+    assert config.idp_client_secret == "the-secret"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read GWC_SESSION_KEYS_FILE"),
+    ("\n", "GWC_SESSION_KEYS_FILE {path} is empty"),
+    ("c2hvcnQ\n", "--session-keys: a session key must decode to 32 bytes"),
+])
+def test_a_bad_secret_file_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              content: str | None, message: str) -> None:
+    path = tmp_path / "keys"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("GWC_SESSION_KEYS_FILE", str(path))
+    with pytest.raises(ConfigError) as raised:
+        load(REQUIRED)
+    assert str(raised.value).startswith(message.format(path=path))
+
+
+def test_drain_and_metrics_listener_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load(REQUIRED)
+    assert (config.drain_s, config.metrics_host) == (0.0, None)
+    monkeypatch.setenv("GWC_DRAIN_SECONDS", "7.5")
+    monkeypatch.setenv("GWC_METRICS_LISTEN", "[::1]:9090")
+    config = load(REQUIRED)
+    assert (config.drain_s, config.metrics_host, config.metrics_port) == (7.5, "::1", 9090)
+    for flags, message in ((["--drain-seconds", "-1"], "--drain-seconds must be between"),
+                           (["--metrics-listen", "9090"], "--metrics-listen must be HOST:PORT")):
+        with pytest.raises(ConfigError, match=message):
+            load([*REQUIRED, *flags])
