@@ -149,6 +149,7 @@ class Gateway:
         elif (self.config.audit is None and old is not None
               and old.payload.gateway.audit != settings):
             log.warning("gateway.yaml audit settings changed; restart nodes to apply them")
+        self.auditor.ship(settings.store)  # the first bundle's store, --audit or not
 
     def allowed_origins(self) -> frozenset[str]:
         return self._origins

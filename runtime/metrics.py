@@ -63,6 +63,19 @@ class Metrics:
                                     "this node's audit trail, counted from its first record: it "
                                     "only grows, so a drop means records went missing.",
                                     registry=r)
+        self.audit_ship_pending = Gauge("gwc_audit_ship_pending", "Closed audit trail files not "
+                                        "yet confirmed in the object store (audit.store).",
+                                        registry=r)
+        self.audit_ship_oldest = Gauge("gwc_audit_ship_oldest_pending_seconds", "Seconds since "
+                                       "the oldest closed audit file not yet confirmed in the "
+                                       "object store was closed; 0 when none waits.", registry=r)
+        self.audit_shipped = Counter("gwc_audit_shipped_total", "Closed audit files confirmed in "
+                                     "the object store, under retention.", registry=r)
+        self.audit_ship_failures = Counter("gwc_audit_ship_failures_total", "Failed attempts to "
+                                           "ship an audit file, by reason (store: unreachable or "
+                                           "refused, retried; conflict: other bytes at its key; "
+                                           "unlocked: no retention on the object; unreadable: "
+                                           "not a closed trail file).", ["reason"], registry=r)
         self.state_fallbacks = Counter("gwc_state_fallbacks_total", "Outages of the shared state "
                                        "backend (Redis) during which rate limits held per node.",
                                        ["what"], registry=r)

@@ -267,15 +267,42 @@ class BreakGlassSettings(Strict):
     max_ttl_s: int = Field(default=3600, ge=60, le=86_400)
 
 
+# s3://bucket[/prefix], as gwc.runtime.audit.objects.StoreUrl parses it (the build may not import
+# the audit layer; tests/unit/audit/test_audit_store.py keeps the two in step)
+STORE_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$"
+
+
+class ObjectLockSettings(Strict):
+    mode: Literal["governance", "compliance"] = Field(description="S3 Object Lock mode of each "
+                                                      "shipped object: compliance (no one can "
+                                                      "shorten or remove it) or governance.")
+    days: int = Field(ge=1, le=36500, description="Retention from the time a file is shipped.")
+
+
+class AuditStoreSettings(Strict):
+    url: str = Field(pattern=STORE_URL, description="s3://bucket/prefix: where nodes ship their "
+                     "closed trail files (credentials: the AWS SDK's standard chain on each node).")
+    object_lock: ObjectLockSettings
+    keep_local_days: int = Field(default=7, ge=0, le=36500, description="Delete a file locally once it "
+                                   "is confirmed in the bucket and this many days old (0: at "
+                                   "once).")
+
+
 class AuditSettings(Strict):
     sink: Literal["file", "stdout", "both"] = "stdout"
     path: str | None = Field(default=None, description="The JSONL file; required with sink file/both.")
     on_failure: Literal["closed", "open"] = "closed"
+    store: AuditStoreSettings | None = Field(default=None, description="Ship closed trail files "
+                                             "to an S3 bucket with Object Lock (needs sink file "
+                                             "or both).")
 
     @model_validator(mode="after")
     def _path_for_file_sink(self) -> AuditSettings:
         if self.sink != "stdout" and not self.path:
             raise ValueError(f"audit sink '{self.sink}' writes a file: set audit.path")
+        if self.store is not None and self.sink == "stdout":
+            raise ValueError("audit.store ships closed trail files: it needs sink 'file' or "
+                             "'both'")
         return self
 
 
@@ -380,5 +407,6 @@ class ToolLock(Strict):
 ALL_FIELD_NAMES = sorted({name for model in (
     ServerManifest, ToolManifest, ServerLimits, ModeByAccess, StaticEnvAuth, ConditionOps, Conditions,
     RuleSubject, RuleResource, PolicyRule, IdentitySettings, BreakGlassSettings, AuditSettings,
+    AuditStoreSettings, ObjectLockSettings,
     GatewayConfig, SignInSettings, OAuthClientSettings, ToolContractSettings, ToolDefinition,
     ToolLock) for name in model.model_fields} | {"in", "$schema", "$comment"})

@@ -13,7 +13,19 @@ finds, cutting a final line a crash left torn and recording that it did (a ``rep
 
 With the gateway's signing key, the writer also signs its chain's head in a ``checkpoint`` record
 (``audit.Head``) when a file begins, every ``checkpoint_s`` seconds or ``checkpoint_records``
-records while records come, and at shutdown; the latest is :attr:`AuditWriter.head`.
+records while records come, when a file is closed (rotation, shutdown) and at shutdown; the latest
+is :attr:`AuditWriter.head`. So a closed file ends with a checkpoint: it is evidence on its own,
+and its last line gives the number of its last record.
+
+Every start record names its chain (``chain``: 16 random hex digits chosen by the chain's first
+start record, carried by every later one: rotations and restarts), so two chains of one node name
+(a node whose disk was lost starts over at record 1) never share a name in an object store. A
+trail written before chains had ids gets one at its first start after the upgrade; its older
+files, whose start records have no ``chain``, belong to that chain.
+
+With ``close_rotates`` (a node that ships its closed files to an object store), shutdown closes
+the current file as rotation does, so that it can be shipped; a restarted node begins a new file
+chained to it. ``on_closed`` is called, on the writer thread, with each file it closes.
 """
 from __future__ import annotations
 
@@ -22,10 +34,12 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +59,7 @@ _STOP = object()
 # so the writer thread gives up and takes back the GIL once per batch, not twice (each time it
 # takes it back from a busy event loop it may wait a switch interval).
 _DSYNC = getattr(os, "O_DSYNC", 0)
+CHAIN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def rotated(path: Path) -> list[Path]:
@@ -92,22 +107,30 @@ class _Scan:
     last: bytes | None  # the last of them
     checkpoint: tuple[int, int] | None  # (its line among the records, its own number)
     torn: Torn | None
+    chain: str | None = None  # the chain id of its last start record
 
 
 def _scan(path: Path) -> _Scan:
     """One pass over a file: what a restarted writer needs to continue its chain."""
-    lines, last, checkpoint, offset = 0, None, None, 0
+    lines, last, checkpoint, offset, chain = 0, None, None, 0, None
     with path.open("rb") as fh:
         for line in fh:
             if not line.endswith(b"\n"):
-                return _Scan(lines, last, checkpoint, Torn(offset, line))
+                return _Scan(lines, last, checkpoint, Torn(offset, line), chain)
             offset += len(line)
             if line.strip():
                 lines, last = lines + 1, line
                 signed = _checkpoint_seq(line) if b'"checkpoint"' in line else None
                 if signed is not None:
                     checkpoint = (lines, signed + 1)
-    return _Scan(lines, last, checkpoint, None)
+                elif b'"start"' in line:
+                    chain = _chain_id(typed_record(line, "start")) or chain
+    return _Scan(lines, last, checkpoint, None, chain)
+
+
+def _chain_id(record: dict[str, Any] | None) -> str | None:
+    chain = record.get("chain") if record is not None else None
+    return chain if isinstance(chain, str) and CHAIN_ID.fullmatch(chain) else None
 
 
 def _checkpoint_seq(line: bytes) -> int | None:
@@ -129,13 +152,22 @@ def _record(path: Path, line: bytes) -> dict[str, Any]:
     return record
 
 
+def chain_of(path: Path) -> str | None:
+    """The chain id in a file's start record (its first line); None for a file without one (empty,
+    or written before chains had ids)."""
+    with path.open("rb") as fh:
+        return _chain_id(typed_record(fh.readline(), "start"))
+
+
 @dataclass(frozen=True)
 class Resume:
-    """Where a trail stands: the last hash, the last record's number, a torn tail to cut."""
+    """Where a trail stands: the last hash, the last record's number, a torn tail to cut, and
+    the chain's id (None: a new trail, or one written before chains had ids)."""
 
     prev: str
     seq: int
     torn: Torn | None
+    chain: str | None = None
 
 
 def resume(path: Path) -> Resume:
@@ -145,6 +177,7 @@ def resume(path: Path) -> Resume:
     files = trail(path)
     prev: str | None = None
     torn = None
+    chain: str | None = None
     newer = 0  # records in the files after the one scanned
     for file in reversed(files):
         scan = _scan(file)
@@ -152,11 +185,12 @@ def resume(path: Path) -> Resume:
             torn = scan.torn
         if prev is None and scan.last is not None:
             prev = _record(file, scan.last)["hash"]
+            chain = scan.chain
         if scan.checkpoint is not None:
             line, number = scan.checkpoint
-            return Resume(prev or GENESIS, number + scan.lines - line + newer, torn)
+            return Resume(prev or GENESIS, number + scan.lines - line + newer, torn, chain)
         newer += scan.lines
-    return Resume(prev or GENESIS, newer, torn)
+    return Resume(prev or GENESIS, newer, torn, chain)
 
 
 class AuditWriter:
@@ -165,6 +199,9 @@ class AuditWriter:
                  checkpoint_s: float = CHECKPOINT_S,
                  checkpoint_records: int = CHECKPOINT_RECORDS) -> None:
         self._node, self._path, self._stdout, self._max_bytes = node, path, stdout, max_bytes
+        self.chain = secrets.token_hex(8)  # a new chain's id; start() takes a found trail's
+        self.close_rotates = False  # shutdown closes the current file (for shipping)
+        self.on_closed: Callable[[Path], None] | None = None  # told of each file closed
         self._key, self._checkpoint_s = signing_key, checkpoint_s
         self._checkpoint_records = checkpoint_records
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -187,6 +224,7 @@ class AuditWriter:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             found = resume(self._path)
             self._prev, self._seq = found.prev, found.seq
+            self.chain = found.chain or self.chain
             if found.torn is not None:
                 os.truncate(self._path, found.torn.offset)
                 repair.append(found.torn.repair(self._node, self._path))
@@ -215,7 +253,7 @@ class AuditWriter:
 
     def _begin(self, records: list[dict[str, Any]]) -> None:
         """A file's first lines: its start record, ``records``, and a checkpoint."""
-        start = {"type": "start", "node": self._node, "ts": time.time()}
+        start = {"type": "start", "node": self._node, "ts": time.time(), "chain": self.chain}
         self._append([encode(r, self._placeholder) for r in (start, *records)], checkpoint=True)
 
     def _append(self, bodies: list[bytes], checkpoint: bool = False) -> list[str]:
@@ -297,12 +335,33 @@ class AuditWriter:
     def _rotate_if_full(self) -> None:
         if self._file is None or self._path is None or self._file.tell() < self._max_bytes:
             return
+        self._close_file()
+        self._file = _open_trail_file(self._path)
+        self._begin([])
+
+    def _close_file(self) -> None:
+        """End the current file with a checkpoint (so it is evidence on its own), rename it to
+        the next rotated number and tell ``on_closed``. An empty file (its start record failed)
+        is left in place."""
+        assert self._file is not None and self._path is not None
+        if self._file.tell() == 0:
+            return
+        self._append([], checkpoint=True)  # signs what the last checkpoint does not
         self._file.close()
         existing = rotated(self._path)
         number = int(existing[-1].suffix[1:]) + 1 if existing else 1
-        os.replace(self._path, self._path.with_name(f"{self._path.name}.{number:06d}"))
-        self._file = _open_trail_file(self._path)
-        self._begin([])
+        closed = self._path.with_name(f"{self._path.name}.{number:06d}")
+        try:
+            os.replace(self._path, closed)
+        except OSError:
+            self._file = _open_trail_file(self._path)  # still the current file: writes go on
+            raise
+        self._file = None
+        if self.on_closed is not None:
+            try:
+                self.on_closed(closed)
+            except Exception:  # the file is closed and on disk whatever the listener does
+                log.exception("audit: the closed-file listener failed", extra={"path": str(closed)})
 
     def _run(self) -> None:
         while True:
@@ -320,6 +379,12 @@ class AuditWriter:
             stop = any(entry is _STOP for entry in batch)
             self._write_batch([entry for entry in batch if entry is not _STOP], checkpoint=stop)
             if stop:
+                if self.close_rotates and self._file is not None:
+                    try:
+                        self._close_file()
+                    except OSError as exc:  # the file stays current: the next start goes on in it
+                        log.error("audit file could not be closed for shipping",
+                                  extra={"reason": str(exc)})
                 return
 
     def _write_batch(self, entries: list[tuple[bytes, asyncio.Future[str]]],

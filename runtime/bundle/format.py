@@ -198,10 +198,24 @@ class BreakGlass(_Frozen):
     max_ttl_s: int
 
 
+class ObjectLock(_Frozen):
+    mode: Literal["governance", "compliance"]
+    days: int
+
+
+class AuditStore(_Frozen):
+    """Where nodes ship closed trail files (gwc.runtime.audit.shipper)."""
+
+    url: str  # s3://bucket[/prefix]
+    object_lock: ObjectLock
+    keep_local_days: int
+
+
 class AuditSettings(_Frozen):
     sink: Literal["file", "stdout", "both"]
     path: str | None = None
     on_failure: Literal["closed", "open"]
+    store: AuditStore | None = None
 
 
 class OAuthClient(_Frozen):

@@ -8,6 +8,10 @@ call, so nothing reaches an upstream unrecorded. The refusal is itself submitted
 doubles as the probe that finds the sink healthy again. With ``open`` calls go on, and every lost
 record is logged and counted (``gwc_audit_failures_total``). A failing sink with ``closed`` also
 makes the node unready (``refusing``). The node's chain head, signed, is served for anchoring.
+
+With ``audit.store`` in gateway.yaml (read from the first bundle, like the sink) and a trail file,
+closed files are shipped to an object store (``gwc.runtime.audit.shipper``); the module, and
+boto3, are loaded only then.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,12 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gwc.runtime.audit.chain import UnencodableRecord, utc_time
 from gwc.runtime.audit.record import record_head
 from gwc.runtime.audit.writer import DEFAULT_MAX_BYTES, AuditWriter
-from gwc.runtime.bundle.format import AuditSettings
+from gwc.runtime.bundle.format import AuditSettings, AuditStore
 from gwc.runtime.bundle.read import Bundle
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 from gwc.runtime.protocol.errors import AUDIT_UNAVAILABLE, RpcError
 from gwc.runtime.request_keys import CLIENT_REQUEST_ID, REQUEST_ID
+
+if TYPE_CHECKING:
+    from gwc.runtime.audit.shipper import Shipper
 
 log = logging.getLogger("gwc.audit")
 FailureMode = Literal["closed", "open"]
@@ -69,6 +76,8 @@ class Auditor:
         self._writer: AuditWriter | None = None
         self._broken: str | None = None  # why the sink could not even be opened
         self.target: AuditTarget | None = None
+        self.shipper: Shipper | None = None
+        self._store: tuple[AuditStore | None] | None = None  # as first applied (a 1-tuple)
 
     def start(self, target: AuditTarget, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.target = target
@@ -89,9 +98,45 @@ class Auditor:
         log.info("audit trail", extra={"sink": target.sink, "path": str(target.path or ""),
                                        "on_failure": self.failure})
 
+    def ship(self, store: AuditStore | None) -> None:
+        """Ship closed trail files to ``store`` (gateway.yaml's ``audit.store``): applied from the
+        first bundle, after :meth:`start`; a later change needs a restart."""
+        if self._store is not None:
+            if self._store != (store,):
+                log.warning("gateway.yaml audit.store changed; restart nodes to apply it")
+            return
+        self._store = (store,)
+        writer, path = self._writer, self.target.path if self.target is not None else None
+        if store is None:
+            return
+        if writer is None or path is None:
+            log.warning("gateway.yaml has an audit store, but this node writes no trail file, so "
+                        "it ships nothing", extra={"sink": self.target.sink if self.target
+                                                   else "", "store": store.url})
+            return
+        from gwc.runtime.audit.objects import StoreUrl
+        from gwc.runtime.audit.shipper import ObjectLock, Shipper
+
+        metrics = self._metrics
+        shipper = Shipper(path, StoreUrl.parse(store.url),
+                          ObjectLock(store.object_lock.mode, store.object_lock.days),
+                          store.keep_local_days, lambda: writer.chain,
+                          on_shipped=metrics.audit_shipped.inc,
+                          on_failure=lambda reason: metrics.audit_ship_failures.labels(reason).inc())
+        writer.on_closed, writer.close_rotates = shipper.closed, True
+        shipper.start()
+        self.shipper = shipper
+        metrics.audit_ship_pending.set_function(lambda: shipper.stats.pending)
+        metrics.audit_ship_oldest.set_function(shipper.oldest_age)
+        log.info("audit store", extra={"store": store.url, "object_lock": store.object_lock.mode,
+                                       "days": store.object_lock.days,
+                                       "keep_local_days": store.keep_local_days})
+
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close()  # closes the current file for shipping, with a store
+        if self.shipper is not None:
+            self.shipper.close()
 
     @property
     def enabled(self) -> bool:
