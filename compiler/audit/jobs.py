@@ -2,9 +2,9 @@
 
 Replay costs about 40 us a call in Python (parse, rebuild, decide, compare), so a million calls is
 most of a minute on one core. A trail rotates into files of ~100 MB (~100,000 calls), and each
-file can be replayed on its own: a pool of processes takes one file at a time, each keeping its
-own bundles and caches across the files it takes, and the findings come back file by file, in
-trail order.
+file can be replayed on its own (a shipped object too: each process opens it from the store): a
+pool of processes takes one file at a time, each keeping its own bundles and caches across the
+files it takes, and the findings come back file by file, in trail order.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gwc.compiler.audit.query import Query, select
 from gwc.compiler.audit.replay import Finding, Replay, Shelf, Totals
+from gwc.compiler.audit.trail import TrailFile
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.read import trusted_keys
 
@@ -34,7 +35,7 @@ class Setup:
                       self.proposed)
 
 
-def _findings(replay: Replay, paths: list[Path], query: Query) -> Iterator[Finding]:
+def _findings(replay: Replay, paths: list[TrailFile], query: Query) -> Iterator[Finding]:
     return replay.run((path, number, record) for path, number, _, record
                       in select(paths, query))
 
@@ -47,7 +48,7 @@ def _start(setup: Setup) -> None:
     _worker = (setup.replay(), setup.query)
 
 
-def _one_file(path: Path) -> tuple[list[Finding], Totals]:
+def _one_file(path: TrailFile) -> tuple[list[Finding], Totals]:
     assert _worker is not None
     replay, query = _worker
     replay.totals = Totals()
@@ -58,7 +59,7 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def replay_trail(paths: list[Path], setup: Setup, jobs: int, totals: Totals) -> Iterator[Finding]:
+def replay_trail(paths: list[TrailFile], setup: Setup, jobs: int, totals: Totals) -> Iterator[Finding]:
     """Every finding of the trail, in trail order; ``totals`` adds up as files are done."""
     if jobs <= 1 or len(paths) < 2:
         replay = setup.replay()

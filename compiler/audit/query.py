@@ -17,12 +17,21 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gwc.compiler.audit.trail import VERIFY_HINT, NotARecord, TrailError, TrailReader, cell, parse, user_label
+from gwc.compiler.audit.trail import (
+    VERIFY_HINT,
+    NotARecord,
+    TrailError,
+    TrailFile,
+    TrailReader,
+    cell,
+    parse,
+    size_of,
+    user_label,
+)
 from gwc.runtime.audit.chain import TIME_FORMAT
 
 COLUMNS = ("time", "user", "server", "tool", "access", "decision", "outcome", "error", "latency")
@@ -165,15 +174,15 @@ class Counts:
     matched: int = 0
 
 
-def select(paths: list[Path], query: Query, counts: Counts | None = None, numbered: bool = True
-           ) -> Iterator[tuple[Path, int, bytes, dict[str, Any]]]:
+def select(paths: list[TrailFile], query: Query, counts: Counts | None = None,
+           numbered: bool = True) -> Iterator[tuple[TrailFile, int, bytes, dict[str, Any]]]:
     """(file, line, raw line, record) of every matching record, in the order of ``paths``.
     Without ``numbered``, line numbers may be 0 (counting them costs; see TrailReader)."""
     counts = counts if counts is not None else Counts()
     may_match = query.prefilter()
     reader = TrailReader(query.anchors(), numbered)
     counts.files = len(paths)
-    counts.bytes = sum(path.stat().st_size for path in paths if path.exists())
+    counts.bytes = sum(size_of(path) for path in paths)
     for path, number, line in reader.lines(paths):
         if not may_match(line):
             continue

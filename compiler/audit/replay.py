@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gwc.compiler.audit.trail import user_label
+from gwc.compiler.audit.trail import TrailFile, user_label
 from gwc.runtime.audit.record import policy_fields
 from gwc.runtime.audit.shape import is_summary, policy_paths
 from gwc.runtime.bundle.format import BundlePayload, Rule
@@ -214,7 +214,7 @@ class Totals:
 CACHE_SIZE = 100_000  # decisions (and principals) kept; forgotten all at once when full
 
 
-def _finding(kind: str, path: Path, number: int, record: dict[str, Any],
+def _finding(kind: str, path: TrailFile, number: int, record: dict[str, Any],
              replayed: dict[str, Any] | None, detail: str, label: str = "") -> Finding:
     return Finding(kind, str(path), number, record.get("time"), record.get("request_id"),
                    user_label(record.get("principal")), record.get("server"), record.get("tool"),
@@ -237,7 +237,7 @@ class Replay:
         self._read: dict[tuple[str, str, str], list[Path_]] = {}
         self._rules: dict[tuple[int, str, str], list[Rule]] = {}
 
-    def run(self, records: Iterable[tuple[Path, int, dict[str, Any]]]) -> Iterator[Finding]:
+    def run(self, records: Iterable[tuple[TrailFile, int, dict[str, Any]]]) -> Iterator[Finding]:
         totals = self.totals
         for path, number, record in records:
             totals.calls += 1
@@ -251,7 +251,7 @@ class Replay:
                 totals.by_kind[finding.kind] = totals.by_kind.get(finding.kind, 0) + 1
                 yield finding
 
-    def _one(self, path: Path, number: int, record: dict[str, Any]) -> Finding | None:
+    def _one(self, path: TrailFile, number: int, record: dict[str, Any]) -> Finding | None:
         try:
             who = record["principal"]
             server, tool, policy = record["server"], record["tool"], record["policy"]

@@ -1,6 +1,8 @@
 """Reading an audit trail for the offline tools (`gwc audit query|replay`), and printing records.
 
-A trail can be a million records a day, so lines are streamed and parsed only when a caller asks:
+A trail's files are paths or objects in a store (``gwc.compiler.audit.store``): both open as a
+binary stream and name themselves in messages (``str``), so one reader serves both. A trail can be
+a million records a day, so lines are streamed and parsed only when a caller asks:
 a cheap test on the raw bytes first (records are compact orjson, one object a line), JSON only for
 the lines that can matter. A line that must be parsed and is not a record stops the read with its
 file:line, never a traceback, and never a silent skip: the trail is evidence, and a reader that
@@ -15,6 +17,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from gwc.compiler.audit.store import StoreObject
+
+TrailFile = Path | StoreObject  # a file, or a shipped file read from its store
 VERIFY_HINT = "run `gwc audit verify` on the trail to check it"
 
 
@@ -25,14 +30,21 @@ class TrailError(Exception):
 BLOCK = 8 << 20  # bytes searched at a time for anchors
 
 
-def _open(path: Path) -> BinaryIO:
+def size_of(path: TrailFile) -> int:
+    """Its size in bytes (0 for a file gone since it was named)."""
+    if isinstance(path, StoreObject):
+        return path.size
+    return path.stat().st_size if path.exists() else 0
+
+
+def _open(path: TrailFile) -> BinaryIO:
     try:
         return path.open("rb")
     except OSError as exc:
         raise TrailError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
+def _blocks(path: TrailFile) -> Iterator[tuple[int, bytes, int, int]]:
     """(file offset of ``block``, block, begin, end): ``block[begin:end]`` is whole lines, each
     ending in a newline (one is added to a last line without). Blocks are used as read, never
     joined: only the line cut at a block's edge is copied."""
@@ -66,9 +78,9 @@ class TrailReader:
 
     def __init__(self, anchors: tuple[bytes, ...] = (), numbered: bool = True) -> None:
         self._anchors, self._numbered = anchors, numbered
-        self._last: tuple[Path, int] = (Path(), 0)  # the file and offset of the last line
+        self._last: tuple[TrailFile, int] = (Path(), 0)  # the file and offset of the last line
 
-    def lines(self, paths: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    def lines(self, paths: Iterable[TrailFile]) -> Iterator[tuple[TrailFile, int, bytes]]:
         """(file, line number, line without its newline)."""
         for path in paths:
             try:
@@ -76,7 +88,7 @@ class TrailReader:
             except OSError as exc:
                 raise TrailError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
-    def _file_lines(self, path: Path) -> Iterator[tuple[Path, int, bytes]]:
+    def _file_lines(self, path: TrailFile) -> Iterator[tuple[TrailFile, int, bytes]]:
         if not self._anchors:
             with _open(path) as fh:
                 for number, line in enumerate(fh, 1):

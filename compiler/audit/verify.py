@@ -8,22 +8,34 @@ on stderr. The exit code is the most severe across trails: 1 tampered (a record 
 added or moved; a checkpoint that does not hold), 4 truncated (an anchored head is missing from
 the end), 3 crash (a torn final line, or a node's repair record of one), 0 intact. 2 is usage:
 unreadable keys or anchors, or an anchor for a node no file belongs to.
+
+Shipped files read back from a store (``s3://bucket/prefix``, ``gwc.compiler.audit.store``) are
+checked per (node, chain) the same way, object by object, plus what only a store can show: a gap
+in the record numbers between two objects (records removed: tampered), an object holding another
+count of records than its key says, a head object that is not its file's last checkpoint, and a
+file without its head object or a head object without its file.
 """
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import urllib.request
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.runtime.audit.chain import Head, Verification, typed_record, verify
+from gwc.runtime.audit.objects import HEAD_SUFFIX
 from gwc.runtime.audit.writer import in_trail_order, trail_base
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.bundle.keys import KeyFileError, load_public_key
+
+if TYPE_CHECKING:
+    from gwc.compiler.audit.store import Chain, Shipped, StoreObject
 
 EXIT_TAMPERED, EXIT_USAGE, EXIT_CRASH, EXIT_TRUNCATED = 1, 2, 3, 4
 SEVERITY = (0, EXIT_CRASH, EXIT_TRUNCATED, EXIT_TAMPERED)  # least to most severe
@@ -114,19 +126,32 @@ def trails(files: Iterable[Path]) -> list[Trail]:
             for (kind, label), group in sorted(groups.items())]
 
 
+def worse(a: int, b: int) -> int:
+    return max(a, b, key=SEVERITY.index)
+
+
 def check(files: list[Path], keys: dict[str, Ed25519PublicKey] | None, heads: list[Head],
-          echo: Echo) -> int:
-    """Verify every trail and report it; the exit code."""
+          echo: Echo, stored: Sequence[Chain] = ()) -> int:
+    """Verify every trail (files, and chains read from a store) and report it; the exit code.
+    An anchor of a node with several chains in a store applies to its newest one (the chain a
+    node starts when it loses its disk replaces the old one)."""
     found = trails(files)
-    nodes = {trail.node for trail in found}
+    nodes = {trail.node for trail in found} | {chain.node for chain in stored}
     for head in heads:
         if head.node not in nodes:
             raise UsageError(f"--anchor for node {head.node}: none of the files given is its")
     worst = 0
     for trail in found:
         verdict = verify(trail.files, keys, [head for head in heads if head.node == trail.node])
-        code = report(trail.label, verdict, keys is not None, echo)
-        worst = max(worst, code, key=SEVERITY.index)
+        worst = worse(worst, report(trail.label, verdict, keys is not None, echo))
+    newest: dict[str, Chain] = {}
+    for chain in stored:
+        if chain.node not in newest or chain.newest > newest[chain.node].newest:
+            newest[chain.node] = chain
+    for chain in stored:
+        anchored = [head for head in heads if head.node == chain.node] \
+            if newest[chain.node] is chain else []
+        worst = worse(worst, check_chain(chain, keys, anchored, echo))
     return worst
 
 
@@ -161,3 +186,185 @@ def report(label: str, verdict: Verification, keyed: bool, echo: Echo) -> int:
     echo(f"{status}: {label}: {verdict.records} records in {verdict.files} file(s), {chain}, "
          f"{where}; {signed}{anchored}")
     return code
+
+
+# -- shipped files, read back from a store -------------------------------------------------------
+
+@dataclass
+class _Findings:
+    """What a chain's check found: (exit code, message) in the order found."""
+
+    items: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, code: int, message: str) -> None:
+        self.items.append((code, message))
+
+    @property
+    def worst(self) -> int:
+        code = 0
+        for found, _ in self.items:
+            code = worse(code, found)
+        return code
+
+
+_KIND = {EXIT_TAMPERED: "tampered", EXIT_CRASH: "crash", EXIT_TRUNCATED: "truncated"}
+
+
+def _stored_head(obj: StoreObject) -> Head | str:
+    """The head a head object holds, or why it holds none."""
+    try:
+        return Head.of(json.loads(obj.read_bytes()))
+    except ValueError as exc:
+        return str(exc)
+
+
+def _segments(files: list[Shipped]) -> list[list[Shipped]]:
+    """The shipped files that have their trail object, cut where record numbers are missing
+    between two of them (an overlap stays within a segment: the chain check names it)."""
+    out: list[list[Shipped]] = []
+    for shipped in files:
+        if shipped.trail is None:
+            continue
+        if out and shipped.object.first <= out[-1][-1].object.last + 1:
+            out[-1].append(shipped)
+        else:
+            out.append([shipped])
+    return out
+
+
+def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors: list[Head],
+                echo: Echo) -> int:
+    """Verify one chain read from a store, and report it (findings on stderr, one line on stdout);
+    its exit code. Each run of objects without a gap is checked by ``chain.verify`` as one
+    trail, so the records after a gap are checked too."""
+    findings = _Findings()
+    segments = _segments(chain.files)
+    first, last = segments[0][0].object, segments[-1][-1].object
+    for before, after in itertools.pairwise(segments):
+        a, b = before[-1], after[0]
+        findings.add(EXIT_TAMPERED, f"{chain.label}: records {a.object.last + 1}..{b.object.first - 1} "
+                     f"are missing: no object holds them, between {a.trail} and {b.trail}")
+    for this, following in itertools.pairwise(chain.files):
+        if this.trail is not None and following.trail is not None and \
+                following.object.first <= this.object.last:
+            findings.add(EXIT_TAMPERED, f"{following.trail}: its records {following.object.first}.."
+                         f"{min(this.object.last, following.object.last)} are also claimed by "
+                         f"{this.trail}")
+    leading = 0
+    for shipped in chain.files:
+        if shipped.trail is not None or shipped.head is None:
+            continue
+        missing = shipped.object.stem(chain.store) + ".jsonl"
+        if shipped.object.last < first.first:
+            leading += 1  # its file expired first, or was never shipped: the trail starts later
+        elif shipped.object.first > last.last:
+            held = _stored_head(shipped.head)
+            if isinstance(held, str) or (keys is not None and not _signed(held, keys)):
+                findings.add(EXIT_TAMPERED, f"{shipped.head}: not a head signed by the keys given"
+                             if not isinstance(held, str) else f"{shipped.head}: {held}")
+            else:
+                findings.add(EXIT_TRUNCATED, f"{shipped.head} signs record {held.seq}, but the "
+                             f"chain's objects end at record {last.last}: its file "
+                             f"s3://{chain.store.bucket}/{missing} is missing")
+        else:
+            findings.add(EXIT_TAMPERED, f"{shipped.head} has no trail object: "
+                         f"s3://{chain.store.bucket}/{missing} is missing")
+    records = checkpoints = matched = unplaced = anchored = 0
+    genesis = broken = False
+    for index, segment in enumerate(segments):
+        low, high = segment[0].object.first, segment[-1].object.last
+        mine = [anchor for anchor in anchors
+                if low <= anchor.seq <= high or (index == len(segments) - 1 and anchor.seq > high)
+                or (index == 0 and anchor.seq < low)]
+        verdict = verify([shipped.trail for shipped in segment if shipped.trail is not None],
+                         keys, mine)
+        records, checkpoints = records + verdict.records, checkpoints + verdict.checkpoints
+        unplaced, anchored = unplaced + verdict.unplaced, anchored + verdict.anchored
+        genesis = genesis or (index == 0 and verdict.from_genesis)
+        broken = broken or verdict.broken is not None
+        _verdict_findings(chain.label, verdict, findings)
+        matched += _object_findings(chain, segment, verdict, findings)
+    for anchor in anchors:
+        if not any(s[0].object.first <= anchor.seq <= s[-1].object.last for s in segments) and \
+                first.first <= anchor.seq <= last.last:
+            findings.add(EXIT_TAMPERED, f"{chain.label}: the anchored head (record {anchor.seq} of "
+                         f"{anchor.time}) is among the missing records")
+    for code, message in findings.items:
+        echo(f"gwc: {_KIND[code]}: {message}", err=True)
+    code = findings.worst
+    status = {0: "ok", **_KIND}[code]
+    where = ("from the start of the trail" if genesis else f"from record {first.first} (the "
+             "objects before it are not in the store: expired, or never shipped)")
+    gaps = len(segments) - 1
+    state = ("chain broken" if broken else "chain intact") + (
+        f" within {gaps + 1} runs, {gaps} gap(s)" if gaps else "")
+    signed = ("no checkpoints" if not checkpoints
+              else f"{checkpoints} checkpoint(s) signed by the gateway key" if keys is not None
+              else f"{checkpoints} checkpoint(s) not checked (no --key or --jwks)")
+    extra = (f"; {matched} head object(s) match their files" if matched else "") + \
+        (f"; {anchored} anchored head(s) found" if anchored else "") + \
+        (f"; {unplaced} anchor(s) before the objects, not checked" if unplaced else "") + \
+        (f"; {leading} head object(s) of files no longer in the store" if leading else "")
+    objects = sum(len(segment) for segment in segments)
+    echo(f"{status}: {chain.label}: {records} records in {objects} object(s), {state}, {where}; "
+         f"{signed}{extra}")
+    return code
+
+
+def _signed(head: Head, keys: dict[str, Ed25519PublicKey]) -> bool:
+    key = keys.get(head.keyid)
+    return key is not None and head.signed_by(key)
+
+
+def _verdict_findings(label: str, verdict: Verification, findings: _Findings) -> None:
+    """A run's findings from ``chain.verify``, as for files."""
+    if verdict.broken is not None:
+        findings.add(EXIT_TAMPERED, f"{verdict.broken} ({verdict.records} record(s) before it hold)")
+    for repair in verdict.repairs:
+        findings.add(EXIT_CRASH, str(repair))
+    if verdict.torn is not None:
+        findings.add(EXIT_CRASH, f"{verdict.torn}; a closed, shipped file should never end torn")
+    if verdict.truncated is not None:
+        findings.add(EXIT_TRUNCATED, f"{label}: {verdict.truncated}")
+
+
+def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification,
+                     findings: _Findings) -> int:
+    """What the keys and head objects of a run say against what its files hold; how many head
+    objects match their file."""
+    if verdict.node is not None and verdict.node != chain.node:
+        findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key names node {chain.node}, its "
+                     f"start record node {verdict.node}")
+    if verdict.last_seq is not None:
+        numbered = verdict.last_seq - verdict.records + 1
+        if numbered != segment[0].object.first:
+            findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key numbers its first record "
+                         f"{segment[0].object.first}, the chain's checkpoints {numbered}")
+    matched = 0
+    for shipped, part in zip(segment, verdict.parts, strict=False):
+        obj = shipped.object
+        expected = obj.last - obj.first + 1
+        if part.records != expected:
+            findings.add(EXIT_TAMPERED, f"{shipped.trail}: its key says records {obj.first}.."
+                         f"{obj.last} ({expected}), it holds {part.records}")
+        if shipped.head is None:
+            if part.checkpoint is not None:
+                findings.add(EXIT_CRASH, f"{shipped.trail} has no head object ({HEAD_SUFFIX}): its "
+                             "shipment stopped between the two uploads, or the head was removed "
+                             "(the file's own checkpoints were checked)")
+            continue
+        held = _stored_head(shipped.head)
+        if isinstance(held, str):
+            findings.add(EXIT_TAMPERED, f"{shipped.head}: {held}")
+        elif part.checkpoint is None:
+            findings.add(EXIT_TAMPERED, f"{shipped.head}: its file holds no checkpoint to match")
+        elif held != part.checkpoint:
+            findings.add(EXIT_TAMPERED, f"{shipped.head} is not the last checkpoint of its file "
+                         f"(which signs record {part.checkpoint.seq})")
+        elif part.checkpoint_at != part.records:
+            findings.add(EXIT_TAMPERED, f"{shipped.trail}: {part.records - part.checkpoint_at} "
+                         "record(s) after the checkpoint its head object holds: a shipped file "
+                         "ends with it, so they were added")
+        else:
+            matched += 1
+    return matched

@@ -15,10 +15,34 @@ from typing import Any, NoReturn
 import click
 
 from gwc.compiler.audit.query import COLUMNS, Counts, Query, parse_when, row, select
-from gwc.compiler.audit.trail import Table, TrailError
+from gwc.compiler.audit.trail import Table, TrailError, TrailFile
 from gwc.compiler.cli.common import TRAIL_FILES, TRUST, batch_job, fail, payload_of
+from gwc.runtime.audit.objects import StoreUrl
 from gwc.runtime.audit.record import DECISIONS
 from gwc.runtime.audit.writer import in_trail_order
+
+Sources = tuple[Path | StoreUrl, ...]  # what TRAIL_FILES gives: files and s3:// URLs
+
+
+def _split(files: Sources) -> tuple[list[Path], list[StoreUrl]]:
+    return ([f for f in files if isinstance(f, Path)],
+            list(dict.fromkeys(f for f in files if isinstance(f, StoreUrl))))
+
+
+def _trail_files(files: Sources) -> list[TrailFile]:
+    """The files in trail order, then each store's shipped files (every chain, in key order). A
+    store that cannot be listed, or holds no trail, is a usage error (exit 2)."""
+    paths, stores = _split(files)
+    found: list[TrailFile] = list(in_trail_order(paths))
+    if stores:
+        from gwc.compiler.audit.store import StoreError, trail_objects
+
+        try:
+            found.extend(trail_objects(stores))
+        except StoreError as exc:
+            click.echo(f"gwc: {exc}", err=True)
+            sys.exit(2)
+    return found
 
 
 @click.group()
@@ -38,16 +62,28 @@ def audit() -> None:
               type=click.Path(exists=True, dir_okay=False),
               help="A saved head (GET /v1/audit/head): its node's trail must reach it. Repeat "
                    "for several nodes.")
-def audit_verify(files: tuple[Path, ...], key_files: tuple[str, ...], jwks: tuple[str, ...],
+def audit_verify(files: Sources, key_files: tuple[str, ...], jwks: tuple[str, ...],
                  anchor_files: tuple[str, ...]) -> None:
     """Check each node's trail (rotated files and current ones of one or more nodes, in any
-    order): every hash and link, and every checkpoint. Exit 0 intact, 1 tampered, 3 crash (a torn
-    final line or a repair of one), 4 truncated (an anchored head is missing), 2 usage."""
+    order), or the files nodes shipped to s3://bucket/prefix: every hash and link, and every
+    checkpoint; from a store also every gap between shipped files, and their head objects. Exit 0
+    intact, 1 tampered, 3 crash (a torn final line or a repair of one), 4 truncated (an anchored
+    head is missing), 2 usage."""
     from gwc.compiler.audit.verify import EXIT_USAGE, UsageError, anchors, check, public_keys
 
+    paths, stores = _split(files)
     try:
         keys = public_keys(key_files, jwks)
-        sys.exit(check(list(files), keys, anchors(anchor_files, keys), click.echo))
+        heads = anchors(anchor_files, keys)
+        stored = []
+        if stores:
+            from gwc.compiler.audit.store import StoreError, chains
+
+            try:
+                stored = [chain for store in stores for chain in chains(store)]
+            except StoreError as exc:
+                raise UsageError(str(exc)) from None
+        sys.exit(check(paths, keys, heads, click.echo, stored))
     except UsageError as exc:
         click.echo(f"gwc: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -103,7 +139,7 @@ def _stdout_closed() -> NoReturn:
 @_filters
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="json: the matching records as they are, one per line.")
-def audit_query(files: tuple[Path, ...], fmt: str, **filters: Any) -> None:
+def audit_query(files: Sources, fmt: str, **filters: Any) -> None:
     """Records of a trail by user, server, tool, decision and time, in trail order.
 
     For example, what alice touched on 19 November:
@@ -112,7 +148,7 @@ def audit_query(files: tuple[Path, ...], fmt: str, **filters: Any) -> None:
     Start records are left out. The count goes to stderr. A line that is not a record stops the
     query with its file:line (gwc audit verify checks a whole trail).
     """
-    paths, counts = in_trail_order(list(files)), Counts()
+    paths, counts = _trail_files(files), Counts()
     try:
         matching = select(paths, _query(**filters), counts, numbered=False)
         if fmt == "json":
@@ -153,7 +189,7 @@ def audit_query(files: tuple[Path, ...], fmt: str, **filters: Any) -> None:
 @click.option("--jobs", type=click.IntRange(min=0), default=0,
               help="Processes replaying trail files side by side [default: one per core].")
 @batch_job
-def audit_replay(files: tuple[Path, ...], folder: Path, against: str | None,
+def audit_replay(files: Sources, folder: Path, against: str | None,
                  trust: tuple[str, ...], no_verify: bool, fmt: str, limit: int, jobs: int,
                  **filters: Any) -> None:
     """Decide every recorded tools/call again with the runtime's policy code.
@@ -186,7 +222,7 @@ def audit_replay(files: tuple[Path, ...], folder: Path, against: str | None,
     except BundleError as exc:
         fail(str(exc))
     proposed = payload_of(against, trust) if against else None
-    paths = in_trail_order(list(files))
+    paths = _trail_files(files)
     setup = Setup(folder, trust, proposed, _query(**filters, tool_calls_only=True))
     totals, report, out = Totals(), Report(limit), sys.stdout
     try:

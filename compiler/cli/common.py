@@ -17,14 +17,35 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from gwc.compiler.build.diagnostics import render
+from gwc.runtime.audit.objects import StoreUrl, StoreUrlError
 
 if TYPE_CHECKING:
     from gwc.compiler.build.registry import Registry
     from gwc.runtime.bundle.format import BundlePayload
     from gwc.runtime.bundle.read import Bundle
 
-TRAIL_FILES = click.argument("files", nargs=-1, required=True,
-                             type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+class _TrailArgument(click.ParamType):
+    """A trail file, or ``s3://bucket[/prefix]``: the shipped files under it (listed later, and
+    only then is boto3 loaded)."""
+
+    name = "FILE|s3://BUCKET[/PREFIX]"
+    _file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path | StoreUrl:
+        if isinstance(value, (Path, StoreUrl)):
+            return value
+        if "://" in str(value):
+            try:
+                return StoreUrl.parse(str(value))
+            except StoreUrlError as exc:
+                self.fail(f"{exc}: give trail files, or s3://bucket/prefix", param, ctx)
+        return self._file.convert(value, param, ctx)  # type: ignore[no-any-return]
+
+
+TRAIL_FILES = click.argument("files", nargs=-1, required=True, type=_TrailArgument())
 ROOT = click.argument("root", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
 TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, dir_okay=False),
                      help="Trusted public key (PEM); repeat for rotation.")

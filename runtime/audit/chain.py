@@ -19,11 +19,10 @@ import binascii
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -182,6 +181,23 @@ class Break:
             f"{self.file}: {self.reason}"
 
 
+class TrailFile(Protocol):
+    """A file of a trail to check: a ``pathlib.Path``, or anything else that opens as a binary
+    stream (an object in a store) and whose ``str`` names it in findings."""
+
+    def open(self, mode: Literal["rb"]) -> BinaryIO: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """What :func:`verify` saw of one file read to its end: its records, and its last checkpoint
+    (the head it signs, and that checkpoint's place among the file's records, from 1; 0: none)."""
+
+    records: int
+    checkpoint: Head | None = None
+    checkpoint_at: int = 0
+
+
 @dataclass(frozen=True)
 class Verification:
     """What one pass over a trail found. ``broken`` is tampering; ``torn`` and ``repairs`` are
@@ -200,6 +216,7 @@ class Verification:
     truncated: str | None = None
     anchored: int = 0  # anchors found in the trail
     unplaced: int = 0  # anchors before the given files: not checked
+    parts: tuple[Part, ...] = ()  # per file read to its end, in order (fewer when one broke)
 
     @property
     def ok(self) -> bool:
@@ -207,14 +224,14 @@ class Verification:
         return self.broken is None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: TrailFile) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
                 yield number, line
 
 
-def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None,
+def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | None = None,
            anchors: Iterable[Head] = ()) -> Verification:
     """Check a trail given as its files in order (oldest first): every hash, every link, a start
     record at the top of every file, and every checkpoint: that it signs the record before it,
@@ -231,6 +248,7 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
     first_prev = None
     records = checkpoints = signed = 0
     repairs: list[Break] = []
+    parts: list[Part] = []
 
     def verdict(broken: Break | None = None, torn: Break | None = None) -> Verification:
         last = None if offset is None else offset + records
@@ -253,13 +271,13 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
                                "was anchored")
         return Verification(records, len(paths), broken, first_prev == GENESIS, node, torn,
                        tuple(repairs), checkpoints, signed, last, truncated,
-                       len(found), unplaced)
+                       len(found), unplaced, tuple(parts))
 
-    def fail(path: Path, line: int, reason: str) -> Verification:
+    def fail(path: TrailFile, line: int, reason: str) -> Verification:
         return verdict(Break(str(path), line, reason))
 
     for path in paths:
-        top = True
+        top, before, last_head, last_at = True, records, None, 0
         for number, line in _lines(path):
             if path is paths[-1] and not line.endswith(b"\n"):
                 return verdict(torn=Break(str(path), number, f"torn final line: {len(line)} "
@@ -308,10 +326,12 @@ def verify(paths: list[Path], keys: Mapping[str, Ed25519PublicKey] | None = None
                                       "it was forged or altered")
                     signed += 1
                 checkpoints += 1
+                last_head, last_at = head, records - before + 1
             if record["hash"] in wanted:
                 found.add(record["hash"])
             prev, top = record["hash"], False
             records += 1
+        parts.append(Part(records - before, last_head, last_at))
     return verdict()
 
 

@@ -1,0 +1,191 @@
+"""Reading shipped trail files back from an object store (``s3://bucket/prefix``) for the offline
+tools, one object at a time.
+
+A listing of the prefix is grouped into chains (node, chain), each in key order, which is trail
+order (``gwc.runtime.audit.objects``). An object is read as a stream, never held whole nor written
+to disk: :class:`StoreObject` opens like a file (``open("rb")``) and names itself
+``s3://bucket/key``, so the readers of files (``TrailReader``, ``chain.verify``) read objects as
+they read files, and their findings name the object.
+
+boto3 is imported only here, and only when a store is read: a command given files alone never
+loads it. Credentials, region and endpoint come from boto3's default chain (``AWS_*`` variables,
+``~/.aws``, a role), as for any AWS tool; ``AWS_ENDPOINT_URL_S3`` points it at another
+S3-compatible store.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+from gwc.runtime.audit.objects import HEAD_SUFFIX, TRAIL_SUFFIX, StoreUrl, TrailObject, parse_key
+
+READ_BUFFER = 1 << 20  # bytes asked of the connection at a time
+
+
+class StoreError(Exception):
+    """A store that cannot be read as a whole (no such bucket, no credentials, unreachable, not
+    listable, nothing in it); the message names it and says why."""
+
+
+_clients: dict[int, Any] = {}  # by process id: a client is not shared across a fork
+
+
+def _client() -> Any:
+    client = _clients.get(os.getpid())
+    if client is None:
+        import boto3  # type: ignore[import-untyped]
+
+        # A session of its own: the default one keeps the credentials it found first.
+        client = _clients[os.getpid()] = boto3.session.Session().client("s3")
+    return client
+
+
+def _why(exc: Exception) -> str:
+    """What went wrong talking to the store, in a sentence."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError  # type: ignore[import-untyped]
+
+    if isinstance(exc, NoCredentialsError):
+        return ("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "AWS_PROFILE, or run with a role)")
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach the store at {exc.kwargs.get('endpoint_url')}"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if code == "NoSuchBucket":
+            return "no such bucket"
+        if code in ("AccessDenied", "403"):
+            return f"access denied ({message or code})"
+        return f"{code}: {message}" if message else str(code)
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class StoreObject:
+    """One object, read as a stream. Picklable (replay's worker processes open objects
+    themselves, each with its own client)."""
+
+    bucket: str
+    key: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def open(self, mode: Literal["rb"] = "rb") -> BinaryIO:
+        """A buffered binary stream of the object (lines, ``read(n)``); OSError naming the object
+        when it cannot be read."""
+        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+        try:
+            body = _client().get_object(Bucket=self.bucket, Key=self.key)["Body"]
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(None, _why(exc), str(self)) from None
+        return io.BufferedReader(_Body(body, str(self)), READ_BUFFER)
+
+    def read_bytes(self) -> bytes:
+        with self.open() as fh:
+            return fh.read()
+
+
+class _Body(io.RawIOBase):
+    """An object's response body as a raw stream; a connection that fails mid-object is an
+    OSError naming it (the readers of files handle those)."""
+
+    def __init__(self, body: Any, name: str) -> None:
+        self._body, self.name = body, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
+
+        try:
+            data = self._body.read(len(buffer))
+        except (BotoCoreError, OSError) as exc:
+            raise OSError(None, f"reading failed: {exc}", self.name) from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+@dataclass
+class Shipped:
+    """One shipped file of a chain: its trail object and its head object, either possibly missing
+    (each is a finding for verify)."""
+
+    object: TrailObject
+    trail: StoreObject | None = None
+    head: StoreObject | None = None
+
+
+@dataclass
+class Chain:
+    """The shipped files of one (node, chain) under a store URL, in trail order."""
+
+    store: StoreUrl
+    node: str
+    chain: str
+    files: list[Shipped] = field(default_factory=list)
+    newest: str = ""  # the latest LastModified of its objects (ISO), to tell a node's chains apart
+
+    @property
+    def label(self) -> str:
+        return f"{self.node} (chain {self.chain} in {self.store})"
+
+    def trail_objects(self) -> list[StoreObject]:
+        return [shipped.trail for shipped in self.files if shipped.trail is not None]
+
+
+def chains(store: StoreUrl) -> list[Chain]:
+    """Every chain under the store URL (keys the layout does not name are passed over), sorted by
+    node and chain, each in trail order. StoreError when the store cannot be listed or holds no
+    trail object."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    found: dict[tuple[str, str], dict[TrailObject, Shipped]] = {}
+    newest: dict[tuple[str, str], str] = {}
+    try:
+        pages = _client().get_paginator("list_objects_v2").paginate(
+            Bucket=store.bucket, Prefix=store.key(""))
+        for page in pages:
+            for entry in page.get("Contents", ()):
+                parsed = parse_key(store, entry["Key"])
+                if parsed is None:
+                    continue
+                shipped_file, suffix = parsed
+                ident = (shipped_file.node, shipped_file.chain)
+                shipped = found.setdefault(ident, {}).setdefault(shipped_file, Shipped(shipped_file))
+                stored = StoreObject(store.bucket, entry["Key"], int(entry.get("Size", 0)))
+                if suffix == TRAIL_SUFFIX:
+                    shipped.trail = stored
+                elif suffix == HEAD_SUFFIX:
+                    shipped.head = stored
+                modified = entry.get("LastModified")
+                if modified is not None:
+                    newest[ident] = max(newest.get(ident, ""), modified.isoformat())
+    except (BotoCoreError, ClientError) as exc:
+        raise StoreError(f"{store}: cannot list it: {_why(exc)}") from None
+    if not any(shipped.trail is not None for files in found.values() for shipped in files.values()):
+        raise StoreError(f"{store}: no trail files in it (keys <prefix>/<node>/<chain>/"
+                         "<first>-<last>.jsonl)")
+    return [Chain(store, node, chain, [files[k] for k in sorted(files)], newest.get((node, chain), ""))
+            for (node, chain), files in sorted(found.items())]
+
+
+def trail_objects(stores: Iterable[StoreUrl]) -> list[StoreObject]:
+    """The trail objects of every chain of the stores (each store once), in trail order per
+    chain; what query and replay read."""
+    out: list[StoreObject] = []
+    for store in dict.fromkeys(stores):
+        for chain in chains(store):
+            out.extend(chain.trail_objects())
+    return out
