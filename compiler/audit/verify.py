@@ -239,6 +239,13 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     trail, so the records after a gap are checked too."""
     findings = _Findings()
     segments = _segments(chain.files)
+    if not segments:  # head objects alone: every file they sign is gone
+        signs = max(shipped.object.last for shipped in chain.files)
+        echo(f"gwc: truncated: {chain.label}: {len(chain.files)} head object(s), up to record "
+             f"{signs}, and none of their files", err=True)
+        echo(f"truncated: {chain.label}: 0 records in 0 object(s), {len(chain.files)} head "
+             "object(s) without their files")
+        return EXIT_TRUNCATED
     first, last = segments[0][0].object, segments[-1][-1].object
     for before, after in itertools.pairwise(segments):
         a, b = before[-1], after[0]

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from gwc.compiler.build.diagnostics import render
-from gwc.runtime.audit.objects import StoreUrl, StoreUrlError
 
 if TYPE_CHECKING:
     from gwc.compiler.build.registry import Registry
+    from gwc.runtime.audit.objects import StoreUrl
     from gwc.runtime.bundle.format import BundlePayload
     from gwc.runtime.bundle.read import Bundle
-
 
 
 class _TrailArgument(click.ParamType):
@@ -35,11 +34,13 @@ class _TrailArgument(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Path | StoreUrl:
-        if isinstance(value, (Path, StoreUrl)):
-            return value
-        if "://" in str(value):
+        if not isinstance(value, str):  # converted already (a default, a second pass)
+            return value  # type: ignore[no-any-return]
+        if "://" in value:
+            from gwc.runtime.audit.objects import StoreUrl, StoreUrlError
+
             try:
-                return StoreUrl.parse(str(value))
+                return StoreUrl.parse(value)
             except StoreUrlError as exc:
                 self.fail(f"{exc}: give trail files, or s3://bucket/prefix", param, ctx)
         return self._file.convert(value, param, ctx)  # type: ignore[no-any-return]

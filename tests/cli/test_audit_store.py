@@ -216,6 +216,14 @@ def test_a_head_object_past_the_last_file_is_a_truncation(world) -> None:
     assert result.exit_code == 4, result.stderr
     assert (f"gwc: truncated: {url_of(newest.head_key(store))} signs record {head.seq}, but the "
             f"chain's objects end at record {newest.first - 1}") in result.stderr
+    # A chain of which only head objects are left: every file they sign is gone.
+    orphan = TrailObject("node-1", "fedcba9876543210", newest.first, newest.last)
+    world["client"].put_object(Bucket="gwc-audit", Key=orphan.head_key(store),
+                               Body=orjson.dumps(head.fields()))
+    both = run(world, "verify", world["url"], "--key", world["pub"])
+    assert both.exit_code == 4
+    assert (f"gwc: truncated: node-1 (chain fedcba9876543210 in {world['url']}): 1 head "
+            f"object(s), up to record {newest.last}, and none of their files") in both.stderr
 
 
 def test_an_anchor_checks_the_chain_in_the_bucket(world) -> None:
