@@ -399,3 +399,43 @@ def test_gateway_yaml_takes_the_urls_nodes_parse(url: str, ok: bool) -> None:
     except StoreUrlError:
         parsed = False
     assert parsed is ok
+
+
+class OldWriter(AuditWriter):
+    """A writer from before chain ids and closing checkpoints: its start records have no chain,
+    and it rotates without signing the file's end."""
+
+    def _begin(self, records: list[dict]) -> None:
+        from gwc.runtime.audit.chain import encode
+
+        start = {"type": "start", "node": self._node, "ts": time.time()}
+        self._append([encode(r, self._placeholder) for r in (start, *records)], checkpoint=True)
+
+    def _close_file(self) -> None:
+        assert self._file is not None and self._path is not None
+        self._file.close()
+        number = len(rotated(self._path)) + 1
+        self._path.rename(self._path.with_name(f"{self._path.name}.{number:06d}"))
+
+
+async def test_files_from_before_chain_ids_ship_under_the_chain_the_upgrade_names(
+        tmp_path: Path, key, store: S3Server) -> None:
+    path = tmp_path / "audit.jsonl"
+    old = OldWriter(NODE, path, max_bytes=1500, signing_key=key)
+    old.start()
+    await submit(old, 30)
+    old.close()
+    legacy = rotated(path)
+    assert legacy and all(chain_of(file) is None for file in legacy)
+    assert records(legacy[0])[-1]["type"] != "checkpoint"  # no closing checkpoint then
+    writer = start_writer(path, key)  # the upgraded node
+    shipper = start_shipper(writer, path, store.url)
+    await submit(writer, 5, 30)
+    writer.close()
+    shipper.close()
+    assert shipper.stats.pending == 0 and shipper.stats.shipped == len(rotated(path))
+    objs = sorted(o for o, suffix in map(lambda k: parse_key(StoreUrl.parse(store.url), k),
+                                         objects(store)) if suffix == ".jsonl")
+    assert {o.chain for o in objs} == {writer.chain}
+    assert objs[0].first == 1 and objs[-1].last == writer.sequence
+    assert all(b.first == a.last + 1 for a, b in itertools.pairwise(objs))
