@@ -342,6 +342,9 @@ def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification
     if verdict.node is not None and verdict.node != chain.node:
         findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key names node {chain.node}, its "
                      f"start record node {verdict.node}")
+    if isinstance(verdict.chain, str) and verdict.chain != chain.chain:
+        findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key names chain {chain.chain}, its "
+                     f"start record chain {verdict.chain}")
     if verdict.last_seq is not None:
         numbered = verdict.last_seq - verdict.records + 1
         if numbered != segment[0].object.first:

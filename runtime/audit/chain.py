@@ -217,6 +217,7 @@ class Verification:
     anchored: int = 0  # anchors found in the trail
     unplaced: int = 0  # anchors before the given files: not checked
     parts: tuple[Part, ...] = ()  # per file read to its end, in order (fewer when one broke)
+    chain: str | None = None  # the chain id the first start record names, if it names one
 
     @property
     def ok(self) -> bool:
@@ -244,6 +245,7 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
     found: set[str] = set()
     prev: str | None = None
     node: str | None = None
+    chain: str | None = None
     offset: int | None = None  # the number of the record before the first one given
     first_prev = None
     records = checkpoints = signed = 0
@@ -271,7 +273,7 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
                                "was anchored")
         return Verification(records, len(paths), broken, first_prev == GENESIS, node, torn,
                        tuple(repairs), checkpoints, signed, last, truncated,
-                       len(found), unplaced, tuple(parts))
+                       len(found), unplaced, tuple(parts), chain)
 
     def fail(path: TrailFile, line: int, reason: str) -> Verification:
         return verdict(Break(str(path), line, reason))
@@ -300,7 +302,7 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
                 return fail(path, number, "the chain is broken here: a record before it was "
                                             "removed, added or moved")
             if kind == "start" and node is None:
-                node = record.get("node")
+                node, chain = record.get("node"), record.get("chain")
             elif kind == "repair":
                 repairs.append(Break(str(path), number, _repaired(record)))
             elif kind == "checkpoint":

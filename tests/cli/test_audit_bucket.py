@@ -55,15 +55,17 @@ def numbered(path: Path) -> tuple[TrailObject, Head]:
                           if r["type"] == "checkpoint")
     first = checkpoint["seq"] + 1 - at + 1
     start = orjson.loads(lines[0])
-    return TrailObject(start["node"], CHAIN, first, first + len(lines) - 1), Head.of(checkpoint)
+    chain = start.get("chain") or CHAIN  # a writer before chain ids: the shipper names one
+    return TrailObject(start["node"], chain, first, first + len(lines) - 1), Head.of(checkpoint)
 
 
 def ship(client, files: list[Path], prefix: str = PREFIX, skip: tuple[int, ...] = (),
-         heads: bool = True, lock: bool = False) -> list[str]:
+         heads: bool = True, lock: bool = False, chain: str | None = None) -> list[str]:
     """Upload each file (and its head object) as a node ships it; the trail keys, in order."""
     store, keys = StoreUrl("gwc-audit", prefix), []
     for index, path in enumerate(files):
         obj, head = numbered(path)
+        obj = TrailObject(obj.node, chain or obj.chain, obj.first, obj.last)
         keys.append(obj.trail_key(store))
         if index in skip:
             continue
@@ -90,9 +92,9 @@ def world(tmp_path: Path, s3_server) -> dict[str, Any]:
     asyncio.run(_write(path, records, key, "node-1"))
     files = trail(path)
     assert len(files) >= 4
-    return {"files": files, "key": key, "pub": pub, "out": tmp_path / "out", "tmp": tmp_path,
-            "records": records, "s3": s3_server, "client": s3_server.client(),
-            "env": s3_server.env(), "url": f"s3://gwc-audit/{PREFIX}"}
+    return {"files": files, "chain": numbered(files[0])[0].chain, "key": key, "pub": pub,
+            "out": tmp_path / "out", "tmp": tmp_path, "records": records, "s3": s3_server,
+            "client": s3_server.client(), "env": s3_server.env(), "url": f"s3://gwc-audit/{PREFIX}"}
 
 
 def run(world: dict[str, Any], *args: Any):
@@ -117,12 +119,12 @@ def test_verify_reads_every_chain_of_the_bucket(world) -> None:
     result = run(world, "verify", world["url"], "--key", world["pub"])
     assert result.exit_code == 0, result.stdout + result.stderr
     assert result.stderr == ""
-    n, m = record_count(world["files"]), record_count(trail(other))
+    n, m, chain = record_count(world["files"]), record_count(trail(other)), numbered(other)[0].chain
     assert result.stdout.splitlines() == [  # a checkpoint after every record
-        f"ok: node 2/b (chain {CHAIN} in {world['url']}): {m} records in {len(trail(other))} "
+        f"ok: node 2/b (chain {chain} in {world['url']}): {m} records in {len(trail(other))} "
         f"object(s), chain intact, from the start of the trail; {m // 2} checkpoint(s) signed by "
         f"the gateway key; {len(trail(other))} head object(s) match their files",
-        f"ok: node-1 (chain {CHAIN} in {world['url']}): {n} records in {len(keys)} object(s), "
+        f"ok: node-1 (chain {world['chain']} in {world['url']}): {n} records in {len(keys)} object(s), "
         f"chain intact, from the start of the trail; {n // 2} checkpoint(s) signed by the "
         f"gateway key; {len(keys)} head object(s) match their files"]
     local = run(world, "verify", *world["files"])  # the same count as the files themselves
@@ -134,7 +136,7 @@ def test_a_missing_middle_file_is_a_gap_naming_its_records_and_neighbours(world)
     before, missing, after = (numbered(world["files"][i])[0] for i in range(3))
     result = run(world, "verify", world["url"], "--key", world["pub"])
     assert result.exit_code == 1
-    assert (f"gwc: tampered: node-1 (chain {CHAIN} in {world['url']}): records "
+    assert (f"gwc: tampered: node-1 (chain {world['chain']} in {world['url']}): records "
             f"{missing.first}..{missing.last} are missing: no object holds them, between "
             f"{url_of(keys[0])} and {url_of(keys[2])}") in result.stderr
     assert before.last + 1 == missing.first and missing.last + 1 == after.first
@@ -243,12 +245,21 @@ def test_files_and_a_bucket_side_by_side(world) -> None:
     result = run(world, "verify", *trail(local), world["url"])
     assert result.exit_code == 0, result.stderr
     assert [line.split(":")[0:2] for line in result.stdout.splitlines()] == [
-        ["ok", " node-2"], ["ok", f" node-1 (chain {CHAIN} in s3"]]
+        ["ok", " node-2"], ["ok", f" node-1 (chain {world['chain']} in s3"]]
     lines = local.read_bytes().splitlines(keepends=True)
     local.write_bytes(b"".join([*lines[:2], *lines[3:]]))
     broken = run(world, "verify", *trail(local), world["url"])
     assert broken.exit_code == 1 and f"{local}:3: the chain is broken here" in broken.stderr
-    assert f"ok: node-1 (chain {CHAIN}" in broken.stdout
+    assert f"ok: node-1 (chain {world['chain']}" in broken.stdout
+
+
+def test_a_key_must_name_the_chain_its_start_record_names(world) -> None:
+    keys = ship(world["client"], world["files"], chain="fedcba9876543210")
+    assert world["chain"] != "fedcba9876543210"
+    result = run(world, "verify", world["url"])
+    assert result.exit_code == 1
+    assert (f"gwc: tampered: {url_of(keys[0])}: its key names chain fedcba9876543210, its start "
+            f"record chain {world['chain']}") in result.stderr
 
 
 def test_only_the_layout_under_the_prefix_is_read(world) -> None:
@@ -339,3 +350,42 @@ def test_reading_files_does_not_load_boto3(world) -> None:
             "assert r.exit_code == 0, r.output; assert 'boto3' not in sys.modules; "
             "assert 'botocore' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+async def _write_and_ship(path: Path, records: list[dict[str, Any]], key, url: str) -> AuditWriter:
+    """A node's writer and shipper, as gwc-runtime wires them (audit.store in gateway.yaml)."""
+    from gwc.runtime.audit.shipper import ObjectLock, Shipper
+
+    writer = AuditWriter("node-7", path, max_bytes=2048, signing_key=key)
+    writer.close_rotates = True
+    shipper = Shipper(path, StoreUrl.parse(url), ObjectLock("governance", 1), 1,
+                      lambda: writer.chain)
+    writer.on_closed = shipper.closed
+    shipper.start()
+    writer.start()
+    try:
+        for record in records:
+            await writer.submit({**record, "node": "node-7"})
+    finally:
+        writer.close()
+        shipper.close()
+    return writer
+
+
+def test_what_a_node_shipped_reads_back_as_its_files(world, monkeypatch) -> None:
+    for name, value in world["env"].items():
+        monkeypatch.setenv(name, value)
+    path, url = world["tmp"] / "node-7" / "audit.jsonl", "s3://gwc-audit/fleet"
+    writer = asyncio.run(_write_and_ship(path, world["records"], world["key"], url))
+    files = trail(path)  # closed and kept locally (keep_local_days 1)
+    assert len(files) >= 3 and not path.exists()
+    result = run(world, "verify", url, "--key", world["pub"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(
+        f"ok: node-7 (chain {writer.chain} in {url}): {record_count(files)} records in "
+        f"{len(files)} object(s), chain intact, from the start of the trail; ")
+    assert result.stdout.rstrip().endswith(f"; {len(files)} head object(s) match their files")
+    from_files = run(world, "query", *files, "--format", "json", "--user", "alice")
+    assert run(world, "query", url, "--format", "json", "--user", "alice").stdout == \
+        from_files.stdout and request_ids(from_files.stdout) == ["r1", "r2", "l1", "r3", "r4",
+                                                                "r8", "a1"]
