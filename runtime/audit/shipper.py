@@ -160,6 +160,7 @@ class Shipper:
         self._held: set[Path] = set()  # pending, but not tried again this run
         self._kept: dict[Path, float] = {}  # confirmed, kept locally until this time
         self._stop_by: float | None = None  # monotonic deadline once close() was called
+        self._grace_s = SHUTDOWN_GRACE_S
         self._thread: threading.Thread | None = None
         self.stats = _Stats()
 
@@ -181,6 +182,7 @@ class Shipper:
         start."""
         if self._thread is None:
             return
+        self._grace_s = grace_s
         self._notices.put(_STOP)
         self._thread.join(grace_s + 1.0)
 
@@ -211,7 +213,9 @@ class Shipper:
                           extra={"path": str(due), "reason": str(exc), "failure": exc.reason})
                 wait = 0.0
                 continue
-            except StoreError as exc:
+            except Exception as exc:  # the store failed (or a bug did: the thread goes on)
+                if not isinstance(exc, StoreError):
+                    log.exception("audit shipping failed unexpectedly", extra={"path": str(due)})
                 self._count_failure("store")
                 if self._stop_by is not None:  # shutting down: the next start ships it
                     log.warning("audit files left to ship at the next start", extra={
@@ -241,7 +245,7 @@ class Shipper:
             except queue.Empty:
                 break
             if notice is _STOP:
-                self._stop_by = time.monotonic() + SHUTDOWN_GRACE_S
+                self._stop_by = time.monotonic() + self._grace_s
             elif notice not in self._pending and notice not in self._kept:
                 try:
                     self._pending[notice] = notice.stat().st_mtime
