@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gwc.compiler.audit.query import Query, select
 from gwc.compiler.audit.replay import Finding, Replay, Shelf, Totals
-from gwc.compiler.audit.trail import TrailFile
 from gwc.runtime.bundle.format import BundlePayload
 from gwc.runtime.bundle.read import trusted_keys
+
+if TYPE_CHECKING:
+    from gwc.compiler.audit.trail import TrailFile
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,7 +25,6 @@ from gwc.compiler.audit.trail import (
     VERIFY_HINT,
     NotARecord,
     TrailError,
-    TrailFile,
     TrailReader,
     cell,
     parse,
@@ -33,6 +32,9 @@ from gwc.compiler.audit.trail import (
     user_label,
 )
 from gwc.runtime.audit.chain import TIME_FORMAT
+
+if TYPE_CHECKING:
+    from gwc.compiler.audit.trail import TrailFile
 
 COLUMNS = ("time", "user", "server", "tool", "access", "decision", "outcome", "error", "latency")
 _AGE = re.compile(r"(\d+)([wdhms])")

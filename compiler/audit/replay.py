@@ -17,12 +17,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from sys import intern
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gwc.compiler.audit.trail import TrailFile, user_label
+from gwc.compiler.audit.trail import user_label
 from gwc.runtime.audit.record import policy_fields
 from gwc.runtime.audit.shape import is_summary, policy_paths
 from gwc.runtime.bundle.format import BundlePayload, Rule
@@ -38,6 +38,9 @@ from gwc.runtime.policy.decide import (
 
 Path_ = tuple[str, ...]
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+if TYPE_CHECKING:
+    from gwc.compiler.audit.trail import TrailFile
+
 POLICY_FIELDS = ("effect", "reason", "rules", "mode", "approval_required")  # policy_fields' keys
 
 

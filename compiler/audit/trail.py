@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from gwc.compiler.audit.store import StoreObject
+if TYPE_CHECKING:  # a command given files alone loads nothing of the store
+    from gwc.compiler.audit.store import StoreObject
 
-TrailFile = Path | StoreObject  # a file, or a shipped file read from its store
+    TrailFile = Path | StoreObject  # a file, or a shipped file read from its store
+
 VERIFY_HINT = "run `gwc audit verify` on the trail to check it"
 
 
@@ -32,7 +34,7 @@ BLOCK = 8 << 20  # bytes searched at a time for anchors
 
 def size_of(path: TrailFile) -> int:
     """Its size in bytes (0 for a file gone since it was named)."""
-    if isinstance(path, StoreObject):
+    if not isinstance(path, Path):
         return path.size
     return path.stat().st_size if path.exists() else 0
 

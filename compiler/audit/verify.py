@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.runtime.audit.chain import Head, Verification, typed_record, verify
-from gwc.runtime.audit.objects import HEAD_SUFFIX
 from gwc.runtime.audit.writer import in_trail_order, trail_base
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.bundle.keys import KeyFileError, load_public_key
@@ -359,7 +358,7 @@ def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification
                          f"{obj.last} ({expected}), it holds {part.records}")
         if shipped.head is None:
             if part.checkpoint is not None:
-                findings.add(EXIT_CRASH, f"{shipped.trail} has no head object ({HEAD_SUFFIX}): its "
+                findings.add(EXIT_CRASH, f"{shipped.trail} has no head object (.head.json): its "
                              "shipment stopped between the two uploads, or the head was removed "
                              "(the file's own checkpoints were checked)")
             continue

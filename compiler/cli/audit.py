@@ -10,23 +10,27 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from gwc.compiler.audit.query import COLUMNS, Counts, Query, parse_when, row, select
-from gwc.compiler.audit.trail import Table, TrailError, TrailFile
+from gwc.compiler.audit.trail import Table, TrailError
 from gwc.compiler.cli.common import TRAIL_FILES, TRUST, batch_job, fail, payload_of
-from gwc.runtime.audit.objects import StoreUrl
 from gwc.runtime.audit.record import DECISIONS
 from gwc.runtime.audit.writer import in_trail_order
 
-Sources = tuple[Path | StoreUrl, ...]  # what TRAIL_FILES gives: files and s3:// URLs
+if TYPE_CHECKING:
+    from gwc.compiler.audit.trail import TrailFile
+    from gwc.runtime.audit.objects import StoreUrl
+
+Sources = tuple["Path | StoreUrl", ...]  # what TRAIL_FILES gives: files and s3:// URLs
 
 
 def _split(files: Sources) -> tuple[list[Path], list[StoreUrl]]:
+    """The files, and the s3:// URLs (each once)."""
     return ([f for f in files if isinstance(f, Path)],
-            list(dict.fromkeys(f for f in files if isinstance(f, StoreUrl))))
+            list(dict.fromkeys(f for f in files if not isinstance(f, Path))))
 
 
 def _trail_files(files: Sources) -> list[TrailFile]:
