@@ -344,11 +344,13 @@ def test_replay_from_the_bucket_is_replay_from_the_files(world, jobs) -> None:
     assert [f["request_id"] for f in found] == ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"]
 
 
-def test_reading_files_does_not_load_boto3(world) -> None:
+@pytest.mark.parametrize("command", ["verify", "query"])
+def test_reading_files_loads_nothing_of_the_store(world, command) -> None:
     code = ("import sys; from click.testing import CliRunner; from gwc.compiler.cli import main; "
-            f"r = CliRunner().invoke(main, ['audit', 'verify', {str(world['files'][0])!r}]); "
-            "assert r.exit_code == 0, r.output; assert 'boto3' not in sys.modules; "
-            "assert 'botocore' not in sys.modules")
+            f"r = CliRunner().invoke(main, ['audit', {command!r}, {str(world['files'][0])!r}]); "
+            "assert r.exit_code == 0, r.output; "
+            "loaded = {'boto3', 'botocore', 'gwc.compiler.audit.store', "
+            "'gwc.runtime.audit.objects'} & set(sys.modules); assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
