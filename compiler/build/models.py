@@ -268,7 +268,7 @@ class BreakGlassSettings(Strict):
 
 
 # s3://bucket[/prefix], as gwc.runtime.audit.objects.StoreUrl parses it (the build may not import
-# the audit layer; tests/unit/audit/test_audit_store.py keeps the two in step)
+# the audit layer; tests/unit/audit/test_audit_shipper.py keeps the two in step)
 STORE_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$"
 
 
