@@ -248,8 +248,9 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     first, last = segments[0][0].object, segments[-1][-1].object
     for before, after in itertools.pairwise(segments):
         a, b = before[-1], after[0]
-        findings.add(EXIT_TAMPERED, f"{chain.label}: records {a.object.last + 1}..{b.object.first - 1} "
-                     f"are missing: no object holds them, between {a.trail} and {b.trail}")
+        findings.add(EXIT_TAMPERED, f"{chain.label}: records {a.object.last + 1}.."
+                     f"{b.object.first - 1} are missing: no object holds them, between "
+                     f"{a.trail} and {b.trail}")
     for this, following in itertools.pairwise(chain.files):
         if this.trail is not None and following.trail is not None and \
                 following.object.first <= this.object.last:
@@ -260,7 +261,7 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     for shipped in chain.files:
         if shipped.trail is not None or shipped.head is None:
             continue
-        missing = shipped.object.stem(chain.store) + ".jsonl"
+        missing = shipped.object.trail_key(chain.store)
         if shipped.object.last < first.first:
             leading += 1  # its file expired first, or was never shipped: the trail starts later
         elif shipped.object.first > last.last:
