@@ -151,6 +151,9 @@ def audit_query(files: Sources, fmt: str, **filters: Any) -> None:
 
     Start records are left out. The count goes to stderr. A line that is not a record stops the
     query with its file:line (gwc audit verify checks a whole trail).
+
+    FILES may also be s3://bucket/prefix: the files nodes shipped there (AWS credentials and
+    endpoint from the standard AWS variables and files).
     """
     paths, counts = _trail_files(files), Counts()
     try:
@@ -211,7 +214,8 @@ def audit_replay(files: Sources, folder: Path, against: str | None,
     "undeterminable", not guessed. Exit 0: every call evaluated (changes are the point of a
     preview); 1: some calls were undeterminable or unreadable, so the preview is incomplete.
 
-    Bundles must be signed by a --trust key, unless --no-verify.
+    Bundles must be signed by a --trust key, unless --no-verify. FILES may also be
+    s3://bucket/prefix: the files nodes shipped there.
     """
     from gwc.compiler.audit.jobs import Setup, default_jobs, replay_trail
     from gwc.compiler.audit.replay import Totals
