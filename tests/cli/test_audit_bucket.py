@@ -60,12 +60,14 @@ def numbered(path: Path) -> tuple[TrailObject, Head]:
 
 
 def ship(client, files: list[Path], prefix: str = PREFIX, skip: tuple[int, ...] = (),
-         heads: bool = True, lock: bool = False, chain: str | None = None) -> list[str]:
-    """Upload each file (and its head object) as a node ships it; the trail keys, in order."""
+         heads: bool = True, lock: bool = False, chain: str | None = None,
+         shift: int = 0) -> list[str]:
+    """Upload each file (and its head object) as a node ships it; the trail keys, in order.
+    ``chain`` and ``shift`` make keys that lie (another chain, numbers moved by ``shift``)."""
     store, keys = StoreUrl("gwc-audit", prefix), []
     for index, path in enumerate(files):
         obj, head = numbered(path)
-        obj = TrailObject(obj.node, chain or obj.chain, obj.first, obj.last)
+        obj = TrailObject(obj.node, chain or obj.chain, obj.first + shift, obj.last + shift)
         keys.append(obj.trail_key(store))
         if index in skip:
             continue
@@ -144,6 +146,14 @@ def test_a_missing_middle_file_is_a_gap_naming_its_records_and_neighbours(world)
     assert result.stderr.count("gwc: ") == 1, result.stderr
     assert result.stdout.startswith("tampered: node-1")
     assert "chain intact within 2 runs, 1 gap(s)" in result.stdout
+    # The missing file's head object, still there, names it too.
+    store = StoreUrl("gwc-audit", PREFIX)
+    world["client"].put_object(Bucket="gwc-audit", Key=missing.head_key(store),
+                               Body=orjson.dumps(numbered(world["files"][1])[1].fields()))
+    again = run(world, "verify", world["url"], "--key", world["pub"])
+    assert again.exit_code == 1
+    assert (f"gwc: tampered: {url_of(missing.head_key(store))} has no trail object: "
+            f"{url_of(missing.trail_key(store))} is missing") in again.stderr
 
 
 def test_files_gone_from_the_start_make_a_later_segment_not_a_finding(world) -> None:
@@ -152,6 +162,22 @@ def test_files_gone_from_the_start_make_a_later_segment_not_a_finding(world) -> 
     result = run(world, "verify", world["url"], "--key", world["pub"])
     assert result.exit_code == 0, result.stderr
     assert f"from record {first} (the objects before it are not in the store" in result.stdout
+    # A head object whose file expired before it: counted, not a finding.
+    gone, head = numbered(world["files"][0])
+    world["client"].put_object(Bucket="gwc-audit", Key=gone.head_key(StoreUrl("gwc-audit", PREFIX)),
+                               Body=orjson.dumps(head.fields()))
+    later = run(world, "verify", world["url"], "--key", world["pub"])
+    assert later.exit_code == 0 and later.stderr == ""
+    assert later.stdout.rstrip().endswith("; 1 head object(s) of files no longer in the store")
+
+
+def test_keys_must_number_the_records_as_their_checkpoints_do(world) -> None:
+    keys = ship(world["client"], world["files"], shift=10)  # the whole trail, numbered from 11
+    result = run(world, "verify", world["url"], "--key", world["pub"])
+    assert result.exit_code == 1
+    assert (f"gwc: tampered: {url_of(keys[0])}: its key numbers its first record 11, the "
+            "chain's checkpoints 1") in result.stderr
+    assert "from record 11" not in result.stdout  # the chain itself starts at genesis
 
 
 def test_an_edited_record_in_an_object_is_named_by_its_url_and_line(world) -> None:
