@@ -417,3 +417,17 @@ def test_what_a_node_shipped_reads_back_as_its_files(world, monkeypatch) -> None
     assert run(world, "query", url, "--format", "json", "--user", "alice").stdout == \
         from_files.stdout and request_ids(from_files.stdout) == ["r1", "r2", "l1", "r3", "r4",
                                                                 "r8", "a1"]
+
+
+def test_an_object_gone_since_the_listing_is_an_error_naming_it(world, monkeypatch) -> None:
+    from gwc.compiler.audit.query import Query, select
+    from gwc.compiler.audit.trail import TrailError
+
+    for name, value in world["env"].items():
+        monkeypatch.setenv(name, value)
+    keys = ship(world["client"], world["files"][:2])
+    listed = audit_store.trail_objects([StoreUrl("gwc-audit", PREFIX)])
+    assert [str(obj) for obj in listed] == [url_of(key) for key in keys]
+    world["client"].delete_object(Bucket="gwc-audit", Key=keys[1])
+    with pytest.raises(TrailError, match=f"^{url_of(keys[1])}: cannot read: NoSuchKey"):
+        list(select(listed, Query()))
