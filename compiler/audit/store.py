@@ -51,7 +51,10 @@ def _why(exc: Exception) -> str:
         return ("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
                 "AWS_PROFILE, or run with a role)")
     if isinstance(exc, EndpointConnectionError):
-        return f"cannot reach the store at {exc.kwargs.get('endpoint_url')}"
+        from urllib.parse import urlsplit
+
+        where = urlsplit(str(exc.kwargs.get("endpoint_url")))
+        return f"cannot reach the store at {where.scheme}://{where.netloc}"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code, message = error.get("Code", "?"), error.get("Message", "")

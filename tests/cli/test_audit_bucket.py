@@ -313,7 +313,7 @@ def test_only_the_layout_under_the_prefix_is_read(world) -> None:
     ("s3://gwc-audit/prod", {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
      "cannot list it: no AWS credentials found"),
     ("s3://gwc-audit/prod", {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"},
-     "cannot list it: cannot reach the store at http://127.0.0.1:9"),
+     "cannot list it: cannot reach the store at http://127.0.0.1:9\n"),
 ])
 def test_a_store_that_cannot_be_read_is_a_usage_error(tmp_path, s3_server, argument, env,
                                                       message) -> None:
