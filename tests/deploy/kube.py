@@ -107,6 +107,11 @@ def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found
 
 
+def nodes(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gateway's nodes: the StatefulSet ``gwc``."""
+    return one(objects, "StatefulSet", "gwc")
+
+
 # --- the Dockerfile -------------------------------------------------------------------------------
 
 @dataclass
@@ -227,6 +232,18 @@ def documented_block(first_line: str) -> str:
     found = [text for text in (textwrap.dedent(block) for _, block in blocks) if text.startswith(first_line)]
     assert len(found) == 1, f"docs/operations.md has {len(found)} sh blocks starting {first_line!r}"
     return found[0]
+
+
+def documented_yaml(first_line: str) -> Any:
+    """The ``yaml`` block of docs/operations.md's "Deploying on Kubernetes" whose first line starts
+    with ``first_line``, loaded."""
+    text = OPERATIONS.read_text()
+    section = text[text.index("\n## Deploying on Kubernetes\n"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", section, flags=re.S | re.M)
+    found = [text for text in (textwrap.dedent(block) for _, block in blocks) if text.startswith(first_line)]
+    assert len(found) == 1, f"Deploying on Kubernetes has {len(found)} yaml blocks starting {first_line!r}"
+    return yaml.safe_load(found[0])
 
 
 # Run in place of kubectl by the documented commands: `create` prints the object it would create

@@ -8,11 +8,12 @@ root). Two differences, both for want of a network: the wheel is built without b
 this venv's setuptools), and the third-party dependencies are not installed from PyPI but reached
 through a path line to this venv's site-packages (as tests/e2e/test_wheel.py does).
 
-``start_pod`` starts that image's entrypoint as the rendered Deployment would: the image's ENV, then
+``start_pod`` starts that image's entrypoint as the rendered StatefulSet would: the image's ENV, then
 the container's env (Secrets and ConfigMaps as the documented commands created them), each volume
-mounted under the image root with its files, modes and the pod's group, the image's WORKDIR as the
-working folder, and the pod's user and groups when the tests run as root and that user can reach
-this Python and its site-packages (not where Python lives under /root, as on this project's
+mounted under the image root with its files, modes and the pod's group (a claim of the
+StatefulSet's volumeClaimTemplates as an empty writable folder, as a new volume is), the image's
+WORKDIR as the working folder, and the pod's user and groups when the tests run as root and that
+user can reach this Python and its site-packages (not where Python lives under /root, as on this project's
 machines: the node then runs as the tests' user, and the pod's modes go unchecked there).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tests.support.repo import REPO
 
 # What a Debian-based python image has on its PATH before the Dockerfile's ENV.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-POD_NAME = "gwc-5d8f7c9b6-x2k4q"
+POD_NAME = "gwc-0"  # a StatefulSet's first pod
 
 
 @dataclass
@@ -166,26 +167,39 @@ class Pod:
             return self.proc.wait()
 
 
-def gwc_container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "gwc"]
+def gwc_container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "gwc"]
     return container
 
 
-def mount_volumes(image: Image, deployment: dict[str, Any], documented: Documented) -> None:
+def claim_templates(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A StatefulSet's volume claims, one per pod, mounted by name like volumes."""
+    return list(workload["spec"].get("volumeClaimTemplates", []))
+
+
+def writable_volumes(workload: dict[str, Any]) -> set[str]:
+    """The names of the volumes the node may write: emptyDirs and claims."""
+    pod = workload["spec"]["template"]["spec"]
+    return {v["name"] for v in pod["volumes"] if "emptyDir" in v} | {
+        c["metadata"]["name"] for c in claim_templates(workload)}
+
+
+def mount_volumes(image: Image, workload: dict[str, Any], documented: Documented) -> None:
     """Each volume of the gwc container at its mount path under the image root, as the kubelet
-    makes it: ConfigMap and Secret keys as files (defaultMode, group = fsGroup), emptyDir writable."""
-    pod = deployment["spec"]["template"]["spec"]
+    makes it: ConfigMap and Secret keys as files (defaultMode, group = fsGroup), an emptyDir or a
+    new claim writable."""
+    pod = workload["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     fs_group = pod["securityContext"].get("fsGroup")
-    for mount in gwc_container(deployment)["volumeMounts"]:
-        volume = volumes[mount["name"]]
+    for mount in gwc_container(workload)["volumeMounts"]:
         where = image.local(mount["mountPath"])
         if where.exists():
             shutil.rmtree(where)
         where.mkdir(parents=True)
-        if "emptyDir" in volume:
-            where.chmod(0o777)  # as the kubelet makes an emptyDir
+        if mount["name"] in writable_volumes(workload):
+            where.chmod(0o777)  # as the kubelet makes an emptyDir (a claim: owned by fsGroup)
             continue
+        volume = volumes[mount["name"]]
         if "configMap" in volume:
             spec = volume["configMap"]
             files = documented.data("ConfigMap", spec["name"])
@@ -200,9 +214,9 @@ def mount_volumes(image: Image, deployment: dict[str, Any], documented: Document
         where.chmod(0o755)
 
 
-def pod_env(image: Image, deployment: dict[str, Any], documented: Documented) -> dict[str, str]:
+def pod_env(image: Image, workload: dict[str, Any], documented: Documented) -> dict[str, str]:
     env = dict(image.env)
-    for item in gwc_container(deployment).get("env", []):
+    for item in gwc_container(workload).get("env", []):
         if "value" in item:
             env[item["name"]] = image_value(image, item["name"], item["value"])
             continue
@@ -217,12 +231,12 @@ def pod_env(image: Image, deployment: dict[str, Any], documented: Documented) ->
     return env
 
 
-def start_pod(image: Image, deployment: dict[str, Any], env: dict[str, str], folder: Path) -> Pod:
+def start_pod(image: Image, workload: dict[str, Any], env: dict[str, str], folder: Path) -> Pod:
     """The image's entrypoint with ``env``, from its WORKDIR; as the pod's user when possible."""
-    pod = deployment["spec"]["template"]["spec"]
+    pod = workload["spec"]["template"]["spec"]
     security = pod["securityContext"]
     command = [image.which(image.entrypoint[0], env), *image.entrypoint[1:],
-               *gwc_container(deployment).get("args", [])]
+               *gwc_container(workload).get("args", [])]
     user: dict[str, Any] = {}
     as_user = None
     reachable = [image.local("/opt/gwc/bin/python").resolve(), Path(sysconfig.get_paths()["purelib"])]
@@ -251,17 +265,16 @@ def secret_text(documented: Documented, name: str, key: str) -> str:
 
 
 
-def as_pod_user(image: Image, deployment: dict[str, Any]) -> list[str]:
+def as_pod_user(image: Image, workload: dict[str, Any]) -> list[str]:
     """What the pod's user (its uid, gid and fsGroup; the tests must run as root to switch) cannot
     do that the node needs: read every file of its Secret and ConfigMap volumes, write in its
-    emptyDir volumes; and what it can do that it should not: write in the image outside them."""
-    pod = deployment["spec"]["template"]["spec"]
+    emptyDir and claim volumes; and what it can do that it should not: write in the image outside them."""
+    pod = workload["spec"]["template"]["spec"]
     security = pod["securityContext"]
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
     script = []
-    for mount in gwc_container(deployment)["volumeMounts"]:
+    for mount in gwc_container(workload)["volumeMounts"]:
         where = image.local(mount["mountPath"])
-        if "emptyDir" in volumes[mount["name"]]:
+        if mount["name"] in writable_volumes(workload):
             script.append(f"touch '{where}/probe' && rm '{where}/probe' || echo 'cannot write {where}'")
         else:
             script += [f"cat '{path}' > /dev/null || echo 'cannot read {path}'" for path in where.iterdir()]

@@ -11,7 +11,7 @@ from tests.deploy.kube import (
     dockerfile_stages,
     dockerignore_excludes,
     hadolint,
-    one,
+    nodes,
 )
 from tests.deploy.pod import gwc_container
 
@@ -45,7 +45,7 @@ def test_two_stages_and_the_final_one_only_copies_the_virtualenv() -> None:
     assert "venv --without-pip /opt/gwc" in installs and "--python /opt/gwc/bin/python" in installs
 
 
-def test_the_image_runs_gwc_runtime_as_the_user_the_deployment_names(rendered) -> None:
+def test_the_image_runs_gwc_runtime_as_the_user_the_statefulset_names(rendered) -> None:
     final = dockerfile_stages()[-1]
     uid, gid = (int(part) for part in final.all("USER")[-1].split(":"))
     assert uid != 0 and gid != 0
@@ -53,15 +53,15 @@ def test_the_image_runs_gwc_runtime_as_the_user_the_deployment_names(rendered) -
     assert final.env()["PATH"].startswith("/opt/gwc/bin:")
     healthcheck = final.all("HEALTHCHECK")[0]
     assert "/healthz" in healthcheck and " CMD [" in healthcheck
-    deployment = one(rendered("base"), "Deployment", "gwc")
-    pod = deployment["spec"]["template"]["spec"]
+    statefulset = nodes(rendered("base"))
+    pod = statefulset["spec"]["template"]["spec"]
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
-    # the port it exposes and listens on is the container's; its WORKDIR is the state folder,
-    # which the Deployment mounts writable
-    (port,) = gwc_container(deployment)["ports"]
+    # the port it exposes and listens on is the container's public one (`http`; /metrics has its
+    # own); its WORKDIR is the state folder, which the StatefulSet mounts writable
+    (port,) = [p for p in gwc_container(statefulset)["ports"] if p["name"] == "http"]
     assert final.all("EXPOSE") == [str(port["containerPort"])]
     assert final.env()["GWC_LISTEN"].rpartition(":")[2] == str(port["containerPort"])
-    env = {item["name"]: item.get("value") for item in gwc_container(deployment)["env"]}
+    env = {item["name"]: item.get("value") for item in gwc_container(statefulset)["env"]}
     assert final.all("WORKDIR")[-1] == final.env()["GWC_STATE_DIR"] == env["GWC_STATE_DIR"]
 
 

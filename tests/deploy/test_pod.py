@@ -1,8 +1,11 @@
 """The image and a pod without a registry or a cluster: gwc as the Dockerfile installs it
-(tests/deploy/pod.py builds it in a temporary folder), started as each overlay's Deployment starts
-it, with the Secrets and ConfigMaps docs/operations.md's commands create, against a real bundle and
-a real Redis, on loopback. It answers /healthz and /readyz, the image's HEALTHCHECK passes, its audit
-trail is on stdout, and it writes nothing outside its volumes."""
+(tests/deploy/pod.py builds it in a temporary folder), started as each overlay's StatefulSet starts
+it, with the Secrets and ConfigMaps docs/operations.md's commands create (the secrets as mounted
+files), against a real bundle and a real Redis, on loopback. It answers /healthz and /readyz, the
+image's HEALTHCHECK passes, /metrics is on its own port only, SIGTERM makes it unready while it
+still serves, its audit trail is on stdout, and it writes nothing outside its volumes. In
+production it also writes the trail to its claim and ships it to a real S3 API with Object Lock
+(moto), with gateway.yaml's audit section as docs/operations.md shows it."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +13,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -23,7 +27,7 @@ import pytest
 import redis
 import yaml
 
-from tests.deploy.kube import OVERLAYS, documented_block, one, run_documented
+from tests.deploy.kube import OVERLAYS, documented_block, documented_yaml, nodes, one, run_documented
 from tests.deploy.pod import (
     Image,
     as_pod_user,
@@ -59,14 +63,16 @@ def test_the_image_holds_gwc_compiled_and_no_build_tools(image: Image, tmp_path:
         assert image.which(command, image.env).startswith(str(image.local("/opt/gwc/bin")))
 
 
-def write_registry(root: Path) -> Path:
+def write_registry(root: Path, audit: dict | None = None) -> Path:
     """A registry whose IdP and upstream are closed loopback ports: the node needs neither to be
-    ready, and reaches nothing off this machine."""
+    ready, and reaches nothing off this machine. ``audit``: gateway.yaml's audit section."""
     closed = free_port()
     (root / "registry").mkdir(parents=True)
-    (root / "gateway.yaml").write_text(yaml.safe_dump({"identity": {
-        "issuer": "https://idp.test.example", "audience": "gwc",
-        "jwks_uri": f"http://127.0.0.1:{closed}/jwks.json"}}))
+    gateway: dict = {"identity": {"issuer": "https://idp.test.example", "audience": "gwc",
+                                  "jwks_uri": f"http://127.0.0.1:{closed}/jwks.json"}}
+    if audit is not None:
+        gateway["audit"] = audit
+    (root / "gateway.yaml").write_text(yaml.safe_dump(gateway))
     (root / "registry" / "tools.yaml").write_text(yaml.safe_dump({
         "name": "tools", "owner": "eng", "upstream": f"http://127.0.0.1:{closed}/mcp",
         "visibility": "team:eng", "tools": {"echo": {"access": "read"}}}))
@@ -134,16 +140,53 @@ def wait_ready(pod, port: int) -> dict:
     pytest.fail(f"the node was not ready within 30 s:\n{pod.stderr.read_text()[-3000:]}")
 
 
+def secret_file(env: dict[str, str], name: str) -> Path:
+    """The mounted file a GWC_*_FILE variable names (under the image root)."""
+    return Path(env[name])
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Change a mounted Secret's file (mode 0440) as the test needs, keeping its mode."""
+    mode = path.stat().st_mode
+    path.chmod(0o600)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def raw_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def store_url(documented_store: dict, s3) -> str:
+    """The documented bucket URL with its bucket replaced by the test store's (the prefix kept)."""
+    url = documented_store["url"]
+    assert url.startswith("s3://")
+    prefix = url[len("s3://"):].partition("/")[2]
+    return f"{s3.url}/{prefix}" if prefix else s3.url
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_a_node_starts_as_the_deployment_starts_it(image: Image, overlay: str, tmp_path: Path,
-                                                  request: pytest.FixtureRequest) -> None:
+def test_a_node_starts_as_the_statefulset_starts_it(image: Image, overlay: str, tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
     gwc = str(image.local("/opt/gwc/bin"))
     folder = tmp_path / "operator"  # where the operator runs the documented commands
     folder.mkdir()
     keygen = in_image(image, "gwc", "keygen", "--out", "ci", cwd=folder)
     assert keygen.returncode == 0, keygen.stderr
-    build = in_image(image, "gwc", "build", str(write_registry(tmp_path / "registry-repo")), "--key",
+    audit = None
+    s3 = None
+    if overlay == "production":
+        # gateway.yaml's audit section as the docs show it, its bucket a real S3 API with Object
+        # Lock on this machine (moto)
+        s3 = request.getfixturevalue("s3_server")
+        audit = documented_yaml("# gateway.yaml")["audit"]
+        audit["store"]["url"] = store_url(audit["store"], s3)
+    build = in_image(image, "gwc", "build", str(write_registry(tmp_path / "registry-repo", audit)), "--key",
                      str(folder / "ci.key"), "--out", str(folder / "store"), "--serial", "1",
                      "--revision", "k8s", cwd=folder)
     assert build.returncode == 0, build.stdout + build.stderr
@@ -152,19 +195,28 @@ def test_a_node_starts_as_the_deployment_starts_it(image: Image, overlay: str, t
         (folder / "redis-url").write_text(request.getfixturevalue("redis_server").url)
     documented = run_documented([documented_block("# every fleet:"),
                                  documented_block(f"# the {overlay} overlay:")], folder, Path(gwc))
-    deployment = one(documented.applied, "Deployment", "gwc")
-    mount_volumes(image, deployment, documented)
-    env = pod_env(image, deployment, documented)
-    container_port = gwc_container(deployment)["ports"][0]["containerPort"]
-    assert env["GWC_LISTEN"] == f"0.0.0.0:{container_port}"
-    env["GWC_LISTEN"] = f"127.0.0.1:{(port := free_port())}"  # the one thing moved: the port
-    mounts = [image.local(m["mountPath"]) for m in gwc_container(deployment)["volumeMounts"]]
+    statefulset = nodes(documented.applied)
+    mount_volumes(image, statefulset, documented)
+    env = pod_env(image, statefulset, documented)
+    ports = {p["name"]: p["containerPort"] for p in gwc_container(statefulset)["ports"]}
+    assert env["GWC_LISTEN"] == f"0.0.0.0:{ports['http']}"
+    assert env["GWC_METRICS_LISTEN"] == f"0.0.0.0:{ports['metrics']}"
+    # the things moved: the ports, to free ones on loopback
+    env["GWC_LISTEN"] = f"127.0.0.1:{(port := free_port())}"
+    env["GWC_METRICS_LISTEN"] = f"127.0.0.1:{(metrics_port := free_port())}"
+    # no secret in the environment: the node reads them from the mounted Secrets
+    assert not {"GWC_SESSION_KEYS", "GWC_STATE", "GWC_IDP_CLIENT_SECRET"} & set(env)
+    assert secret_file(env, "GWC_SESSION_KEYS_FILE").read_text().strip() == \
+        documented.data("Secret", "gwc-session-keys")["session-keys"].decode().strip()
+    if s3 is not None:  # what the IAM role of the service account gives a pod on EKS
+        env.update(s3.env())
+    mounts = [image.local(m["mountPath"]) for m in gwc_container(statefulset)["volumeMounts"]]
     if os.geteuid() == 0:  # the pod's user reads its keys and writes its volumes, nothing else
-        assert as_pod_user(image, deployment) == []
+        assert as_pod_user(image, statefulset) == []
     before = snapshot(image.root, mounts)
 
     with contextmanager_for(overlay, documented, env, folder, tmp_path):
-        pod = start_pod(image, deployment, env, tmp_path)
+        pod = start_pod(image, statefulset, env, tmp_path)
         try:
             ready = wait_ready(pod, port)
             assert ready["serial"] == 1 and ready["digest"].startswith("sha256:")
@@ -172,9 +224,23 @@ def test_a_node_starts_as_the_deployment_starts_it(image: Image, overlay: str, t
             check = subprocess.run(image.healthcheck, env=env, cwd=image.workdir, capture_output=True,
                                    timeout=30, executable=image.which(image.healthcheck[0], env))
             assert check.returncode == 0, check.stderr
-            assert redis.Redis.from_url(env["GWC_STATE"]).ping()  # the URL the node got, password and all
+            # the URL the node read from its Secret file, password and all
+            assert redis.Redis.from_url(secret_file(env, "GWC_STATE_FILE").read_text().strip()).ping()
+            # /metrics on its own port, not on the public one
+            status, text = raw_get(metrics_port, "/metrics")
+            assert status == 200 and "gwc_bundle_serial" in text
+            assert raw_get(port, "/metrics")[0] == 404
+            # SIGTERM, as the kubelet sends it: unready, still serving, for GWC_DRAIN_SECONDS
+            pod.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while get(port, "/readyz")[0] != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status, body = get(port, "/readyz")
+            assert status == 503 and body["status"].startswith("draining"), (status, body)
+            assert get(port, "/healthz") == (200, {"status": "ok"})
+            assert pod.proc.poll() is None
         finally:
-            code = pod.stop()
+            code = pod.stop()  # a second SIGTERM: it stops at once
         assert code == 0, pod.stderr.read_text()[-3000:]
         check = subprocess.run(image.healthcheck, env=env, cwd=image.workdir, capture_output=True,
                                timeout=30, executable=image.which(image.healthcheck[0], env))
@@ -194,22 +260,38 @@ def test_a_node_starts_as_the_deployment_starts_it(image: Image, overlay: str, t
     assert kept.is_file()
     if pod.as_user is not None:  # run as the pod's user: its files are that user's
         assert (kept.stat().st_uid, kept.stat().st_gid) == pod.as_user
+    if s3 is None:
+        return
+    # production: the same records in a file on the pod's claim, shipped at shutdown to the bucket
+    # under the pod's stable name, and verifying there with the gateway's key
+    trail = Path(env["GWC_AUDIT"].removeprefix("both:"))
+    assert trail.is_file() or list(trail.parent.glob(trail.name + ".*"))
+    prefix = audit["store"]["url"][len(s3.url) + 1:]
+    listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/{env['GWC_NODE_ID']}/")
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert any(k.endswith(".jsonl") for k in keys) and any(k.endswith(".head.json") for k in keys), keys
+    bucket = subprocess.run([image.which("gwc", image.env), "audit", "verify", audit["store"]["url"],
+                             "--key", str(folder / "gateway.pub")], env={**image.env, **s3.env()},
+                            cwd=folder, capture_output=True, text=True, timeout=120)
+    assert bucket.returncode == 0, bucket.stdout + bucket.stderr
 
 
 @contextmanager
 def contextmanager_for(overlay: str, documented, env: dict[str, str], folder: Path,
                        tmp_path: Path) -> Iterator[None]:
     """What the overlay's node reaches, on loopback: the trial's Redis (the StatefulSet's, with
-    the documented password, where the state URL names the Service) or production's bundle store
+    the documented password, where the mounted state URL names the Service) or production's bundle store
     (serving the bundle at the URL's path)."""
     if overlay == "trial":
         service = one(documented.applied, "Service", "gwc-redis")
         address = f"@{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/"
-        assert address in env["GWC_STATE"], env["GWC_STATE"]
+        state = secret_file(env, "GWC_STATE_FILE")  # the Secret gwc-state's url, as mounted
+        url = state.read_text()
+        assert address in url, url
         password = documented.data("Secret", "gwc-redis")["password"].decode()
         (tmp_path / "redis").mkdir()
         with redis_as_rendered(documented.applied, password, tmp_path / "redis") as redis_port:
-            env["GWC_STATE"] = env["GWC_STATE"].replace(address, f"@127.0.0.1:{redis_port}/")
+            rewrite(state, url.replace(address, f"@127.0.0.1:{redis_port}/"))
             yield
         return
     url = env["GWC_BUNDLE"]
