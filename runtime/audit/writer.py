@@ -1,15 +1,16 @@
 """Writing the audit trail without blocking the event loop, and without losing a returned call.
 
 A record is encoded once, by its caller, when it is submitted (a record that cannot be encoded
-fails there, alone). One writer thread chains the encoded records (``audit.link``: the real
-``prev`` goes where the caller's encoding has a placeholder), writes them in small batches to a
-file opened with ``O_DSYNC`` (one system call returns once a batch is on stable storage; an
-``fsync`` after the write where the OS has no ``O_DSYNC``), and only then resolves each record's
-future: a caller that awaits it before answering its client has a record on disk for every answer
-it gave. The file rotates by
-size into ``PATH.000001``, ``PATH.000002``...; each new file begins with a start record chained to
-the last record of the file before, and a restarted node continues the chain of the file it
-finds, cutting a final line a crash left torn and recording that it did (a ``repair`` record).
+fails there, alone); what one turn of the event loop submits is handed to the writer thread
+together, at the end of the turn. One writer thread chains the encoded records (``audit.link``:
+the real ``prev`` goes where the caller's encoding has a placeholder), writes them in small
+batches to a file opened with ``O_DSYNC`` (one system call returns once a batch is on stable
+storage; an ``fsync`` after the write where the OS has no ``O_DSYNC``), and only then resolves each
+record's future: a caller that awaits it before answering its client has a record on disk for
+every answer it gave. The file rotates by size into ``PATH.000001``, ``PATH.000002``...; each
+new file begins with a start record chained to the last record of the file before, and a
+restarted node continues the chain of the file it finds, cutting a final line a crash left torn
+and recording that it did (a ``repair`` record).
 
 With the gateway's signing key, the writer also signs its chain's head in a ``checkpoint`` record
 (``audit.Head``) when a file begins, every ``checkpoint_s`` seconds or ``checkpoint_records``
@@ -204,7 +205,9 @@ class AuditWriter:
         self.on_closed: Callable[[Path], None] | None = None  # told of each file closed
         self._key, self._checkpoint_s = signing_key, checkpoint_s
         self._checkpoint_records = checkpoint_records
+        # Each put is a batch of (body, future) entries, or _STOP.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._turn: dict[asyncio.AbstractEventLoop, list[tuple[bytes, asyncio.Future[str]]]] = {}
         self._file: BinaryIO | None = None
         # Where each encoded record's prev goes: random per writer, so no caller can put it in
         # an argument value ahead of the real one.
@@ -240,12 +243,28 @@ class AuditWriter:
         """Encode a record and queue it; the future gives its hash once it is durable (or the
         write error). A record that cannot be encoded raises ``UnencodableRecord`` here."""
         body = encode(record, self._placeholder)
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put((body, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        entries = self._turn.get(loop)
+        if entries is None:
+            self._turn[loop] = entries = []
+            loop.call_soon(self._hand_over, loop)
+        entries.append((body, future))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the writer thread what one turn of ``loop`` submitted, in one put. A put that
+        finds the thread waiting wakes it (a system call, and on a busy machine often a context
+        switch away from the loop): once per turn instead of once per record. The records of a
+        turn are chained in the order they were submitted."""
+        entries = self._turn.pop(loop, None)
+        if entries:
+            self._queue.put(entries)
 
     def close(self) -> None:
         if self._thread is not None:
+            for loop in list(self._turn):  # submitted in this turn: written before the stop
+                self._hand_over(loop)
             self._queue.put(_STOP)
             self._thread.join(10)
         if self._file is not None:
@@ -370,14 +389,20 @@ class AuditWriter:
             except queue.Empty:  # idle, and records wait to be signed
                 self._write_batch([])
                 continue
-            batch = [item]
-            while len(batch) < BATCH:
+            batch: list[tuple[bytes, asyncio.Future[str]]] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.extend(item)
+                if len(batch) >= BATCH:
+                    break
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            stop = any(entry is _STOP for entry in batch)
-            self._write_batch([entry for entry in batch if entry is not _STOP], checkpoint=stop)
+            self._write_batch(batch, checkpoint=stop)
             if stop:
                 if self.close_rotates and self._file is not None:
                     try:
