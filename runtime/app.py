@@ -26,6 +26,7 @@ from gwc.runtime.auth.context import AuthContext
 from gwc.runtime.auth.server import AuthorizationServer, cors_for_browser_clients
 from gwc.runtime.auth.store import store_for
 from gwc.runtime.auth.tokens import AccessTokens
+from gwc.runtime.bundle.keys import KeyFileError, load_public_key
 from gwc.runtime.bundle.poller import BundlePoller
 from gwc.runtime.bundle.read import Bundle, trusted_keys
 from gwc.runtime.bundle.source import source_for
@@ -82,7 +83,13 @@ class Gateway:
         self.store = BundleStore(trusted_keys(config.trust), config.state_dir)
         self.poller = BundlePoller(source_for(config.bundle), self.store, self.metrics,
                                    config.poll_interval_s)
-        self.credentials = UpstreamCredentials(signing_key, config.public_url)
+        # other gateway keys, published and accepted while the fleet rotates its signing key
+        try:
+            self.accepted_keys = tuple(load_public_key(path) for path in config.accept_keys)
+        except KeyFileError as exc:
+            raise KeyFileError(f"--accept-key: {exc}") from None
+        self.credentials = UpstreamCredentials(signing_key, config.public_url,
+                                               self.accepted_keys)
         self.sealer = SessionSealer(list(config.session_keys), config.session_max_age_s)
         node = config.node_id or f"{socket.gethostname()}:{config.listen_port}"
         self.auditor = Auditor(node, self.metrics, config.audit_failure or "closed", signing_key)
@@ -128,7 +135,8 @@ class Gateway:
             if (self._authenticator is None or self._authenticator.identity != identity
                     or (self._authenticator.gateway_tokens is not None) != signs_in):
                 old, self._authenticator = self._authenticator, Authenticator(
-                    identity, gateway_tokens=self.access_tokens.verifier() if signs_in else None)
+                    identity, gateway_tokens=(self.access_tokens.verifier(self.accepted_keys)
+                                    if signs_in else None))
                 if old is not None:
                     asyncio.get_running_loop().create_task(old.close())
             self._auth_bundle = bundle

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     if key_id(signing_key.public_key()) in gateway.store.trusted_ids:
         _fail("--signing-key is a trusted bundle key: the gateway must mint upstream tokens with "
               "its own key, never the bundle key")
+    if any(key_id(key) in gateway.store.trusted_ids for key in gateway.accepted_keys):
+        _fail("an --accept-key is a trusted bundle key: a token signed with the bundle key must "
+              "never pass for the gateway's own")
     loop = event_loop(config.event_loop)
     logging.getLogger("gwc.runtime").info("event loop", extra={"loop": type(loop).__module__})
     try:

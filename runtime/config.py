@@ -37,6 +37,7 @@ class Config:
     listen_port: int
     signing_key: Path
     public_url: str
+    accept_keys: tuple[Path, ...] = ()  # other gateway public keys: a signing-key rotation
     poll_interval_s: float = 30.0
     state_dir: Path | None = None
     log_level: str = "info"
@@ -105,6 +106,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT to listen on (GWC_LISTEN, default 127.0.0.1:8080).")
     p.add_argument("--signing-key", help="The gateway's own Ed25519 key (PEM) for minting upstream "
                    "tokens; never the bundle key (GWC_SIGNING_KEY).")
+    p.add_argument("--accept-key", action="append", help="Another gateway public key (PEM) this "
+                   "node publishes in its JWK Set and whose sign-in tokens it accepts, for the "
+                   "overlap of a --signing-key rotation; repeat (GWC_ACCEPT_KEY, "
+                   "comma-separated).")
     p.add_argument("--public-url", help="The URL clients use to reach the gateway (GWC_PUBLIC_URL).")
     p.add_argument("--poll-interval", type=float, help="Seconds between bundle polls "
                    "(GWC_POLL_INTERVAL, default 30).")
@@ -226,7 +231,10 @@ def load(argv: list[str] | None = None) -> Config:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot use --state-dir {state_dir}: {exc.strerror or exc}") from None
+    accept_keys = tuple(Path(k.strip()) for k in (
+        args.accept_key or (_env("accept-key") or "").split(",")) if k.strip())
     return Config(bundle=pick("bundle") or "", trust=tuple(t.strip() for t in trust),
+                  accept_keys=accept_keys,
                   listen_host=host, listen_port=port,
                   signing_key=Path(pick("signing-key") or ""), public_url=public_url,
                   poll_interval_s=interval, state_dir=Path(state_dir) if state_dir else None,

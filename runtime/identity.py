@@ -66,17 +66,17 @@ class GatewayTokens:
     """Checks the access tokens the gateway's authorization server issued
     (``gwc.runtime.auth.tokens`` mints them with the private half of ``key``)."""
 
-    def __init__(self, issuer: str, key: Ed25519PublicKey, kid: str, leeway_s: int = 30) -> None:
-        self.issuer, self.kid = issuer, kid
-        self._key, self._leeway_s = key, leeway_s
+    def __init__(self, issuer: str, keys: dict[str, Ed25519PublicKey], leeway_s: int = 30) -> None:
+        self.issuer = issuer
+        self.keys, self._leeway_s = keys, leeway_s  # by key id: the node's own, and any accepted
 
     def is_ours(self, header: dict[str, Any]) -> bool:
-        return header.get("typ") == ACCESS_TOKEN_TYPE and header.get("kid") == self.kid
+        return header.get("typ") == ACCESS_TOKEN_TYPE and header.get("kid") in self.keys
 
-    def verify(self, token: str) -> tuple[Principal, float, str]:
+    def verify(self, token: str, kid: str) -> tuple[Principal, float, str]:
         """(principal, expiry, the resource the token is for), or :class:`AuthError`."""
         try:
-            claims = jwt.decode(token, key=self._key, algorithms=["EdDSA"], issuer=self.issuer,
+            claims = jwt.decode(token, key=self.keys[kid], algorithms=["EdDSA"], issuer=self.issuer,
                                 leeway=self._leeway_s, options={
                                     "require": ["exp", "sub", "iss", "aud", "client_id"],
                                     "verify_aud": False})
@@ -165,7 +165,7 @@ class Authenticator:
     def _key_alive(self, kid: str) -> bool:
         """A cached token stays good while its key does; one whose key left the JWKS is checked
         again (and fails)."""
-        if self.gateway_tokens is not None and kid == self.gateway_tokens.kid:
+        if self.gateway_tokens is not None and kid in self.gateway_tokens.keys:
             return True
         self._keep_keys_fresh()
         return kid in self._keys
@@ -184,8 +184,9 @@ class Authenticator:
         except jwt.DecodeError:
             raise AuthError("malformed token") from None
         if self.gateway_tokens is not None and self.gateway_tokens.is_ours(header):
-            principal, expires, resource = self.gateway_tokens.verify(token)
-            return principal, expires, self.gateway_tokens.kid, resource
+            kid = header["kid"]
+            principal, expires, resource = self.gateway_tokens.verify(token, kid)
+            return principal, expires, kid, resource
         claims, kid = await self._claims(token, header, self._audience)
         return _principal(claims, self.identity.groups_claim), float(claims["exp"]), kid, None
 

@@ -16,7 +16,7 @@ import time
 import uuid
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.identity import ACCESS_TOKEN_TYPE, GATEWAY_GROUPS_CLAIM, GatewayTokens
@@ -28,9 +28,11 @@ class AccessTokens:
         self._key, self.issuer = key, issuer
         self.kid = jwk_kid(key.public_key())
 
-    def verifier(self) -> GatewayTokens:
-        """What a node checks these tokens with."""
-        return GatewayTokens(self.issuer, self._key.public_key(), self.kid)
+    def verifier(self, accepted: tuple[Ed25519PublicKey, ...] = ()) -> GatewayTokens:
+        """What a node checks these tokens with: its own key, and the keys it accepts while the
+        fleet rotates its signing key (``--accept-key``)."""
+        keys = {jwk_kid(key): key for key in accepted}
+        return GatewayTokens(self.issuer, {**keys, self.kid: self._key.public_key()})
 
     def mint(self, principal: Principal, *, client_id: str, resource: str, scope: str,
              ttl_s: int) -> str:

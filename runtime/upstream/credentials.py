@@ -15,7 +15,7 @@ import uuid
 import jwt
 from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.bundle.format import Server
@@ -30,18 +30,21 @@ class CredentialError(Exception):
 
 
 class UpstreamCredentials:
-    def __init__(self, signing_key: Ed25519PrivateKey, issuer: str) -> None:
+    def __init__(self, signing_key: Ed25519PrivateKey, issuer: str,
+                 published: tuple[Ed25519PublicKey, ...] = ()) -> None:
         self._key = signing_key
         self._issuer = issuer
         self.kid = jwk_kid(signing_key.public_key())
         self._cache: LRUCache[tuple, tuple[str, float]] = LRUCache(100_000)
+        # The JWK Set: the node's own key first, then the keys published beside it while the
+        # fleet rotates its signing key (upstreams then know both before any node signs with
+        # the new one).
+        own = [signing_key.public_key()]
+        self._jwks = {"keys": [_jwk(key) for key in own + [k for k in published
+                                                           if jwk_kid(k) != self.kid]]}
 
     def jwks(self) -> dict:
-        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                   serialization.PublicFormat.Raw)
-        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA",
-                          "use": "sig"}]}
+        return self._jwks
 
     def header(self, server: Server, principal: Principal, tool: str | None) -> tuple[str, str]:
         """(header name, value) for one upstream request."""
@@ -73,3 +76,9 @@ class UpstreamCredentials:
         token = jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.kid})
         self._cache[key] = (token, issued + TOKEN_TTL_S)
         return token
+
+
+def _jwk(key: Ed25519PublicKey) -> dict[str, str]:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
+            "kid": jwk_kid(key), "alg": "EdDSA", "use": "sig"}

@@ -109,3 +109,25 @@ async def test_a_token_issued_by_another_gateway_with_this_key_is_refused(key) -
     with pytest.raises(AuthError, match="invalid token"):  # the issuer is checked
         await authenticator(AccessTokens(key, GATEWAY)).authenticate(
             "Bearer " + mint(elsewhere, GATEWAY + "/mcp"), "/mcp")
+
+
+async def test_a_signing_key_rotation_overlaps_old_and_new_keys(key) -> None:
+    """Step 2 of a rotation: one node signs with the new key, another still with the old, each
+    accepting the other's (``--accept-key``): a token from either works on both, and both keys
+    are in each node's JWK Set. A key neither accepts is refused, as before the rotation."""
+    new_key, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    old, new = AccessTokens(key, GATEWAY), AccessTokens(new_key, GATEWAY)
+    old_node = Authenticator(IDENTITY, gateway_tokens=old.verifier((new_key.public_key(),)))
+    new_node = Authenticator(IDENTITY, gateway_tokens=new.verifier((key.public_key(),)))
+    for node in (old_node, new_node):
+        for tokens in (old, new):
+            assert await node.authenticate("Bearer " + mint(tokens), "/mcp") == ERIN
+    with pytest.raises(AuthError):
+        await old_node.authenticate("Bearer " + mint(AccessTokens(stranger, GATEWAY)), "/mcp")
+    # without the overlap, the old node refuses the new key's tokens
+    with pytest.raises(AuthError):
+        await authenticator(old).authenticate("Bearer " + mint(new), "/mcp")
+
+    published = UpstreamCredentials(new_key, GATEWAY, (key.public_key(), new_key.public_key()))
+    kids = [jwk["kid"] for jwk in published.jwks()["keys"]]
+    assert kids == [new.kid, old.kid]  # its own first, and no key twice

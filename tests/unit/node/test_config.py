@@ -1,13 +1,17 @@
-"""A node's secret settings come from files as mounted secrets are (GWC_<NAME>_FILE), trimmed of
-the newline such files end with, and every bad file is one clear start-up error."""
+"""A node's settings: secrets from files as mounted secrets are (GWC_<NAME>_FILE), trimmed of the
+newline such files end with, every bad file one clear start-up error; the fleet settings (drain,
+metrics listener, the keys accepted during a signing-key rotation)."""
 from __future__ import annotations
 
 import base64
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from gwc.compiler.build.keys import generate_keypair
 from gwc.runtime.config import ConfigError, load
 
 REQUIRED = ["--bundle", "b.json", "--trust", "t.pem", "--signing-key", "k.pem",
@@ -18,7 +22,7 @@ REQUIRED = ["--bundle", "b.json", "--trust", "t.pem", "--signing-key", "k.pem",
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GWC_SESSION_KEYS", "GWC_SESSION_KEYS_FILE", "GWC_STATE", "GWC_STATE_FILE",
                  "GWC_IDP_CLIENT_SECRET", "GWC_IDP_CLIENT_SECRET_FILE", "GWC_DRAIN_SECONDS",
-                 "GWC_METRICS_LISTEN"):
+                 "GWC_METRICS_LISTEN", "GWC_ACCEPT_KEY"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -80,3 +84,28 @@ def test_drain_and_metrics_listener_settings(monkeypatch: pytest.MonkeyPatch) ->
                            (["--metrics-listen", "9090"], "--metrics-listen must be HOST:PORT")):
         with pytest.raises(ConfigError, match=message):
             load([*REQUIRED, *flags])
+
+
+def test_accepted_keys_come_from_flags_or_a_comma_separated_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load(REQUIRED).accept_keys == ()
+    monkeypatch.setenv("GWC_ACCEPT_KEY", "/keys/old.pub, /keys/next.pub")
+    assert load(REQUIRED).accept_keys == (Path("/keys/old.pub"), Path("/keys/next.pub"))
+    assert load([*REQUIRED, "--accept-key", "a.pub"]).accept_keys == (Path("a.pub"),)
+
+
+@pytest.mark.parametrize("accepted", ["bundle", "not-a-key"])
+def test_a_bundle_key_or_a_bad_file_is_never_an_accepted_key(tmp_path: Path, accepted: str) -> None:
+    _, ci_pub, _ = generate_keypair(tmp_path / "ci")
+    gateway_key, _, _ = generate_keypair(tmp_path / "gateway")
+    (tmp_path / "junk.pub").write_text("not a key")
+    started = subprocess.run(
+        [sys.executable, "-c", "import sys; from gwc.runtime.cli import main; main(sys.argv[1:])",
+         "--bundle", str(tmp_path / "bundle.json"), "--trust", str(ci_pub), "--signing-key",
+         str(gateway_key), "--public-url", "http://127.0.0.1:1", "--audit", "none",
+         "--accept-key", str(ci_pub if accepted == "bundle" else tmp_path / "junk.pub")],
+        capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2
+    expected = ("gwc-runtime: an --accept-key is a trusted bundle key" if accepted == "bundle"
+                else f"gwc-runtime: --accept-key: {tmp_path / 'junk.pub'} is not a PEM public key")
+    assert started.stderr.strip().splitlines()[-1].startswith(expected), started.stderr
