@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.server_process import ServerProcess, running
 
 
 def redis_server_binary() -> str:
@@ -29,12 +29,6 @@ def redis_server_binary() -> str:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
@@ -44,61 +38,29 @@ def _ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
-    def __init__(self, binary: str, workdir: Path):
+class RedisServer(ServerProcess):
+    name = "redis"
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        super().__init__(workdir)
         self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> None:
-        with open(self.workdir / "redis.log", "ab") as log:  # the child keeps its own copy
-            self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                 "no", "--dir", str(self.workdir), "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if _ping(self.port):
-                return
-            time.sleep(0.02)
-        self.stop()
-        tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"redis-server did not come up on port {self.port}:\n{tail}")
+    def command(self) -> list[str]:
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def ready(self) -> bool:
+        return _ping(self.port)
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A running redis-server (``.url``, ``.port``, ``.stop()``, ``.start()``), stopped after the test."""
     binary = redis_server_binary()
-    with tempfile.TemporaryDirectory(prefix="gwc-redis-") as workdir:
-        server = None
-        for attempt in range(3):  # the free port may be taken between choosing and binding it
-            server = RedisServer(binary, Path(workdir))
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        try:
-            yield server
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="gwc-redis-") as workdir, \
+            running(lambda: RedisServer(binary, Path(workdir))) as server:
+        yield server

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.server_process import ServerProcess, running
+
 BUCKET = "gwc-audit"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -38,11 +32,12 @@ def _listening(port: int) -> bool:
         return False
 
 
-class S3Server:
+class S3Server(ServerProcess):
+    name = "moto"
+
     def __init__(self, workdir: Path, bucket: str = BUCKET) -> None:
-        self.workdir, self.bucket = workdir, bucket
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir)
+        self.bucket = bucket
 
     @property
     def endpoint(self) -> str:
@@ -68,49 +63,20 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
-    def start(self, timeout: float = 20.0) -> None:
-        with open(self.workdir / "moto.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if _listening(self.port):
-                self.client().create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
-                return
-            time.sleep(0.05)
-        self.stop()
-        tail = (self.workdir / "moto.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"moto server did not come up on port {self.port}:\n{tail}")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def ready(self) -> bool:
+        return _listening(self.port)
+
+    def on_start(self) -> None:
+        self.client().create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
 
 
 @pytest.fixture
 def s3_server() -> Iterator[S3Server]:
     """A running S3 API with an Object Lock bucket (``.url``, ``.env()``, ``.client()``,
     ``.stop()``, ``.start()``), stopped after the test."""
-    with tempfile.TemporaryDirectory(prefix="gwc-s3-") as workdir:
-        server = None
-        for attempt in range(3):  # the free port may be taken between choosing and binding it
-            server = S3Server(Path(workdir))
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        try:
-            yield server
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="gwc-s3-") as workdir, \
+            running(lambda: S3Server(Path(workdir))) as server:
+        yield server
