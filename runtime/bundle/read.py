@@ -60,15 +60,27 @@ def digest_of(data: bytes) -> str:
 
 
 def trusted_keys(paths: list[str] | tuple[str, ...]) -> dict[str, Ed25519PublicKey]:
-    """Load trusted public keys (several, for rotation) keyed by key id."""
+    """Load trusted public keys (several, for rotation) keyed by key id. A folder stands for
+    every ``*.pub`` file in it, as a mounted Kubernetes ConfigMap of keys is: a rotation then
+    adds a file, without a new list of paths."""
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        try:
-            key = load_public_key(path)
-        except KeyFileError as exc:
-            raise BundleError(str(exc)) from None
-        keys[key_id(key)] = key
+        for file in _key_files(Path(path)):
+            try:
+                key = load_public_key(file)
+            except KeyFileError as exc:
+                raise BundleError(str(exc)) from None
+            keys[key_id(key)] = key
     return keys
+
+
+def _key_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    found = sorted(file for file in path.iterdir() if file.suffix == ".pub" and file.is_file())
+    if not found:
+        raise BundleError(f"{path} is a folder with no *.pub key file in it")
+    return found
 
 
 def parse_payload(payload: bytes, payload_type: str = BUNDLE_PAYLOAD_TYPE) -> BundlePayload:
