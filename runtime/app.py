@@ -391,8 +391,12 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 @web.middleware
 async def body_within_timeout(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read a request's body once, within the body timeout (handlers get the bytes aiohttp
-    keeps): a client sending it slowly is answered 408 and its connection closed."""
+    keeps): a client sending it slowly is answered 408 and its connection closed. A body already
+    whole (the usual small POST, read with its headers) needs no timer: reading it cannot wait."""
     if request.can_read_body:
+        if request.content.is_eof():
+            await request.read()
+            return await handler(request)
         try:
             async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
                 await request.read()
