@@ -102,7 +102,12 @@ def _params(per_minute: int, burst: int | None) -> tuple[int, int]:
 
 def limit_key(*parts: str) -> str:
     """Join key parts with ':' (':' and '%' inside a part are escaped, so parts cannot collide)."""
-    return ":".join(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)
+    return ":".join(_escaped(str(p)) for p in parts)
+
+
+def _escaped(part: str) -> str:
+    """A key part with ':' and '%' escaped (``limits_for`` spells its keys' fixed parts out)."""
+    return part.replace("%", "%25").replace(":", "%3A")
 
 
 def limits_for(payload: BundlePayload, server_name: str, subject: str, tool: str | None,
@@ -113,21 +118,22 @@ def limits_for(payload: BundlePayload, server_name: str, subject: str, tool: str
     server = payload.servers[server_name]
     caps = server.limits
     limits = []
+    # The keys are limit_key's, spelled out: limit_key("user", subject, "server", server_name)...
+    user, name = _escaped(subject), _escaped(server_name)
     if caps.per_user_rpm:
-        limits.append(Limit(limit_key("user", subject, "server", server_name), caps.per_user_rpm,
-                            caps.per_user_burst))
+        limits.append(Limit(f"user:{user}:server:{name}", caps.per_user_rpm, caps.per_user_burst))
     if caps.upstream_rpm:
-        limits.append(Limit(limit_key("server", server_name), caps.upstream_rpm, caps.upstream_burst))
+        limits.append(Limit(f"server:{name}", caps.upstream_rpm, caps.upstream_burst))
     if tool is None:
         return limits
     spec = server.tools[tool]
     if spec.limits.per_user_rpm:
-        limits.append(Limit(limit_key("user", subject, "server", server_name, "tool", tool),
+        limits.append(Limit(f"user:{user}:server:{name}:tool:{_escaped(tool)}",
                             spec.limits.per_user_rpm, spec.limits.per_user_burst))
     if decision is not None and decision.rate_limit_per_minute and decision.rate_limit_rule:
         rule = next(payload.rules[i] for i in spec.allow
                     if payload.rules[i].id == decision.rate_limit_rule)
-        limits.append(Limit(limit_key("rule", rule.id, "user", subject),
+        limits.append(Limit(f"rule:{_escaped(rule.id)}:user:{user}",
                             decision.rate_limit_per_minute, rule.rate_limit_burst))
     return limits
 
@@ -220,8 +226,9 @@ class MemoryRateLimiter(RateLimiter):
         tats = self._tats
         decided: list[tuple[str, int]] = []
         worst, worst_key = 0, None
-        for key, per_minute, burst in (Limit(*limit) for limit in limits):
-            interval, tau = _params(per_minute, burst)
+        for limit in limits:
+            key, per_minute = limit[0], limit[1]
+            interval, tau = _params(per_minute, limit[2] if len(limit) > 2 else None)
             tat = tats.get(key, now_us) or now_us
             wait = tat - now_us - tau
             if wait > worst:

@@ -193,6 +193,14 @@ def test_a_bundle_gives_every_limit_its_burst(tmp_path):
         *server_wide, Limit("user:alice:server:svc:tool:read_it", 5, 1),
         Limit("rule:slow:user:alice", 30, 3)]
     assert limits_for(payload, "svc", "alice", None, None) == server_wide  # reads and prompts
+    # The keys are limit_key's: a subject with separators cannot land on another's key.
+    odd = Principal("a:b%3Ac", frozenset({"team-a", "g"}))
+    assert [limit.key for limit in limits_for(payload, "svc", odd.subject, "read_it", decide(
+        payload, odd, "svc", "read_it", {}))] == [
+        limit_key("user", odd.subject, "server", "svc"), limit_key("server", "svc"),
+        limit_key("user", odd.subject, "server", "svc", "tool", "read_it"),
+        limit_key("rule", "slow", "user", odd.subject)]
+    assert limit_key("user", odd.subject, "server", "svc") == "user:a%3Ab%253Ac:server:svc"
 
 
 def test_limit_key_escapes_separators():
