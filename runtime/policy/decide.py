@@ -190,7 +190,8 @@ def _judge(cond: Condition, value: Any, every: bool, top: bool = True) -> bool |
     """Judge ``value`` in every form an upstream may read it in (_readings): a deny applies if any
     reading triggers it, an allow holds only if every reading does. An allow also needs the value
     as sent to be of a type it names: it grants what it names, never a lookalike."""
-    own = _reading_holds(cond, value, every, top)
+    own = (_combine([_judge(cond, element, every, False) for element in value], every)
+           if top and isinstance(value, list) else _scalar_holds(cond, value))  # _reading_holds
     # No reading can change what cannot be judged, or what decides for this effect on its own
     # (holds for a deny, fails for an allow), or an allow's lookalike of another type.
     settled = own is None or own is (not every) or (every and own is _OFF)
@@ -215,12 +216,18 @@ def condition_holds(cond: Condition, arguments: Any, every: bool = True) -> bool
 
 def allow_matches(rule: Rule, arguments: Any) -> bool:
     """An allow rule grants only when every condition demonstrably holds (missing argument: no)."""
-    return all(condition_holds(c, arguments) is True for c in rule.conditions)
+    for cond in rule.conditions:  # noqa: SIM110 (no generator frame on every call)
+        if condition_holds(cond, arguments) is not True:
+            return False
+    return True
 
 
 def deny_matches(rule: Rule, arguments: Any) -> bool:
     """A deny rule applies unless a condition demonstrably fails: what cannot be judged is denied."""
-    return all(condition_holds(c, arguments, every=False) is not False for c in rule.conditions)
+    for cond in rule.conditions:  # noqa: SIM110 (no generator frame on every call)
+        if condition_holds(cond, arguments, every=False) is False:
+            return False
+    return True
 
 
 def decide(payload: BundlePayload, principal: Principal, server_name: str, tool_name: str,
@@ -243,21 +250,36 @@ def decide_on(payload: BundlePayload, server: Server | None, principal: Principa
     rules = payload.rules
     # Reported on denials too: a shadow-mode denial still goes through, and must still wait.
     approval = tool.approval is not None
-    denies = tuple(rules[i].id for i in tool.deny
-                   if subject_matches(rules[i], principal) and deny_matches(rules[i], arguments))
-    if denies:
-        return Decision("deny", "deny_rule", denies, tool.access, tool.mode, None, approval)
+    if tool.deny:  # (loops, not comprehensions: a decision is on every call's path)
+        denies = []
+        for i in tool.deny:
+            rule = rules[i]
+            if subject_matches(rule, principal) and deny_matches(rule, arguments):
+                denies.append(rule.id)
+        if denies:
+            return Decision("deny", "deny_rule", tuple(denies), tool.access, tool.mode, None,
+                            approval)
     if not server.restricted:
         return Decision("allow", "visibility", (), tool.access, tool.mode, None, approval)
-    granting = [rules[i] for i in tool.allow
-                if subject_matches(rules[i], principal) and allow_matches(rules[i], arguments)]
-    if not granting:
-        return Decision("deny", "no_grant", (), tool.access, tool.mode, None, approval)
     # Grants are a union: the most generous matching rule sets the rule-level limit (none when
-    # any granting rule has none), and its budget is the one spent.
-    limited = None if any(r.rate_limit_per_minute is None for r in granting) else max(
-        granting, key=lambda r: r.rate_limit_per_minute or 0)
-    return Decision("allow", "rule", tuple(r.id for r in granting), tool.access, tool.mode,
+    # any granting rule has none; the first of the most generous), and its budget is the one spent.
+    granted: list[str] = []
+    limited: Rule | None = None
+    unlimited = False
+    for i in tool.allow:
+        rule = rules[i]
+        if subject_matches(rule, principal) and allow_matches(rule, arguments):
+            granted.append(rule.id)
+            if rule.rate_limit_per_minute is None:
+                unlimited = True
+            elif limited is None or rule.rate_limit_per_minute > (limited.rate_limit_per_minute
+                                                                  or 0):
+                limited = rule
+    if not granted:
+        return Decision("deny", "no_grant", (), tool.access, tool.mode, None, approval)
+    if unlimited:
+        limited = None
+    return Decision("allow", "rule", tuple(granted), tool.access, tool.mode,
                     limited.rate_limit_per_minute if limited else None, approval,
                     limited.id if limited else None)
 
