@@ -10,6 +10,7 @@ a new one and sends again, once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -153,8 +154,7 @@ class Exchange:
     async def __aenter__(self) -> Answer:
         client, server, out = self._client, self._server, self._out
         self._upstream = upstream = client._upstreams.get(self._name, server)
-        timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, self._timeout_ms / 1000),
-                                        sock_read=self._timeout_ms / 1000)
+        timeout = _call_timeout(self._timeout_ms)
         try:
             headers = client._headers(server, self._principal, out)
             self._slot = upstream.slot(self._caller)
@@ -471,6 +471,14 @@ def _stream_headers(headers: dict[str, str], session: UpstreamSession) -> dict[s
     if session.session_id is not None:
         out["Mcp-Session-Id"] = session.session_id
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _call_timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
+    """A call's timeouts: connecting within the call's time (10 s at most), then no silence longer
+    than it. Immutable, so the calls with one timeout share one (instead of an object each)."""
+    return aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_ms / 1000),
+                                 sock_read=timeout_ms / 1000)
 
 
 def _stream_timeout(server: Server) -> aiohttp.ClientTimeout:
