@@ -23,6 +23,7 @@ DEFAULT_APPROVAL_TTL_S = 900
 # idle timeout, so the node is not the side that closes a connection they are about to reuse.
 DEFAULT_HEADER_TIMEOUT_S = 75.0
 DEFAULT_BODY_TIMEOUT_S = 30.0  # a request's body must arrive within this many seconds
+MAX_AUDIT_FILE_BYTES = 5 << 30  # S3's largest single PUT: a closed trail file ships in one
 
 
 class ConfigError(Exception):
@@ -192,6 +193,9 @@ def load(argv: list[str] | None = None) -> Config:
         drain = float(pick("drain-seconds", "0") or 0)
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
+    if audit_max > MAX_AUDIT_FILE_BYTES:
+        raise ConfigError("--audit-max-bytes must be at most 5 GiB (5368709120): a closed file "
+                          "is shipped in one upload, and S3 takes at most that")
     if not 0 <= drain <= 3600:
         raise ConfigError("--drain-seconds must be between 0 and 3600")
     if min(interval, max_body, max_age, audit_max, approval_ttl, header_timeout,

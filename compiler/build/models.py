@@ -286,6 +286,19 @@ class AuditStoreSettings(Strict):
     keep_local_days: int = Field(default=7, ge=0, le=36500, description="Delete a file locally once it "
                                    "is confirmed in the bucket and this many days old (0: at "
                                    "once).")
+    max_file_age_minutes: int = Field(default=60, ge=1, le=10080, description="Close a trail "
+                                      "file that has held records this long, so that a quiet "
+                                      "node's records reach the bucket within this time and not "
+                                      "only when the file fills.")
+
+    @model_validator(mode="after")
+    def _kept_within_the_lock(self) -> AuditStoreSettings:
+        # a node confirms a file (and may delete it) only while its lock holds: a file kept
+        # locally past its lock could never be confirmed again after a restart
+        if self.keep_local_days > self.object_lock.days:
+            raise ValueError(f"keep_local_days ({self.keep_local_days}) must not exceed "
+                             f"object_lock.days ({self.object_lock.days})")
+        return self
 
 
 class AuditSettings(Strict):

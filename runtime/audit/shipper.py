@@ -249,7 +249,12 @@ class Shipper:
             elif notice not in self._pending and notice not in self._kept:
                 try:
                     self._pending[notice] = notice.stat().st_mtime
-                except OSError:  # gone already: nothing to ship
+                except FileNotFoundError:
+                    self._lost(notice)
+                    continue
+                except OSError as exc:  # unreadable now: tried again at the next start
+                    log.error("audit file cannot be read for shipping", extra={
+                        "path": str(notice), "reason": str(exc)})
                     continue
                 self._update_stats()
                 if wake:
@@ -276,9 +281,10 @@ class Shipper:
     def _ship(self, path: Path) -> None:
         try:
             closed = read_closed(path, self._chain())
-        except FileNotFoundError:  # deleted by hand: nothing to ship
+        except FileNotFoundError:
             self._pending.pop(path, None)
             self._update_stats()
+            self._lost(path)
             return
         except OSError as exc:
             raise StoreError(f"cannot read {path.name}: {exc}") from exc  # retried later
@@ -288,9 +294,13 @@ class Shipper:
         head = orjson.dumps(closed.head.fields(), option=orjson.OPT_SORT_KEYS)
         trail_key = closed.object.trail_key(self._store)
         with path.open("rb") as body:
-            self._put(trail_key, body, closed.sha256, "application/x-ndjson")
-        self._put(closed.object.head_key(self._store), head, hashlib.sha256(head).digest(),
-                  "application/json")
+            trail = self._put(trail_key, body, closed.sha256, "application/x-ndjson")
+        # The head goes up even when the file's lock cannot be confirmed, so that the bucket
+        # never holds a file without its signed head; an unlocked object fails after both.
+        signed = self._put(closed.object.head_key(self._store), head,
+                           hashlib.sha256(head).digest(), "application/json")
+        for key, found in ((trail_key, trail), (closed.object.head_key(self._store), signed)):
+            _check_locked(key, found)
         self._kept[path] = self._pending.pop(path) + self._keep_s
         self.stats.shipped += 1
         self._update_stats()
@@ -299,9 +309,9 @@ class Shipper:
             "path": str(path), "key": trail_key, "first": closed.object.first,
             "last": closed.object.last, "seconds": round(time.monotonic() - started, 3)})
 
-    def _put(self, key: str, body: Any, sha256: bytes, content_type: str) -> None:
-        """Make sure the object at ``key`` holds these bytes under a retention lock: already
-        there (confirmed), or written now and confirmed."""
+    def _put(self, key: str, body: Any, sha256: bytes, content_type: str) -> dict[str, Any]:
+        """Make sure the object at ``key`` holds these bytes: already there, or written now
+        (with a retention lock); its metadata, for :func:`_check_locked`."""
         checksum = base64.b64encode(sha256).decode()
         found = self._head(key)
         if found is None:
@@ -313,6 +323,11 @@ class Shipper:
                     ObjectLockMode=self._lock.mode.upper(), ObjectLockRetainUntilDate=until))
             except _PreconditionFailed:
                 pass  # someone (this node, before a lost answer) wrote it: compared below
+            except StoreError as exc:
+                if "ObjectLockConfiguration" in str(exc):  # the bucket has Object Lock off
+                    raise Unshippable("unlocked", f"{key}: the bucket refuses a retention lock "
+                                      f"({exc}): turn Object Lock on for it") from None
+                raise
             found = self._head(key)
             if found is None:
                 raise StoreError(f"{key} is not in the bucket after it was written")
@@ -321,11 +336,7 @@ class Shipper:
             raise Unshippable("conflict", f"the bucket holds different bytes at {key} (SHA-256 "
                               f"{theirs or 'not given'}, this file {checksum}): never "
                               "overwritten")
-        locked = found.get("ObjectLockRetainUntilDate")
-        if not found.get("ObjectLockMode") or locked is None or locked <= datetime.now(UTC):
-            raise Unshippable("unlocked", f"{key} is in the bucket without an Object Lock "
-                              "retention (is Object Lock on for the bucket, and may the node "
-                              "read retention: s3:GetObjectRetention?)")
+        return found
 
     def _head(self, key: str) -> dict[str, Any] | None:
         """The object's metadata with its checksum; None when there is none."""
@@ -358,6 +369,13 @@ class Shipper:
             log.info("audit file deleted locally: confirmed in the bucket", extra={
                 "path": str(path)})
 
+    def _lost(self, path: Path) -> None:
+        """A closed file deleted before it shipped: its records are nowhere now."""
+        self._count_failure("missing")
+        log.error("audit file gone before it was shipped: its records are not in the bucket "
+                  "(gwc audit verify of the bucket names the gap)",
+                  extra={"path": str(path), "failure": "missing"})
+
     def _count_failure(self, reason: str) -> None:
         self.stats.failures = {**self.stats.failures,
                                reason: self.stats.failures.get(reason, 0) + 1}
@@ -366,6 +384,16 @@ class Shipper:
     def _update_stats(self) -> None:
         self.stats.pending = len(self._pending)
         self.stats.oldest = min(self._pending.values()) if self._pending else None
+
+
+
+def _check_locked(key: str, found: dict[str, Any]) -> None:
+    """An object counts as kept only under a retention lock that has not run out."""
+    locked = found.get("ObjectLockRetainUntilDate")
+    if not found.get("ObjectLockMode") or locked is None or locked <= datetime.now(UTC):
+        raise Unshippable("unlocked", f"{key} is in the bucket without an Object Lock "
+                          "retention (is Object Lock on for the bucket, and may the node "
+                          "read retention: s3:GetObjectRetention?)")
 
 
 class _Missing(Exception):

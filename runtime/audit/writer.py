@@ -203,6 +203,10 @@ class AuditWriter:
         self.chain = secrets.token_hex(8)  # a new chain's id; start() takes a found trail's
         self.close_rotates = False  # shutdown closes the current file (for shipping)
         self.on_closed: Callable[[Path], None] | None = None  # told of each file closed
+        # set: a file that has held records this long is closed too (a quiet node's records
+        # then reach the object store within this time, not only when the file fills)
+        self.max_file_age_s: float | None = None
+        self._file_since, self._file_from = time.monotonic(), 0  # the file's begin: when, seq
         self._key, self._checkpoint_s = signing_key, checkpoint_s
         self._checkpoint_records = checkpoint_records
         # Each put is a batch of (body, future) entries, or _STOP.
@@ -274,6 +278,7 @@ class AuditWriter:
         """A file's first lines: its start record, ``records``, and a checkpoint."""
         start = {"type": "start", "node": self._node, "ts": time.time(), "chain": self.chain}
         self._append([encode(r, self._placeholder) for r in (start, *records)], checkpoint=True)
+        self._file_since, self._file_from = time.monotonic(), self._seq
 
     def _append(self, bodies: list[bytes], checkpoint: bool = False) -> list[str]:
         """Chain encoded records after the last one and write them durably, with a checkpoint
@@ -317,6 +322,17 @@ class AuditWriter:
             return None
         return max(0.0, self._signed_at + self._checkpoint_s - time.monotonic())
 
+    def _until_old(self) -> float | None:
+        """How long until the current file, holding records, is old enough to close; None:
+        never (no age limit, or nothing written since it began)."""
+        if self.max_file_age_s is None or self._file is None or self._seq == self._file_from:
+            return None
+        return max(0.0, self._file_since + self.max_file_age_s - time.monotonic())
+
+    def _idle_wait(self) -> float | None:
+        waits = [w for w in (self._until_checkpoint(), self._until_old()) if w is not None]
+        return min(waits) if waits else None
+
     def _write_lines(self, lines: list[bytes]) -> None:
         """Append durably; on failure cut the file back to where the batch began, so a
         half-written batch (disk full) never leaves a torn record in the chain."""
@@ -351,8 +367,12 @@ class AuditWriter:
                 # gap, which a verify of what the collector kept will name.
                 log.error("audit copy to stdout failed; the file trail is complete")
 
-    def _rotate_if_full(self) -> None:
-        if self._file is None or self._path is None or self._file.tell() < self._max_bytes:
+    def _rotate_if_due(self) -> None:
+        """Close the current file when it is full, or old (``max_file_age_s``), and begin the
+        next."""
+        if self._file is None or self._path is None:
+            return
+        if self._file.tell() < self._max_bytes and self._until_old() != 0.0:
             return
         self._close_file()
         self._file = _open_trail_file(self._path)
@@ -385,8 +405,8 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=self._until_checkpoint())
-            except queue.Empty:  # idle, and records wait to be signed
+                item = self._queue.get(timeout=self._idle_wait())
+            except queue.Empty:  # idle, and records wait to be signed or the file is old
                 self._write_batch([])
                 continue
             batch: list[tuple[bytes, asyncio.Future[str]]] = []
@@ -427,7 +447,7 @@ class AuditWriter:
         self.healthy = True
         _resolve([(future, digest) for (_, future), digest in zip(entries, hashes, strict=True)])
         try:  # the batch is durable whatever happens here; a failed rotation fails the next one
-            self._rotate_if_full()
+            self._rotate_if_due()
         except OSError as exc:
             log.error("audit file rotation failed", extra={"reason": str(exc)})
 

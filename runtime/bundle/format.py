@@ -209,6 +209,7 @@ class AuditStore(_Frozen):
     url: str  # s3://bucket[/prefix]
     object_lock: ObjectLock
     keep_local_days: int
+    max_file_age_minutes: int = 60
 
 
 class AuditSettings(_Frozen):

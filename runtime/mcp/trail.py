@@ -124,13 +124,15 @@ class Auditor:
                           on_shipped=metrics.audit_shipped.inc,
                           on_failure=lambda reason: metrics.audit_ship_failures.labels(reason).inc())
         writer.on_closed, writer.close_rotates = shipper.closed, True
+        writer.max_file_age_s = store.max_file_age_minutes * 60.0
         shipper.start()
         self.shipper = shipper
         metrics.audit_ship_pending.set_function(lambda: shipper.stats.pending)
         metrics.audit_ship_oldest.set_function(shipper.oldest_age)
         log.info("audit store", extra={"store": store.url, "object_lock": store.object_lock.mode,
                                        "days": store.object_lock.days,
-                                       "keep_local_days": store.keep_local_days})
+                                       "keep_local_days": store.keep_local_days,
+                                       "max_file_age_minutes": store.max_file_age_minutes})
 
     def close(self) -> None:
         if self._writer is not None:

@@ -381,7 +381,8 @@ def test_the_store_compiles_into_the_bundle_and_none_leaves_the_bundle_as_it_was
         **audit, "store": STORE}}))
     assert "store" not in plain.gateway.audit.model_dump(exclude_none=True)
     assert shipped.gateway.audit.store == AuditStore(url="s3://acme-audit/gwc", object_lock=(
-        ObjectLockSettings(mode="compliance", days=400)), keep_local_days=7)
+        ObjectLockSettings(mode="compliance", days=400)), keep_local_days=7,
+        max_file_age_minutes=60)
 
 
 @pytest.mark.parametrize("url, ok", [
@@ -442,3 +443,98 @@ async def test_files_from_before_chain_ids_ship_under_the_chain_the_upgrade_name
     assert {o.chain for o in objs} == {writer.chain}
     assert objs[0].first == 1 and objs[-1].last == writer.sequence
     assert all(b.first == a.last + 1 for a, b in itertools.pairwise(objs))
+
+
+# -- what the review found ----------------------------------------------------------------------
+
+class NoRetentionRead:
+    """An S3 client whose HEAD answers as AWS does for a role without s3:GetObjectRetention."""
+
+    def __init__(self) -> None:
+        self._client = shipping._default_client()
+
+    def put_object(self, **kwargs):
+        return self._client.put_object(**kwargs)
+
+    def head_object(self, **kwargs):
+        found = self._client.head_object(**kwargs)
+        found.pop("ObjectLockMode", None)
+        found.pop("ObjectLockRetainUntilDate", None)
+        return found
+
+
+async def test_a_node_that_cannot_read_retention_still_ships_each_file_with_its_head(
+        tmp_path: Path, key, store: S3Server) -> None:
+    """Its lock unconfirmed, a file is held (``unlocked``), but the bucket never holds a file
+    without its signed head: that would read as a shipment cut short."""
+    path = tmp_path / "audit.jsonl"
+    writer = start_writer(path, key)
+    shipper = Shipper(path, StoreUrl.parse(store.url), LOCK, 0, lambda: writer.chain,
+                      client=NoRetentionRead)
+    writer.on_closed, writer.close_rotates = shipper.closed, True
+    shipper.start()
+    await submit(writer, 30)
+    writer.close()
+    shipper.close()
+    keys = list(objects(store))
+    trails = [k for k in keys if k.endswith(".jsonl")]
+    assert trails and sorted(k.removesuffix(".jsonl") for k in trails) == sorted(
+        k.removesuffix(".head.json") for k in keys if k.endswith(".head.json"))
+    assert shipper.stats.failures.get("unlocked") == len(trails) and shipper.stats.shipped == 0
+
+
+async def test_a_bucket_without_object_lock_is_an_unlocked_failure_not_a_store_one(
+        tmp_path: Path, key, store: S3Server) -> None:
+    store.client().create_bucket(Bucket="no-lock")
+    path = tmp_path / "audit.jsonl"
+    writer = start_writer(path, key)
+    shipper = start_shipper(writer, path, "s3://no-lock")
+    await submit(writer, 30)
+    wait_for(lambda: shipper.stats.failures.get("unlocked", 0) >= 1)
+    writer.close()
+    shipper.close()
+    assert "store" not in shipper.stats.failures and shipper.stats.shipped == 0
+
+
+async def test_a_closed_file_gone_before_it_shipped_is_counted_and_logged(
+        tmp_path: Path, key, store: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = start_writer(path, key)
+    await submit(writer, 40)
+    writer.close()
+    gone = rotated(path)[0]
+    shipper = Shipper(path, StoreUrl.parse(store.url), LOCK, 1, lambda: writer.chain)
+    shipper._notices.put(gone)  # closed, then removed by hand before the shipper reads it
+    gone.unlink()
+    shipper.start()
+    wait_for(lambda: shipper.stats.failures.get("missing") == 1)
+    shipper.close()
+    assert any(getattr(r, "failure", "") == "missing" and r.levelname == "ERROR"
+               for r in caplog.records)
+
+
+async def test_a_quiet_node_closes_a_file_that_has_held_records_too_long(
+        tmp_path: Path, key, store: S3Server) -> None:
+    """Records reach the bucket within the age limit, not only when a file fills."""
+    path = tmp_path / "audit.jsonl"
+    writer = start_writer(path, key, max_bytes=10**9)
+    shipper = start_shipper(writer, path, store.url)
+    writer.max_file_age_s = 0.5
+    await submit(writer, 3)
+    wait_for(lambda: shipper.stats.shipped == 1, timeout=10)
+    time.sleep(1.0)  # nothing more written: the new file holds no records, so no more closes
+    assert len(rotated(path)) == 1 and shipper.stats.shipped == 1
+    writer.close()
+    shipper.close()
+    shipped = [orjson.loads(line) for key_, body in objects(store).items()
+               if key_.endswith(".jsonl") for line in body.splitlines()]
+    assert [r["n"] for r in shipped if r["type"] == "call"] == [0, 1, 2]
+
+
+def test_gateway_yaml_keeps_files_locally_no_longer_than_their_lock(tmp_path: Path) -> None:
+    root = write_registry(tmp_path, gateway={**GATEWAY, "audit": {
+        "sink": "file", "path": "a.jsonl", "store": {**STORE, "object_lock": {
+            "mode": "compliance", "days": 3}, "keep_local_days": 7}}})
+    result = gwc("validate", root)
+    assert result.exit_code == 1
+    assert "keep_local_days (7) must not exceed object_lock.days (3)" in result.output

@@ -81,7 +81,9 @@ def test_drain_and_metrics_listener_settings(monkeypatch: pytest.MonkeyPatch) ->
     config = load(REQUIRED)
     assert (config.drain_s, config.metrics_host, config.metrics_port) == (7.5, "::1", 9090)
     for flags, message in ((["--drain-seconds", "-1"], "--drain-seconds must be between"),
-                           (["--metrics-listen", "9090"], "--metrics-listen must be HOST:PORT")):
+                           (["--metrics-listen", "9090"], "--metrics-listen must be HOST:PORT"),
+                           (["--audit-max-bytes", str((5 << 30) + 1)],
+                            "--audit-max-bytes must be at most 5 GiB")):
         with pytest.raises(ConfigError, match=message):
             load([*REQUIRED, *flags])
 
