@@ -154,6 +154,17 @@ def shape(value: Any) -> Any:
     at twice, and list kinds are told apart by their canonical bytes (a set, not a search)."""
     if not isinstance(value, (dict, list)):
         return _leaf(value)
+    if type(value) is dict and len(value) <= MAX_KEYS:  # the usual: a few scalars, in one pass
+        out: dict[str, Any] = {}
+        size = 1
+        for key, item in value.items():
+            kind = _LEAF.get(type(item))
+            size += 1 + len(key)
+            if kind is None or len(key) > MAX_KEY_CHARS or key == CUT or size >= MAX_SHAPE_SIZE:
+                break  # nested, cut or too big: the general walk below says what is kept
+            out[key] = kind
+        else:
+            return out
     stack: list[_Object | _List] = [_frame(value, 1, MAX_SHAPE_SIZE)]
     visits = 0
     while True:

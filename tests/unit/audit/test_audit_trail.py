@@ -228,6 +228,25 @@ def test_the_shape_of_arguments_keeps_keys_and_types_never_values() -> None:
     assert "salaries" not in orjson.dumps(shape(arguments)).decode()
 
 
+class _Dict(dict):
+    """A dict shape() cannot take its quick pass for: the general walk's answer."""
+
+
+@pytest.mark.parametrize("arguments", [
+    {}, {"a": 1, "b": "x", "c": None, "d": True, "e": 2.5},
+    {"k" * 64: 1, "k" * 65: 2, "z": 3},  # a key cut
+    {"…": 1, "a": 2},  # the caller's own "…" is left out and counted
+    {f"{i:063d}": i for i in range(64)},  # 64 keys of 63 characters: over the size bound
+    {f"{i:062d}": i for i in range(64)},  # ...and well within it
+    {**{f"{i:063d}": i for i in range(63)}, "x" * 61: 1},  # a size of 4095: the last that fits
+    {**{f"{i:063d}": i for i in range(63)}, "x" * 62: 1},  # 4096: the last key left out
+    {f"k{i}": i for i in range(65)},  # more keys than kept
+    {"a": 1, "b": {"c": [1, "x"]}, "d": 2},  # nested
+])
+def test_the_quick_shape_of_a_flat_object_is_the_general_walks(arguments) -> None:
+    assert shape(arguments) == shape(_Dict(arguments))
+
+
 def test_only_the_values_policy_reads_are_kept(tmp_path) -> None:
     payload = compile_root(write_registry(tmp_path, manifests={"svc.yaml": manifest()}, policies={
         "team-a/p.yaml": [rule(team="team-a", tool="write_it", action="write", conditions={
