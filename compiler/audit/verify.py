@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.runtime.audit.chain import Head, Verification, typed_record, verify
@@ -198,6 +199,10 @@ class _Findings:
     def add(self, code: int, message: str) -> None:
         self.items.append((code, message))
 
+    def note(self, message: str) -> None:
+        """Something to say that is no finding (exit 0)."""
+        self.items.append((0, message))
+
     @property
     def worst(self) -> int:
         code = 0
@@ -207,14 +212,24 @@ class _Findings:
 
 
 _KIND = {EXIT_TAMPERED: "tampered", EXIT_CRASH: "crash", EXIT_TRUNCATED: "truncated"}
+HEAD_MAX_BYTES = 4096  # a head object is a few hundred bytes; a larger one is not read
 
 
 def _stored_head(obj: StoreObject) -> Head | str:
-    """The head a head object holds, or why it holds none."""
+    """The head a head object holds, or why it holds none (too large to be one, not JSON, not a
+    signed head): never an exception for what the object holds."""
+    if obj.size > HEAD_MAX_BYTES:
+        return (f"{obj.size} bytes: not a head object (one is a few hundred bytes, at most "
+                f"{HEAD_MAX_BYTES}); not read")
+    data = obj.read_bytes()
+    if len(data) > HEAD_MAX_BYTES:
+        return f"{len(data)} bytes read: not a head object (at most {HEAD_MAX_BYTES}); not parsed"
     try:
-        return Head.of(json.loads(obj.read_bytes()))
-    except ValueError as exc:
-        return str(exc)
+        return Head.of(orjson.loads(data))
+    except orjson.JSONDecodeError as exc:
+        return f"not a JSON head ({exc})"
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return f"not a signed audit head ({exc})"
 
 
 def _segments(files: list[Shipped]) -> list[list[Shipped]]:
@@ -237,8 +252,22 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     its exit code. Each run of objects without a gap is checked by ``chain.verify`` as one
     trail, so the records after a gap are checked too."""
     findings = _Findings()
+    for message in chain.findings:  # the listing's: other versions of keys, aliases of keys
+        findings.add(EXIT_TAMPERED, message)
     segments = _segments(chain.files)
+    if not segments and not any(shipped.head is not None for shipped in chain.files):
+        for code, message in findings.items:
+            echo(f"gwc: {_KIND[code]}: {message}", err=True)
+        echo(f"tampered: {chain.label}: 0 records in 0 object(s), "
+             f"{len(findings.items)} finding(s) in its keys")
+        return EXIT_TAMPERED
     if not segments:  # head objects alone: every file they sign is gone
+        for code, message in findings.items:
+            echo(f"gwc: {_KIND[code]}: {message}", err=True)
+        if findings.items:
+            echo(f"tampered: {chain.label}: 0 records in 0 object(s), {len(chain.files)} head "
+                 "object(s) without their files")
+            return EXIT_TAMPERED
         signs = max(shipped.object.last for shipped in chain.files)
         echo(f"gwc: truncated: {chain.label}: {len(chain.files)} head object(s), up to record "
              f"{signs}, and none of their files", err=True)
@@ -296,10 +325,14 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
                 first.first <= anchor.seq <= last.last:
             findings.add(EXIT_TAMPERED, f"{chain.label}: the anchored head (record {anchor.seq} of "
                          f"{anchor.time}) is among the missing records")
+    if keys is not None and not checkpoints and not broken:
+        findings.add(EXIT_TAMPERED, f"{chain.label}: no checkpoint signed by the keys given in "
+                     "its objects: a node ships a file only once it ends with one, so these "
+                     "were put there")
     for code, message in findings.items:
-        echo(f"gwc: {_KIND[code]}: {message}", err=True)
+        echo(f"gwc: {_KIND.get(code, 'note')}: {message}", err=True)
     code = findings.worst
-    status = {0: "ok", **_KIND}[code]
+    status = "ok" if code == 0 else _KIND[code]
     where = ("from the start of the trail" if genesis else f"from record {first.first} (the "
              "objects before it are not in the store: expired, or never shipped)")
     gaps = len(segments) - 1
@@ -339,9 +372,17 @@ def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification
                      findings: _Findings) -> int:
     """What the keys and head objects of a run say against what its files hold; how many head
     objects match their file."""
-    if verdict.node is not None and verdict.node != chain.node:
+    # The shipper names a file's node by its last checkpoint (a node renamed across a crash
+    # restart continues a file its start record names by the old name): the same rule here.
+    first_part = verdict.parts[0] if verdict.parts else None
+    if first_part is not None and first_part.checkpoint is None and verdict.node is not None \
+            and verdict.node != chain.node:
         findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key names node {chain.node}, its "
                      f"start record node {verdict.node}")
+    for shipped, part in zip(segment, verdict.parts, strict=False):
+        if part.checkpoint is not None and part.checkpoint.node != chain.node:
+            findings.add(EXIT_TAMPERED, f"{shipped.trail}: its key names node {chain.node}, its "
+                         f"last checkpoint node {part.checkpoint.node}")
     if isinstance(verdict.chain, str) and verdict.chain != chain.chain:
         findings.add(EXIT_TAMPERED, f"{segment[0].trail}: its key names chain {chain.chain}, its "
                      f"start record chain {verdict.chain}")
@@ -357,11 +398,24 @@ def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification
         if part.records != expected:
             findings.add(EXIT_TAMPERED, f"{shipped.trail}: its key says records {obj.first}.."
                          f"{obj.last} ({expected}), it holds {part.records}")
+        after = part.records - part.checkpoint_at  # records after its last checkpoint
+        unsigned = (f"{shipped.trail}: {after} record(s) after its last checkpoint, written "
+                    "before files were closed with a checkpoint: not signed")
         if shipped.head is None:
-            if part.checkpoint is not None:
+            if part.checkpoint is None:
+                findings.add(EXIT_TAMPERED, f"{shipped.trail} has no head object (.head.json) and "
+                             "holds no checkpoint: a node never ships such a file, so it was "
+                             "put there")
+            elif after and part.chained:
+                findings.add(EXIT_TAMPERED, f"{shipped.trail} has no head object (.head.json) and "
+                             f"{after} record(s) after its last checkpoint: a shipped file ends "
+                             "with one, so they were added")
+            else:
                 findings.add(EXIT_CRASH, f"{shipped.trail} has no head object (.head.json): its "
                              "shipment stopped between the two uploads, or the head was removed "
                              "(the file's own checkpoints were checked)")
+                if after:
+                    findings.note(unsigned)
             continue
         held = _stored_head(shipped.head)
         if isinstance(held, str):
@@ -371,10 +425,12 @@ def _object_findings(chain: Chain, segment: list[Shipped], verdict: Verification
         elif held != part.checkpoint:
             findings.add(EXIT_TAMPERED, f"{shipped.head} is not the last checkpoint of its file "
                          f"(which signs record {part.checkpoint.seq})")
-        elif part.checkpoint_at != part.records:
-            findings.add(EXIT_TAMPERED, f"{shipped.trail}: {part.records - part.checkpoint_at} "
+        elif after and part.chained:
+            findings.add(EXIT_TAMPERED, f"{shipped.trail}: {after} "
                          "record(s) after the checkpoint its head object holds: a shipped file "
                          "ends with it, so they were added")
         else:
+            if after:  # its start record names no chain: written before closing checkpoints
+                findings.note(unsigned)
             matched += 1
     return matched

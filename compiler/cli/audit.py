@@ -34,7 +34,9 @@ def _split(files: Sources) -> tuple[list[Path], list[StoreUrl]]:
 
 
 def _trail_files(files: Sources) -> list[TrailFile]:
-    """The files in trail order, then each store's shipped files (every chain, in key order). A
+    """The files in trail order, then each store's shipped files (every chain, in key order, each
+    key at its oldest version: what its node wrote). A key rewritten since (a newer version, a
+    delete marker) or an alias of a key is a warning on stderr; ``verify`` calls it tampered. A
     store that cannot be listed, or holds no trail, is a usage error (exit 2)."""
     paths, stores = _split(files)
     found: list[TrailFile] = list(in_trail_order(paths))
@@ -42,7 +44,8 @@ def _trail_files(files: Sources) -> list[TrailFile]:
         from gwc.compiler.audit.store import StoreError, trail_objects
 
         try:
-            found.extend(trail_objects(stores))
+            found.extend(trail_objects(stores, lambda finding: click.echo(
+                f"gwc: warning: tampered: {finding}", err=True)))
         except StoreError as exc:
             click.echo(f"gwc: {exc}", err=True)
             sys.exit(2)

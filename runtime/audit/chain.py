@@ -196,6 +196,7 @@ class Part:
     records: int
     checkpoint: Head | None = None
     checkpoint_at: int = 0
+    chained: bool = True  # its start record names its chain (files written before that do not)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
         return verdict(Break(str(path), line, reason))
 
     for path in paths:
-        top, before, last_head, last_at = True, records, None, 0
+        top, before, last_head, last_at, chained = True, records, None, 0, True
         for number, line in _lines(path):
             if path is paths[-1] and not line.endswith(b"\n"):
                 return verdict(torn=Break(str(path), number, f"torn final line: {len(line)} "
@@ -295,6 +296,8 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
             kind = record.get("type")
             if top and kind != "start":
                 return fail(path, number, "the file does not begin with its start record")
+            if top:
+                chained = "chain" in record
             if prev is None:
                 first_prev = record.get("prev")
                 offset = 0 if first_prev == GENESIS else None
@@ -333,7 +336,7 @@ def verify(paths: Sequence[TrailFile], keys: Mapping[str, Ed25519PublicKey] | No
                 found.add(record["hash"])
             prev, top = record["hash"], False
             records += 1
-        parts.append(Part(records - before, last_head, last_at))
+        parts.append(Part(records - before, last_head, last_at, chained))
     return verdict()
 
 

@@ -20,7 +20,10 @@ from urllib.parse import quote, unquote
 SCHEME = "s3://"
 TRAIL_SUFFIX = ".jsonl"
 HEAD_SUFFIX = ".head.json"
-_NAME = re.compile(r"^(?P<first>\d{12})-(?P<last>\d{12})(?P<suffix>\.jsonl|\.head\.json)$")
+_NAME = re.compile(r"^(?P<first>[0-9]{12})-(?P<last>[0-9]{12})(?P<suffix>\.jsonl|\.head\.json)$")
+# What a trail key looks like to a lenient eye (any Unicode digit, any encoding of the node): a
+# key under the prefix that matches this but not the layout is an alias of a real file's key.
+_LOOSE_NAME = re.compile(r"^(?P<first>\d{12})-(?P<last>\d{12})(?P<suffix>\.jsonl|\.head\.json)$")
 
 
 class StoreUrlError(ValueError):
@@ -60,7 +63,7 @@ class TrailObject:
     last: int  # the number of its last record
 
     def stem(self, store: StoreUrl) -> str:
-        return store.key(f"{quote(self.node, safe='')}/{self.chain}/{self.first:012d}-{self.last:012d}")
+        return store.key(f"{node_segment(self.node)}/{self.chain}/{self.first:012d}-{self.last:012d}")
 
     def trail_key(self, store: StoreUrl) -> str:
         return self.stem(store) + TRAIL_SUFFIX
@@ -69,9 +72,20 @@ class TrailObject:
         return self.stem(store) + HEAD_SUFFIX
 
 
-def parse_key(store: StoreUrl, key: str) -> tuple[TrailObject, str] | None:
+def node_segment(node: str) -> str:
+    """A node name as one segment of a key: percent-encoded, slashes too; a name made only of
+    dots ("." or "..", which a store or a client may resolve as a path) has its dots encoded."""
+    if node and node.strip(".") == "":
+        return "%2E" * len(node)
+    return quote(node, safe="")
+
+
+def parse_key(store: StoreUrl, key: str, *, canonical: bool = True) -> tuple[TrailObject, str] | None:
     """(the file, ``.jsonl`` or ``.head.json``) a key under ``store`` names; None for any other
-    key (a reader lists a prefix and must pass over what is not a trail)."""
+    key (a reader lists a prefix and must pass over what is not a trail). Only the one key the
+    layout gives a file is read as naming it: ASCII digits, and the node encoded as
+    :func:`node_segment` encodes it. ``canonical=False`` also reads the keys that only look like
+    it (other digits, another encoding of the node): aliases a reader reports, never reads."""
     rest = key[len(store.prefix) + 1:] if store.prefix else key
     if store.prefix and not key.startswith(store.prefix + "/"):
         return None
@@ -79,8 +93,10 @@ def parse_key(store: StoreUrl, key: str) -> tuple[TrailObject, str] | None:
     if len(parts) != 3:
         return None
     node, chain, name = parts
-    match = _NAME.match(name)
+    match = (_NAME if canonical else _LOOSE_NAME).match(name)
     if match is None or not re.fullmatch(r"[0-9a-f]{16}", chain):
+        return None
+    if canonical and node_segment(unquote(node)) != node:
         return None
     first, last = int(match["first"]), int(match["last"])
     if not 1 <= first <= last:
