@@ -133,8 +133,9 @@ def worse(a: int, b: int) -> int:
 def check(files: list[Path], keys: dict[str, Ed25519PublicKey] | None, heads: list[Head],
           echo: Echo, stored: Sequence[Chain] = ()) -> int:
     """Verify every trail (files, and chains read from a store) and report it; the exit code.
-    An anchor of a node with several chains in a store applies to its newest one (the chain a
-    node starts when it loses its disk replaces the old one)."""
+    An anchor of a node with several chains in a store applies to the chain that holds its
+    signed head (by its hash), or to the newest one when none does (the chain a node starts when
+    it loses its disk replaces the old one)."""
     found = trails(files)
     nodes = {trail.node for trail in found} | {chain.node for chain in stored}
     for head in heads:
@@ -148,11 +149,32 @@ def check(files: list[Path], keys: dict[str, Ed25519PublicKey] | None, heads: li
     for chain in stored:
         if chain.node not in newest or chain.newest > newest[chain.node].newest:
             newest[chain.node] = chain
+    placed: dict[int, list[Head]] = {id(chain): [] for chain in stored}
+    for head in heads:
+        mine = [chain for chain in stored if chain.node == head.node]
+        if not mine:
+            continue
+        holder = mine[0] if len(mine) == 1 else \
+            next((chain for chain in mine if _holds(chain, head)), newest[head.node])
+        placed[id(holder)].append(head)
     for chain in stored:
-        anchored = [head for head in heads if head.node == chain.node] \
-            if newest[chain.node] is chain else []
-        worst = worse(worst, check_chain(chain, keys, anchored, echo))
+        worst = worse(worst, check_chain(chain, keys, placed[id(chain)], echo))
     return worst
+
+
+def _holds(chain: Chain, head: Head) -> bool:
+    """Whether the chain's objects hold the anchored head: its record, by its hash. A node with
+    several chains in a store has each anchor matched to the chain that holds it, not by date;
+    one that none holds goes to the newest chain, whose check then reports it."""
+    for segment in _segments(chain.files):
+        if segment[0].object.first <= head.seq <= segment[-1].object.last:
+            objects = [shipped.trail for shipped in segment if shipped.trail is not None]
+            try:
+                if verify(objects, None, [head]).anchored:
+                    return True
+            except OSError:
+                return False  # unreadable: the chain's own check names it
+    return False
 
 
 def report(label: str, verdict: Verification, keyed: bool, echo: Echo) -> int:

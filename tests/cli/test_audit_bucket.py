@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,31 @@ def test_an_anchor_checks_the_chain_in_the_bucket(world) -> None:
     result = run(world, "verify", world["url"], "--anchor", anchor)
     assert result.exit_code == 4
     assert "before the anchored head" in result.stderr
+
+
+def test_an_anchor_goes_to_the_chain_that_holds_it_not_the_newest(world) -> None:
+    ship(world["client"], world["files"])
+    other = world["tmp"] / "node-1-again" / "audit.jsonl"  # the node lost its disk: a new chain
+    asyncio.run(_write(other, world["records"][:2], world["key"], "node-1"))
+    time.sleep(1.1)  # its objects are the newer ones, to the second
+    ship(world["client"], trail(other))
+    again = numbered(trail(other)[0])[0].chain
+    assert again != world["chain"]
+    anchor = world["tmp"] / "head.json"  # a head saved from the old chain, before the disk went
+    anchor.write_bytes(orjson.dumps(numbered(world["files"][-1])[1].fields()))
+    result = run(world, "verify", world["url"], "--key", world["pub"], "--anchor", anchor)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    old, new = result.stdout.splitlines()[::-1] if again < world["chain"] else \
+        result.stdout.splitlines()
+    assert old.startswith(f"ok: node-1 (chain {world['chain']} ") and \
+        "; 1 anchored head(s) found" in old
+    assert new.startswith(f"ok: node-1 (chain {again} ") and "anchored" not in new
+    # An anchor no chain holds still goes to the newest, whose check reports it.
+    forged = Head.sign(world["key"], "node-1", 1, "0" * 64)
+    anchor.write_bytes(orjson.dumps(forged.fields()))
+    missing = run(world, "verify", world["url"], "--key", world["pub"], "--anchor", anchor)
+    assert missing.exit_code == 1, missing.stdout + missing.stderr
+    assert f"tampered: node-1 (chain {again} " in missing.stdout
 
 
 def test_files_and_a_bucket_side_by_side(world) -> None:
