@@ -25,10 +25,10 @@ from typing import Any
 
 import aiohttp
 import jwt
+from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gwc.runtime.bundle.format import Identity
-from gwc.runtime.lru import LRU
 from gwc.runtime.policy.decide import Principal
 
 log = logging.getLogger("gwc.identity")
@@ -103,7 +103,8 @@ class Authenticator:
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         # token -> (principal, expiry, kid of the key that signed it, resource of a gateway token)
-        self._cache: LRU[str, tuple[Principal, float, str, str | None]] = LRU(TOKEN_CACHE_SIZE)
+        self._cache: LRUCache[str, tuple[Principal, float, str, str | None]] = LRUCache(
+            TOKEN_CACHE_SIZE)
         self._refreshing: asyncio.Task | None = None
         if identity.jwks is not None:
             self._keys = self._parse_jwks(identity.jwks)

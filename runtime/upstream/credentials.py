@@ -13,12 +13,12 @@ import time
 import uuid
 
 import jwt
+from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gwc.runtime.bundle.envelope import jwk_kid
 from gwc.runtime.bundle.format import Server
-from gwc.runtime.lru import LRU
 from gwc.runtime.policy.decide import Principal
 
 TOKEN_TTL_S = 300
@@ -35,7 +35,7 @@ class UpstreamCredentials:
         self._key = signing_key
         self._issuer = issuer
         self.kid = jwk_kid(signing_key.public_key())
-        self._cache: LRU[tuple, tuple[str, float]] = LRU(100_000)
+        self._cache: LRUCache[tuple, tuple[str, float]] = LRUCache(100_000)
         # The JWK Set: the node's own key first, then the keys published beside it while the
         # fleet rotates its signing key (upstreams then know both before any node signs with
         # the new one).

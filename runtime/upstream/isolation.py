@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import aiohttp
+from cachetools import LRUCache
 
 from gwc.runtime.bundle.format import Server
-from gwc.runtime.lru import LRU
 from gwc.runtime.metrics import Metrics
 from gwc.runtime.policy.decide import Principal
 
@@ -118,7 +118,7 @@ class Upstream:
         self.name, self.server, self._metrics = name, server, metrics
         self.http = connect(server)
         self.breaker = Breaker(callers=BREAKER_CALLERS)
-        self._callers: LRU[str, Breaker] = LRU(CALLER_BREAKERS)  # only callers that failed
+        self._callers: LRUCache[str, Breaker] = LRUCache(CALLER_BREAKERS)  # only callers that failed
         self._slots = asyncio.Semaphore(server.max_concurrency)
         self._inflight = metrics.upstream_inflight.labels(name)
         self._breaker_gauge = metrics.upstream_breaker.labels(name)
@@ -171,8 +171,8 @@ class Upstream:
         """The outcome of ``caller``'s call that reached (or tried to reach) the upstream."""
         before = self.breaker.state
         if healthy:
-            if caller in self._callers:  # a failed caller recovers
-                del self._callers[caller]
+            if caller in self._callers:  # a failed caller recovers (cachetools' pop of a
+                del self._callers[caller]  # missing key costs an exception on every call)
             self.breaker.succeeded()
         else:
             own = self._callers.get(caller)

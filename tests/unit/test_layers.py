@@ -32,8 +32,7 @@ ROOTS = {"gwc.runtime": REPO / "runtime", "gwc.compiler": REPO / "compiler"}
 BUNDLE, POLICY, AUDIT, PROTOCOL = ("gwc.runtime.bundle", "gwc.runtime.policy", "gwc.runtime.audit",
                                    "gwc.runtime.protocol")
 TELEMETRY = "gwc.runtime.telemetry"
-LEAVES = ("gwc.runtime.metrics", "gwc.runtime.logs", "gwc.runtime.request_keys", "gwc.runtime.lru",
-          TELEMETRY)
+LEAVES = ("gwc.runtime.metrics", "gwc.runtime.logs", "gwc.runtime.request_keys", TELEMETRY)
 BELOW_NODE = (BUNDLE, POLICY, AUDIT, PROTOCOL, *LEAVES)
 SERVICES = ("gwc.runtime.identity", "gwc.runtime.governance", "gwc.runtime.upstream",
             "gwc.runtime.auth")
