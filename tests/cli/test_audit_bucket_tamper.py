@@ -23,18 +23,12 @@ from gwc.runtime.audit.chain import Head, encode, seal
 from gwc.runtime.audit.objects import StoreUrl, TrailObject, parse_key
 from gwc.runtime.audit.shipper import ObjectLock, Shipper
 from gwc.runtime.audit.writer import AuditWriter, rotated
+from tests.cli.test_audit_bucket import fresh_clients  # noqa: F401  (autouse: no client kept)
 from tests.support.helpers import gwc
 from tests.support.s3_server import S3Server, s3_server  # noqa: F401
 
 NODE = "node-1"
 BUCKET = "gwc-audit"
-
-
-@pytest.fixture(autouse=True)
-def fresh_clients():
-    audit_store._clients.clear()
-    yield
-    audit_store._clients.clear()
 
 
 @pytest.fixture
