@@ -477,3 +477,19 @@ def test_example_registry_decisions(example_root: Path) -> None:
                   {}).effect == "deny"
     assert decide(p, Principal("someone"), "incidents", "create_incident", {}).effect == "allow"
     assert decide(p, member("support"), "zendesk", "update_ticket", {}).mode == "shadow"
+
+
+def test_a_decision_takes_its_fields_in_order_and_stays_frozen() -> None:
+    import dataclasses
+
+    from gwc.runtime.policy.decide import Decision
+    full = Decision("allow", "rule", ("r",), "read", "shadow", 30, True, "r")
+    assert dataclasses.astuple(full) == ("allow", "rule", ("r",), "read", "shadow", 30, True, "r")
+    assert full == Decision(effect="allow", reason="rule", rule_ids=("r",), access="read",
+                            mode="shadow", rate_limit_per_minute=30, approval_required=True,
+                            rate_limit_rule="r")
+    assert dataclasses.astuple(Decision("deny", "no_grant")) == (
+        "deny", "no_grant", (), None, None, None, False, None)
+    assert hash(full) == hash(dataclasses.replace(full))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.effect = "deny"  # type: ignore[misc]
