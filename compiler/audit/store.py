@@ -5,12 +5,15 @@ A listing of the prefix's object versions (ListObjectVersions) is grouped into c
 chain), each in key order, which is trail order (``gwc.runtime.audit.objects``). Object Lock
 protects versions, not keys: anyone allowed s3:PutObject can put a newer version at a key, so each
 key is read at its OLDEST version (the one its node wrote, with If-None-Match), by its VersionId,
-and a key with more than one version, or a delete marker, is a finding of its chain (as is a key
-that only looks like the layout's, an alias of a file's key, and an object written while the
-bucket had no versioning: nothing protects it). An object is read as a stream, never held whole nor written
-to disk: :class:`StoreObject` opens like a file (``open("rb")``) and names itself
-``s3://bucket/key``, so the readers of files (``TrailReader``, ``chain.verify``) read objects as
-they read files, and their findings name the object.
+and a key with more than one version is a finding of its chain (as is a key that only looks like
+the layout's, an alias of a file's key, and an object written while the bucket had no versioning:
+nothing protects it). A delete marker (what a lifecycle rule's expiration leaves) is a note: it
+hides nothing from a reader of versions, and a key left with markers alone is a file gone.
+
+An object is read as a stream, never held whole nor written to disk: :class:`StoreObject` opens
+like a file (``open("rb")``) and names itself ``s3://bucket/key``, so the readers of files
+(``TrailReader``, ``chain.verify``) read objects as they read files, and their findings name the
+object.
 
 boto3 is imported only here, and only when a store is read: a command given files alone never
 loads it. Credentials, region and endpoint come from boto3's default chain (``AWS_*`` variables,
@@ -147,6 +150,7 @@ class Chain:
     files: list[Shipped] = field(default_factory=list)
     newest: str = ""  # the latest LastModified of its objects (ISO), to tell a node's chains apart
     findings: list[str] = field(default_factory=list)  # what its keys' versions say (tampered)
+    notes: list[str] = field(default_factory=list)  # delete markers: no finding, said
 
     @property
     def label(self) -> str:
@@ -199,6 +203,7 @@ def chains(store: StoreUrl) -> list[Chain]:
     found: dict[tuple[str, str], dict[TrailObject, Shipped]] = {}
     newest: dict[tuple[str, str], str] = {}
     findings: dict[tuple[str, str], list[str]] = {}
+    notes: dict[tuple[str, str], list[str]] = {}
     try:
         listing = _listing(store)
     except (BotoCoreError, ClientError) as exc:
@@ -220,19 +225,26 @@ def chains(store: StoreUrl) -> list[Chain]:
             continue
         shipped_file, suffix = parsed
         ident = (shipped_file.node, shipped_file.chain)
+        described = ", ".join(
+            [f"version {v.get('VersionId')} of {_when(v)}" for v in versions.versions]
+            + [f"delete marker {m.get('VersionId')} of {_when(m)}" for m in versions.markers])
+        if len(versions.versions) <= 1 and versions.markers:
+            # A lifecycle rule's expiration puts a delete marker over a key (a node cannot: it
+            # has no s3:DeleteObject); it hides nothing from a reader of versions.
+            notes.setdefault(ident, []).append(
+                f"{url}: {described}: deleted (a lifecycle rule's expiration, or s3:DeleteObject)"
+                + ("; its version is still read" if versions.versions else
+                   "; no version left, read as gone"))
+        if not versions.versions:
+            continue  # delete markers alone: the file is gone, as if never listed
         mine = findings.setdefault(ident, [])
         shipped = found.setdefault(ident, {}).setdefault(shipped_file, Shipped(shipped_file))
         for entry in (*versions.versions, *versions.markers):
             newest[ident] = max(newest.get(ident, ""), _when(entry))
-        if len(versions.versions) > 1 or versions.markers:
-            described = ", ".join(
-                [f"version {v.get('VersionId')} of {_when(v)}" for v in versions.versions]
-                + [f"delete marker {m.get('VersionId')} of {_when(m)}" for m in versions.markers])
+        if len(versions.versions) > 1:
             mine.append(f"{url} has {len(versions.versions)} version(s) and "
                         f"{len(versions.markers)} delete marker(s) ({described}): a node writes a "
                         "key once, so something else wrote it again; its first version is read")
-        if not versions.versions:
-            continue  # delete markers alone: the finding above; no object to read
         oldest = _oldest(versions.versions)
         version = oldest.get("VersionId")
         if version in (None, "null"):
@@ -254,7 +266,8 @@ def chains(store: StoreUrl) -> list[Chain]:
         raise StoreError(f"{store}: no trail files in it (keys <prefix>/<node>/<chain>/"
                          "<first>-<last>.jsonl)")
     return [Chain(store, node, chain, [files[k] for k in sorted(files)],
-                  newest.get((node, chain), ""), findings.get((node, chain), []))
+                  newest.get((node, chain), ""), findings.get((node, chain), []),
+                  notes.get((node, chain), []))
             for (node, chain), files in sorted(found.items())]
 
 
