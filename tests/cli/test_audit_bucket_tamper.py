@@ -332,3 +332,21 @@ def test_a_hostile_head_object_is_a_finding_never_a_traceback(s3_server, body,  
     assert result.exit_code == 1, result.stdout + result.stderr
     assert f"gwc: tampered: s3://{BUCKET}/{obj.head_key(url)}: {message}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_bucket_without_versioning_is_a_finding_not_a_fallback(tmp_path, store) -> None:
+    """No versioning, no Object Lock: any object can have been replaced without a trace."""
+    _, pub, _, _ = await shipped_trail(tmp_path, store)
+    client = store.client()
+    client.create_bucket(Bucket="plain")
+    keys = listing(store)
+    for key in keys:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        client.put_object(Bucket="plain", Key=key, Body=body)
+    audit_store._clients.clear()
+    result = gwc("audit", "verify", "s3://plain/gwc", "--key", str(pub), env=store.env())
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert (f"gwc: tampered: s3://plain/{keys[0]} has no version id: it was written while the "
+            "bucket's versioning was off or suspended, so no Object Lock protects it") \
+        in result.stderr
+    assert result.stderr.count("has no version id") == len(keys)
