@@ -21,7 +21,7 @@ applies: the call passes only if all pass, and a refused call consumes no budget
 
 Backends share one async interface (``RateLimiter``):
 
-- ``MemoryRateLimiter`` (default): per node. Bounded: at most ``max_entries`` keys (``_Tats``, a TLRU cache);
+- ``MemoryRateLimiter`` (default): per node. Bounded: at most ``max_entries`` keys (a cachetools TLRUCache);
   a key's entry expires when its TAT has passed, the moment its state equals a fresh key's, so expiry never
   changes a verdict. When the bound is hit the least recently used key is evicted (it regains its burst).
 - ``RedisRateLimiter(client)``: the whole fleet shares one budget. A ``check_all`` is decided by a Lua
@@ -48,12 +48,13 @@ Not thread-safe: one instance belongs to one event loop (which is how the runtim
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
+
+from cachetools import TLRUCache
 
 from gwc.runtime.governance.backend import Script, StateUnavailable
 
@@ -154,65 +155,19 @@ class RateLimiter:
         raise NotImplementedError
 
 
-class _Tats:
-    """The TATs of a node's keys, a time-aware LRU cache (what cachetools' TLRUCache does, without
-    its timer context, item objects and Python-level heap comparisons on every write): at most
-    ``max_entries`` keys, the least recently used evicted first, and a key's entry gone once its
-    TAT has passed. An expired entry reads as missing, which for GCRA is the same verdict."""
-
-    __slots__ = ("_expiry", "_max", "_tats")
-
-    def __init__(self, max_entries: int) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be positive, got {max_entries!r}")
-        self._max = max_entries
-        self._tats: dict[str, int] = {}  # in order of use, the least recent first
-        self._expiry: list[tuple[int, str]] = []  # (TAT, key), a heap; stale pairs included
-
-    def __len__(self) -> int:
-        return len(self._tats)
-
-    def get(self, key: str, now: int) -> int | None:
-        """The key's TAT, made its most recent use; None when it has none or it has passed."""
-        tats = self._tats
-        tat = tats.pop(key, None)
-        if tat is None:
-            return None
-        tats[key] = tat
-        return tat if now < tat else None
-
-    def set(self, key: str, tat: int, now: int) -> None:
-        """Store a TAT after ``now`` as the key's most recent use (expired entries go first)."""
-        tats = self._tats
-        self.expire(now)
-        if tats.pop(key, None) is None and len(tats) >= self._max:
-            del tats[next(iter(tats))]
-        tats[key] = tat
-        heapq.heappush(self._expiry, (tat, key))
-
-    def expire(self, now: int) -> None:
-        """Drop every entry whose TAT is ``now`` or earlier."""
-        tats, expiry = self._tats, self._expiry
-        if len(expiry) > 2 * len(tats):  # mostly stale pairs: rebuilt from the live entries
-            self._expiry = expiry = [(tat, key) for key, tat in tats.items()]
-            heapq.heapify(expiry)
-        while expiry and expiry[0][0] <= now:
-            tat, key = heapq.heappop(expiry)
-            if tats.get(key) == tat:
-                del tats[key]
-
-
 class MemoryRateLimiter(RateLimiter):
     """Per-node GCRA limits in a bounded cache. ``clock`` gives seconds (monotonic by default)."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._now_us = _us(clock())
-        # An entry lives until its TAT passes: the last `now` we were given says when that is.
-        self._tats = _Tats(max_entries)
+        # An entry lives until its TAT (value) passes; the cache's timer is the last `now` we were given.
+        self._tats: TLRUCache[str, int] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _key, tat, _now: tat, timer=lambda: self._now_us
+        )
 
     def __len__(self) -> int:
-        self._tats.expire(self._now_us)
+        self._tats.expire()
         return len(self._tats)
 
     async def check_all(self, limits: Iterable[Limit | tuple[str, int]],
@@ -223,13 +178,12 @@ class MemoryRateLimiter(RateLimiter):
                        now: float | None = None) -> LimitCheck:
         now_us = _us(self._clock() if now is None else now)
         self._now_us = now_us
-        tats = self._tats
         decided: list[tuple[str, int]] = []
         worst, worst_key = 0, None
         for limit in limits:
             key, per_minute = limit[0], limit[1]
             interval, tau = _params(per_minute, limit[2] if len(limit) > 2 else None)
-            tat = tats.get(key, now_us) or now_us
+            tat = max(self._tats.get(key, now_us), now_us)
             wait = tat - now_us - tau
             if wait > worst:
                 worst, worst_key = wait, key
@@ -237,7 +191,7 @@ class MemoryRateLimiter(RateLimiter):
         if worst_key is not None:  # refused: nothing is consumed
             return LimitCheck(False, worst / US, worst_key)
         for key, new_tat in decided:  # all passed: commit every limit
-            tats.set(key, new_tat, now_us)
+            self._tats[key] = new_tat
         return ALLOWED
 
 
