@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from gwc.runtime.audit.writer import CHAIN_ID
+
 SCHEME = "s3://"
 TRAIL_SUFFIX = ".jsonl"
 HEAD_SUFFIX = ".head.json"
@@ -94,7 +96,7 @@ def parse_key(store: StoreUrl, key: str, *, canonical: bool = True) -> tuple[Tra
         return None
     node, chain, name = parts
     match = (_NAME if canonical else _LOOSE_NAME).match(name)
-    if match is None or not re.fullmatch(r"[0-9a-f]{16}", chain):
+    if match is None or not CHAIN_ID.fullmatch(chain):
         return None
     if canonical and node_segment(unquote(node)) != node:
         return None

@@ -43,7 +43,8 @@ import orjson
 
 from gwc.runtime.audit.chain import Head
 from gwc.runtime.audit.objects import StoreUrl, TrailObject
-from gwc.runtime.audit.writer import CHAIN_ID, rotated
+from gwc.runtime.audit.writer import chain_id, rotated
+from gwc.runtime.bundle.format import ObjectLock
 
 log = logging.getLogger("gwc.audit.ship")
 BACKOFF_S = (1.0, 300.0)  # the first wait after a failed attempt, and the longest
@@ -64,12 +65,6 @@ class Unshippable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class ObjectLock:
-    mode: str  # governance | compliance
-    days: int
 
 
 @dataclass(frozen=True)
@@ -106,8 +101,7 @@ def read_closed(path: Path, chain: str) -> ClosedFile:
                 if not isinstance(record, dict):
                     raise Unshippable("unreadable", f"{path.name}: record {lines} is no record")
                 if lines == 1 and record.get("type") == "start":
-                    own = record.get("chain")
-                    chain = own if isinstance(own, str) and CHAIN_ID.fullmatch(own) else chain
+                    chain = chain_id(record) or chain
                 if record.get("type") == "checkpoint" and isinstance(record.get("seq"), int):
                     last_checkpoint = record
                     if first is None:  # a checkpoint's own number is one after what it signs

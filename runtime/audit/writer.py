@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gwc.runtime.audit.chain import GENESIS, Head, encode, link, typed_record, utc_time
 
 log = logging.getLogger("gwc.audit")
+CHAIN_ID = re.compile(r"[0-9a-f]{16}")  # a chain's id: 16 hex digits its first start record chose
 BATCH = 256
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 CHECKPOINT_S = 60.0  # sign the head at least this often while records come
@@ -60,7 +61,6 @@ _STOP = object()
 # so the writer thread gives up and takes back the GIL once per batch, not twice (each time it
 # takes it back from a busy event loop it may wait a switch interval).
 _DSYNC = getattr(os, "O_DSYNC", 0)
-CHAIN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def rotated(path: Path) -> list[Path]:
@@ -125,11 +125,12 @@ def _scan(path: Path) -> _Scan:
                 if signed is not None:
                     checkpoint = (lines, signed + 1)
                 elif b'"start"' in line:
-                    chain = _chain_id(typed_record(line, "start")) or chain
+                    chain = chain_id(typed_record(line, "start")) or chain
     return _Scan(lines, last, checkpoint, None, chain)
 
 
-def _chain_id(record: dict[str, Any] | None) -> str | None:
+def chain_id(record: dict[str, Any] | None) -> str | None:
+    """The chain a start record names; None for none (written before chains had ids)."""
     chain = record.get("chain") if record is not None else None
     return chain if isinstance(chain, str) and CHAIN_ID.fullmatch(chain) else None
 
@@ -151,13 +152,6 @@ def _record(path: Path, line: bytes) -> dict[str, Any]:
         raise ValueError(f"{path}: a whole line is not an audit record, which no crash leaves "
                          "(run gwc audit verify on the trail)")
     return record
-
-
-def chain_of(path: Path) -> str | None:
-    """The chain id in a file's start record (its first line); None for a file without one (empty,
-    or written before chains had ids)."""
-    with path.open("rb") as fh:
-        return _chain_id(typed_record(fh.readline(), "start"))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gwc.audit")
 FailureMode = Literal["closed", "open"]
 SINKS = ("stdout", "file", "both", "none")
+_UNSET = object()  # no bundle has said yet whether there is an audit store
 
 
 class AuditSpecError(ValueError):
@@ -77,7 +78,7 @@ class Auditor:
         self._broken: str | None = None  # why the sink could not even be opened
         self.target: AuditTarget | None = None
         self.shipper: Shipper | None = None
-        self._store: tuple[AuditStore | None] | None = None  # as first applied (a 1-tuple)
+        self._store: AuditStore | object | None = _UNSET  # as the first bundle gave it
 
     def start(self, target: AuditTarget, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.target = target
@@ -101,11 +102,11 @@ class Auditor:
     def ship(self, store: AuditStore | None) -> None:
         """Ship closed trail files to ``store`` (gateway.yaml's ``audit.store``): applied from the
         first bundle, after :meth:`start`; a later change needs a restart."""
-        if self._store is not None:
-            if self._store != (store,):
+        if self._store is not _UNSET:
+            if self._store != store:
                 log.warning("gateway.yaml audit.store changed; restart nodes to apply it")
             return
-        self._store = (store,)
+        self._store = store
         writer, path = self._writer, self.target.path if self.target is not None else None
         if store is None:
             return
@@ -115,11 +116,11 @@ class Auditor:
                                                    else "", "store": store.url})
             return
         from gwc.runtime.audit.objects import StoreUrl
-        from gwc.runtime.audit.shipper import ObjectLock, Shipper
+        from gwc.runtime.audit.shipper import Shipper
 
         metrics = self._metrics
         shipper = Shipper(path, StoreUrl.parse(store.url),
-                          ObjectLock(store.object_lock.mode, store.object_lock.days),
+                          store.object_lock,
                           store.keep_local_days, lambda: writer.chain,
                           on_shipped=metrics.audit_shipped.inc,
                           on_failure=lambda reason: metrics.audit_ship_failures.labels(reason).inc())

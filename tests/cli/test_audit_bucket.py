@@ -417,11 +417,12 @@ def test_reading_files_loads_nothing_of_the_store(world, command) -> None:
 
 async def _write_and_ship(path: Path, records: list[dict[str, Any]], key, url: str) -> AuditWriter:
     """A node's writer and shipper, as gwc-runtime wires them (audit.store in gateway.yaml)."""
-    from gwc.runtime.audit.shipper import ObjectLock, Shipper
+    from gwc.runtime.audit.shipper import Shipper
+    from gwc.runtime.bundle.format import ObjectLock
 
     writer = AuditWriter("node-7", path, max_bytes=2048, signing_key=key)
     writer.close_rotates = True
-    shipper = Shipper(path, StoreUrl.parse(url), ObjectLock("governance", 1), 1,
+    shipper = Shipper(path, StoreUrl.parse(url), ObjectLock(mode="governance", days=1), 1,
                       lambda: writer.chain)
     writer.on_closed = shipper.closed
     shipper.start()

@@ -21,8 +21,9 @@ from gwc.compiler.build.keys import generate_keypair
 from gwc.runtime.audit import shipper as shipping
 from gwc.runtime.audit.chain import Head, encode, seal
 from gwc.runtime.audit.objects import StoreUrl, TrailObject, parse_key
-from gwc.runtime.audit.shipper import ObjectLock, Shipper
+from gwc.runtime.audit.shipper import Shipper
 from gwc.runtime.audit.writer import AuditWriter, rotated
+from gwc.runtime.bundle.format import ObjectLock
 from tests.cli.test_audit_bucket import fresh_clients  # noqa: F401  (autouse: no client kept)
 from tests.support.helpers import gwc
 from tests.support.s3_server import S3Server, s3_server  # noqa: F401
@@ -40,7 +41,7 @@ def store(s3_server, monkeypatch):  # noqa: F811
 
 
 def _shipper(path: Path, store: S3Server, writer: AuditWriter) -> Shipper:
-    shipper = Shipper(path, StoreUrl.parse(store.url + "/gwc"), ObjectLock("compliance", 2), 1,
+    shipper = Shipper(path, StoreUrl.parse(store.url + "/gwc"), ObjectLock(mode="compliance", days=2), 1,
                       lambda: writer.chain)
     writer.on_closed, writer.close_rotates = shipper.closed, True
     shipper.start()

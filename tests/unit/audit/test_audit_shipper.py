@@ -26,11 +26,10 @@ from gwc.compiler.build.keys import generate_keypair
 from gwc.runtime.audit import shipper as shipping
 from gwc.runtime.audit.chain import GENESIS, Head, seal, verify
 from gwc.runtime.audit.objects import StoreUrl, parse_key
-from gwc.runtime.audit.shipper import ObjectLock, Shipper, read_closed
-from gwc.runtime.audit.writer import AuditWriter, chain_of, rotated, trail
+from gwc.runtime.audit.shipper import Shipper, read_closed
+from gwc.runtime.audit.writer import AuditWriter, rotated, trail
 from gwc.runtime.bundle.envelope import jwk_kid
-from gwc.runtime.bundle.format import AuditStore
-from gwc.runtime.bundle.format import ObjectLock as ObjectLockSettings
+from gwc.runtime.bundle.format import AuditStore, ObjectLock
 from gwc.runtime.mcp.trail import Auditor, AuditTarget
 from gwc.runtime.metrics import Metrics
 from tests.support.helpers import GATEWAY, compile_root, gwc, write_registry
@@ -38,7 +37,7 @@ from tests.support.repo import REPO
 from tests.support.s3_server import S3Server
 
 NODE = "node-1"
-LOCK = ObjectLock("compliance", 2)
+LOCK = ObjectLock(mode="compliance", days=2)
 
 
 @pytest.fixture
@@ -70,9 +69,18 @@ async def submit(writer: AuditWriter, count: int, start: int = 0) -> list[str]:
     return hashes
 
 
+async def closed_trail(path: Path, key, count: int) -> AuditWriter:
+    """A trail of ``count`` calls written by a node without a store, its writer closed."""
+    writer = start_writer(path, key)
+    await submit(writer, count)
+    writer.close()
+    return writer
+
+
 def start_shipper(writer: AuditWriter, path: Path, url: str, keep_local_days: float = 1,
-                  lock: ObjectLock = LOCK) -> Shipper:
-    shipper = Shipper(path, StoreUrl.parse(url), lock, keep_local_days, lambda: writer.chain)
+                  lock: ObjectLock = LOCK, client=None) -> Shipper:
+    shipper = Shipper(path, StoreUrl.parse(url), lock, keep_local_days, lambda: writer.chain,
+                      client=client)
     writer.on_closed, writer.close_rotates = shipper.closed, True
     shipper.start()
     return shipper
@@ -115,7 +123,7 @@ async def test_closed_files_end_with_a_checkpoint_and_every_start_names_one_chai
     starts = [r for file in files for r in records(file) if r["type"] == "start"]
     assert len(starts) == len(files) + 1  # one per file, and the restart's
     assert len({s["chain"] for s in starts}) == 1 and len(starts[0]["chain"]) == 16
-    assert all(chain_of(file) == starts[0]["chain"] for file in files)
+    assert all(records(file)[0].get("chain") == starts[0]["chain"] for file in files)
     assert verify(files, {jwk_kid(key.public_key()): key.public_key()}).ok
 
 
@@ -129,7 +137,7 @@ async def test_a_trail_from_before_chain_ids_gets_one_at_its_next_start(tmp_path
     writer.close()
     chain = records(path)[1]["chain"]
     assert records(path)[1]["type"] == "start" and len(chain) == 16
-    assert chain_of(path) is None  # the file's own first start record still has none
+    assert "chain" not in records(path)[0]  # the file's own first start record still has none
     writer = start_writer(path, key)
     writer.close()
     assert writer.chain == chain  # found in the newest start record
@@ -229,7 +237,7 @@ async def test_while_the_store_is_down_files_wait_and_calls_go_on_then_they_ship
     auditor = Auditor(NODE, metrics, signing_key=key)
     auditor.start(AuditTarget("file", path), max_bytes=1500)
     store.stop()
-    auditor.ship(AuditStore(url=store.url, object_lock=ObjectLockSettings(
+    auditor.ship(AuditStore(url=store.url, object_lock=ObjectLock(
         mode="governance", days=1), keep_local_days=0))
     sample = metrics.registry.get_sample_value
     for n in range(60):  # every call is recorded while the store is down
@@ -258,9 +266,7 @@ async def test_while_the_store_is_down_files_wait_and_calls_go_on_then_they_ship
 async def test_a_different_object_at_a_file_s_key_is_never_overwritten_and_the_file_is_kept(
         tmp_path: Path, key, store: S3Server, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = start_writer(path, key)
-    await submit(writer, 40)
-    writer.close()
+    writer = await closed_trail(path, key, 40)
     first, *others = rotated(path)
     taken = read_closed(first, writer.chain).object.trail_key(StoreUrl.parse(store.url))
     client = store.client()
@@ -281,9 +287,8 @@ async def test_a_different_object_at_a_file_s_key_is_never_overwritten_and_the_f
 async def test_a_restart_ships_what_is_pending_and_does_not_write_twice(
         tmp_path: Path, key, store: S3Server) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = start_writer(path, key)
-    await submit(writer, 30)  # a node without a store (or one that died) left these closed files
-    writer.close()
+    # a node without a store (or one that died) left these closed files
+    writer = await closed_trail(path, key, 30)
     waiting = rotated(path)
     assert waiting
     writer = start_writer(path, key)
@@ -344,7 +349,7 @@ def test_a_node_writing_no_file_says_it_ships_nothing(tmp_path: Path, key,
     auditor = Auditor(NODE, Metrics(), signing_key=key)
     auditor.start(AuditTarget("stdout"))
     with caplog.at_level(logging.WARNING, "gwc.audit"):
-        auditor.ship(AuditStore(url="s3://gwc-audit", object_lock=ObjectLockSettings(
+        auditor.ship(AuditStore(url="s3://gwc-audit", object_lock=ObjectLock(
             mode="compliance", days=1), keep_local_days=0))
     auditor.close()
     assert auditor.shipper is None and "ships nothing" in caplog.text
@@ -381,7 +386,7 @@ def test_the_store_compiles_into_the_bundle_and_none_leaves_the_bundle_as_it_was
         **audit, "store": STORE}}))
     assert "store" not in plain.gateway.audit.model_dump(exclude_none=True)
     assert shipped.gateway.audit.store == AuditStore(url="s3://acme-audit/gwc", object_lock=(
-        ObjectLockSettings(mode="compliance", days=400)), keep_local_days=7,
+        ObjectLock(mode="compliance", days=400)), keep_local_days=7,
         max_file_age_minutes=60)
 
 
@@ -430,7 +435,7 @@ async def test_files_from_before_chain_ids_ship_under_the_chain_the_upgrade_name
     await submit(old, 30)
     old.close()
     legacy = rotated(path)
-    assert legacy and all(chain_of(file) is None for file in legacy)
+    assert legacy and all("chain" not in records(file)[0] for file in legacy)
     assert records(legacy[0])[-1]["type"] != "checkpoint"  # no closing checkpoint then
     writer = start_writer(path, key)  # the upgraded node
     shipper = start_shipper(writer, path, store.url)
@@ -469,10 +474,7 @@ async def test_a_node_that_cannot_read_retention_still_ships_each_file_with_its_
     without its signed head: that would read as a shipment cut short."""
     path = tmp_path / "audit.jsonl"
     writer = start_writer(path, key)
-    shipper = Shipper(path, StoreUrl.parse(store.url), LOCK, 0, lambda: writer.chain,
-                      client=NoRetentionRead)
-    writer.on_closed, writer.close_rotates = shipper.closed, True
-    shipper.start()
+    shipper = start_shipper(writer, path, store.url, 0, client=NoRetentionRead)
     await submit(writer, 30)
     writer.close()
     shipper.close()
@@ -499,9 +501,7 @@ async def test_a_bucket_without_object_lock_is_an_unlocked_failure_not_a_store_o
 async def test_a_closed_file_gone_before_it_shipped_is_counted_and_logged(
         tmp_path: Path, key, store: S3Server, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = start_writer(path, key)
-    await submit(writer, 40)
-    writer.close()
+    writer = await closed_trail(path, key, 40)
     gone = rotated(path)[0]
     shipper = Shipper(path, StoreUrl.parse(store.url), LOCK, 1, lambda: writer.chain)
     shipper._notices.put(gone)  # closed, then removed by hand before the shipper reads it
