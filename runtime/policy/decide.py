@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from gwc.runtime.bundle.format import Access, BundlePayload, Condition, Mode, Rule, Server
@@ -49,34 +49,6 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.effect == "allow"
-
-
-# Every tools/call makes a Decision. A frozen dataclass's own __init__ sets each field through
-# object.__setattr__ (3 us for these eight); its slots' own setters do the same in under 1 us.
-# Frozen all the same: assigning a field afterwards raises FrozenInstanceError.
-_DECISION_SLOTS = tuple(Decision.__dict__[f.name].__set__ for f in fields(Decision))
-assert tuple(f.name for f in fields(Decision)) == (
-    "effect", "reason", "rule_ids", "access", "mode", "rate_limit_per_minute", "approval_required",
-    "rate_limit_rule"), "_decision_init takes Decision's fields in their order"
-
-
-def _decision_init(self: Decision, effect: Effect, reason: str, rule_ids: tuple[str, ...] = (),
-                   access: Access | None = None, mode: Mode | None = None,
-                   rate_limit_per_minute: int | None = None, approval_required: bool = False,
-                   rate_limit_rule: str | None = None) -> None:
-    (set_effect, set_reason, set_rules, set_access, set_mode, set_limit, set_approval,
-     set_rule) = _DECISION_SLOTS
-    set_effect(self, effect)
-    set_reason(self, reason)
-    set_rules(self, rule_ids)
-    set_access(self, access)
-    set_mode(self, mode)
-    set_limit(self, rate_limit_per_minute)
-    set_approval(self, approval_required)
-    set_rule(self, rate_limit_rule)
-
-
-setattr(Decision, "__init__", _decision_init)  # noqa: B010 (a method replaced, not a field)
 
 
 def visible_server(payload: BundlePayload, principal: Principal, server_name: str) -> Server | None:
@@ -218,8 +190,7 @@ def _judge(cond: Condition, value: Any, every: bool, top: bool = True) -> bool |
     """Judge ``value`` in every form an upstream may read it in (_readings): a deny applies if any
     reading triggers it, an allow holds only if every reading does. An allow also needs the value
     as sent to be of a type it names: it grants what it names, never a lookalike."""
-    own = (_combine([_judge(cond, element, every, False) for element in value], every)
-           if top and isinstance(value, list) else _scalar_holds(cond, value))  # _reading_holds
+    own = _reading_holds(cond, value, every, top)
     # No reading can change what cannot be judged, or what decides for this effect on its own
     # (holds for a deny, fails for an allow), or an allow's lookalike of another type.
     settled = own is None or own is (not every) or (every and own is _OFF)
