@@ -19,6 +19,7 @@ from gwc.runtime.config import ConfigError, load
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
+    logs.flush()
     print(f"gwc-runtime: {message}", file=sys.stderr)
     sys.exit(code)
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_listeners: list[logging.handlers.QueueListener] = []
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,11 +51,21 @@ def configure(level: str = "info") -> None:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, handler)
     listener.start()
-    atexit.register(listener.stop)
+    _listeners.append(listener)
     root = logging.getLogger("gwc")
     root.handlers[:] = [_ExtraPreservingQueueHandler(records)]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def flush() -> None:
+    """Writes every line logged so far and stops the writer: for a node about to exit, whose
+    last words on stderr must come after them (the writer is a thread of its own)."""
+    while _listeners:
+        _listeners.pop().stop()
+
+
+atexit.register(flush)
 
 
 def adopt(name: str) -> None:

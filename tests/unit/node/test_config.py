@@ -111,3 +111,26 @@ def test_a_bundle_key_or_a_bad_file_is_never_an_accepted_key(tmp_path: Path, acc
     expected = ("gwc-runtime: an --accept-key is a trusted bundle key" if accepted == "bundle"
                 else f"gwc-runtime: --accept-key: {tmp_path / 'junk.pub'} is not a PEM public key")
     assert started.stderr.strip().splitlines()[-1].startswith(expected), started.stderr
+
+
+def test_a_start_up_error_is_the_last_line_even_when_log_lines_are_still_queued() -> None:
+    """Log lines are written by a thread of their own: a slow stderr must not let one of them
+    land after the error that ends the node, where operators (and the tests above) look."""
+    script = """
+import logging, time
+from gwc.runtime import cli, logs
+emit = logging.StreamHandler.emit
+def slow_emit(self, record):
+    time.sleep(0.3)
+    emit(self, record)
+logging.StreamHandler.emit = slow_emit
+logs.configure("info")
+logging.getLogger("gwc.sessions").warning("queued before the error")
+cli._fail("the error")
+"""
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60)
+    assert ended.returncode == 2
+    lines = ended.stderr.strip().splitlines()
+    assert lines[-1] == "gwc-runtime: the error", ended.stderr
+    assert '"msg":"queued before the error"' in lines[0]
