@@ -102,9 +102,12 @@ class Breaker:
 
 
 def http_pool(server: Server) -> aiohttp.ClientSession:
-    """The HTTP connection pool of one upstream: at most its ``max_concurrency`` connections."""
+    """The HTTP connection pool of one upstream: at most its ``max_concurrency`` connections. Every
+    caller's calls share it, so it keeps no cookies: one an answer set for one caller would go out
+    with the next caller's calls (the cookie jar's work on every request is saved too)."""
     connector = aiohttp.TCPConnector(limit=server.max_concurrency, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+    return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 # The transport seam: how an upstream's HTTP pool is made (tests pass one bound to a fake upstream).

@@ -15,7 +15,17 @@ import pytest
 from mcp import MCPError
 
 from gwc.compiler.client.dev_idp import DevIdP
-from tests.support.e2e import LIST, MODES, connect, open_session, raw, refusal, text_of
+from tests.support.e2e import (
+    LIST,
+    MODES,
+    connect,
+    open_session,
+    raw,
+    refusal,
+    start_node,
+    text_of,
+    write_test_registry,
+)
 from tests.support.idp import AUDIENCE, ISSUER, claims, hs256_with_public_key, unsigned_token
 
 
@@ -45,6 +55,23 @@ async def test_the_upstream_sees_a_gateway_token_never_the_clients(node, mode, u
     assert claims["exp"] - claims["iat"] <= 300
     assert seen["host"] == upstream_url.split("/")[2]  # the upstream's own Host
     assert seen["request_id"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cookie_an_upstream_sets_never_reaches_it_again(tmp_path, aiohttp_server,
+                                                                  signing_key, upstream_url,
+                                                                  mode) -> None:
+    """The upstream's pool is shared by every caller: a cookie one caller's answer set (a session
+    of the upstream's own) would go out with the next caller's calls. Named by host, as upstreams
+    are (cookies for a bare IP address are not kept anyway)."""
+    by_name = upstream_url.replace("127.0.0.1", "localhost")
+    node = await start_node(tmp_path, aiohttp_server, signing_key,
+                            lambda root, jwks: write_test_registry(root, jwks, by_name))
+    for user in ("alice", "bob"):
+        async with connect(node.endpoint(), node.idp.token(user, ["eng"]), mode) as client:
+            for _ in range(2):
+                seen = json.loads(text_of(await client.call_tool("whoami", {})))
+                assert seen["cookie"] is None, user
 
 
 @pytest.mark.parametrize("mode", MODES)

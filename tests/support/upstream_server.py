@@ -1,6 +1,6 @@
 """A real upstream MCP server for the end-to-end tests: `python tests/support/upstream_server.py PORT`.
 
-Tools: echo (read), whoami (reports the credential and Host it received), slow_count (progress),
+Tools: echo (read), whoami (reports the credential, Host and cookie it received), slow_count (progress),
 write_thing (write), ask (elicits an answer from the client on the call's stream), ask_aside
 (the same on the session's own GET stream), ask_later (asks on that stream after the call has
 ended; answers tells what came back), grow (adds the tool grown, then says so outside the call,
@@ -12,6 +12,7 @@ body holds ``FAIL_MARKER`` is answered HTTP 500, as an upstream crashed by a cal
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from typing import Any
 
@@ -24,6 +25,26 @@ from pydantic import BaseModel
 
 server = MCPServer("test-upstream", version="1.0.0")
 FAIL_MARKER = b"please-answer-500"
+
+
+class SetsCookies:
+    """ASGI middleware: every HTTP answer sets a session cookie, as an upstream behind a sticky load
+    balancer or with its own sign-in does; whoami reports any cookie a request brings back."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_cookie(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"upstream-session={secrets.token_hex(8)}; Path=/; HttpOnly"
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"set-cookie", cookie.encode())]}
+            await send(message)
+        await self.app(scope, receive, with_cookie)
 
 
 class FailOnMarker:
@@ -67,7 +88,8 @@ def whoami(ctx: Context) -> dict:
     """What this upstream saw of the caller."""
     headers = ctx.headers or {}
     return {"authorization": headers.get("authorization"), "host": headers.get("host"),
-            "x_api_key": headers.get("x-api-key"), "request_id": headers.get("x-request-id"),
+            "x_api_key": headers.get("x-api-key"), "cookie": headers.get("cookie"),
+            "request_id": headers.get("x-request-id"),
             "mcp_param": {k: v for k, v in headers.items() if k.lower().startswith("mcp-param-")}}
 
 
@@ -191,4 +213,4 @@ async def complete(ref: Any, argument: Any, context: Any) -> Completion | None:
 
 if __name__ == "__main__":
     app = server.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
-    uvicorn.run(FailOnMarker(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="info")
+    uvicorn.run(SetsCookies(FailOnMarker(app)), host="127.0.0.1", port=int(sys.argv[1]), log_level="info")
