@@ -112,6 +112,20 @@ def test_a_genuine_id_under_another_prefix_is_refused() -> None:
     assert sealer.open(token.removeprefix(PREFIX)) is None
 
 
+def test_an_id_opened_again_is_not_decrypted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legacy client sends its id with every request: once authenticated, it is kept opened
+    (only ids that opened, so nothing forged is ever found there)."""
+    sealer = SessionSealer([OLD])
+    token = sealer.seal(session())
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    opened: list[str] = []
+    real_open = sealer._open
+    monkeypatch.setattr(sealer, "_open", lambda t, *a: opened.append(t) or real_open(t, *a))
+    assert sealer.open(token) == sealer.open(token) == session()
+    assert sealer.open(forged) is None and sealer.open(forged) is None
+    assert opened == [token, forged, forged]
+
+
 # --- key rotation ---------------------------------------------------------------------------------
 
 def test_the_first_key_seals_and_every_key_opens() -> None:
