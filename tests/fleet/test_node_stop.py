@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from gwc.compiler.build.keys import generate_keypair
 from tests.support.e2e import Node, free_port, wait_port
@@ -33,9 +34,18 @@ def start(tmp_path: Path, node: Node, trust: Path, *flags: str) -> tuple[subproc
     return proc, port
 
 
-def wait_ready(port: int) -> None:
+def wait_ready(proc: subprocess.Popen, port: int) -> None:
+    """Until the node reports ready; a node that stopped instead fails with what it said (a port
+    another process took between free_port() and the node's bind, say)."""
     deadline = time.monotonic() + 20
-    while httpx2.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+    while True:
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx2.ConnectError:
+            if proc.poll() is not None:
+                stderr = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"the node stopped with exit code {proc.returncode}: {stderr}")
         assert time.monotonic() < deadline, "the node never became ready"
         time.sleep(0.05)
 
@@ -54,7 +64,7 @@ async def test_sigterm_drains_then_stops_and_metrics_have_their_own_port(node, t
     proc, port = start(tmp_path, node, signing_key[1], "--drain-seconds", "3",
                        "--metrics-listen", f"127.0.0.1:{metrics_port}")
     try:
-        wait_ready(port)
+        wait_ready(proc, port)
         assert httpx2.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
         scraped = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert scraped.status_code == 200 and "gwc_bundle_serial" in scraped.text
@@ -82,7 +92,7 @@ async def test_sigterm_drains_then_stops_and_metrics_have_their_own_port(node, t
 def test_a_second_sigterm_stops_a_draining_node_at_once(node, tmp_path, signing_key) -> None:
     proc, port = start(tmp_path, node, signing_key[1], "--drain-seconds", "60")
     try:
-        wait_ready(port)
+        wait_ready(proc, port)
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while httpx2.get(f"http://127.0.0.1:{port}/readyz").status_code != 503:
