@@ -21,8 +21,9 @@ from tests.support.e2e import Node, free_port, wait_port
 RUNTIME = Path(sys.executable).parent / "gwc-runtime"
 
 
-def start(tmp_path: Path, node: Node, trust: Path, *flags: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start(tmp_path: Path, node: Node, trust: Path, *flags: str,
+          port: int | None = None) -> tuple[subprocess.Popen, int]:
+    port = port or free_port()
     key_path, _, _ = generate_keypair(tmp_path / f"node-{port}")
     proc = subprocess.Popen([str(RUNTIME), "--bundle", str(node.store_dir / "bundle.json"),
                              "--trust", str(trust), "--listen", f"127.0.0.1:{port}",
@@ -60,9 +61,11 @@ async def wait_exit(proc: subprocess.Popen, timeout_s: float) -> None:
 
 async def test_sigterm_drains_then_stops_and_metrics_have_their_own_port(node, tmp_path,
                                                                         signing_key) -> None:
-    metrics_port = free_port()
+    with socket.socket() as held:  # two ports, surely not the same one twice
+        held.bind(("127.0.0.1", 0))
+        metrics_port, port = held.getsockname()[1], free_port()
     proc, port = start(tmp_path, node, signing_key[1], "--drain-seconds", "3",
-                       "--metrics-listen", f"127.0.0.1:{metrics_port}")
+                       "--metrics-listen", f"127.0.0.1:{metrics_port}", port=port)
     try:
         wait_ready(proc, port)
         assert httpx2.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
