@@ -181,7 +181,7 @@ class Authenticator:
     async def _verify(self, token: str) -> tuple[Principal, float, str, str | None]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # undecodable, or a header PyJWT refuses (a kid not a string)
             raise AuthError("malformed token") from None
         if self.gateway_tokens is not None and self.gateway_tokens.is_ours(header):
             kid = header["kid"]
@@ -195,7 +195,7 @@ class Authenticator:
         login at the IdP): the same keys, algorithms and issuer as its access tokens."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # undecodable, or a header PyJWT refuses (a kid not a string)
             raise AuthError("malformed token") from None
         return (await self._claims(token, header, [client_id]))[0]
 

@@ -160,6 +160,9 @@ BAD_TOKENS = {
     "unknown-kid": lambda idp: DevIdP.generate("k-unknown").token(
         issuer=ISSUER, audience=AUDIENCE, subject="alice", groups=["eng"]),
     "alg-none": lambda idp: unsigned_token(claims(groups=["eng"])),
+    "kid-not-a-string": lambda idp: unsigned_token(claims(groups=["eng"]),
+                                                   {"alg": "ES256", "kid": 7}),
+    "header-not-an-object": lambda idp: unsigned_token(claims(groups=["eng"]), ["ES256"]),
     "hs256-with-public-key": hs256_with_public_key,
 }
 

@@ -49,10 +49,13 @@ class TestIdP:
 
 
 # Forged tokens a gateway must refuse.
-def unsigned_token(claims: dict) -> str:
-    def part(obj: dict) -> str:
+def unsigned_token(claims: dict, header: object = None) -> str:
+    """A token nobody signed; ``header`` replaces its usual one (any JSON value, hostile ones
+    included)."""
+    def part(obj: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-    return f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k1'})}.{part(claims)}."
+    header = {'alg': 'none', 'typ': 'JWT', 'kid': 'k1'} if header is None else header
+    return f"{part(header)}.{part(claims)}."
 
 
 def hs256_with_public_key(idp: TestIdP) -> str:
