@@ -396,20 +396,20 @@ async def body_within_timeout(request: web.Request, handler: Handler) -> web.Str
     if request.can_read_body:
         if request.content.is_eof():
             await request.read()
-            return await handler(request)
-        try:
-            async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
-                await request.read()
-        except TimeoutError:
-            log.info("request body too slow", extra={"request_id": request[REQUEST_ID],
-                                                     "path": request.path})
-            response = error_response(RpcError(INVALID_REQUEST, "the request body was not "
-                                               "received in time", 408))
-            response.force_close()
-            await response.prepare(request)
-            await response.write_eof()
-            request.protocol.force_close()  # no lingering for the rest of a slow body
-            return response
+        else:
+            try:
+                async with asyncio.timeout(request.app[BODY_TIMEOUT_S]):
+                    await request.read()
+            except TimeoutError:
+                log.info("request body too slow", extra={"request_id": request[REQUEST_ID],
+                                                         "path": request.path})
+                response = error_response(RpcError(INVALID_REQUEST, "the request body was not "
+                                                   "received in time", 408))
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()  # no lingering for the rest of a slow body
+                return response
     return await handler(request)
 
 

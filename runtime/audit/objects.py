@@ -22,10 +22,9 @@ from gwc.runtime.audit.writer import CHAIN_ID
 SCHEME = "s3://"
 TRAIL_SUFFIX = ".jsonl"
 HEAD_SUFFIX = ".head.json"
-_NAME = re.compile(r"^(?P<first>[0-9]{12})-(?P<last>[0-9]{12})(?P<suffix>\.jsonl|\.head\.json)$")
-# What a trail key looks like to a lenient eye (any Unicode digit, any encoding of the node): a
-# key under the prefix that matches this but not the layout is an alias of a real file's key.
-_LOOSE_NAME = re.compile(r"^(?P<first>\d{12})-(?P<last>\d{12})(?P<suffix>\.jsonl|\.head\.json)$")
+# A trail key's file name, as a lenient eye reads it (any Unicode digit): one that is not ASCII,
+# or whose node is not encoded as the layout encodes it, is an alias of a real file's key.
+_NAME = re.compile(r"^(?P<first>\d{12})-(?P<last>\d{12})(?P<suffix>\.jsonl|\.head\.json)$")
 
 
 class StoreUrlError(ValueError):
@@ -95,8 +94,8 @@ def parse_key(store: StoreUrl, key: str, *, canonical: bool = True) -> tuple[Tra
     if len(parts) != 3:
         return None
     node, chain, name = parts
-    match = (_NAME if canonical else _LOOSE_NAME).match(name)
-    if match is None or not CHAIN_ID.fullmatch(chain):
+    match = _NAME.match(name)
+    if match is None or (canonical and not name.isascii()) or not CHAIN_ID.fullmatch(chain):
         return None
     if canonical and node_segment(unquote(node)) != node:
         return None

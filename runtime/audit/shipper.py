@@ -43,7 +43,7 @@ import orjson
 
 from gwc.runtime.audit.chain import Head
 from gwc.runtime.audit.objects import StoreUrl, TrailObject
-from gwc.runtime.audit.writer import chain_id, rotated
+from gwc.runtime.audit.writer import chain_id, rotated, rotation_number
 from gwc.runtime.bundle.format import ObjectLock
 
 log = logging.getLogger("gwc.audit.ship")
@@ -115,10 +115,6 @@ def read_closed(path: Path, chain: str) -> ClosedFile:
         raise Unshippable("unreadable", f"{path.name}: {exc}") from None
     return ClosedFile(path, TrailObject(head.node, chain, first, first + lines - 1), head,
                       digest.digest())
-
-
-def _rotation_number(path: Path) -> int:
-    return int(path.suffix[1:])
 
 
 @dataclass
@@ -260,7 +256,7 @@ class Shipper:
     def _due(self) -> Path | None:
         """The oldest pending file not held back."""
         candidates = [p for p in self._pending if p not in self._held]
-        return min(candidates, key=_rotation_number) if candidates else None
+        return min(candidates, key=rotation_number) if candidates else None
 
     def _idle_wait(self) -> float:
         """Until a kept file's local time is up (the newest is kept anyway), at most ``IDLE_S``."""
@@ -286,14 +282,14 @@ class Shipper:
         if self._client is None:
             self._client = _call(self._make_client)
         head = orjson.dumps(closed.head.fields(), option=orjson.OPT_SORT_KEYS)
-        trail_key = closed.object.trail_key(self._store)
+        trail_key, head_key = closed.object.trail_key(self._store), closed.object.head_key(self._store)
         with path.open("rb") as body:
             trail = self._put(trail_key, body, closed.sha256, "application/x-ndjson")
         # The head goes up even when the file's lock cannot be confirmed, so that the bucket
         # never holds a file without its signed head; an unlocked object fails after both.
-        signed = self._put(closed.object.head_key(self._store), head,
+        signed = self._put(head_key, head,
                            hashlib.sha256(head).digest(), "application/json")
-        for key, found in ((trail_key, trail), (closed.object.head_key(self._store), signed)):
+        for key, found in ((trail_key, trail), (head_key, signed)):
             _check_locked(key, found)
         self._kept[path] = self._pending.pop(path) + self._keep_s
         self.stats.shipped += 1

@@ -63,10 +63,15 @@ _STOP = object()
 _DSYNC = getattr(os, "O_DSYNC", 0)
 
 
+def rotation_number(path: Path) -> int:
+    """The number of a rotated file (``audit.jsonl.000002``: 2)."""
+    return int(path.suffix[1:])
+
+
 def rotated(path: Path) -> list[Path]:
     """The rotated files of a trail, oldest first."""
     found = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
-    return sorted(found, key=lambda p: int(p.suffix[1:]))
+    return sorted(found, key=rotation_number)
 
 
 def trail(path: Path) -> list[Path]:
@@ -382,7 +387,7 @@ class AuditWriter:
         self._append([], checkpoint=True)  # signs what the last checkpoint does not
         self._file.close()
         existing = rotated(self._path)
-        number = int(existing[-1].suffix[1:]) + 1 if existing else 1
+        number = rotation_number(existing[-1]) + 1 if existing else 1
         closed = self._path.with_name(f"{self._path.name}.{number:06d}")
         try:
             os.replace(self._path, closed)
