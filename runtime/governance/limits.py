@@ -121,15 +121,16 @@ def limits_for(payload: BundlePayload, server_name: str, subject: str, tool: str
     limits = []
     # The keys are limit_key's, spelled out: limit_key("user", subject, "server", server_name)...
     user, name = _escaped(subject), _escaped(server_name)
+    per_user = f"user:{user}:server:{name}"
     if caps.per_user_rpm:
-        limits.append(Limit(f"user:{user}:server:{name}", caps.per_user_rpm, caps.per_user_burst))
+        limits.append(Limit(per_user, caps.per_user_rpm, caps.per_user_burst))
     if caps.upstream_rpm:
         limits.append(Limit(f"server:{name}", caps.upstream_rpm, caps.upstream_burst))
     if tool is None:
         return limits
     spec = server.tools[tool]
     if spec.limits.per_user_rpm:
-        limits.append(Limit(f"user:{user}:server:{name}:tool:{_escaped(tool)}",
+        limits.append(Limit(f"{per_user}:tool:{_escaped(tool)}",
                             spec.limits.per_user_rpm, spec.limits.per_user_burst))
     if decision is not None and decision.rate_limit_per_minute and decision.rate_limit_rule:
         rule = next(payload.rules[i] for i in spec.allow

@@ -293,8 +293,7 @@ class UpstreamClient:
             headers = self._headers(server, principal, Outgoing("", {}, terms, request_id))
             # the session is opened as a call would open it (its opening is shared with calls);
             # only the stream itself may stay silent for as long as it likes
-            opening = aiohttp.ClientTimeout(total=None, connect=_connect_s(server),
-                                            sock_read=server.timeout_ms / 1000)
+            opening = _call_timeout(server.timeout_ms)
             session, _ = await self._sessions.get(
                 key, lambda: self._open_session(upstream, headers, terms, opening, key))
             adopted = self._held.adopt(key, session)
@@ -454,10 +453,6 @@ class UpstreamClient:
         await self._upstreams.close()
 
 
-def _connect_s(server: Server) -> float:
-    return min(10.0, server.timeout_ms / 1000)
-
-
 def _is_stream(response: aiohttp.ClientResponse) -> bool:
     return (response.status == 200
             and response.headers.get("Content-Type", "").startswith("text/event-stream"))
@@ -483,7 +478,8 @@ def _call_timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
 
 def _stream_timeout(server: Server) -> aiohttp.ClientTimeout:
     """A stream may stay silent for as long as it likes; connecting is bounded as for a call."""
-    return aiohttp.ClientTimeout(total=None, connect=_connect_s(server), sock_read=None)
+    return aiohttp.ClientTimeout(total=None, connect=_call_timeout(server.timeout_ms).connect,
+                                 sock_read=None)
 
 
 def _pool_key(upstream: Upstream, principal: Principal, terms: ClientTerms) -> SessionKey:
