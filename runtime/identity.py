@@ -64,7 +64,7 @@ def covers(audience: str, path: str | None, root: str) -> bool:
 
 class GatewayTokens:
     """Checks the access tokens the gateway's authorization server issued
-    (``gwc.runtime.auth.tokens`` mints them with the private half of ``key``)."""
+    (``gwc.runtime.auth.tokens`` mints them with the private half of one of ``keys``)."""
 
     def __init__(self, issuer: str, keys: dict[str, Ed25519PublicKey], leeway_s: int = 30) -> None:
         self.issuer = issuer

@@ -38,10 +38,9 @@ class UpstreamCredentials:
         self._cache: LRUCache[tuple, tuple[str, float]] = LRUCache(100_000)
         # The JWK Set: the node's own key first, then the keys published beside it while the
         # fleet rotates its signing key (upstreams then know both before any node signs with
-        # the new one).
-        own = [signing_key.public_key()]
-        self._jwks = {"keys": [_jwk(key) for key in own + [k for k in published
-                                                           if jwk_kid(k) != self.kid]]}
+        # the new one), each once.
+        keys = {self.kid: signing_key.public_key(), **{jwk_kid(k): k for k in published}}
+        self._jwks = {"keys": [_jwk(key) for key in keys.values()]}
 
     def jwks(self) -> dict:
         return self._jwks

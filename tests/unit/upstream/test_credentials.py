@@ -72,3 +72,11 @@ def test_static_env_credential(monkeypatch) -> None:
         creds.header(server(auth), Principal("a"), "t")
     monkeypatch.setenv("UP_TOKEN", "s3cret")
     assert creds.header(server(auth), Principal("a"), "t") == ("X-Api-Key", "s3cret")
+
+
+def test_the_jwks_has_each_key_once_the_nodes_own_first() -> None:
+    own, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    creds = UpstreamCredentials(own, GATEWAY, (other.public_key(), own.public_key(),
+                                               other.public_key()))
+    kids = [key["kid"] for key in creds.jwks()["keys"]]
+    assert kids == [creds.kid, UpstreamCredentials(other, GATEWAY).kid]
