@@ -157,7 +157,10 @@ class Gateway:
         elif (self.config.audit is None and old is not None
               and old.payload.gateway.audit != settings):
             log.warning("gateway.yaml audit settings changed; restart nodes to apply them")
-        self.auditor.ship(settings.store)  # the first bundle's store, --audit or not
+        if old is None:
+            self.auditor.ship(settings.store)  # the first bundle's store, --audit or not
+        elif self.config.audit is not None and old.payload.gateway.audit.store != settings.store:
+            log.warning("gateway.yaml audit.store changed; restart nodes to apply it")
 
     def allowed_origins(self) -> frozenset[str]:
         return self._origins

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gwc.audit")
 FailureMode = Literal["closed", "open"]
 SINKS = ("stdout", "file", "both", "none")
-_UNSET = object()  # no bundle has said yet whether there is an audit store
 
 
 class AuditSpecError(ValueError):
@@ -78,7 +77,6 @@ class Auditor:
         self._broken: str | None = None  # why the sink could not even be opened
         self.target: AuditTarget | None = None
         self.shipper: Shipper | None = None
-        self._store: AuditStore | object | None = _UNSET  # as the first bundle gave it
 
     def start(self, target: AuditTarget, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.target = target
@@ -100,13 +98,8 @@ class Auditor:
                                        "on_failure": self.failure})
 
     def ship(self, store: AuditStore | None) -> None:
-        """Ship closed trail files to ``store`` (gateway.yaml's ``audit.store``): applied from the
+        """Ship closed trail files to ``store`` (gateway.yaml's ``audit.store``), once: from the
         first bundle, after :meth:`start`; a later change needs a restart."""
-        if self._store is not _UNSET:
-            if self._store != store:
-                log.warning("gateway.yaml audit.store changed; restart nodes to apply it")
-            return
-        self._store = store
         writer, path = self._writer, self.target.path if self.target is not None else None
         if store is None:
             return
