@@ -89,8 +89,7 @@ def anchors(paths: Iterable[str], keys: dict[str, Ed25519PublicKey] | None) -> l
             head = Head.of(json.loads(Path(path).read_bytes()))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--anchor {path}: {exc}") from None
-        key = keys.get(head.keyid) if keys is not None else None
-        if keys is not None and (key is None or not head.signed_by(key)):
+        if keys is not None and not _signed(head, keys):
             raise UsageError(f"--anchor {path}: not signed by any of the keys given "
                              f"(keyid {head.keyid})")
         found.append(head)
@@ -198,9 +197,7 @@ def report(label: str, verdict: Verification, keyed: bool, echo: Echo) -> int:
     where = ("from the start of the trail" if verdict.from_genesis
              else "a later segment: its first record links to one not given")
     chain = "chain intact before the torn line" if verdict.torn is not None else "chain intact"
-    signed = ("no checkpoints" if not verdict.checkpoints
-              else f"{verdict.checkpoints} checkpoint(s) signed by the gateway key" if keyed
-              else f"{verdict.checkpoints} checkpoint(s) not checked (no --key or --jwks)")
+    signed = _signed_text(verdict.checkpoints, keyed)
     anchored = (f"; {verdict.anchored} anchored head(s) found" if verdict.anchored else "") + \
         (f"; {verdict.unplaced} anchor(s) before the given files, not checked"
          if verdict.unplaced else "")
@@ -232,6 +229,10 @@ class _Findings:
             code = worse(code, found)
         return code
 
+    def echo(self, echo: Echo) -> None:
+        for code, message in self.items:
+            echo(f"gwc: {_KIND.get(code, 'note')}: {message}", err=True)
+
 
 _KIND = {EXIT_TAMPERED: "tampered", EXIT_CRASH: "crash", EXIT_TRUNCATED: "truncated"}
 HEAD_MAX_BYTES = 4096  # a head object is a few hundred bytes; a larger one is not read
@@ -250,7 +251,7 @@ def _stored_head(obj: StoreObject) -> Head | str:
         return Head.of(orjson.loads(data))
     except orjson.JSONDecodeError as exc:
         return f"not a JSON head ({exc})"
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except ValueError as exc:
         return f"not a signed audit head ({exc})"
 
 
@@ -280,14 +281,12 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
         findings.note(message)
     segments = _segments(chain.files)
     if not segments and not any(shipped.head is not None for shipped in chain.files):
-        for code, message in findings.items:
-            echo(f"gwc: {_KIND.get(code, 'note')}: {message}", err=True)
+        findings.echo(echo)
         echo(f"tampered: {chain.label}: 0 records in 0 object(s), "
              f"{len(findings.items)} finding(s) in its keys")
         return EXIT_TAMPERED
     if not segments:  # head objects alone: every file they sign is gone
-        for code, message in findings.items:
-            echo(f"gwc: {_KIND.get(code, 'note')}: {message}", err=True)
+        findings.echo(echo)
         if findings.worst:
             echo(f"tampered: {chain.label}: 0 records in 0 object(s), {len(chain.files)} head "
                  "object(s) without their files")
@@ -353,8 +352,7 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
         findings.add(EXIT_TAMPERED, f"{chain.label}: no checkpoint signed by the keys given in "
                      "its objects: a node ships a file only once it ends with one, so these "
                      "were put there")
-    for code, message in findings.items:
-        echo(f"gwc: {_KIND.get(code, 'note')}: {message}", err=True)
+    findings.echo(echo)
     code = findings.worst
     status = "ok" if code == 0 else _KIND[code]
     where = ("from the start of the trail" if genesis else f"from record {first.first} (the "
@@ -362,9 +360,7 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     gaps = len(segments) - 1
     state = ("chain broken" if broken else "chain intact") + (
         f" within {gaps + 1} runs, {gaps} gap(s)" if gaps else "")
-    signed = ("no checkpoints" if not checkpoints
-              else f"{checkpoints} checkpoint(s) signed by the gateway key" if keys is not None
-              else f"{checkpoints} checkpoint(s) not checked (no --key or --jwks)")
+    signed = _signed_text(checkpoints, keys is not None)
     extra = (f"; {matched} head object(s) match their files" if matched else "") + \
         (f"; {anchored} anchored head(s) found" if anchored else "") + \
         (f"; {unplaced} anchor(s) before the objects, not checked" if unplaced else "") + \
@@ -373,6 +369,13 @@ def check_chain(chain: Chain, keys: dict[str, Ed25519PublicKey] | None, anchors:
     echo(f"{status}: {chain.label}: {records} records in {objects} object(s), {state}, {where}; "
          f"{signed}{extra}")
     return code
+
+
+def _signed_text(checkpoints: int, keyed: bool) -> str:
+    """What a report says of a trail's checkpoints."""
+    return ("no checkpoints" if not checkpoints
+            else f"{checkpoints} checkpoint(s) signed by the gateway key" if keyed
+            else f"{checkpoints} checkpoint(s) not checked (no --key or --jwks)")
 
 
 def _signed(head: Head, keys: dict[str, Ed25519PublicKey]) -> bool:
