@@ -182,6 +182,11 @@ class Server(_Frozen):
         ranges = [tool.rule_index_range for tool in self.tools.values() if tool.allow or tool.deny]
         return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (0, -1)
 
+    def share_rule_index_range(self, other: Server) -> None:
+        """Take ``other``'s range: for a server validated with ``other.tools`` as its tools (the
+        same instances, in a dict of its own), when a bundle check reuses them."""
+        vars(self)["rule_index_range"] = other.rule_index_range  # where cached_property keeps it
+
 
 class Identity(_Frozen):
     issuer: str

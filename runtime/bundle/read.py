@@ -152,8 +152,9 @@ class _Pieces:
 
     servers: dict[bytes, Server] = field(default_factory=dict)
     rules: dict[bytes, Rule] = field(default_factory=dict)
-    # model (or "tools", a server's tools) -> JSON -> instance: no tuple keys, which would be
-    # tens of thousands more objects for the collector to scan before a bundle is frozen
+    # model (or "tools": the first server with those tools) -> JSON -> instance: no tuple keys,
+    # which would be tens of thousands more objects for the collector to scan before a bundle
+    # is frozen
     parts: dict[object, dict[bytes, Any]] = field(default_factory=dict)
     owner: weakref.ref[BundlePayload] | None = None
 
@@ -196,14 +197,16 @@ def _server(raw: Any, last: _Pieces, pieces: _Pieces) -> Server:
     if not isinstance(tools, dict):
         return Server.model_validate(raw)
     key = orjson.dumps(tools)
-    known = _part("tools", key, last, pieces)
+    known: Server | None = _part("tools", key, last, pieces)
     if known is not None:
-        raw["tools"] = known
+        raw["tools"] = known.tools
     else:
         for name, value in tools.items():  # in place: no key is added or removed
             tools[name] = _model_part(Tool, value, last, pieces)
     server = Server.model_validate(raw)
-    pieces.parts["tools"][key] = server.tools
+    if known is not None:  # the same tools name the same rules: 20 tools' ranges not compared again
+        server.share_rule_index_range(known)
+    pieces.parts["tools"][key] = known or server
     return server
 
 
