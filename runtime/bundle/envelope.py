@@ -5,13 +5,13 @@ See https://github.com/secure-systems-lab/dsse. The signature covers the pre-aut
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,7 +21,6 @@ from gwc.runtime.bundle.canonical import canonical_json
 BUNDLE_PAYLOAD_TYPE = "application/vnd.gwc.bundle+json"  # the payload as one JSON document
 BUNDLE_LINES_TYPE = "application/vnd.gwc.bundle+jsonl"  # as JSON lines (gwc.runtime.bundle.layout)
 BUNDLE_PAYLOAD_TYPES = (BUNDLE_PAYLOAD_TYPE, BUNDLE_LINES_TYPE)
-B64_CHUNK = 1 << 18  # base64 characters decoded in one go: 256 KiB, about 1 ms
 
 
 class VerificationError(Exception):
@@ -52,9 +51,9 @@ def sign_envelope(payload: bytes, private_key: Ed25519PrivateKey,
     sig = private_key.sign(pae(payload_type, payload))
     envelope = {
         "payloadType": payload_type,
-        "payload": base64.b64encode(payload).decode("ascii"),
+        "payload": pybase64.b64encode(payload).decode("ascii"),
         "signatures": [{"keyid": key_id(private_key.public_key()),
-                        "sig": base64.b64encode(sig).decode("ascii")}],
+                        "sig": pybase64.b64encode(sig).decode("ascii")}],
     }
     return canonical_json(envelope)
 
@@ -66,39 +65,21 @@ class VerifiedEnvelope:
     keyid: str
 
 
-def b64decode_in_chunks(text: str | bytes | memoryview, chunk: int = B64_CHUNK) -> bytes:
-    """``base64.b64decode(text, validate=True)``, a ``chunk`` of characters at a time.
-
-    One decoding call holds the GIL: for a 10 MB payload, 30-60 ms during which a node's event
-    loop cannot run. Between two chunks the interpreter can switch threads. Each chunk but the
-    last is whole groups of 4 characters before the trailing padding, so it decodes to what it
-    decodes to within the whole, and strict decoding refuses in it what strict decoding refuses
-    there, except padding at its very end (padding is allowed only at the end of the whole).
-    The last chunk has the end, padding included, as it is. Same bytes, same refusals
-    (binascii.Error or ValueError) as the one call."""
-    if chunk % 4:
-        raise ValueError("chunk must be a multiple of 4")
-    # non-ASCII text: UnicodeEncodeError, a ValueError, as b64decode raises
-    raw = memoryview(text.encode("ascii") if isinstance(text, str) else text)
-    end = len(raw)
-    while end and raw[end - 1] == 61:  # the trailing "=" (rstrip would copy the rest)
-        end -= 1
-    last = max(0, (end - 1) // chunk * chunk)
-    parts = []
-    for start in range(0, last, chunk):
-        piece = raw[start:start + chunk]
-        if piece[-1] == 61:  # "="
-            raise binascii.Error("Excess data after padding")
-        parts.append(binascii.a2b_base64(piece, strict_mode=True))
-    parts.append(binascii.a2b_base64(raw[last:], strict_mode=True))
-    return b"".join(parts)
+def b64decode_strict(text: str | bytes | memoryview) -> bytes:
+    """Standard base64 decoded strictly (RFC 4648: only the alphabet, and padding only to complete
+    the last group of 4), as ``base64.b64decode(text, validate=True)`` but that it also refuses
+    padding after a complete group (``QUJD=``), which no encoder writes. pybase64's SIMD decoder:
+    about 1 ms for a 10 MB bundle, where the standard library's takes 25-50 ms with the GIL held
+    (a stall of every request a node is serving while it checks a new bundle). Raises
+    ``binascii.Error`` or ``ValueError``."""
+    return pybase64.b64decode(text, validate=True)
 
 
 def _b64(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise VerificationError(f"malformed envelope: {what} is not a base64 string")
     try:
-        return b64decode_in_chunks(value)
+        return b64decode_strict(value)
     except (binascii.Error, ValueError):
         raise VerificationError(f"malformed envelope: {what} is not valid base64") from None
 
@@ -125,7 +106,7 @@ def _canonical_parts(data: bytes) -> tuple[dict[str, Any], bytes] | None:
         return None
     try:
         env = json.loads(rest)
-        payload = b64decode_in_chunks(memoryview(data)[len(_CANONICAL_START):end])
+        payload = b64decode_strict(memoryview(data)[len(_CANONICAL_START):end])
     except (UnicodeDecodeError, ValueError):  # binascii.Error is a ValueError
         return None
     return env, payload
