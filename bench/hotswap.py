@@ -12,7 +12,7 @@ every failed request.
 
     python bench/hotswap.py [--swaps 5] [--changed 20] [--workers 8] [--rate 0] [--poll-interval 1]
                             [--settle 4] [--servers 2000] [--tools 20] [--rules 10000]
-                            [--probe-ms 5] [--log-level info] [--keep DIR]
+                            [--probe-ms 5] [--log-level info] [--keep DIR] [--runtime PATH]
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def start_runtime(work: Path, bundle: Path, ci_pub: Path, port: int, args: argpa
     gateway_key, _, _ = generate_keypair(work / "gateway")
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(bundle),
+            [str(args.runtime or Path(sys.executable).parent / "gwc-runtime"), "--bundle", str(bundle),
              "--trust", str(ci_pub), "--listen", f"127.0.0.1:{port}",
              "--signing-key", str(gateway_key), "--public-url", f"http://127.0.0.1:{port}",
              "--poll-interval", str(args.poll_interval), "--state-dir", str(work / "state"),
@@ -302,6 +302,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="concurrent tools/call loops")
     parser.add_argument("--rate", type=float, default=0, help="total calls per second, spread "
                         "over the workers (0: each worker calls again as soon as answered)")
+    parser.add_argument("--runtime", type=Path, default=None,
+                        help="the gwc-runtime to measure (default: the one beside this Python); "
+                        "another version's, or a launcher of it, for a before/after on the same "
+                        "bundles")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="gwc-runtime's "
                         "--poll-interval (seconds, +-20%% jitter)")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds of load before the "

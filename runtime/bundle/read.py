@@ -152,7 +152,7 @@ class _Pieces:
 
     servers: dict[bytes, Server] = field(default_factory=dict)
     rules: dict[bytes, Rule] = field(default_factory=dict)
-    # model (or "tools": the first server with those tools) -> JSON -> instance: no tuple keys,
+    # model (or "tools": a server with those tools) -> JSON -> instance: no tuple keys,
     # which would be tens of thousands more objects for the collector to scan before a bundle
     # is frozen
     parts: dict[object, dict[bytes, Any]] = field(default_factory=dict)
@@ -206,7 +206,7 @@ def _server(raw: Any, last: _Pieces, pieces: _Pieces) -> Server:
     server = Server.model_validate(raw)
     if known is not None:  # the same tools name the same rules: 20 tools' ranges not compared again
         server.share_rule_index_range(known)
-    pieces.parts["tools"][key] = known or server
+    pieces.parts["tools"][key] = server  # this payload's own: pieces never outlive it
     return server
 
 
