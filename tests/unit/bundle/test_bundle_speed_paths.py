@@ -26,7 +26,7 @@ from gwc.compiler.build.compile import payload_bytes
 from gwc.compiler.build.registry import load_registry
 from gwc.runtime.bundle import layout
 from gwc.runtime.bundle.envelope import BUNDLE_LINES_TYPE, BUNDLE_PAYLOAD_TYPE
-from gwc.runtime.bundle.format import BundlePayload
+from gwc.runtime.bundle.format import BundlePayload, Server
 from gwc.runtime.bundle.poller import BundlePoller, check_quietly, release_piecewise
 from gwc.runtime.bundle.read import (
     BundleError,
@@ -200,6 +200,20 @@ def test_a_changed_servers_unchanged_tools_are_reused(doc, encoding):
     assert new.tools["request_export"].timeout_ms == 1234
     assert new.tools["request_export"] == old.tools["request_export"].model_copy(
         update={"timeout_ms": 1234})
+
+
+@pytest.mark.parametrize("encoding", ["json", "lines"])
+def test_a_changed_server_with_reused_tools_takes_their_rule_index_range(doc, encoding):
+    first = parse_payload(layout.encode(doc, encoding), layout.ENCODINGS[encoding])
+    _server(doc)["description"] = "changed"  # its tools unchanged: reused with their range
+    second = parse_payload(layout.encode(doc, encoding), layout.ENCODINGS[encoding])
+    old, new = first.servers["data-catalog"], second.servers["data-catalog"]
+    assert new is not old and new.rule_index_range is old.rule_index_range
+    assert new.rule_index_range == Server.rule_index_range.func(new)  # what computing it gives
+    assert new == Server.model_validate_json(new.model_dump_json(by_alias=True))
+    doc["rules"] = doc["rules"][:5]  # request_export names rule 5: a shared range is checked too
+    with pytest.raises(BundleError, match="rule index 5 out of range"):
+        parse_payload(layout.encode(doc, encoding), layout.ENCODINGS[encoding])
 
 
 @pytest.mark.parametrize("encoding", ["json", "lines"])
