@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -111,6 +112,15 @@ def typed_record(line: bytes, type_: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and record.get("type") == type_ else None
+
+
+CHAIN_ID = re.compile(r"[0-9a-f]{16}")  # a chain's id: 16 hex digits its first start record chose
+
+
+def chain_id(record: dict[str, Any] | None) -> str | None:
+    """The chain a start record names; None for none (written before chains had ids)."""
+    chain = record.get("chain") if record is not None else None
+    return chain if isinstance(chain, str) and CHAIN_ID.fullmatch(chain) else None
 
 
 # -- signed heads ----------------------------------------------------------------------------------

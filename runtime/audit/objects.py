@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from gwc.runtime.audit.writer import CHAIN_ID
+from gwc.runtime.audit.chain import CHAIN_ID
 
 SCHEME = "s3://"
 TRAIL_SUFFIX = ".jsonl"

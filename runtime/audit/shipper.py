@@ -41,9 +41,9 @@ from typing import Any
 
 import orjson
 
-from gwc.runtime.audit.chain import Head
+from gwc.runtime.audit.chain import Head, chain_id
 from gwc.runtime.audit.objects import StoreUrl, TrailObject
-from gwc.runtime.audit.writer import chain_id, rotated, rotation_number
+from gwc.runtime.audit.writer import rotated, rotation_number
 from gwc.runtime.bundle.format import ObjectLock
 
 log = logging.getLogger("gwc.audit.ship")

@@ -35,7 +35,6 @@ import hashlib
 import logging
 import os
 import queue
-import re
 import secrets
 import sys
 import threading
@@ -48,10 +47,9 @@ from typing import Any, BinaryIO
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gwc.runtime.audit.chain import GENESIS, Head, encode, link, typed_record, utc_time
+from gwc.runtime.audit.chain import GENESIS, Head, chain_id, encode, link, typed_record, utc_time
 
 log = logging.getLogger("gwc.audit")
-CHAIN_ID = re.compile(r"[0-9a-f]{16}")  # a chain's id: 16 hex digits its first start record chose
 BATCH = 256
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 CHECKPOINT_S = 60.0  # sign the head at least this often while records come
@@ -132,12 +130,6 @@ def _scan(path: Path) -> _Scan:
                 elif b'"start"' in line:
                     chain = chain_id(typed_record(line, "start")) or chain
     return _Scan(lines, last, checkpoint, None, chain)
-
-
-def chain_id(record: dict[str, Any] | None) -> str | None:
-    """The chain a start record names; None for none (written before chains had ids)."""
-    chain = record.get("chain") if record is not None else None
-    return chain if isinstance(chain, str) and CHAIN_ID.fullmatch(chain) else None
 
 
 def _checkpoint_seq(line: bytes) -> int | None:
